@@ -1,0 +1,171 @@
+//! The library side of `lamina bench`: compile time, median step time, throughput and peak
+//! arena bytes of a compiled training step, and this machine's FMA peak for comparison.
+
+use crate::ir::{DType, Graph};
+use crate::runtime::Trainer;
+use crate::tensor::Tensor;
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct BenchReport {
+    /// Kernel building, planning and Cranelift compilation of the step (seconds).
+    pub compile_seconds: f64,
+    /// Median wall time of one step (seconds) over `steps` steps after warm-up.
+    pub median_step_seconds: f64,
+    pub steps: usize,
+    /// Tokens (elements of the first input) per second at the median step.
+    pub tokens_per_second: f64,
+    /// GEMM flops of one step over the median step time, in GFLOP/s.
+    pub gflops: f64,
+    pub peak_arena_bytes: usize,
+    pub kernels: usize,
+}
+
+/// Deterministic parameters and inputs (ids in range) for benchmarking a joint graph.
+pub fn synthetic_inputs(g: &Graph, index_bounds: &[(usize, usize)]) -> (Vec<Tensor>, Vec<Tensor>) {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let params = g
+        .params
+        .iter()
+        .map(|p| {
+            let n = p.shape.iter().product();
+            Tensor::f32(p.shape.clone(), (0..n).map(|_| (next() - 0.5) * 0.1).collect())
+        })
+        .collect();
+    let inputs = g
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, inp)| {
+            let n = inp.ty.numel();
+            match inp.ty.dtype {
+                DType::I32 => {
+                    let bound = index_bounds.iter().filter(|b| b.0 == i).map(|b| b.1).min().unwrap_or(1);
+                    let data = (0..n).map(|_| ((next() * bound as f64) as usize).min(bound - 1) as f64);
+                    Tensor::i32(inp.ty.shape.clone(), data.collect())
+                }
+                DType::F32 => Tensor::f32(inp.ty.shape.clone(), (0..n).map(|_| next() - 0.5).collect()),
+            }
+        })
+        .collect();
+    (params, inputs)
+}
+
+/// Compile `joint` (autodiff's graph) and time `steps` training steps after 2 warm-up steps.
+pub fn bench_training(joint: &Graph, steps: usize) -> Result<BenchReport, String> {
+    let prog = crate::kernels::build_program(joint, &Default::default())?;
+    let (params, inputs) = synthetic_inputs(joint, &prog.index_inputs);
+    let t0 = Instant::now();
+    let mut trainer = Trainer::new(joint, params)?;
+    let compile_seconds = t0.elapsed().as_secs_f64();
+    for _ in 0..2 {
+        trainer.step(&inputs, 1e-3)?;
+    }
+    let steps = steps.max(1);
+    let mut times = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let t = Instant::now();
+        trainer.step(&inputs, 1e-3)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let exe = trainer.executable();
+    let tokens = joint.inputs.first().map(|i| i.ty.numel()).unwrap_or(0) as f64;
+    Ok(BenchReport {
+        compile_seconds,
+        median_step_seconds: median,
+        steps,
+        tokens_per_second: tokens / median,
+        gflops: exe.program.matmul_flops() / median / 1e9,
+        peak_arena_bytes: exe.peak_bytes(),
+        kernels: exe.program.kernel_count(),
+    })
+}
+
+/// Measured single-core FMA peaks in GFLOP/s.
+#[derive(Clone, Debug)]
+pub struct Peak {
+    pub fma128: f64,
+    /// `None` when the CPU lacks AVX2+FMA.
+    pub fma256: Option<f64>,
+}
+
+/// Measure the FMA throughput of one core with 128-bit and 256-bit vectors.
+pub fn peak() -> Peak {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let fma256 = if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the features were just detected.
+            Some(unsafe { x86::peak256() })
+        } else {
+            None
+        };
+        let fma128 = if std::is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            unsafe { x86::peak128() }
+        } else {
+            0.0
+        };
+        Peak { fma128, fma256 }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        Peak { fma128: 0.0, fma256: None }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+    use std::time::Instant;
+
+    const ITERS: usize = 20_000_000;
+
+    /// 10 independent accumulator chains hide the FMA latency.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn peak256() -> f64 {
+        let a = _mm256_set1_ps(0.999_999);
+        let b = _mm256_set1_ps(1e-7);
+        let mut acc = [_mm256_set1_ps(1.0); 10];
+        let t = Instant::now();
+        for _ in 0..ITERS {
+            for x in acc.iter_mut() {
+                *x = _mm256_fmadd_ps(*x, a, b);
+            }
+        }
+        let s = t.elapsed().as_secs_f64();
+        let mut sum = _mm256_setzero_ps();
+        for x in acc {
+            sum = _mm256_add_ps(sum, x);
+        }
+        std::hint::black_box(sum);
+        (ITERS * 10 * 8 * 2) as f64 / s / 1e9
+    }
+
+    #[target_feature(enable = "fma")]
+    pub unsafe fn peak128() -> f64 {
+        let a = _mm_set1_ps(0.999_999);
+        let b = _mm_set1_ps(1e-7);
+        let mut acc = [_mm_set1_ps(1.0); 10];
+        let t = Instant::now();
+        for _ in 0..ITERS {
+            for x in acc.iter_mut() {
+                *x = _mm_fmadd_ps(*x, a, b);
+            }
+        }
+        let s = t.elapsed().as_secs_f64();
+        let mut sum = _mm_setzero_ps();
+        for x in acc {
+            sum = _mm_add_ps(sum, x);
+        }
+        std::hint::black_box(sum);
+        (ITERS * 10 * 4 * 2) as f64 / s / 1e9
+    }
+}

@@ -1,0 +1,463 @@
+//! The `lamina` command line.
+
+use crate::driver::{self, Compiled, Stage};
+use crate::elab::Override;
+use crate::interp;
+use crate::io;
+use crate::tensor::Tensor;
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lamina",
+    version,
+    about = "Compile and run declarative Transformer and MLP model files",
+    long_about = "lamina compiles model files (.lam) that describe Transformer and MLP variants \
+                  (layer orderings, splitting schemes, norm placements, skips, depth programs) \
+                  into a tensor IR, derives gradients on it and runs it.\n\n\
+                  Language reference: docs/language.md. Examples: examples/.",
+    after_help = "Examples:\n  lamina check examples/*.lam\n  lamina ir examples/macaron.lam --set layers=1\n  lamina run examples/transformer.lam"
+)]
+pub struct Cli {
+    /// When to colour diagnostics.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto, global = true)]
+    pub color: ColorChoice,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ColorChoice {
+    /// Colour when stderr is a terminal and NO_COLOR is unset.
+    Auto,
+    Always,
+    Never,
+}
+
+/// Constant overrides shared by every command that compiles a model.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Overrides {
+    /// Override a constant of the model: `--set d=64 --set layers=2`. Repeatable.
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_override)]
+    pub set: Vec<Override>,
+}
+
+fn parse_override(s: &str) -> Result<Override, String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=VALUE, e.g. d=64; got `{s}`"))?;
+    let name = name.trim();
+    let value = value.trim();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!("`{name}` is not a constant name"));
+    }
+    if let Ok(i) = value.replace('_', "").parse::<i64>() {
+        return Ok(Override { name: name.to_string(), value: i as f64, is_int: true });
+    }
+    match value.parse::<f64>() {
+        Ok(f) if f.is_finite() => Ok(Override { name: name.to_string(), value: f, is_int: false }),
+        _ => Err(format!("`{value}` is not a number (in --set {name}={value})")),
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check model files: syntax, names, shapes and constraints.
+    #[command(after_help = "Example:\n  lamina check examples/*.lam\n\nExits 0 when every file is fine, 1 otherwise.")]
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Print a stage of the compilation: the AST, the tensor IR or the joint gradient IR.
+    #[command(after_help = "Examples:\n  lamina ir examples/peri_ln.lam --stage ir\n  \
+        lamina ir model.lam --stage grad --json -o model.grad.json\n  \
+        lamina ir model.lam --expect model.ir         # exit 1 with a diff when it changed\n  \
+        lamina ir model.lam --expect model.ir --bless # accept the new IR")]
+    Ir {
+        file: PathBuf,
+        /// Which stage to print.
+        #[arg(long, value_enum, default_value_t = Stage::Ir)]
+        stage: Stage,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Compare with an expected file instead of printing; exit 1 with a diff on mismatch.
+        #[arg(long, value_name = "FILE")]
+        expect: Option<PathBuf>,
+        /// With --expect: rewrite the expected file with the current output.
+        #[arg(long, requires = "expect")]
+        bless: bool,
+        /// Write to a file instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// List the parameters: name, shape, element count, trainable or frozen, and the total.
+    #[command(after_help = "Example:\n  lamina params examples/hourglass.lam")]
+    Params {
+        file: PathBuf,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Write freshly initialised weights to a safetensors file.
+    #[command(after_help = "Example:\n  lamina init examples/transformer.lam -o weights.safetensors --seed 1")]
+    Init {
+        file: PathBuf,
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Run one batch: loss, logits and the gradient of every trainable parameter.
+    #[command(after_help = "Examples:\n  lamina run examples/transformer.lam --set layers=2\n  \
+        lamina run model.lam --weights w.safetensors --batch b.safetensors --out out.safetensors\n\n\
+        The batch file holds `tokens` and `targets` (i32) for token models, `inputs` (f32) and \
+        `targets` for feature models. Without --batch a random batch of the model's shape is used; \
+        without --weights, weights initialised with --seed. The output file holds `loss`, `logits` \
+        and `grad.<parameter>` for every trainable parameter.")]
+    Run {
+        file: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        weights: Option<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        batch: Option<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Seed for the initial weights and the random batch when not given as files.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, value_enum, default_value_t = Backend::Interp)]
+        backend: Backend,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Backend {
+    /// The reference interpreter (f64).
+    Interp,
+}
+
+/// An error whose text is already rendered (diagnostics); printed as is.
+#[derive(Debug)]
+pub struct Rendered(pub String);
+impl std::fmt::Display for Rendered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Rendered {}
+
+fn use_color(choice: ColorChoice) -> bool {
+    match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    }
+}
+
+fn compile(path: &Path, overrides: &Overrides, color: bool) -> Result<Compiled> {
+    driver::compile_file(path, &overrides.set).map_err(|e| Rendered(e.render(color)).into())
+}
+
+/// Run the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let color = use_color(cli.color);
+    match run(cli, color) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(r) = e.downcast_ref::<Rendered>() {
+                eprint!("{}", r.0);
+            } else {
+                eprintln!("error: {e:#}");
+            }
+            1
+        }
+    }
+}
+
+fn run(cli: Cli, color: bool) -> Result<i32> {
+    match cli.command {
+        Command::Check { files, overrides } => cmd_check(&files, &overrides, color),
+        Command::Ir { file, stage, json, expect, bless, output, overrides } => {
+            let compiled = compile(&file, &overrides, color)?;
+            let text = if json {
+                compiled.stage_json(stage)
+            } else {
+                compiled.stage_text(stage)
+            }
+            .map_err(|e| anyhow!("internal error while printing the {} stage: {e}", stage.name()))?;
+            if let Some(expected_path) = expect {
+                return expect_text(&expected_path, &text, bless);
+            }
+            match output {
+                Some(path) => io::write_atomic(&path, text.as_bytes())?,
+                None => print!("{text}"),
+            }
+            Ok(0)
+        }
+        Command::Params { file, overrides } => {
+            let compiled = compile(&file, &overrides, color)?;
+            print!("{}", params_table(&compiled));
+            Ok(0)
+        }
+        Command::Init { file, output, seed, overrides } => {
+            let compiled = compile(&file, &overrides, color)?;
+            let g = &compiled.forward;
+            let params = io::init_params(g, seed);
+            let named: Vec<(String, Tensor)> =
+                g.params.iter().map(|p| p.name.clone()).zip(params).collect();
+            io::save_safetensors(&output, &named)?;
+            eprintln!(
+                "wrote {} parameters ({} values) to {}",
+                named.len(),
+                g.param_count(),
+                output.display()
+            );
+            Ok(0)
+        }
+        Command::Run { file, weights, batch, out, seed, backend, overrides } => {
+            let compiled = compile(&file, &overrides, color)?;
+            cmd_run(&compiled, weights.as_deref(), batch.as_deref(), out.as_deref(), seed, backend)
+        }
+    }
+}
+
+fn cmd_check(files: &[PathBuf], overrides: &Overrides, color: bool) -> Result<i32> {
+    let mut failed = 0;
+    for file in files {
+        let start = std::time::Instant::now();
+        match driver::compile_file(file, &overrides.set) {
+            Ok(c) => {
+                let g = &c.forward;
+                println!(
+                    "ok  {}: model `{}`, {} parameters, {} IR nodes ({:.1} ms)",
+                    file.display(),
+                    g.name,
+                    group_digits(g.param_count()),
+                    g.nodes.len(),
+                    start.elapsed().as_secs_f64() * 1e3
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                eprint!("{}", e.render(color));
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {} file(s) failed to check", files.len());
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+fn expect_text(path: &Path, actual: &str, bless: bool) -> Result<i32> {
+    let expected = match std::fs::read_to_string(path) {
+        Ok(s) => Some(s),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    if expected.as_deref() == Some(actual) {
+        eprintln!("{} is up to date", path.display());
+        return Ok(0);
+    }
+    if bless {
+        io::write_atomic(path, actual.as_bytes())?;
+        eprintln!("blessed {}", path.display());
+        return Ok(0);
+    }
+    match expected {
+        None => eprintln!(
+            "{} does not exist; run again with --bless to create it",
+            path.display()
+        ),
+        Some(expected) => {
+            let diff = similar::TextDiff::from_lines(expected.as_str(), actual);
+            let label = path.display().to_string();
+            print!(
+                "{}",
+                diff.unified_diff().context_radius(3).header(&label, "actual")
+            );
+            eprintln!(
+                "{} differs from the current output; review the diff, then run with --bless to accept it",
+                path.display()
+            );
+        }
+    }
+    Ok(1)
+}
+
+fn group_digits(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn params_table(c: &Compiled) -> String {
+    let g = &c.forward;
+    let shape_str = |s: &[usize]| {
+        format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+    };
+    let name_w = g.params.iter().map(|p| p.name.len()).max().unwrap_or(4).max(4);
+    let shape_w = g.params.iter().map(|p| shape_str(&p.shape).len()).max().unwrap_or(5).max(5);
+    let mut out = format!("{:<name_w$}  {:<shape_w$}  {:>12}  status\n", "name", "shape", "count");
+    let (mut trainable, mut frozen) = (0usize, 0usize);
+    for p in &g.params {
+        let n: usize = p.shape.iter().product();
+        if p.trainable {
+            trainable += n;
+        } else {
+            frozen += n;
+        }
+        out += &format!(
+            "{:<name_w$}  {:<shape_w$}  {:>12}  {}\n",
+            p.name,
+            shape_str(&p.shape),
+            group_digits(n),
+            if p.trainable { "trainable" } else { "frozen" }
+        );
+    }
+    out += &format!(
+        "total: {} parameters in {} tensors ({} trainable, {} frozen)\n",
+        group_digits(trainable + frozen),
+        g.params.len(),
+        group_digits(trainable),
+        group_digits(frozen)
+    );
+    out
+}
+
+/// Load weights by name, checking that every parameter is present with the right shape.
+fn load_weights(g: &crate::ir::Graph, path: &Path) -> Result<Vec<Tensor>> {
+    let mut tensors = io::load_safetensors(path)?;
+    let mut params = Vec::with_capacity(g.params.len());
+    let mut missing = Vec::new();
+    for p in &g.params {
+        match tensors.iter().position(|(n, _)| *n == p.name) {
+            Some(i) => {
+                let (_, t) = tensors.swap_remove(i);
+                if t.shape != p.shape || t.dtype != crate::ir::DType::F32 {
+                    bail!(
+                        "{}: `{}` is {} but the model needs {}",
+                        path.display(),
+                        p.name,
+                        t.ty(),
+                        p.ty()
+                    );
+                }
+                params.push(t);
+            }
+            None => missing.push(p.name.clone()),
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "{} lacks {} parameter(s) of the model: {}{}",
+            path.display(),
+            missing.len(),
+            missing.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+            if missing.len() > 5 { ", ..." } else { "" }
+        );
+    }
+    if !tensors.is_empty() {
+        let extra: Vec<_> = tensors.iter().map(|(n, _)| n.as_str()).take(5).collect();
+        eprintln!(
+            "warning: {} holds {} tensor(s) the model does not use: {}",
+            path.display(),
+            tensors.len(),
+            extra.join(", ")
+        );
+    }
+    Ok(params)
+}
+
+fn load_batch(g: &crate::ir::Graph, path: &Path) -> Result<Vec<Tensor>> {
+    let mut tensors = io::load_safetensors(path)?;
+    let mut out = Vec::new();
+    for inp in &g.inputs {
+        let i = tensors.iter().position(|(n, _)| *n == inp.name).ok_or_else(|| {
+            anyhow!(
+                "{} has no tensor `{}` ({}); the model reads {}",
+                path.display(),
+                inp.name,
+                inp.ty,
+                g.inputs.iter().map(|i| format!("`{}` {}", i.name, i.ty)).collect::<Vec<_>>().join(" and ")
+            )
+        })?;
+        let (_, mut t) = tensors.swap_remove(i);
+        // Integer batches may come as floats holding integers and vice versa; only the shape
+        // and, for ids, integrality must match.
+        if t.shape != inp.ty.shape {
+            bail!("{}: `{}` has shape {:?} but the model needs {}", path.display(), inp.name, t.shape, inp.ty);
+        }
+        if inp.ty.dtype == crate::ir::DType::I32 && t.data.iter().any(|v| v.fract() != 0.0) {
+            bail!("{}: `{}` must hold integer ids", path.display(), inp.name);
+        }
+        t.dtype = inp.ty.dtype;
+        out.push(t);
+    }
+    Ok(out)
+}
+
+fn cmd_run(
+    c: &Compiled,
+    weights: Option<&Path>,
+    batch: Option<&Path>,
+    out: Option<&Path>,
+    seed: u64,
+    backend: Backend,
+) -> Result<i32> {
+    let g = &c.forward;
+    let params = match weights {
+        Some(p) => load_weights(g, p)?,
+        None => io::init_params(g, seed),
+    };
+    let inputs = match batch {
+        Some(p) => load_batch(g, p)?,
+        None => io::random_batch(g, seed),
+    };
+    let joint = c.joint().map_err(|e| anyhow!("internal error in autodiff: {e}"))?;
+    let start = std::time::Instant::now();
+    let outputs = match backend {
+        Backend::Interp => interp::run(&joint, &interp::Env { inputs: &inputs, params: &params })
+            .map_err(|e| anyhow!("{e}"))?,
+    };
+    let elapsed = start.elapsed();
+    let loss = outputs
+        .iter()
+        .find(|(n, _)| n == "loss")
+        .map(|(_, t)| t.data[0])
+        .ok_or_else(|| anyhow!("internal error: the graph has no loss output"))?;
+    println!("loss = {loss:.6}");
+    eprintln!(
+        "{} backend, {:.1} ms, {} gradients{}",
+        match backend {
+            Backend::Interp => "interp",
+        },
+        elapsed.as_secs_f64() * 1e3,
+        outputs.iter().filter(|(n, _)| n.starts_with("grad.")).count(),
+        if batch.is_none() { ", random batch" } else { "" }
+    );
+    if let Some(out) = out {
+        io::save_safetensors(out, &outputs)?;
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(0)
+}

@@ -1,0 +1,147 @@
+//! The pipeline in one place: source text -> AST -> IR -> joint forward/backward IR, and
+//! the text of each stage. The CLI and library users (snapshot tests in their own repos)
+//! both go through here.
+//!
+//! ```no_run
+//! // In a user's test, with insta: one snapshot per stage.
+//! let compiled = lamina::driver::compile_file("model.lam".as_ref(), &[]).unwrap();
+//! let ir = compiled.stage_text(lamina::driver::Stage::Ir).unwrap();
+//! // insta::assert_snapshot!("model_ir", ir);
+//! # let _ = ir;
+//! ```
+
+use crate::diag::{self, Diagnostic, Diagnostics};
+use crate::elab::{self, Override};
+use crate::ir::{text, Graph};
+use crate::syntax::{self, ast::Module, print::print_ast};
+use std::path::Path;
+
+/// A printable stage of the pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stage {
+    /// The parsed syntax tree.
+    Ast,
+    /// The elaborated forward tensor IR.
+    Ir,
+    /// The joint forward and backward IR (gradients of the loss).
+    Grad,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 3] = [Stage::Ast, Stage::Ir, Stage::Grad];
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Ast => "ast",
+            Stage::Ir => "ir",
+            Stage::Grad => "grad",
+        }
+    }
+}
+
+/// A model that parsed and elaborated.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    pub module: Module,
+    pub forward: Graph,
+}
+
+/// Diagnostics together with the source they point into, so they can be rendered.
+#[derive(Clone, Debug)]
+pub struct CompileError {
+    pub file_name: String,
+    pub source: String,
+    pub diagnostics: Diagnostics,
+}
+
+impl CompileError {
+    pub fn render(&self, color: bool) -> String {
+        diag::render(&self.diagnostics, &self.file_name, &self.source, color)
+    }
+}
+
+impl std::fmt::Display for CompileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.render(false))
+    }
+}
+
+impl std::error::Error for CompileError {}
+
+/// The model name used when the file has no `model` statement: the file stem.
+pub fn default_name(file_name: &str) -> String {
+    Path::new(file_name)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".to_string())
+}
+
+/// Parse and elaborate source text. `file_name` is used in diagnostics and for the default
+/// model name.
+pub fn compile_source(
+    source: &str,
+    file_name: &str,
+    overrides: &[Override],
+) -> Result<Compiled, CompileError> {
+    let fail = |diagnostics| CompileError {
+        file_name: file_name.to_string(),
+        source: source.to_string(),
+        diagnostics,
+    };
+    let module = syntax::parse(source).map_err(fail)?;
+    let forward = elab::elaborate(&module, &default_name(file_name), overrides).map_err(fail)?;
+    Ok(Compiled { module, forward })
+}
+
+/// Read and compile a model file; unreadable or non-UTF-8 files become diagnostics too.
+pub fn compile_file(path: &Path, overrides: &[Override]) -> Result<Compiled, CompileError> {
+    let file_name = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| CompileError {
+        file_name: file_name.clone(),
+        source: String::new(),
+        diagnostics: vec![Diagnostic::new(
+            format!("cannot read {file_name}: {e}"),
+            Default::default(),
+            "here",
+        )],
+    })?;
+    match String::from_utf8(bytes) {
+        Ok(source) => compile_source(&source, &file_name, overrides),
+        Err(e) => {
+            let bytes = e.into_bytes();
+            let diagnostics = match syntax::parse_bytes(&bytes) {
+                Err(d) => d,
+                Ok(_) => vec![Diagnostic::new("the file is not UTF-8", Default::default(), "here")],
+            };
+            Err(CompileError {
+                file_name,
+                source: String::from_utf8_lossy(&bytes).into_owned(),
+                diagnostics,
+            })
+        }
+    }
+}
+
+impl Compiled {
+    /// The joint forward and backward graph.
+    pub fn joint(&self) -> Result<Graph, String> {
+        crate::autodiff::differentiate(&self.forward)
+    }
+
+    /// The deterministic text of one stage.
+    pub fn stage_text(&self, stage: Stage) -> Result<String, String> {
+        Ok(match stage {
+            Stage::Ast => print_ast(&self.module),
+            Stage::Ir => text::print(&self.forward),
+            Stage::Grad => text::print(&self.joint()?),
+        })
+    }
+
+    /// The JSON form of one stage (IR stages only).
+    pub fn stage_json(&self, stage: Stage) -> Result<String, String> {
+        match stage {
+            Stage::Ast => serde_json::to_string_pretty(&self.module).map_err(|e| e.to_string()),
+            Stage::Ir => Ok(text::to_json(&self.forward)),
+            Stage::Grad => Ok(text::to_json(&self.joint()?)),
+        }
+    }
+}

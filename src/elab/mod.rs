@@ -1,0 +1,130 @@
+//! Elaboration: spanned AST -> tensor IR.
+//!
+//! Three stages, one file each:
+//! - `consts`: constants, overrides and typed evaluation of argument expressions;
+//! - `resolve`: names, arguments, norm inheritance, skips, schemes and depth programs are
+//!   checked and expanded into a `Plan` (plain sizes and settings, no AST left);
+//! - `lower`: the plan is emitted as IR through `GraphBuilder`.
+//!
+//! Every user error is found in `consts`/`resolve`, so `lower` only fails on internal
+//! invariant violations (reported as an internal-error diagnostic, never a panic).
+//! Errors are collected per item and per block; anything that depends on a broken item
+//! is skipped silently so one mistake gives one diagnostic.
+
+mod consts;
+mod lower;
+mod resolve;
+#[cfg(test)]
+mod tests;
+
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::ir::Graph;
+use crate::syntax::ast::{Module, Span};
+
+/// A `--set name=value` command-line override of a constant.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Override {
+    pub name: String,
+    pub value: f64,
+    /// Whether the value was written as an integer (`--set d=256`).
+    pub is_int: bool,
+}
+
+/// Limits that keep every model small enough to compile and index with 32-bit sizes.
+pub const MAX_LAYERS: usize = 1024;
+pub const MAX_ELEMENTS: u64 = 1 << 31;
+pub const MAX_PARAMS: u64 = 1 << 31;
+
+/// Elaborate a parsed module into a forward graph with outputs `loss` and `logits`.
+/// `default_name` (the file stem) names the graph when there is no `model` statement.
+pub fn elaborate(m: &Module, default_name: &str, overrides: &[Override]) -> Result<Graph, Diagnostics> {
+    let plan = resolve::resolve(m, default_name, overrides)?;
+    let graph = lower::lower(&plan)?;
+    let total = graph
+        .params
+        .iter()
+        .try_fold(0u64, |acc, p| acc.checked_add(p.shape.iter().product::<usize>() as u64));
+    if total.is_none_or(|t| t > MAX_PARAMS) {
+        let count = total.map(|t| t.to_string()).unwrap_or_else(|| "more than 2^64".into());
+        return Err(vec![Diagnostic::new(
+            format!("the model has {count} parameters; the limit is 2^31 = {MAX_PARAMS}"),
+            plan.stack_span,
+            "these layers are too large in total",
+        )
+        .with_hint("use fewer or narrower layers, or share weights with `shared`")]);
+    }
+    if let Err(e) = graph.verify() {
+        return Err(vec![internal(e, m.span)]);
+    }
+    Ok(graph)
+}
+
+/// The constants of a module after overrides, in definition order: (name, value as printed).
+/// Used by `lamina params` and the docs.
+pub fn constants(m: &Module, overrides: &[Override]) -> Result<Vec<(String, String)>, Diagnostics> {
+    let mut diags = Vec::new();
+    let env = consts::Consts::evaluate(m, overrides, &mut diags);
+    if !diags.is_empty() {
+        sort(&mut diags);
+        return Err(diags);
+    }
+    Ok(env.listing())
+}
+
+/// A diagnostic for a broken invariant of the compiler itself.
+pub(crate) fn internal(msg: impl std::fmt::Display, span: Span) -> Diagnostic {
+    Diagnostic::new(
+        format!("internal compiler error: {msg}"),
+        span,
+        "while elaborating this model",
+    )
+    .with_hint("this is a bug in lamina; please report it with the model file")
+}
+
+pub(crate) fn sort(diags: &mut Diagnostics) {
+    diags.sort_by_key(|d| (d.span.start, d.span.end));
+    diags.dedup();
+}
+
+/// Levenshtein distance, for did-you-mean hints.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The closest candidate within a small edit distance, if any.
+pub(crate) fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (name.chars().count() / 3).max(1);
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(name, c), c))
+        .filter(|(d, c)| {
+            let prefix = |a: &str, b: &str| b.len() >= 3 && a.starts_with(b);
+            *d <= limit || prefix(c, name) || prefix(name, c)
+        })
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// "did you mean `x`?" or a list of what is available.
+pub(crate) fn suggest<'a>(name: &str, candidates: &[&'a str], what: &str) -> String {
+    match closest(name, candidates.iter().copied()) {
+        Some(c) => format!("did you mean `{c}`?"),
+        None if candidates.is_empty() => format!("no {what} is defined"),
+        None => format!("{what}: {}", list(candidates)),
+    }
+}
+
+/// `a`, `b` and `c` as "`a`, `b`, `c`".
+pub(crate) fn list(items: &[&str]) -> String {
+    items.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+}

@@ -1,0 +1,1337 @@
+//! Names, arguments, norms, skips, schemes and depth programs: AST -> `Plan`.
+//!
+//! A `Plan` holds plain sizes and settings, so lowering needs no AST and no checks. Each
+//! top-level item and each block is resolved on its own; a broken block is left out of the
+//! plan and the stacks that use it are skipped without further errors.
+
+use super::consts::{Bound, Consts, Ev, Value};
+use super::{closest, list, suggest, Override, MAX_ELEMENTS, MAX_LAYERS};
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::syntax::ast::{
+    Block, BlockItem, Call, Expr, ExprKind, Ident, Item, Module, NormSpec, Scheme, Span, Stack,
+};
+use std::collections::HashMap;
+
+// ---------------------------------------------------------------- the plan
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Placement {
+    Pre,
+    Post,
+    Peri,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum NormKind {
+    LayerNorm,
+    RmsNorm,
+}
+
+/// Norm settings at one level (model, block, sublayer); unset fields inherit from outside.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct NormSettings {
+    pub placement: Option<Placement>,
+    pub kind: Option<NormKind>,
+    pub eps: Option<f64>,
+}
+
+/// Fully resolved norm settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Norm {
+    pub placement: Placement,
+    pub kind: NormKind,
+    pub eps: f64,
+}
+
+/// PyTorch's defaults: pre-LN, LayerNorm, eps 1e-5.
+pub(crate) const DEFAULT_NORM: Norm =
+    Norm { placement: Placement::Pre, kind: NormKind::LayerNorm, eps: 1e-5 };
+
+impl NormSettings {
+    /// `self` (inner) over `outer`, field by field.
+    pub(crate) fn over(self, outer: NormSettings) -> NormSettings {
+        NormSettings {
+            placement: self.placement.or(outer.placement),
+            kind: self.kind.or(outer.kind),
+            eps: self.eps.or(outer.eps),
+        }
+    }
+    pub(crate) fn finish(self) -> Norm {
+        Norm {
+            placement: self.placement.unwrap_or(DEFAULT_NORM.placement),
+            kind: self.kind.unwrap_or(DEFAULT_NORM.kind),
+            eps: self.eps.unwrap_or(DEFAULT_NORM.eps),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Skip {
+    Residual,
+    None,
+    Scaled(f64),
+    /// A learned scalar starting at the value.
+    Learned(f64),
+    Hourglass { width: usize, trainable: bool, span: Span },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Act {
+    Relu,
+    Gelu,
+    GeluTanh,
+    Silu,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Sub {
+    Attention { heads: usize, causal: bool, bias: bool, heads_span: Span },
+    Ffn { hidden: usize, act: Act, glu: bool, bias: bool },
+    Linear { bias: bool },
+}
+
+/// One sublayer inside a unit; `name` is its parameter prefix within the layer (`ffn.1`).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Branch {
+    pub name: String,
+    pub sub: Sub,
+    /// Kind and eps of the branch's own output norm (used by peri inside `parallel`).
+    pub norm: Norm,
+    pub span: Span,
+}
+
+/// One residual step: `x + c * sum(branches)` under a norm placement and a skip.
+/// A sequential step has one branch and is named after it; a `parallel` group is
+/// named after the layer itself (`name == None`).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Unit {
+    pub name: Option<String>,
+    pub coef: f64,
+    pub norm: Norm,
+    pub skip: Skip,
+    pub branches: Vec<Branch>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct BlockPlan {
+    pub name: String,
+    pub units: Vec<Unit>,
+}
+
+/// One executed layer: weight set `blocks.<weights>`, its `run`-th execution.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct LayerRun {
+    pub block: usize,
+    pub weights: usize,
+    pub run: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum InputPlan {
+    Tokens { batch: usize, length: usize, vocab: usize },
+    Features { batch: usize, width: usize },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Positions {
+    Learned,
+    Sinusoidal,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Head {
+    Lm { tied: bool },
+    Classifier { classes: usize },
+    Linear { out: usize },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Loss {
+    CrossEntropy,
+    Mse,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Plan {
+    pub name: String,
+    pub input: InputPlan,
+    /// Residual width.
+    pub d: usize,
+    pub positions: Positions,
+    /// A features model with `embed(dim = ...)`: a Linear from the input width to `d`.
+    pub feature_embed: bool,
+    pub blocks: Vec<BlockPlan>,
+    pub layers: Vec<LayerRun>,
+    pub final_norm: Option<(NormKind, f64)>,
+    pub head: Head,
+    pub loss: Loss,
+    /// Where to point a "too many parameters" error.
+    pub stack_span: Span,
+}
+
+// ---------------------------------------------------------------- keywords
+
+const PLACEMENTS: &[&str] = &["pre", "post", "peri", "none"];
+const KINDS: &[&str] = &["layernorm", "rmsnorm"];
+const SKIPS: &[&str] = &["residual", "none", "scaled", "hourglass"];
+const SUBLAYERS: &[&str] = &["attention", "ffn", "linear"];
+const SCHEMES: &[&str] = &["lie_trotter", "strang", "parallel"];
+const INPUTS: &[&str] = &["tokens", "features"];
+const HEADS: &[&str] = &["lm", "classifier", "linear"];
+const LOSSES: &[&str] = &["cross_entropy", "mse"];
+const ACTS: &[&str] = &["relu", "gelu", "gelu_tanh", "silu"];
+
+const MINIMAL_MODEL: &str = "a minimal model is\n\n    input tokens(batch = 16, length = 64, vocab = 256)\n    embed(dim = 128)\n    block layer {\n        attn = attention(heads = 4)\n        ffn = ffn(hidden = 512)\n    }\n    stack layer * 4";
+
+fn err(msg: impl Into<String>, span: Span, label: impl Into<String>) -> Diagnostic {
+    Diagnostic::new(msg, span, label)
+}
+
+// ---------------------------------------------------------------- the resolver
+
+struct Resolver<'a> {
+    consts: &'a Consts,
+    diags: Vec<Diagnostic>,
+}
+
+/// A singleton top-level statement, remembered with its span for duplicate notes.
+struct Once<'a, T> {
+    what: &'static str,
+    item: Option<(&'a T, Span)>,
+}
+
+impl<'a, T> Once<'a, T> {
+    fn new(what: &'static str) -> Self {
+        Once { what, item: None }
+    }
+    fn set(&mut self, t: &'a T, span: Span, diags: &mut Vec<Diagnostic>) {
+        match self.item {
+            Some((_, first)) => diags.push(
+                err(format!("the model has two `{}` statements", self.what), span, "second one")
+                    .with_note(first, "first one here")
+                    .with_hint("keep only one"),
+            ),
+            None => self.item = Some((t, span)),
+        }
+    }
+    fn get(&self) -> Option<&'a T> {
+        self.item.map(|(t, _)| t)
+    }
+    fn span(&self) -> Option<Span> {
+        self.item.map(|(_, s)| s)
+    }
+}
+
+pub(crate) fn resolve(m: &Module, default_name: &str, overrides: &[Override]) -> Result<Plan, Diagnostics> {
+    let mut diags = Vec::new();
+    let consts = Consts::evaluate(m, overrides, &mut diags);
+    let mut r = Resolver { consts: &consts, diags };
+    let plan = r.module(m, default_name);
+    let mut diags = r.diags;
+    match plan {
+        Some(p) if diags.is_empty() => Ok(p),
+        _ => {
+            if diags.is_empty() {
+                diags.push(super::internal("resolution failed without a diagnostic", m.span));
+            }
+            super::sort(&mut diags);
+            Err(diags)
+        }
+    }
+}
+
+impl Resolver<'_> {
+    fn ev(&mut self) -> Ev<'_> {
+        Ev { consts: self.consts, diags: &mut self.diags }
+    }
+
+    fn module(&mut self, m: &Module, default_name: &str) -> Option<Plan> {
+        let mut model = Once::<Ident>::new("model");
+        let mut input = Once::<Call>::new("input");
+        let mut embed = Once::<Call>::new("embed");
+        let mut norm = Once::<NormSpec>::new("norm");
+        let mut skip = Once::<Call>::new("skip");
+        let mut final_norm = Once::<Call>::new("final_norm");
+        let mut head = Once::<Call>::new("head");
+        let mut loss = Once::<Call>::new("loss");
+        let mut blocks: Vec<&Block> = Vec::new();
+        let mut stacks: Vec<&Stack> = Vec::new();
+        let d = &mut self.diags;
+        for item in &m.items {
+            match item {
+                Item::Model(id) => model.set(id, id.span, d),
+                Item::Const { .. } => {}
+                Item::Input(c) => input.set(c, c.span, d),
+                Item::Embed(c) => embed.set(c, c.span, d),
+                Item::Norm(n) => norm.set(n, n.span, d),
+                Item::Skip(c) => skip.set(c, c.span, d),
+                Item::Block(b) => {
+                    if let Some(first) = blocks.iter().find(|f| f.name.name == b.name.name) {
+                        d.push(
+                            err(
+                                format!("block `{}` is defined twice", b.name.name),
+                                b.name.span,
+                                "second definition",
+                            )
+                            .with_note(first.name.span, "first defined here")
+                            .with_hint("rename one of them"),
+                        );
+                    } else {
+                        blocks.push(b);
+                    }
+                }
+                Item::Stack(s) => stacks.push(s),
+                Item::FinalNorm(c) => final_norm.set(c, c.span, d),
+                Item::Head(c) => head.set(c, c.span, d),
+                Item::Loss(c) => loss.set(c, c.span, d),
+            }
+        }
+
+        if m.items.is_empty() {
+            self.diags.push(
+                err("the model is empty: it has no `input`, no blocks and no `stack`", Span::new(0, 0), "nothing here")
+                    .with_hint(MINIMAL_MODEL),
+            );
+            return None;
+        }
+
+        // Model-wide defaults.
+        let model_norm = norm.get().and_then(|n| self.norm_spec(n)).unwrap_or_default();
+        let model_skip = match skip.get() {
+            Some(c) => self.skip(c),
+            None => Some(Skip::Residual),
+        };
+
+        let input_plan = match input.get() {
+            Some(c) => self.input(c),
+            None => {
+                self.diags.push(
+                    err("the model has no `input`", Span::new(0, 0), "expected an `input` statement")
+                        .with_hint(format!(
+                            "add `input tokens(batch = 16, length = 64, vocab = 256)` or `input features(batch = 32, width = 64)`; {MINIMAL_MODEL}"
+                        )),
+                );
+                None
+            }
+        };
+        let embedding = match (input_plan, embed.get()) {
+            (Some(inp), e) => self.embed(inp, e, input.span().unwrap_or_default()),
+            (None, Some(e)) => {
+                // Still check the embed statement's own arguments.
+                let _ = self.embed(InputPlan::Tokens { batch: 1, length: 1, vocab: 1 }, Some(e), e.span);
+                None
+            }
+            (None, None) => None,
+        };
+
+        // Blocks, each on its own.
+        let mut plans: Vec<Option<BlockPlan>> = Vec::new();
+        for b in &blocks {
+            // A broken model-level skip was reported; still check the blocks themselves.
+            let p = self.block(b, model_norm, model_skip.unwrap_or(Skip::Residual));
+            plans.push(p);
+        }
+
+        // Depth.
+        let mut layers = Vec::new();
+        let mut next_weights = 0usize;
+        let mut executed = 0usize;
+        let mut runs: HashMap<usize, usize> = HashMap::new();
+        let mut depth_ok = true;
+        for s in &stacks {
+            match self.stack(s, &blocks, &plans, &mut next_weights) {
+                Some(seq) => {
+                    executed += seq.len();
+                    if executed > MAX_LAYERS {
+                        self.diags.push(
+                            err(
+                                format!("the model would execute {executed} layers; the limit is {MAX_LAYERS}"),
+                                s.span,
+                                "this stack goes past the limit",
+                            )
+                            .with_hint(format!("at most {MAX_LAYERS} layers can be executed in total")),
+                        );
+                        depth_ok = false;
+                        break;
+                    }
+                    for (block, weights) in seq {
+                        let run = runs.entry(weights).or_insert(0);
+                        layers.push(LayerRun { block, weights, run: *run });
+                        *run += 1;
+                    }
+                }
+                None => depth_ok = false,
+            }
+        }
+        if stacks.is_empty() {
+            let d = match blocks.last() {
+                Some(b) => err("the model has no `stack`, so no block ever runs", b.name.span, "this block is never stacked")
+                    .with_hint(format!("add `stack {} * 4` to run it 4 times", b.name.name)),
+                None => err("the model has no blocks and no `stack`", Span::new(0, 0), "expected a `block` and a `stack`")
+                    .with_hint(MINIMAL_MODEL),
+            };
+            self.diags.push(d);
+            depth_ok = false;
+        }
+
+        // Final norm: present by default under pre/peri placement.
+        let model_full = model_norm.finish();
+        let final_norm = match final_norm.get() {
+            Some(c) => self.final_norm(c),
+            None => Some(match model_full.placement {
+                Placement::Pre | Placement::Peri => Some((model_full.kind, model_full.eps)),
+                Placement::Post | Placement::None => None,
+            }),
+        };
+
+        let (head_plan, loss_plan) = match input_plan {
+            Some(inp) => self.head_loss(inp, head.get(), loss.get(), input.span().unwrap_or_default())?,
+            None => return None,
+        };
+
+        let plans: Vec<BlockPlan> = plans.into_iter().collect::<Option<_>>()?;
+        let final_norm = final_norm?;
+        model_skip?;
+        if !depth_ok {
+            return None;
+        }
+        let input_plan = input_plan?;
+        let (d_model, positions, feature_embed, d_span) = embedding?;
+        let plan = Plan {
+            name: model.get().map(|i| i.name.clone()).unwrap_or_else(|| default_name.to_string()),
+            input: input_plan,
+            d: d_model,
+            positions,
+            feature_embed,
+            blocks: plans,
+            layers,
+            final_norm,
+            head: head_plan,
+            loss: loss_plan,
+            stack_span: stacks.first().map(|s| s.span).unwrap_or_default(),
+        };
+        self.check_sizes(&plan, d_span, head.span(), input.span().unwrap_or_default());
+        Some(plan)
+    }
+
+    // ------------------------------------------------------------ input and embedding
+
+    fn input(&mut self, c: &Call) -> Option<InputPlan> {
+        match c.name.name.as_str() {
+            "tokens" => {
+                let b = Bound::bind(c, "`input tokens`", &["batch", "length", "vocab"], 3, &mut self.diags);
+                let example = "tokens(batch = 16, length = 64, vocab = 256)";
+                let batch = b.require("batch", example, &mut self.diags);
+                let length = b.require("length", example, &mut self.diags);
+                let vocab = b.require("vocab", example, &mut self.diags);
+                let batch = batch.and_then(|e| self.ev().size(e, "batch"));
+                let length = length.and_then(|e| self.ev().size(e, "length"));
+                let vocab = vocab.and_then(|e| self.ev().size(e, "vocab"));
+                Some(InputPlan::Tokens { batch: batch?, length: length?, vocab: vocab? })
+            }
+            "features" => {
+                let b = Bound::bind(c, "`input features`", &["batch", "width"], 2, &mut self.diags);
+                let example = "features(batch = 32, width = 64)";
+                let batch = b.require("batch", example, &mut self.diags);
+                let width = b.require("width", example, &mut self.diags);
+                let batch = batch.and_then(|e| self.ev().size(e, "batch"));
+                let width = width.and_then(|e| self.ev().size(e, "width"));
+                Some(InputPlan::Features { batch: batch?, width: width? })
+            }
+            other => {
+                self.diags.push(
+                    err(format!("unknown input kind `{other}`"), c.name.span, "expected `tokens` or `features`")
+                        .with_hint(suggest(other, INPUTS, "the input kinds are")),
+                );
+                None
+            }
+        }
+    }
+
+    /// Residual width, positions, whether a features model has an embedding, and the span
+    /// that defines the width (for notes).
+    fn embed(&mut self, inp: InputPlan, e: Option<&Call>, input_span: Span) -> Option<(usize, Positions, bool, Span)> {
+        let Some(c) = e else {
+            return match inp {
+                InputPlan::Tokens { .. } => {
+                    self.diags.push(
+                        err("a token model needs an embedding", input_span, "tokens need `embed(dim = ...)`")
+                            .with_hint("add `embed(dim = 128)` to set the model width"),
+                    );
+                    None
+                }
+                InputPlan::Features { width, .. } => Some((width, Positions::None, false, input_span)),
+            };
+        };
+        let b = Bound::bind(c, "`embed`", &["dim", "positions"], 1, &mut self.diags);
+        let dim_e = b.require("dim", "embed(dim = 128)", &mut self.diags);
+        let dim = dim_e.and_then(|e| self.ev().size(e, "dim"));
+        let positions = match (b.get("positions"), inp) {
+            (None, InputPlan::Tokens { .. }) => Some(Positions::Learned),
+            (None, InputPlan::Features { .. }) => Some(Positions::None),
+            (Some(pe), InputPlan::Tokens { .. }) => {
+                self.ev().keyword(pe, "position kind", &["learned", "sinusoidal", "none"]).map(|k| match k.as_str() {
+                    "learned" => Positions::Learned,
+                    "sinusoidal" => Positions::Sinusoidal,
+                    _ => Positions::None,
+                })
+            }
+            (Some(pe), InputPlan::Features { .. }) => {
+                self.diags.push(
+                    err("positions need a sequence, and this model's input is `features`", pe.span, "not available for features")
+                        .with_hint("remove `positions = ...`"),
+                );
+                None
+            }
+        };
+        Some((dim?, positions?, matches!(inp, InputPlan::Features { .. }), dim_e.map(|e| e.span).unwrap_or(c.span)))
+    }
+
+    // ------------------------------------------------------------ norms and skips
+
+    fn norm_spec(&mut self, n: &NormSpec) -> Option<NormSettings> {
+        let mut s = NormSettings::default();
+        let mut ok = true;
+        let mut placement_span: Option<Span> = None;
+        let mut kind_span: Option<Span> = None;
+        for part in &n.parts {
+            let name = part.name.name.as_str();
+            if PLACEMENTS.contains(&name) {
+                if let Some(first) = placement_span {
+                    self.diags.push(
+                        err("two norm placements", part.span, "second placement")
+                            .with_note(first, "first placement")
+                            .with_hint("a norm has one placement: pre, post, peri or none"),
+                    );
+                    ok = false;
+                    continue;
+                }
+                placement_span = Some(part.span);
+                if let Some(args) = &part.args {
+                    let span = args.first().map(|a| a.span).unwrap_or(part.span);
+                    self.diags.push(
+                        err(format!("the placement `{name}` takes no arguments"), span, "unexpected")
+                            .with_hint("arguments such as eps go on the kind: `norm pre layernorm(eps = 1e-5)`"),
+                    );
+                    ok = false;
+                }
+                s.placement = Some(match name {
+                    "pre" => Placement::Pre,
+                    "post" => Placement::Post,
+                    "peri" => Placement::Peri,
+                    _ => Placement::None,
+                });
+            } else if KINDS.contains(&name) {
+                if let Some(first) = kind_span {
+                    self.diags.push(
+                        err("two norm kinds", part.span, "second kind")
+                            .with_note(first, "first kind")
+                            .with_hint("a norm has one kind: layernorm or rmsnorm"),
+                    );
+                    ok = false;
+                    continue;
+                }
+                kind_span = Some(part.span);
+                s.kind = Some(if name == "layernorm" { NormKind::LayerNorm } else { NormKind::RmsNorm });
+                let b = Bound::bind(part, format!("`{name}`"), &["eps"], 1, &mut self.diags);
+                if let Some(e) = b.get("eps") {
+                    match self.eps(e) {
+                        Some(v) => s.eps = Some(v),
+                        None => ok = false,
+                    }
+                }
+            } else {
+                let mut all: Vec<&str> = PLACEMENTS.to_vec();
+                all.extend_from_slice(KINDS);
+                let d = err(
+                    format!("unknown norm setting `{name}`"),
+                    part.name.span,
+                    "expected a placement (pre, post, peri, none) or a kind (layernorm, rmsnorm)",
+                );
+                self.diags.push(match closest(name, all.iter().copied()) {
+                    Some(c) => d.with_hint(format!("did you mean `{c}`?")),
+                    None => d,
+                });
+                ok = false;
+            }
+        }
+        ok.then_some(s)
+    }
+
+    fn eps(&mut self, e: &Expr) -> Option<f64> {
+        let v = self.ev().number_of(e, "a positive number")?;
+        if v <= 0.0 {
+            self.diags.push(
+                err(format!("eps must be positive, found {v}"), e.span, "expected a small positive number")
+                    .with_hint("PyTorch's default is 1e-5"),
+            );
+            return None;
+        }
+        Some(v)
+    }
+
+    fn skip(&mut self, c: &Call) -> Option<Skip> {
+        let name = c.name.name.as_str();
+        match name {
+            "residual" | "none" => {
+                Bound::bind(c, format!("`skip {name}`"), &[], 0, &mut self.diags);
+                Some(if name == "residual" { Skip::Residual } else { Skip::None })
+            }
+            "scaled" => {
+                let b = Bound::bind(c, "`skip scaled`", &["scale", "init"], 1, &mut self.diags);
+                let e = b.require("scale", "skip scaled(0.5)` or `skip scaled(learned)", &mut self.diags)?;
+                let learned = matches!(&e.kind, ExprKind::Name(n) if n == "learned" && self.consts.def_span(n).is_none());
+                if learned {
+                    let init = match b.get("init") {
+                        Some(ie) => self.ev().number_of(ie, "a number")?,
+                        None => 1.0,
+                    };
+                    Some(Skip::Learned(init))
+                } else {
+                    if let Some(ie) = b.get("init") {
+                        self.diags.push(
+                            err("`init` only applies to a learned scale", ie.span, "not used by a fixed scale")
+                                .with_hint("write `skip scaled(learned, init = ...)`, or drop `init`"),
+                        );
+                        return None;
+                    }
+                    let v = self.ev().eval(e)?;
+                    match v {
+                        Value::Int(i) => Some(Skip::Scaled(i as f64)),
+                        Value::Float(f) => Some(Skip::Scaled(f)),
+                        Value::Word(w, span) => {
+                            let d = err(format!("unknown skip scale `{w}`"), span, "expected a number or `learned`");
+                            let names: Vec<&str> = vec!["learned"];
+                            let d = match closest(&w, names.iter().copied()) {
+                                Some(c) => d.with_hint(format!("did you mean `{c}`?")),
+                                None => d.with_hint("write a number such as `scaled(0.5)` or `scaled(learned)`"),
+                            };
+                            self.diags.push(d);
+                            None
+                        }
+                        other => {
+                            self.diags.push(err(
+                                format!("expected a number or `learned`, found `{other}`"),
+                                e.span,
+                                "expected a number or `learned`",
+                            ));
+                            None
+                        }
+                    }
+                }
+            }
+            "hourglass" => {
+                let b = Bound::bind(c, "`skip hourglass`", &["width", "lift"], 1, &mut self.diags);
+                let we = b.require("width", "skip hourglass(width = 256, lift = frozen)", &mut self.diags)?;
+                let width = self.ev().size(we, "width");
+                let trainable = match b.get("lift") {
+                    None => Some(false),
+                    Some(le) => self.ev().keyword(le, "lift mode", &["frozen", "trainable"]).map(|k| k == "trainable"),
+                };
+                Some(Skip::Hourglass { width: width?, trainable: trainable?, span: we.span })
+            }
+            other => {
+                self.diags.push(
+                    err(format!("unknown skip `{other}`"), c.name.span, "expected residual, none, scaled or hourglass")
+                        .with_hint(suggest(other, SKIPS, "the skips are")),
+                );
+                None
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ blocks
+
+    fn block(&mut self, b: &Block, model_norm: NormSettings, model_skip: Skip) -> Option<BlockPlan> {
+        let before = self.diags.len();
+        let mut block_norm: Option<(NormSettings, Span)> = None;
+        let mut block_skip: Option<(Skip, Span)> = None;
+        let mut scheme: Option<&Scheme> = None;
+        let mut scheme_span = Span::default();
+        // (name ident, resolved sublayer, sublayer norm, sublayer skip, has own placement/skip span)
+        struct Sl<'s> {
+            name: &'s Ident,
+            sub: Option<Sub>,
+            norm: Option<NormSettings>,
+            norm_span: Option<Span>,
+            skip: Option<Option<Skip>>,
+            skip_span: Option<Span>,
+            span: Span,
+        }
+        let mut subs: Vec<Sl> = Vec::new();
+        for item in &b.items {
+            match item {
+                BlockItem::Norm(n) => {
+                    if let Some((_, first)) = block_norm {
+                        self.diags.push(
+                            err(format!("block `{}` has two `norm` statements", b.name.name), n.span, "second one")
+                                .with_note(first, "first one here"),
+                        );
+                        continue;
+                    }
+                    let s = self.norm_spec(n).unwrap_or_default();
+                    block_norm = Some((s, n.span));
+                }
+                BlockItem::Skip(c) => {
+                    if let Some((_, first)) = block_skip {
+                        self.diags.push(
+                            err(format!("block `{}` has two `skip` statements", b.name.name), c.span, "second one")
+                                .with_note(first, "first one here"),
+                        );
+                        continue;
+                    }
+                    if let Some(s) = self.skip(c) {
+                        block_skip = Some((s, c.span));
+                    }
+                }
+                BlockItem::Scheme(s) => {
+                    let span = match s {
+                        Scheme::Named(c) => c.span,
+                        Scheme::Steps { span, .. } => *span,
+                    };
+                    if scheme.is_some() {
+                        self.diags.push(
+                            err(format!("block `{}` has two schemes", b.name.name), span, "second scheme")
+                                .with_note(scheme_span, "first scheme here"),
+                        );
+                        continue;
+                    }
+                    scheme = Some(s);
+                    scheme_span = span;
+                }
+                BlockItem::Sublayer(sl) => {
+                    if let Some(first) = subs.iter().find(|f| f.name.name == sl.name.name) {
+                        self.diags.push(
+                            err(format!("sublayer `{}` is defined twice in block `{}`", sl.name.name, b.name.name), sl.name.span, "second definition")
+                                .with_note(first.name.span, "first defined here")
+                                .with_hint("give each sublayer its own name; use the scheme to run one twice"),
+                        );
+                        continue;
+                    }
+                    let sub = self.sublayer(&sl.call);
+                    let norm = sl.norm.as_ref().map(|n| self.norm_spec(n).unwrap_or_default());
+                    let skip = sl.skip.as_ref().map(|c| self.skip(c));
+                    subs.push(Sl {
+                        name: &sl.name,
+                        sub,
+                        norm,
+                        norm_span: sl.norm.as_ref().map(|n| n.span),
+                        skip,
+                        skip_span: sl.skip.as_ref().map(|c| c.span),
+                        span: sl.call.span,
+                    });
+                }
+            }
+        }
+        if subs.is_empty() {
+            self.diags.push(
+                err(format!("block `{}` has no sublayers", b.name.name), b.name.span, "empty block")
+                    .with_hint("add one, e.g. `ffn = ffn(hidden = 512)`"),
+            );
+            return None;
+        }
+        let names: Vec<&str> = subs.iter().map(|s| s.name.name.as_str()).collect();
+
+        // The scheme as (sublayer index, coefficient) steps, plus whether it is parallel.
+        let mut parallel = false;
+        let steps: Option<Vec<(usize, f64, Span)>> = match scheme {
+            None => Some(subs.iter().enumerate().map(|(i, s)| (i, 1.0, s.name.span)).collect()),
+            Some(Scheme::Steps { steps, span }) => {
+                if steps.is_empty() {
+                    self.diags.push(err("the scheme has no steps", *span, "empty list").with_hint(format!(
+                        "list the sublayers to run, e.g. `scheme [{}]`",
+                        names.join(", ")
+                    )));
+                    None
+                } else {
+                    let mut out = Vec::new();
+                    let mut ok = true;
+                    for st in steps {
+                        let idx = self.sublayer_ref(&st.sublayer.name, st.sublayer.span, &names, &b.name.name);
+                        let coef = match &st.coef {
+                            Some(e) => self.coef(e),
+                            None => Some(1.0),
+                        };
+                        match (idx, coef) {
+                            (Some(i), Some(c)) => out.push((i, c, st.span)),
+                            _ => ok = false,
+                        }
+                    }
+                    ok.then_some(out)
+                }
+            }
+            Some(Scheme::Named(c)) => {
+                let kind = c.name.name.as_str();
+                if !SCHEMES.contains(&kind) {
+                    self.diags.push(
+                        err(format!("unknown scheme `{kind}`"), c.name.span, "expected lie_trotter, strang, parallel or a list")
+                            .with_hint(suggest(kind, SCHEMES, "the schemes are")),
+                    );
+                    None
+                } else {
+                    parallel = kind == "parallel";
+                    let mut order = Vec::new();
+                    let mut h = 1.0;
+                    let mut ok = true;
+                    let mut h_span: Option<Span> = None;
+                    for a in c.args.iter().flatten() {
+                        match &a.key {
+                            None => match &a.value.kind {
+                                ExprKind::Name(n) => match self.sublayer_ref(n, a.value.span, &names, &b.name.name) {
+                                    Some(i) => order.push((i, a.span)),
+                                    None => ok = false,
+                                },
+                                _ => {
+                                    self.diags.push(
+                                        err(format!("`{kind}` takes sublayer names"), a.value.span, "expected a sublayer name")
+                                            .with_hint(format!("the sublayers of `{}` are {}; write `h = ...` for the step size", b.name.name, list(&names))),
+                                    );
+                                    ok = false;
+                                }
+                            },
+                            Some(k) if k.name == "h" => {
+                                if let Some(first) = h_span {
+                                    self.diags.push(err("argument `h` is given twice", a.span, "second value").with_note(first, "first given here"));
+                                    ok = false;
+                                    continue;
+                                }
+                                h_span = Some(a.span);
+                                match self.coef(&a.value) {
+                                    Some(v) => h = v,
+                                    None => ok = false,
+                                }
+                            }
+                            Some(k) => {
+                                self.diags.push(
+                                    err(format!("unknown argument `{}` for `{kind}`", k.name), k.span, "unknown argument")
+                                        .with_hint(format!("`{kind}` takes sublayer names and the step size `h`")),
+                                );
+                                ok = false;
+                            }
+                        }
+                    }
+                    if order.is_empty() && ok {
+                        order = subs.iter().enumerate().map(|(i, s)| (i, s.name.span)).collect();
+                    }
+                    if !ok {
+                        None
+                    } else if kind == "strang" {
+                        // A*h/2, B*h/2, ..., Z*h, ..., B*h/2, A*h/2
+                        let n = order.len();
+                        let mut out: Vec<(usize, f64, Span)> = Vec::new();
+                        for (j, &(i, sp)) in order.iter().enumerate() {
+                            out.push((i, if j + 1 == n { h } else { h / 2.0 }, sp));
+                        }
+                        for &(i, sp) in order[..n - 1].iter().rev() {
+                            out.push((i, h / 2.0, sp));
+                        }
+                        Some(out)
+                    } else {
+                        Some(order.into_iter().map(|(i, sp)| (i, h, sp)).collect())
+                    }
+                }
+            }
+        };
+
+        // Every defined sublayer must be used.
+        if let Some(steps) = &steps {
+            for (i, s) in subs.iter().enumerate() {
+                if !steps.iter().any(|(j, _, _)| *j == i) {
+                    self.diags.push(
+                        err(format!("sublayer `{}` is never used", s.name.name), s.name.span, "defined but not in the scheme")
+                            .with_note(scheme_span, "the scheme")
+                            .with_hint("add it to the scheme or remove it"),
+                    );
+                }
+            }
+        }
+        if self.diags.len() > before {
+            return None;
+        }
+        let steps = steps?;
+
+        let block_settings = block_norm.map(|(s, _)| s).unwrap_or_default().over(model_norm);
+        let block_skip = block_skip.map(|(s, _)| s).unwrap_or(model_skip);
+
+        // Occurrence numbering: a sublayer used k > 1 times gets `<name>.0`, `<name>.1`, ...
+        let mut count = vec![0usize; subs.len()];
+        for (i, _, _) in &steps {
+            count[*i] += 1;
+        }
+        let mut seen = vec![0usize; subs.len()];
+        let mut branches: Vec<(Branch, f64, usize)> = Vec::new();
+        for (i, coef, _) in &steps {
+            let s = &subs[*i];
+            let name = if count[*i] > 1 { format!("{}.{}", s.name.name, seen[*i]) } else { s.name.name.clone() };
+            seen[*i] += 1;
+            let norm = s.norm.unwrap_or_default().over(block_settings).finish();
+            let sub = s.sub.clone()?;
+            branches.push((Branch { name, sub, norm, span: s.span }, *coef, *i));
+        }
+
+        let units = if parallel {
+            let mut ok = true;
+            for s in &subs {
+                if let Some(sp) = s.skip_span {
+                    self.diags.push(
+                        err(format!("sublayer `{}` runs in a parallel scheme, so it cannot have its own skip", s.name.name), sp, "the block's skip applies")
+                            .with_hint("move the `skip` to the block"),
+                    );
+                    ok = false;
+                }
+                if let (Some(n), Some(sp)) = (s.norm, s.norm_span) {
+                    if n.placement.is_some() {
+                        self.diags.push(
+                            err(format!("sublayer `{}` runs in a parallel scheme, so it cannot have its own norm placement", s.name.name), sp, "the block's placement applies")
+                                .with_hint("move the placement to the block's `norm`; a kind or eps here sets the branch's output norm under peri"),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            if !ok {
+                return None;
+            }
+            let coef = branches.first().map(|b| b.1).unwrap_or(1.0);
+            vec![Unit {
+                name: None,
+                coef,
+                norm: block_settings.finish(),
+                skip: block_skip,
+                branches: branches.into_iter().map(|b| b.0).collect(),
+            }]
+        } else {
+            let mut units = Vec::new();
+            for (br, coef, i) in branches {
+                let s = &subs[i];
+                let skip = match s.skip {
+                    Some(Some(sk)) => sk,
+                    Some(None) => return None,
+                    None => block_skip,
+                };
+                units.push(Unit { name: Some(br.name.clone()), coef, norm: br.norm, skip, branches: vec![br] });
+            }
+            units
+        };
+        Some(BlockPlan { name: b.name.name.clone(), units })
+    }
+
+    fn sublayer_ref(&mut self, name: &str, span: Span, names: &[&str], block: &str) -> Option<usize> {
+        match names.iter().position(|n| *n == name) {
+            Some(i) => Some(i),
+            None => {
+                self.diags.push(
+                    err(format!("block `{block}` has no sublayer `{name}`"), span, "unknown sublayer")
+                        .with_hint(suggest(name, names, &format!("the sublayers of `{block}` are"))),
+                );
+                None
+            }
+        }
+    }
+
+    fn coef(&mut self, e: &Expr) -> Option<f64> {
+        let v = self.ev().number_of(e, "a number")?;
+        if !v.is_finite() {
+            self.diags.push(err("the coefficient is not a finite number", e.span, "not finite"));
+            return None;
+        }
+        Some(v)
+    }
+
+    fn sublayer(&mut self, c: &Call) -> Option<Sub> {
+        let kind = c.name.name.as_str();
+        match kind {
+            "attention" => {
+                let b = Bound::bind(c, "attention", &["heads", "causal", "bias"], 1, &mut self.diags);
+                let he = b.require("heads", "attention(heads = 4)", &mut self.diags);
+                let heads = he.and_then(|e| self.ev().size(e, "heads"));
+                let causal = self.opt_bool(b.get("causal"), "causal", true);
+                let bias = self.opt_bool(b.get("bias"), "bias", true);
+                Some(Sub::Attention { heads: heads?, causal: causal?, bias: bias?, heads_span: he?.span })
+            }
+            "ffn" => {
+                let b = Bound::bind(c, "ffn", &["hidden", "act", "glu", "bias"], 1, &mut self.diags);
+                let hidden = b.require("hidden", "ffn(hidden = 512)", &mut self.diags).and_then(|e| self.ev().size(e, "hidden"));
+                let act = match b.get("act") {
+                    None => Some(Act::Gelu),
+                    Some(e) => self.ev().keyword(e, "activation", ACTS).map(|a| match a.as_str() {
+                        "relu" => Act::Relu,
+                        "gelu" => Act::Gelu,
+                        "gelu_tanh" => Act::GeluTanh,
+                        _ => Act::Silu,
+                    }),
+                };
+                let glu = self.opt_bool(b.get("glu"), "glu", false);
+                let bias = self.opt_bool(b.get("bias"), "bias", true);
+                Some(Sub::Ffn { hidden: hidden?, act: act?, glu: glu?, bias: bias? })
+            }
+            "linear" => {
+                let b = Bound::bind(c, "linear", &["bias"], 0, &mut self.diags);
+                let bias = self.opt_bool(b.get("bias"), "bias", true);
+                Some(Sub::Linear { bias: bias? })
+            }
+            other => {
+                self.diags.push(
+                    err(format!("unknown sublayer kind `{other}`"), c.name.span, "expected attention, ffn or linear")
+                        .with_hint(suggest(other, SUBLAYERS, "the sublayer kinds are")),
+                );
+                None
+            }
+        }
+    }
+
+    fn opt_bool(&mut self, e: Option<&Expr>, what: &str, default: bool) -> Option<bool> {
+        match e {
+            None => Some(default),
+            Some(e) => self.ev().boolean(e, what),
+        }
+    }
+
+    // ------------------------------------------------------------ depth
+
+    /// The (block index, weight set) sequence of one `stack` statement.
+    fn stack(
+        &mut self,
+        s: &Stack,
+        blocks: &[&Block],
+        plans: &[Option<BlockPlan>],
+        next_weights: &mut usize,
+    ) -> Option<Vec<(usize, usize)>> {
+        let block = match blocks.iter().position(|b| b.name.name == s.block.name) {
+            Some(i) => Some(i),
+            None => {
+                let names: Vec<&str> = blocks.iter().map(|b| b.name.name.as_str()).collect();
+                self.diags.push(
+                    err(format!("unknown block `{}`", s.block.name), s.block.span, "no block has this name")
+                        .with_hint(suggest(&s.block.name, &names, "the blocks are")),
+                );
+                None
+            }
+        };
+        let n = self.ev().size(&s.count, "the layer count");
+        let n = match n {
+            Some(n) if n > MAX_LAYERS => {
+                self.diags.push(
+                    err(format!("`stack {} * {n}` asks for {n} layers; the limit is {MAX_LAYERS}", s.block.name), s.count.span, format!("at most {MAX_LAYERS}"))
+                        .with_hint(format!("a model executes at most {MAX_LAYERS} layers in total")),
+                );
+                None
+            }
+            n => n,
+        };
+        if let (Some(sh), Some(o)) = (s.shared, &s.order) {
+            self.diags.push(
+                err("`shared` and `order` cannot be combined", o.span, "an order over shared weights")
+                    .with_note(sh, "`shared` here")
+                    .with_hint("with `shared` every layer has the same weights, so order has no effect; drop one"),
+            );
+            return None;
+        }
+        let order = match (&s.order, n) {
+            (Some(o), Some(n)) => Some(self.order(o, n)?),
+            _ => None,
+        };
+        let (block, n) = (block?, n?);
+        plans[block].as_ref()?;
+        let base = *next_weights;
+        let seq: Vec<(usize, usize)> = if s.shared.is_some() {
+            *next_weights += 1;
+            (0..n).map(|_| (block, base)).collect()
+        } else if let Some(order) = order {
+            *next_weights += n;
+            order.into_iter().map(|i| (block, base + i)).collect()
+        } else {
+            *next_weights += n;
+            (0..n).map(|i| (block, base + i)).collect()
+        };
+        Some(seq)
+    }
+
+    fn order(&mut self, o: &Expr, n: usize) -> Option<Vec<usize>> {
+        let v = self.ev().eval(o)?;
+        let Value::List(items) = v else {
+            self.diags.push(
+                err(format!("`order` needs a list of layer indices, found `{v}`"), o.span, "expected a list")
+                    .with_hint("for example `order [0, 1, 1, 2]`"),
+            );
+            return None;
+        };
+        if items.is_empty() {
+            self.diags.push(err("`order` is empty, so no layer would run", o.span, "empty list"));
+            return None;
+        }
+        if items.len() > MAX_LAYERS {
+            self.diags.push(err(
+                format!("`order` lists {} layers; the limit is {MAX_LAYERS}", items.len()),
+                o.span,
+                "too long",
+            ));
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (val, span) in &items {
+            let Some(i) = self.ev().int_value(val, *span, "a layer index") else {
+                ok = false;
+                continue;
+            };
+            if i < 0 || i as u64 >= n as u64 {
+                self.diags.push(
+                    err(format!("layer index {i} is out of range"), *span, format!("expected 0 to {}", n - 1))
+                        .with_hint(format!("this stack has {n} layers, numbered 0 to {}", n - 1)),
+                );
+                ok = false;
+                continue;
+            }
+            out.push(i as usize);
+        }
+        ok.then_some(out)
+    }
+
+    // ------------------------------------------------------------ final norm, head, loss
+
+    fn final_norm(&mut self, c: &Call) -> Option<Option<(NormKind, f64)>> {
+        let name = c.name.name.as_str();
+        match name {
+            "none" => {
+                Bound::bind(c, "`final_norm none`", &[], 0, &mut self.diags);
+                Some(None)
+            }
+            "layernorm" | "rmsnorm" => {
+                let b = Bound::bind(c, format!("`{name}`"), &["eps"], 1, &mut self.diags);
+                let eps = match b.get("eps") {
+                    Some(e) => self.eps(e)?,
+                    None => DEFAULT_NORM.eps,
+                };
+                let kind = if name == "layernorm" { NormKind::LayerNorm } else { NormKind::RmsNorm };
+                Some(Some((kind, eps)))
+            }
+            other => {
+                self.diags.push(
+                    err(format!("unknown final norm `{other}`"), c.name.span, "expected layernorm, rmsnorm or none")
+                        .with_hint(suggest(other, &["layernorm", "rmsnorm", "none"], "the choices are")),
+                );
+                None
+            }
+        }
+    }
+
+    fn head_loss(&mut self, inp: InputPlan, head: Option<&Call>, loss: Option<&Call>, input_span: Span) -> Option<(Head, Loss)> {
+        let tokens = matches!(inp, InputPlan::Tokens { .. });
+        let h = match head {
+            None if tokens => Some(Head::Lm { tied: false }),
+            None => {
+                self.diags.push(
+                    err("a features model needs a `head`", input_span, "features input")
+                        .with_hint("add `head classifier(classes = 10)` or `head linear(out = 1)`"),
+                );
+                None
+            }
+            Some(c) => match c.name.name.as_str() {
+                "lm" => {
+                    let b = Bound::bind(c, "the lm head", &["tied"], 0, &mut self.diags);
+                    let tied = self.opt_bool(b.get("tied"), "tied", false);
+                    match tied {
+                        Some(true) if !tokens => {
+                            self.diags.push(
+                                err("a tied head needs a token embedding to tie to", c.span, "no token embedding")
+                                    .with_note(input_span, "this model's input is `features`")
+                                    .with_hint("use `head classifier(classes = ...)` or `head linear(out = ...)`"),
+                            );
+                            None
+                        }
+                        Some(_) if !tokens => {
+                            self.diags.push(
+                                err("an lm head predicts tokens, and this model's input is `features`", c.span, "needs `input tokens(...)`")
+                                    .with_note(input_span, "features input")
+                                    .with_hint("use `head classifier(classes = ...)` or `head linear(out = ...)`"),
+                            );
+                            None
+                        }
+                        Some(t) => Some(Head::Lm { tied: t }),
+                        None => None,
+                    }
+                }
+                "classifier" => {
+                    let b = Bound::bind(c, "the classifier head", &["classes"], 1, &mut self.diags);
+                    let e = b.require("classes", "classifier(classes = 10)", &mut self.diags)?;
+                    self.ev().size(e, "classes").map(|classes| Head::Classifier { classes })
+                }
+                "linear" => {
+                    let b = Bound::bind(c, "the linear head", &["out"], 1, &mut self.diags);
+                    let e = b.require("out", "linear(out = 1)", &mut self.diags)?;
+                    self.ev().size(e, "out").map(|out| Head::Linear { out })
+                }
+                other => {
+                    self.diags.push(
+                        err(format!("unknown head `{other}`"), c.name.span, "expected lm, classifier or linear")
+                            .with_hint(suggest(other, HEADS, "the heads are")),
+                    );
+                    None
+                }
+            },
+        };
+        let l = match loss {
+            None => h.map(|h| if matches!(h, Head::Linear { .. }) { Loss::Mse } else { Loss::CrossEntropy }),
+            Some(c) => match c.name.name.as_str() {
+                n @ ("cross_entropy" | "mse") => {
+                    Bound::bind(c, format!("`loss {n}`"), &[], 0, &mut self.diags);
+                    let l = if n == "mse" { Loss::Mse } else { Loss::CrossEntropy };
+                    match (h, l) {
+                        (Some(Head::Linear { .. }), Loss::CrossEntropy) => {
+                            let mut d = err("cross_entropy needs class scores, but a linear head regresses values", c.span, "incompatible with the head")
+                                .with_hint("use `loss mse`, or `head classifier(classes = ...)`");
+                            if let Some(hc) = head {
+                                d = d.with_note(hc.span, "the head");
+                            }
+                            self.diags.push(d);
+                            None
+                        }
+                        (Some(Head::Lm { .. } | Head::Classifier { .. }), Loss::Mse) => {
+                            let mut d = err("mse needs a `linear` head", c.span, "incompatible with the head")
+                                .with_hint("use `loss cross_entropy`, or `head linear(out = ...)` for regression");
+                            if let Some(hc) = head {
+                                d = d.with_note(hc.span, "the head");
+                            } else {
+                                d = d.with_note(input_span, "the default head is `lm` for a token input");
+                            }
+                            self.diags.push(d);
+                            None
+                        }
+                        _ => Some(l),
+                    }
+                }
+                other => {
+                    self.diags.push(
+                        err(format!("unknown loss `{other}`"), c.name.span, "expected cross_entropy or mse")
+                            .with_hint(suggest(other, LOSSES, "the losses are")),
+                    );
+                    None
+                }
+            },
+        };
+        Some((h?, l?))
+    }
+
+    // ------------------------------------------------------------ shapes and limits
+
+    fn check_sizes(&mut self, p: &Plan, d_span: Span, head_span: Option<Span>, input_span: Span) {
+        let d = p.d;
+        let (b, t) = match p.input {
+            InputPlan::Tokens { batch, length, .. } => (batch, Some(length)),
+            InputPlan::Features { batch, .. } => (batch, None),
+        };
+        // Activation shape prefix: [B, T] or [B].
+        let act = |w: usize| -> Vec<usize> {
+            match t {
+                Some(t) => vec![b, t, w],
+                None => vec![b, w],
+            }
+        };
+        match p.input {
+            InputPlan::Tokens { vocab, length, .. } => {
+                self.numel(&[vocab, d], d_span, "the embedding table");
+                if p.positions == Positions::Learned {
+                    self.numel(&[length, d], d_span, "the position table");
+                }
+                self.numel(&act(d), d_span, "the residual stream");
+                if matches!(p.head, Head::Lm { .. }) {
+                    self.numel(&act(vocab), head_span.unwrap_or(input_span), "the logits");
+                }
+            }
+            InputPlan::Features { width, .. } => {
+                self.numel(&[b, width], input_span, "the input batch");
+                self.numel(&[d, width], d_span, "the embedding weight");
+                self.numel(&act(d), d_span, "the residual stream");
+            }
+        }
+        let hs = head_span.unwrap_or(input_span);
+        match p.head {
+            Head::Classifier { classes } => {
+                self.numel(&[classes, d], hs, "the head weight");
+            }
+            Head::Linear { out } => {
+                self.numel(&[out, d], hs, "the head weight");
+            }
+            Head::Lm { .. } => {}
+        }
+        // Each block once, and only blocks that run.
+        let mut used: Vec<usize> = p.layers.iter().map(|l| l.block).collect();
+        used.sort_unstable();
+        used.dedup();
+        for bi in used {
+            let Some(bp) = p.blocks.get(bi) else { continue };
+            for u in &bp.units {
+                let (w, wname, wspan) = match u.skip {
+                    Skip::Hourglass { width, span, .. } => {
+                        if !self.numel(&[width, d], span, "the hourglass lift") {
+                            continue;
+                        }
+                        (width, "width", span)
+                    }
+                    _ => (d, "d", d_span),
+                };
+                self.numel(&act(w), wspan, "the hidden state");
+                for br in &u.branches {
+                    match br.sub {
+                        Sub::Attention { heads, heads_span, .. } => {
+                            let Some(t) = t else {
+                                self.diags.push(
+                                    err("attention needs a sequence, and this model's input is `features`", br.span, "attention on features")
+                                        .with_note(input_span, "features input")
+                                        .with_hint("use `input tokens(...)`, or ffn and linear sublayers"),
+                                );
+                                continue;
+                            };
+                            if w % heads != 0 {
+                                let divisors: Vec<String> = (1..=w.min(64)).filter(|h| w % h == 0).map(|h| h.to_string()).collect();
+                                let below = (w / heads) * heads;
+                                let above = below + heads;
+                                let mut hint = format!("heads that divide {w}: {}", divisors.join(", "));
+                                if below > 0 {
+                                    hint.push_str(&format!("; or make {wname} = {below} or {above}"));
+                                } else {
+                                    hint.push_str(&format!("; or make {wname} = {above}"));
+                                }
+                                self.diags.push(
+                                    err(format!("{wname} = {w} is not divisible by heads = {heads}"), heads_span, format!("does not divide {wname} = {w}"))
+                                        .with_note(wspan, format!("{wname} = {w} set here"))
+                                        .with_hint(hint),
+                                );
+                                continue;
+                            }
+                            self.numel(&[w, w], br.span, "an attention weight");
+                            self.numel(&[b, heads, t, t], br.span, "the attention scores");
+                        }
+                        Sub::Ffn { hidden, .. } => {
+                            self.numel(&[hidden, w], br.span, "an ffn weight");
+                            self.numel(&act(hidden), br.span, "the ffn hidden state");
+                        }
+                        Sub::Linear { .. } => {
+                            self.numel(&[w, w], br.span, "the linear weight");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Check a tensor's element count against the limit; false (with an error) when over.
+    fn numel(&mut self, dims: &[usize], span: Span, what: &str) -> bool {
+        let n = dims.iter().try_fold(1u64, |acc, &x| acc.checked_mul(x as u64));
+        let shape = dims.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ");
+        match n {
+            Some(n) if n <= MAX_ELEMENTS => true,
+            _ => {
+                let count = n.map(|n| format!("{n} elements")).unwrap_or_else(|| "more than 2^64 elements".into());
+                self.diags.push(
+                    err(format!("{what} would be too large: [{shape}] has {count}"), span, "too large")
+                        .with_hint(format!("a tensor may have at most 2^31 = {MAX_ELEMENTS} elements")),
+                );
+                false
+            }
+        }
+    }
+}

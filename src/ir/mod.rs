@@ -1,0 +1,221 @@
+//! The tensor IR: SSA over statically shaped tensors with named parameters.
+//!
+//! A `Graph` is a list of `Node`s in topological order; a value is the result of one node
+//! and is named by its index (`%12`). Inputs, parameters and constants are nodes too, so
+//! every consumer reads values the same way. Shapes are static and checked by
+//! `ops::infer_type`; `verify` re-derives every type and checks the graph is well formed.
+//!
+//! The text form (`text`) prints and parses back exactly; serde gives the JSON form.
+
+pub mod builder;
+pub mod ops;
+pub mod text;
+
+use serde::{Deserialize, Serialize};
+
+pub use builder::GraphBuilder;
+pub use ops::{infer_type, MaskFill, Op};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DType {
+    F32,
+    I32,
+}
+
+impl DType {
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::I32 => "i32",
+        }
+    }
+}
+
+/// A tensor type: element type and static shape (row-major, PyTorch layout).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Type {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
+impl Type {
+    pub fn f32(shape: impl Into<Vec<usize>>) -> Type {
+        Type { dtype: DType::F32, shape: shape.into() }
+    }
+    pub fn i32(shape: impl Into<Vec<usize>>) -> Type {
+        Type { dtype: DType::I32, shape: shape.into() }
+    }
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+    /// Number of elements (1 for a scalar).
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+impl std::fmt::Display for Type {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[", self.dtype.name())?;
+        for (i, d) in self.shape.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{d}")?;
+        }
+        write!(f, "]")
+    }
+}
+
+/// Index of a node in `Graph::nodes`; printed `%N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ValueId(pub u32);
+
+impl ValueId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl std::fmt::Display for ValueId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "%{}", self.0)
+    }
+}
+
+/// How a parameter is initialised (`lamina init`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Init {
+    Zeros,
+    Ones,
+    /// Every element equals the value (a learned scalar's starting point).
+    Const(f64),
+    /// Normal with mean 0.
+    Normal { std: f64 },
+    /// Uniform in [-bound, bound] (PyTorch's Linear default: bound = 1/sqrt(fan_in)).
+    Uniform { bound: f64 },
+}
+
+/// A named model parameter, in PyTorch layout (Linear weight `[out, in]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Param {
+    /// Hierarchical and stable: `blocks.3.attn.wq.weight`.
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub init: Init,
+    /// Frozen parameters (e.g. an hourglass lift kept at its random init) get no gradient.
+    pub trainable: bool,
+}
+
+impl Param {
+    pub fn ty(&self) -> Type {
+        Type::f32(self.shape.clone())
+    }
+}
+
+/// A graph input fed from a batch (`tokens`, `targets`, `inputs`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Input {
+    pub name: String,
+    pub ty: Type,
+}
+
+/// Which part of a training step a node belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum Phase {
+    #[default]
+    Forward,
+    Backward,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub op: Op,
+    pub args: Vec<ValueId>,
+    pub ty: Type,
+    /// Where in the model this node comes from (`blocks.2.attn`); empty at model level.
+    /// Used for readable IR and for per-layer reports.
+    pub scope: String,
+    pub phase: Phase,
+}
+
+/// A named graph result: `loss`, `logits`, `grad.<param>`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Output {
+    pub name: String,
+    pub value: ValueId,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct Graph {
+    pub name: String,
+    pub inputs: Vec<Input>,
+    pub params: Vec<Param>,
+    pub nodes: Vec<Node>,
+    pub outputs: Vec<Output>,
+    /// Forward values the backward pass reads (filled by autodiff; empty for a forward graph).
+    pub saved: Vec<ValueId>,
+}
+
+impl Graph {
+    pub fn node(&self, v: ValueId) -> &Node {
+        &self.nodes[v.index()]
+    }
+    pub fn ty(&self, v: ValueId) -> &Type {
+        &self.nodes[v.index()].ty
+    }
+    pub fn output(&self, name: &str) -> Option<ValueId> {
+        self.outputs.iter().find(|o| o.name == name).map(|o| o.value)
+    }
+    pub fn param_index(&self, name: &str) -> Option<usize> {
+        self.params.iter().position(|p| p.name == name)
+    }
+    /// Total number of parameter elements.
+    pub fn param_count(&self) -> usize {
+        self.params.iter().map(|p| p.shape.iter().product::<usize>()).sum()
+    }
+
+    /// Check that the graph is well formed: arguments refer to earlier nodes, leaf indices
+    /// are in range, every node's type equals the type its op derives, outputs exist.
+    pub fn verify(&self) -> Result<(), String> {
+        for (i, node) in self.nodes.iter().enumerate() {
+            for a in &node.args {
+                if a.index() >= i {
+                    return Err(format!("%{i}: argument {a} is not defined before use"));
+                }
+            }
+            let arg_types: Vec<&Type> = node.args.iter().map(|a| self.ty(*a)).collect();
+            let ty = match &node.op {
+                Op::Input { index } => self
+                    .inputs
+                    .get(*index)
+                    .map(|inp| inp.ty.clone())
+                    .ok_or_else(|| format!("%{i}: input #{index} does not exist"))?,
+                Op::Param { index } => self
+                    .params
+                    .get(*index)
+                    .map(|p| p.ty())
+                    .ok_or_else(|| format!("%{i}: param #{index} does not exist"))?,
+                op => infer_type(op, &arg_types).map_err(|e| format!("%{i}: {e}"))?,
+            };
+            if ty != node.ty {
+                return Err(format!(
+                    "%{i}: {} derives type {ty} but the node says {}",
+                    node.op.name(),
+                    node.ty
+                ));
+            }
+        }
+        for o in &self.outputs {
+            if o.value.index() >= self.nodes.len() {
+                return Err(format!("output {} refers to undefined {}", o.name, o.value));
+            }
+        }
+        for s in &self.saved {
+            if s.index() >= self.nodes.len() {
+                return Err(format!("saved value {s} is undefined"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,728 @@
+//! Cranelift code generation for loop and column-reduction kernels.
+//!
+//! Every generated function has the signature `fn(base: *mut u8, begin: i64, end: i64, lr: f32)`:
+//! `base` is the arena, buffer addresses are constant offsets from it (the memory plan is
+//! fixed before code generation), and `begin..end` is the range of rows (loop kernels) or
+//! columns (column reductions) to process, so the runtime can split a kernel across threads.
+//!
+//! Loop kernels iterate rows; each row runs column passes over `f32x4` vectors, unrolled 4x
+//! in the main loop, then the remaining whole vectors and a scalar tail, straight-line (the
+//! column count is a compile-time constant). Row reductions of level `l` are accumulated in
+//! pass `l - 1`; a stored column value of level `l` is written in pass `l`.
+
+pub mod math;
+
+use crate::kernels::{Access, KExpr, Kind, LoopKernel, Program, RowMap};
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::types::{F32, F32X4, I32, I64};
+use cranelift_codegen::ir::{AbiParam, Function, InstBuilder, MemFlagsData, Signature, UserFuncName, Value};
+use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, Linkage, Module};
+use math::Math;
+use std::collections::HashMap;
+
+/// A compiled kernel: `(arena, begin, end, lr)`.
+pub type KernelFn = unsafe extern "C" fn(*mut u8, i64, i64, f32);
+
+/// Code generation choices that change the emitted CLIF.
+#[derive(Clone, Copy, Debug)]
+pub struct CodegenOptions {
+    /// Use `fma` (only when the CPU has it).
+    pub fma: bool,
+    /// Vectors per main-loop iteration.
+    pub unroll: usize,
+}
+
+impl CodegenOptions {
+    pub fn host() -> CodegenOptions {
+        CodegenOptions { fma: host_has_fma(), unroll: 4 }
+    }
+}
+
+pub fn host_has_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The JIT-compiled kernels of a program; `fns[k]` is `None` for kernels the runtime runs
+/// itself (GEMM calls, scatter-add).
+pub struct CompiledKernels {
+    _module: JITModule,
+    pub fns: Vec<Option<KernelFn>>,
+}
+
+// The module owns executable memory only; the function pointers are plain code.
+unsafe impl Send for CompiledKernels {}
+unsafe impl Sync for CompiledKernels {}
+
+fn signature(call_conv: CallConv) -> Signature {
+    let mut sig = Signature::new(call_conv);
+    sig.params.push(AbiParam::new(I64));
+    sig.params.push(AbiParam::new(I64));
+    sig.params.push(AbiParam::new(I64));
+    sig.params.push(AbiParam::new(F32));
+    sig
+}
+
+fn new_module() -> Result<JITModule, String> {
+    let mut flags = settings::builder();
+    flags.set("opt_level", "speed").map_err(|e| e.to_string())?;
+    let isa = cranelift_native::builder()
+        .map_err(|e| format!("no JIT for this host: {e}"))?
+        .finish(settings::Flags::new(flags))
+        .map_err(|e| e.to_string())?;
+    Ok(JITModule::new(JITBuilder::with_isa(isa, default_libcall_names())))
+}
+
+/// Whether kernel `k` is generated code.
+fn is_generated(p: &Program, k: usize) -> bool {
+    matches!(
+        p.kernels[k].body,
+        crate::kernels::KernelBody::Loop(_) | crate::kernels::KernelBody::ColReduce { .. }
+    )
+}
+
+/// Build the CLIF of kernel `k`, with buffer `b` at byte offset `4 * offsets[b]`.
+fn build_function(
+    p: &Program,
+    k: usize,
+    offsets: &[usize],
+    opts: CodegenOptions,
+    call_conv: CallConv,
+    fcfg: TargetFrontendConfig,
+    fbc: &mut FunctionBuilderContext,
+) -> Result<Function, String> {
+    let mut func = Function::with_name_signature(UserFuncName::user(0, k as u32), signature(call_conv));
+    {
+        let mut b = FunctionBuilder::new(&mut func, fbc);
+        let mut g = Gen { math: Math { fma: opts.fma }, offsets, unroll: opts.unroll.max(1) };
+        match &p.kernels[k].body {
+            crate::kernels::KernelBody::Loop(l) => g.loop_kernel(&mut b, l)?,
+            crate::kernels::KernelBody::ColReduce { rows, cols, input, out } => {
+                g.col_reduce(&mut b, *rows, *cols, input, out)?
+            }
+            _ => return Err("internal error: kernel is not generated code".into()),
+        }
+        b.seal_all_blocks();
+        b.finalize(fcfg);
+    }
+    Ok(func)
+}
+
+/// Compile every generated kernel of `p` for this host.
+pub fn compile(p: &Program, offsets: &[usize]) -> Result<CompiledKernels, String> {
+    let mut module = new_module()?;
+    let opts = CodegenOptions::host();
+    let cc = module.isa().default_call_conv();
+    let fcfg = module.target_config();
+    let mut fbc = FunctionBuilderContext::new();
+    let mut ctx = module.make_context();
+    let mut ids = vec![];
+    for k in 0..p.kernels.len() {
+        if !is_generated(p, k) {
+            ids.push(None);
+            continue;
+        }
+        let func = build_function(p, k, offsets, opts, cc, fcfg, &mut fbc)?;
+        let id = module
+            .declare_function(&format!("k{k}"), Linkage::Local, &func.signature)
+            .map_err(|e| format!("internal error: {e}"))?;
+        ctx.func = func;
+        module
+            .define_function(id, &mut ctx)
+            .map_err(|e| format!("internal error: cranelift rejected k{k}: {e:?}"))?;
+        module.clear_context(&mut ctx);
+        ids.push(Some(id));
+    }
+    module.finalize_definitions().map_err(|e| format!("internal error: {e}"))?;
+    let fns = ids
+        .iter()
+        .map(|id| {
+            id.map(|id| {
+                let ptr = module.get_finalized_function(id);
+                // SAFETY: defined above with exactly this signature.
+                unsafe { std::mem::transmute::<*const u8, KernelFn>(ptr) }
+            })
+        })
+        .collect();
+    Ok(CompiledKernels { _module: module, fns })
+}
+
+/// The CLIF of every generated kernel, for `--stage clif`: built for a fixed target
+/// (x86-64 System V, FMA on) so the text does not depend on the host.
+pub fn clif_text(p: &Program, offsets: &[usize]) -> Result<String, String> {
+    let opts = CodegenOptions { fma: true, unroll: 4 };
+    let mut ib = cranelift_codegen::isa::lookup_by_name("x86_64-unknown-linux-gnu")
+        .map_err(|e| format!("internal error: {e}"))?;
+    for f in ["has_sse3", "has_ssse3", "has_sse41", "has_sse42", "has_avx", "has_avx2", "has_fma"] {
+        ib.enable(f).map_err(|e| format!("internal error: {e}"))?;
+    }
+    let mut flags = settings::builder();
+    flags.set("opt_level", "speed").map_err(|e| e.to_string())?;
+    let isa = ib.finish(settings::Flags::new(flags)).map_err(|e| e.to_string())?;
+    let fcfg = isa.frontend_config();
+    let mut fbc = FunctionBuilderContext::new();
+    let mut out = String::new();
+    for k in 0..p.kernels.len() {
+        if !is_generated(p, k) {
+            continue;
+        }
+        let func = build_function(p, k, offsets, opts, CallConv::SystemV, fcfg, &mut fbc)?;
+        out.push_str(&format!("; k{k}\n{}\n", func.display()));
+    }
+    Ok(out)
+}
+
+/// Arena accesses: in bounds by construction (checked when kernels are built), and not
+/// 16-byte aligned in general.
+fn flags() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+struct Gen<'a> {
+    math: Math,
+    offsets: &'a [usize],
+    unroll: usize,
+}
+
+/// Where the current column is: a loop variable or a constant.
+#[derive(Clone, Copy)]
+enum ColPos {
+    Var(Value, i64),
+    Const(i64),
+}
+
+/// The per-row state of a loop kernel.
+struct RowState {
+    r: Value,
+    base: Value,
+    /// Row pointer (bytes) of each access, by node index (loads) or store index.
+    load_ptr: HashMap<usize, Value>,
+    row_vals: HashMap<usize, Value>,
+}
+
+impl<'a> Gen<'a> {
+    fn buf_byte(&self, a: &Access) -> i64 {
+        4 * (self.offsets[a.buf.index()] as i64 + a.offset)
+    }
+
+    /// Pointer to element `(r, 0)` of an access.
+    fn row_ptr(&self, b: &mut FunctionBuilder, base: Value, r: Value, a: &Access) -> Value {
+        let start = b.ins().iadd_imm_s(base, self.buf_byte(a));
+        let off = match &a.rows {
+            RowMap::Affine { stride: 0 } => return start,
+            RowMap::Affine { stride } => b.ins().imul_imm_s(r, 4 * stride),
+            RowMap::Table { table } => {
+                let tb = 4 * self.offsets[table.index()] as i64;
+                let r4 = b.ins().ishl_imm_s(r, 2);
+                let addr = b.ins().iadd(base, r4);
+                let t = b.ins().load(I32, flags(), addr, tb as i32);
+                let t = b.ins().sextend(I64, t);
+                b.ins().ishl_imm_s(t, 2)
+            }
+            RowMap::Indirect { ids, ids_offset, limit, stride } => {
+                let ib = 4 * (self.offsets[ids.index()] as i64 + ids_offset);
+                let r4 = b.ins().ishl_imm_s(r, 2);
+                let addr = b.ins().iadd(base, r4);
+                let id = b.ins().load(I32, flags(), addr, ib as i32);
+                let zero = b.ins().iconst(I32, 0);
+                let hi = b.ins().iconst(I32, limit - 1);
+                let id = b.ins().smax(id, zero);
+                let id = b.ins().smin(id, hi);
+                let id = b.ins().sextend(I64, id);
+                b.ins().imul_imm_s(id, 4 * stride)
+            }
+        };
+        b.ins().iadd(start, off)
+    }
+
+    /// Load the column vector (or lane-0 scalar when `scalar`) at `pos`.
+    fn load_col(&self, b: &mut FunctionBuilder, ptr: Value, cs: i64, pos: ColPos, scalar: bool) -> Value {
+        let (addr, imm) = match pos {
+            ColPos::Var(c, add) => {
+                let o = b.ins().imul_imm_s(c, 4 * cs);
+                (b.ins().iadd(ptr, o), add * 4 * cs)
+            }
+            ColPos::Const(c) => (ptr, c * 4 * cs),
+        };
+        if scalar {
+            let s = b.ins().load(F32, flags(), addr, imm as i32);
+            return self.math.from_scalar(b, s);
+        }
+        if cs == 1 {
+            return b.ins().load(F32X4, flags(), addr, imm as i32);
+        }
+        let s0 = b.ins().load(F32, flags(), addr, imm as i32);
+        let mut v = b.ins().splat(F32X4, s0);
+        for l in 1..4u8 {
+            let s = b.ins().load(F32, flags(), addr, (imm + l as i64 * 4 * cs) as i32);
+            v = b.ins().insertlane(v, s, l);
+        }
+        v
+    }
+
+    fn store_col(&self, b: &mut FunctionBuilder, ptr: Value, cs: i64, pos: ColPos, v: Value, scalar: bool) {
+        let (addr, imm) = match pos {
+            ColPos::Var(c, add) => {
+                let o = b.ins().imul_imm_s(c, 4 * cs);
+                (b.ins().iadd(ptr, o), add * 4 * cs)
+            }
+            ColPos::Const(c) => (ptr, c * 4 * cs),
+        };
+        if scalar {
+            let s = self.math.lane0(b, v);
+            b.ins().store(flags(), s, addr, imm as i32);
+        } else if cs == 1 {
+            b.ins().store(flags(), v, addr, imm as i32);
+        } else {
+            for l in 0..4u8 {
+                let s = b.ins().extractlane(v, l);
+                b.ins().store(flags(), s, addr, (imm + l as i64 * 4 * cs) as i32);
+            }
+        }
+    }
+
+    /// Column indices `c .. c+3` as floats.
+    fn col_index(&self, b: &mut FunctionBuilder, pos: ColPos) -> Value {
+        let c0 = match pos {
+            ColPos::Var(c, add) => {
+                let c = b.ins().iadd_imm_s(c, add);
+                let f = b.ins().fcvt_from_sint(F32, c);
+                b.ins().splat(F32X4, f)
+            }
+            ColPos::Const(c) => self.math.splat(b, c as f32),
+        };
+        let z = b.ins().f32const(0.0);
+        let mut iota = b.ins().splat(F32X4, z);
+        for l in 1..4u8 {
+            let s = b.ins().f32const(l as f32);
+            iota = b.ins().insertlane(iota, s, l);
+        }
+        b.ins().fadd(c0, iota)
+    }
+
+    /// Evaluate a `Row` node (memoized for the row; a splat vector).
+    fn row_val(&self, b: &mut FunctionBuilder, l: &LoopKernel, st: &mut RowState, n: usize, lr: Value) -> Result<Value, String> {
+        if let Some(&v) = st.row_vals.get(&n) {
+            return Ok(v);
+        }
+        let v = match &l.nodes[n].expr {
+            KExpr::Load(a) => {
+                let ptr = self.row_ptr(b, st.base, st.r, a);
+                let s = b.ins().load(F32, flags(), ptr, 0);
+                b.ins().splat(F32X4, s)
+            }
+            KExpr::Const(c) => self.math.splat(b, *c),
+            KExpr::Lr => b.ins().splat(F32X4, lr),
+            KExpr::Unary(op, a) => {
+                let x = self.row_val(b, l, st, *a, lr)?;
+                self.math.unary(b, op, x)
+            }
+            KExpr::Binary(op, x, y) => {
+                let x = self.row_val(b, l, st, *x, lr)?;
+                let y = self.row_val(b, l, st, *y, lr)?;
+                self.math.binary(b, op, x, y)
+            }
+            _ => return Err(format!("internal error: v{n} is not available as a row value yet")),
+        };
+        st.row_vals.insert(n, v);
+        Ok(v)
+    }
+
+    /// Evaluate a `Col` node at `pos` (memoized in `memo` for this column position).
+    #[allow(clippy::too_many_arguments)]
+    fn col_val(
+        &self,
+        b: &mut FunctionBuilder,
+        l: &LoopKernel,
+        st: &RowState,
+        n: usize,
+        pos: ColPos,
+        scalar: bool,
+        memo: &mut HashMap<usize, Value>,
+    ) -> Result<Value, String> {
+        if let Some(&v) = memo.get(&n) {
+            return Ok(v);
+        }
+        if l.nodes[n].kind == Kind::Row {
+            return st
+                .row_vals
+                .get(&n)
+                .copied()
+                .ok_or_else(|| format!("internal error: row value v{n} used before it is computed"));
+        }
+        let v = match &l.nodes[n].expr {
+            KExpr::Load(a) => {
+                let ptr = st.load_ptr[&n];
+                self.load_col(b, ptr, a.col_stride, pos, scalar)
+            }
+            KExpr::Unary(op, a) => {
+                let x = self.col_val(b, l, st, *a, pos, scalar, memo)?;
+                self.math.unary(b, op, x)
+            }
+            KExpr::Binary(op, x, y) => {
+                // a * b + c as one fma
+                if *op == crate::ir::Op::Add && self.math.fma {
+                    if let KExpr::Binary(crate::ir::Op::Mul, p, q) = &l.nodes[*x].expr {
+                        if !memo.contains_key(x) && l.nodes[*x].kind == Kind::Col {
+                            let p = self.col_val(b, l, st, *p, pos, scalar, memo)?;
+                            let q = self.col_val(b, l, st, *q, pos, scalar, memo)?;
+                            let yv = self.col_val(b, l, st, *y, pos, scalar, memo)?;
+                            let v = b.ins().fma(p, q, yv);
+                            memo.insert(n, v);
+                            return Ok(v);
+                        }
+                    }
+                }
+                let xv = self.col_val(b, l, st, *x, pos, scalar, memo)?;
+                let yv = self.col_val(b, l, st, *y, pos, scalar, memo)?;
+                self.math.binary(b, op, xv, yv)
+            }
+            KExpr::CausalMask { x, fill } => {
+                let xv = self.col_val(b, l, st, *x, pos, scalar, memo)?;
+                let ci = self.col_index(b, pos);
+                let t = b.ins().urem_imm_u(st.r, l.cols as i64);
+                let tf = b.ins().fcvt_from_sint(F32, t);
+                let tv = b.ins().splat(F32X4, tf);
+                let m = b.ins().fcmp(FloatCC::GreaterThan, ci, tv);
+                let m = self.math.to_f(b, m);
+                let f = self.math.splat(b, *fill);
+                b.ins().bitselect(m, f, xv)
+            }
+            KExpr::OneHot { .. } => {
+                let ptr = st.load_ptr[&n];
+                let id = b.ins().load(I32, flags(), ptr, 0);
+                let idf = b.ins().fcvt_from_sint(F32, id);
+                let idv = b.ins().splat(F32X4, idf);
+                let ci = self.col_index(b, pos);
+                let m = b.ins().fcmp(FloatCC::Equal, ci, idv);
+                let m = self.math.to_f(b, m);
+                let one = self.math.splat(b, 1.0);
+                b.ins().band(m, one)
+            }
+            _ => return Err(format!("internal error: v{n} is not a column value")),
+        };
+        memo.insert(n, v);
+        Ok(v)
+    }
+
+    fn loop_kernel(&mut self, b: &mut FunctionBuilder, l: &LoopKernel) -> Result<(), String> {
+        let n = l.nodes.len();
+        // Levels: how many row reductions a value depends on in sequence.
+        let mut level = vec![0usize; n];
+        for i in 0..n {
+            level[i] = match &l.nodes[i].expr {
+                KExpr::Load(_) | KExpr::Const(_) | KExpr::Lr | KExpr::OneHot { .. } => 0,
+                KExpr::Unary(_, a) => level[*a],
+                KExpr::Binary(_, x, y) => level[*x].max(level[*y]),
+                KExpr::CausalMask { x, .. } => level[*x],
+                KExpr::RowSum(a) | KExpr::RowMax(a) => level[*a] + 1,
+            };
+        }
+        let mut npasses = 0;
+        for (i, node) in l.nodes.iter().enumerate() {
+            if matches!(node.expr, KExpr::RowSum(_) | KExpr::RowMax(_)) {
+                npasses = npasses.max(level[i]);
+            }
+        }
+        for s in &l.stores {
+            if s.col {
+                npasses = npasses.max(level[s.value] + 1);
+            }
+        }
+
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let params = b.block_params(entry).to_vec();
+        let (base, begin, end, lr) = (params[0], params[1], params[2], params[3]);
+        let head = b.create_block();
+        b.append_block_param(head, I64);
+        let body = b.create_block();
+        let exit = b.create_block();
+        b.ins().jump(head, &[begin.into()]);
+        b.switch_to_block(head);
+        let r = b.block_params(head)[0];
+        let more = b.ins().icmp(IntCC::SignedLessThan, r, end);
+        b.ins().brif(more, body, &[], exit, &[]);
+        b.switch_to_block(body);
+
+        let mut st = RowState { r, base, load_ptr: HashMap::new(), row_vals: HashMap::new() };
+        for (i, node) in l.nodes.iter().enumerate() {
+            match &node.expr {
+                KExpr::Load(a) if node.kind == Kind::Col => {
+                    let p = self.row_ptr(b, base, r, a);
+                    st.load_ptr.insert(i, p);
+                }
+                KExpr::OneHot { ids, .. } => {
+                    let p = self.row_ptr(b, base, r, ids);
+                    st.load_ptr.insert(i, p);
+                }
+                _ => {}
+            }
+        }
+        let mut store_ptr = vec![];
+        for s in &l.stores {
+            store_ptr.push(self.row_ptr(b, base, r, &s.access));
+        }
+
+        for pass in 0..npasses {
+            // Row values this pass may read.
+            for i in 0..n {
+                if l.nodes[i].kind == Kind::Row
+                    && level[i] <= pass
+                    && !matches!(l.nodes[i].expr, KExpr::RowSum(_) | KExpr::RowMax(_))
+                {
+                    self.row_val(b, l, &mut st, i, lr)?;
+                }
+            }
+            let reds: Vec<(usize, usize, bool)> = (0..n)
+                .filter_map(|i| match l.nodes[i].expr {
+                    KExpr::RowSum(a) if level[i] == pass + 1 => Some((i, a, false)),
+                    KExpr::RowMax(a) if level[i] == pass + 1 => Some((i, a, true)),
+                    _ => None,
+                })
+                .collect();
+            let stores: Vec<usize> =
+                (0..l.stores.len()).filter(|&s| l.stores[s].col && level[l.stores[s].value] == pass).collect();
+            self.column_pass(b, l, &st, &reds, &stores, &store_ptr)
+                .map(|vals| {
+                    for (i, v) in vals {
+                        st.row_vals.insert(i, v);
+                    }
+                })?;
+        }
+        // Row stores once per row, after every pass.
+        for i in 0..n {
+            if l.nodes[i].kind == Kind::Row && !st.row_vals.contains_key(&i) {
+                if let KExpr::RowSum(_) | KExpr::RowMax(_) = l.nodes[i].expr {
+                    continue;
+                }
+                if l.stores.iter().any(|s| !s.col && s.value == i) {
+                    self.row_val(b, l, &mut st, i, lr)?;
+                }
+            }
+        }
+        for (si, s) in l.stores.iter().enumerate() {
+            if !s.col {
+                let v = match st.row_vals.get(&s.value) {
+                    Some(v) => *v,
+                    None => return Err(format!("internal error: row store of v{} has no value", s.value)),
+                };
+                let x = self.math.lane0(b, v);
+                b.ins().store(flags(), x, store_ptr[si], 0);
+            }
+        }
+        let next = b.ins().iadd_imm_s(r, 1);
+        b.ins().jump(head, &[next.into()]);
+        b.switch_to_block(exit);
+        b.ins().return_(&[]);
+        Ok(())
+    }
+
+    /// One pass over the columns of a row: accumulate `reds` and write `stores`. Returns the
+    /// reduced row values (splat vectors).
+    fn column_pass(
+        &self,
+        b: &mut FunctionBuilder,
+        l: &LoopKernel,
+        st: &RowState,
+        reds: &[(usize, usize, bool)],
+        stores: &[usize],
+        store_ptr: &[Value],
+    ) -> Result<Vec<(usize, Value)>, String> {
+        let cols = l.cols as i64;
+        let u = self.unroll as i64;
+        let step = 4 * u;
+        let n_main = cols / step * step;
+        let n_vec = cols / 4 * 4;
+        let ident = |max: bool| if max { f32::NEG_INFINITY } else { 0.0 };
+        let combine = |b: &mut FunctionBuilder, max: bool, x: Value, y: Value| {
+            if max {
+                b.ins().fmax(x, y)
+            } else {
+                b.ins().fadd(x, y)
+            }
+        };
+        // Body at one position: returns the reduction operands.
+        let emit = |b: &mut FunctionBuilder, pos: ColPos, scalar: bool| -> Result<Vec<Value>, String> {
+            let mut memo = HashMap::new();
+            let mut vals = vec![];
+            for &(_, a, _) in reds {
+                vals.push(self.col_val(b, l, st, a, pos, scalar, &mut memo)?);
+            }
+            for &s in stores {
+                let store = &l.stores[s];
+                let v = self.col_val(b, l, st, store.value, pos, scalar, &mut memo)?;
+                self.store_col(b, store_ptr[s], store.access.col_stride, pos, v, scalar);
+            }
+            Ok(vals)
+        };
+        let mut accs: Vec<Value> = reds.iter().map(|&(_, _, max)| self.math.splat(b, ident(max))).collect();
+        if n_main > 0 {
+            let lp = b.create_block();
+            let after = b.create_block();
+            b.append_block_param(lp, I64);
+            let mut init: Vec<cranelift_codegen::ir::BlockArg> = vec![];
+            let c0 = b.ins().iconst(I64, 0);
+            init.push(c0.into());
+            for &(_, _, max) in reds {
+                for _ in 0..u {
+                    let z = self.math.splat(b, ident(max));
+                    init.push(z.into());
+                }
+            }
+            for _ in 0..reds.len() * u as usize {
+                b.append_block_param(lp, F32X4);
+                b.append_block_param(after, F32X4);
+            }
+            b.ins().jump(lp, &init);
+            b.switch_to_block(lp);
+            let ps = b.block_params(lp).to_vec();
+            let c = ps[0];
+            let mut next: Vec<Value> = ps[1..].to_vec();
+            for j in 0..u {
+                let vals = emit(b, ColPos::Var(c, 4 * j), false)?;
+                for (ri, v) in vals.into_iter().enumerate() {
+                    let idx = ri * u as usize + j as usize;
+                    next[idx] = combine(b, reds[ri].2, next[idx], v);
+                }
+            }
+            let c2 = b.ins().iadd_imm_s(c, step);
+            let more = b.ins().icmp_imm_s(IntCC::SignedLessThan, c2, n_main);
+            let mut back: Vec<cranelift_codegen::ir::BlockArg> = vec![c2.into()];
+            back.extend(next.iter().map(|v| cranelift_codegen::ir::BlockArg::from(*v)));
+            let out: Vec<cranelift_codegen::ir::BlockArg> =
+                next.iter().map(|v| cranelift_codegen::ir::BlockArg::from(*v)).collect();
+            b.ins().brif(more, lp, &back, after, &out);
+            b.switch_to_block(after);
+            let ps = b.block_params(after).to_vec();
+            for (ri, acc) in accs.iter_mut().enumerate() {
+                let mut a = ps[ri * u as usize];
+                for j in 1..u as usize {
+                    a = combine(b, reds[ri].2, a, ps[ri * u as usize + j]);
+                }
+                *acc = a;
+            }
+        }
+        let mut c = n_main;
+        while c < n_vec {
+            let vals = emit(b, ColPos::Const(c), false)?;
+            for (ri, v) in vals.into_iter().enumerate() {
+                accs[ri] = combine(b, reds[ri].2, accs[ri], v);
+            }
+            c += 4;
+        }
+        // Horizontal reduction, then the scalar tail.
+        let mut sc: Vec<Value> = vec![];
+        for (ri, &acc) in accs.iter().enumerate() {
+            let mut s = b.ins().extractlane(acc, 0);
+            for lane in 1..4u8 {
+                let x = b.ins().extractlane(acc, lane);
+                s = combine(b, reds[ri].2, s, x);
+            }
+            sc.push(s);
+        }
+        while c < cols {
+            let vals = emit(b, ColPos::Const(c), true)?;
+            for (ri, v) in vals.into_iter().enumerate() {
+                let x = self.math.lane0(b, v);
+                sc[ri] = combine(b, reds[ri].2, sc[ri], x);
+            }
+            c += 1;
+        }
+        Ok(reds
+            .iter()
+            .zip(sc)
+            .map(|(&(i, _, _), s)| (i, b.ins().splat(F32X4, s)))
+            .collect())
+    }
+
+    /// `out[c] = sum_r input(r, c)` for columns `begin..end`.
+    fn col_reduce(
+        &mut self,
+        b: &mut FunctionBuilder,
+        rows: usize,
+        _cols: usize,
+        input: &Access,
+        out: &Access,
+    ) -> Result<(), String> {
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let params = b.block_params(entry).to_vec();
+        let (base, begin, end) = (params[0], params[1], params[2]);
+        let vec_ok = input.col_stride == 1 && out.col_stride == 1;
+        // Widths: 16 columns (4 vectors), then 4, then 1.
+        let widths: Vec<(i64, bool)> = if vec_ok { vec![(16, false), (4, false), (1, true)] } else { vec![(1, true)] };
+        let mut c_cur = begin;
+        for (w, scalar) in widths {
+            let head = b.create_block();
+            b.append_block_param(head, I64);
+            let body = b.create_block();
+            let done = b.create_block();
+            b.append_block_param(done, I64);
+            b.ins().jump(head, &[c_cur.into()]);
+            b.switch_to_block(head);
+            let c = b.block_params(head)[0];
+            let cw = b.ins().iadd_imm_s(c, w);
+            let fits = b.ins().icmp(IntCC::SignedLessThanOrEqual, cw, end);
+            b.ins().brif(fits, body, &[], done, &[c.into()]);
+            b.switch_to_block(body);
+            let nv = if scalar { 1 } else { (w / 4) as usize };
+            // Row loop accumulating nv vectors.
+            let rl = b.create_block();
+            b.append_block_param(rl, I64);
+            let rdone = b.create_block();
+            for _ in 0..nv {
+                b.append_block_param(rl, F32X4);
+                b.append_block_param(rdone, F32X4);
+            }
+            let mut init: Vec<cranelift_codegen::ir::BlockArg> = vec![];
+            let z = b.ins().iconst(I64, 0);
+            init.push(z.into());
+            for _ in 0..nv {
+                let zv = self.math.splat(b, 0.0);
+                init.push(zv.into());
+            }
+            b.ins().jump(rl, &init);
+            b.switch_to_block(rl);
+            let ps = b.block_params(rl).to_vec();
+            let r = ps[0];
+            let ptr = self.row_ptr(b, base, r, input);
+            let mut accs = ps[1..].to_vec();
+            for (j, acc) in accs.iter_mut().enumerate() {
+                let v = self.load_col(b, ptr, input.col_stride, ColPos::Var(c, 4 * j as i64), scalar);
+                *acc = b.ins().fadd(*acc, v);
+            }
+            let r2 = b.ins().iadd_imm_s(r, 1);
+            let more = b.ins().icmp_imm_s(IntCC::SignedLessThan, r2, rows as i64);
+            let mut back: Vec<cranelift_codegen::ir::BlockArg> = vec![r2.into()];
+            back.extend(accs.iter().map(|v| cranelift_codegen::ir::BlockArg::from(*v)));
+            let outs: Vec<cranelift_codegen::ir::BlockArg> =
+                accs.iter().map(|v| cranelift_codegen::ir::BlockArg::from(*v)).collect();
+            b.ins().brif(more, rl, &back, rdone, &outs);
+            b.switch_to_block(rdone);
+            let res = b.block_params(rdone).to_vec();
+            let zero = b.ins().iconst(I64, 0);
+            let optr = self.row_ptr(b, base, zero, out);
+            for (j, v) in res.into_iter().enumerate() {
+                self.store_col(b, optr, out.col_stride, ColPos::Var(c, 4 * j as i64), v, scalar);
+            }
+            b.ins().jump(head, &[cw.into()]);
+            b.switch_to_block(done);
+            c_cur = b.block_params(done)[0];
+        }
+        b.ins().return_(&[]);
+        Ok(())
+    }
+}

@@ -1,0 +1,349 @@
+//! Kernel IR: a tensor graph partitioned into the kernels the JIT compiles.
+//!
+//! Every buffer lives in one arena and is addressed in f32-sized elements. A kernel reads and
+//! writes buffers only through `Access`es, affine row/column maps (or a row-offset table, or a
+//! gather through ids), and every access is checked against its buffer's extent when the
+//! kernel is built, so generated code can never address outside its buffers.
+//!
+//! Kernel kinds:
+//! - `Loop`: a row loop over a `rows x cols` domain. Each row runs a few column passes of an
+//!   elementwise expression DAG with row reductions (sum, max) between them, so elementwise
+//!   chains, bias + activation, softmax, LayerNorm and RMSNorm (and their backward) are one
+//!   kernel each.
+//! - `ColReduce`: sums over rows, vectorized over columns (bias gradients).
+//! - `MatMul`: a batched GEMM on strided operands (a tuned GEMM or a generated microkernel).
+//! - `ScatterAdd`: embedding gradients (rows may collide, so it runs serially).
+
+mod build;
+mod print;
+
+pub use build::{build_program, BuildOptions};
+pub use print::print_program;
+
+use crate::ir::{DType, Op};
+
+/// Index of a buffer in `Program::buffers`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BufId(pub u32);
+
+impl BufId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl std::fmt::Display for BufId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "b{}", self.0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum BufKind {
+    /// Parameter `i` (persistent, updated in place by the SGD kernels).
+    Param(usize),
+    /// Graph input `i`, copied in before each run.
+    Input(usize),
+    /// Constant data fixed at build time (sinusoidal tables).
+    Const(Vec<f32>),
+    /// Row-offset table of an access (i32 entries).
+    Table(Vec<i32>),
+    /// An intermediate or output; placed by the memory planner.
+    Temp,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct BufInfo {
+    /// Elements (4 bytes each).
+    pub len: usize,
+    pub dtype: DType,
+    pub kind: BufKind,
+    /// What it holds, for the printers (`%12`, `param blocks.0.wq`).
+    pub label: String,
+}
+
+/// How a row index `r` maps to an element offset (added to `Access::offset`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum RowMap {
+    /// `r * stride`.
+    Affine { stride: i64 },
+    /// `table[r]` (an i32 table buffer with one entry per row).
+    Table { table: BufId },
+    /// `clamp(ids[ids_offset + r], 0, limit - 1) * stride`: a gather through token ids.
+    Indirect { ids: BufId, ids_offset: i64, limit: i64, stride: i64 },
+}
+
+/// Element `(r, c)` of a kernel domain lives at `offset + rows(r) + c * col_stride` in `buf`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Access {
+    pub buf: BufId,
+    pub offset: i64,
+    pub rows: RowMap,
+    pub col_stride: i64,
+}
+
+/// Whether a kernel value is one scalar per row or one element per `(r, c)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Row,
+    Col,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum KExpr {
+    /// A load through an access (a `Row` load ignores `c`).
+    Load(Access),
+    Const(f32),
+    /// The learning rate passed to the step.
+    Lr,
+    /// An elementwise unary IR op.
+    Unary(Op, usize),
+    /// An elementwise binary IR op.
+    Binary(Op, usize, usize),
+    RowSum(usize),
+    RowMax(usize),
+    /// Entries with `c > r % cols` become `fill`.
+    CausalMask { x: usize, fill: f32 },
+    /// `1.0` where `c == ids[r]` (ids: an i32 row access).
+    OneHot { ids: Access, classes: i64 },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct KNode {
+    pub expr: KExpr,
+    pub kind: Kind,
+}
+
+/// Write `value` through `access`: every column when `col`, else once per row (`c = 0`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Store {
+    pub value: usize,
+    pub col: bool,
+    pub access: Access,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoopKernel {
+    pub rows: usize,
+    pub cols: usize,
+    /// In dependency order: arguments precede their users.
+    pub nodes: Vec<KNode>,
+    pub stores: Vec<Store>,
+}
+
+/// One operand of a batched GEMM: matrix `i` starts at `offsets[i]`, element `(x, y)` at
+/// `+ x * rs + y * cs`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MatOperand {
+    pub buf: BufId,
+    pub offsets: Vec<i64>,
+    pub rs: i64,
+    pub cs: i64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MatMulKernel {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: MatOperand,
+    pub b: MatOperand,
+    pub c: MatOperand,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum KernelBody {
+    Loop(LoopKernel),
+    /// `out[c] = sum_r input(r, c)`; `out` indexed by column only.
+    ColReduce { rows: usize, cols: usize, input: Access, out: Access },
+    MatMul(MatMulKernel),
+    /// `out[clamp(ids[i]), j] += src[i * d + j]` after zeroing `out` (`out_rows x d`).
+    ScatterAdd { ids: BufId, src: BufId, out: BufId, n: usize, d: usize, out_rows: usize },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Kernel {
+    /// IR nodes this kernel computes (for the printer and kernel counting).
+    pub nodes: Vec<u32>,
+    /// The scope of its first node, for readable dumps.
+    pub scope: String,
+    pub body: KernelBody,
+}
+
+/// An output of the program: a contiguous region of a buffer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProgramOutput {
+    pub name: String,
+    pub buf: BufId,
+    pub offset: usize,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+}
+
+/// A graph lowered to kernels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Program {
+    pub name: String,
+    pub buffers: Vec<BufInfo>,
+    pub kernels: Vec<Kernel>,
+    /// Buffer of each graph input, in graph order.
+    pub inputs: Vec<BufId>,
+    /// Buffer of each graph parameter, in graph order.
+    pub params: Vec<BufId>,
+    pub outputs: Vec<ProgramOutput>,
+    /// Graph inputs used as indices, with the exclusive bound their values must respect.
+    pub index_inputs: Vec<(usize, usize)>,
+}
+
+impl Program {
+    /// Kernels that do work (every kernel; kept as a function so tests read clearly).
+    pub fn kernel_count(&self) -> usize {
+        self.kernels.len()
+    }
+
+    /// Floating-point operations of one run, counting a multiply-add as two (GEMMs only;
+    /// elementwise work is small beside them).
+    pub fn matmul_flops(&self) -> f64 {
+        self.kernels
+            .iter()
+            .map(|k| match &k.body {
+                KernelBody::MatMul(mm) => 2.0 * (mm.m * mm.n * mm.k * mm.a.offsets.len()) as f64,
+                _ => 0.0,
+            })
+            .sum()
+    }
+}
+
+/// Smallest and largest element offsets an access touches over `rows x cols` (or `None` when
+/// it has no rows), given the table contents.
+pub fn access_extent(
+    a: &Access,
+    rows: usize,
+    cols: usize,
+    buffers: &[BufInfo],
+) -> Result<Option<(i64, i64)>, String> {
+    if rows == 0 || cols == 0 {
+        return Ok(None);
+    }
+    let (rmin, rmax) = match &a.rows {
+        RowMap::Affine { stride } => {
+            let last = (rows as i64 - 1) * stride;
+            (last.min(0), last.max(0))
+        }
+        RowMap::Table { table } => match &buffers.get(table.index()).map(|b| &b.kind) {
+            Some(BufKind::Table(t)) if t.len() >= rows => {
+                let t = &t[..rows];
+                let lo = t.iter().copied().min().unwrap_or(0) as i64;
+                let hi = t.iter().copied().max().unwrap_or(0) as i64;
+                (lo, hi)
+            }
+            _ => return Err(format!("access uses {table} as a row table but it is not one")),
+        },
+        RowMap::Indirect { ids, ids_offset, limit, stride } => {
+            let ib = buffers
+                .get(ids.index())
+                .ok_or_else(|| format!("ids buffer {ids} does not exist"))?;
+            if *ids_offset < 0 || (*ids_offset as usize) + rows > ib.len || ib.dtype != DType::I32 {
+                return Err(format!("gather ids {ids} do not cover {rows} rows"));
+            }
+            if *limit <= 0 {
+                return Err("gather with an empty table".into());
+            }
+            let last = (limit - 1) * stride;
+            (last.min(0), last.max(0))
+        }
+    };
+    let clast = (cols as i64 - 1) * a.col_stride;
+    Ok(Some((a.offset + rmin + clast.min(0), a.offset + rmax + clast.max(0))))
+}
+
+/// Check an access stays inside its buffer over the domain: an internal error otherwise.
+pub fn check_access(
+    what: &str,
+    a: &Access,
+    rows: usize,
+    cols: usize,
+    buffers: &[BufInfo],
+) -> Result<(), String> {
+    let b = buffers
+        .get(a.buf.index())
+        .ok_or_else(|| format!("internal error: {what} uses undefined buffer {}", a.buf))?;
+    if let Some((lo, hi)) = access_extent(a, rows, cols, buffers)
+        .map_err(|e| format!("internal error: {what}: {e}"))?
+    {
+        if lo < 0 || hi >= b.len as i64 {
+            return Err(format!(
+                "internal error: {what} reaches elements {lo}..={hi} of {} which has {}",
+                a.buf, b.len
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Check every access of every kernel against its buffer's extent.
+pub fn check_program(p: &Program) -> Result<(), String> {
+    for (ki, k) in p.kernels.iter().enumerate() {
+        let what = |s: &str| format!("kernel k{ki} {s}");
+        match &k.body {
+            KernelBody::Loop(l) => {
+                for (i, n) in l.nodes.iter().enumerate() {
+                    let args: Vec<usize> = match &n.expr {
+                        KExpr::Load(a) => {
+                            let cols = if n.kind == Kind::Row { 1 } else { l.cols };
+                            check_access(&what(&format!("load v{i}")), a, l.rows, cols, &p.buffers)?;
+                            vec![]
+                        }
+                        KExpr::OneHot { ids, .. } => {
+                            check_access(&what("one_hot ids"), ids, l.rows, 1, &p.buffers)?;
+                            vec![]
+                        }
+                        KExpr::Unary(_, a) | KExpr::RowSum(a) | KExpr::RowMax(a) => vec![*a],
+                        KExpr::CausalMask { x, .. } => vec![*x],
+                        KExpr::Binary(_, a, b) => vec![*a, *b],
+                        KExpr::Const(_) | KExpr::Lr => vec![],
+                    };
+                    if args.iter().any(|&a| a >= i) {
+                        return Err(format!("internal error: {} uses a later value", what("node")));
+                    }
+                }
+                for s in &l.stores {
+                    if s.value >= l.nodes.len() {
+                        return Err(format!("internal error: {} stores an undefined value", what("")));
+                    }
+                    let cols = if s.col { l.cols } else { 1 };
+                    check_access(&what("store"), &s.access, l.rows, cols, &p.buffers)?;
+                }
+            }
+            KernelBody::ColReduce { rows, cols, input, out } => {
+                check_access(&what("col_reduce input"), input, *rows, *cols, &p.buffers)?;
+                check_access(&what("col_reduce output"), out, 1, *cols, &p.buffers)?;
+            }
+            KernelBody::MatMul(mm) => {
+                let ops = [(&mm.a, mm.m, mm.k), (&mm.b, mm.k, mm.n), (&mm.c, mm.m, mm.n)];
+                let batch = mm.c.offsets.len();
+                for (op, r, c) in ops {
+                    if op.offsets.len() != batch {
+                        return Err(format!("internal error: {} batch mismatch", what("matmul")));
+                    }
+                    for &off in &op.offsets {
+                        let a = Access {
+                            buf: op.buf,
+                            offset: off,
+                            rows: RowMap::Affine { stride: op.rs },
+                            col_stride: op.cs,
+                        };
+                        check_access(&what("matmul operand"), &a, r, c, &p.buffers)?;
+                    }
+                }
+            }
+            KernelBody::ScatterAdd { ids, src, out, n, d, out_rows } => {
+                let len = |b: &BufId| p.buffers.get(b.index()).map(|x| x.len).unwrap_or(0);
+                if len(ids) < *n || len(src) < n * d || len(out) < out_rows * d {
+                    return Err(format!("internal error: {} out of range", what("scatter_add")));
+                }
+            }
+        }
+    }
+    Ok(())
+}

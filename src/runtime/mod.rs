@@ -1,0 +1,388 @@
+//! The runtime: one arena per compiled program, parameters and gradients in f32, and the
+//! kernel sequence of a step (generated code, GEMM calls, scatter-adds). Big kernels run on
+//! two threads: loop kernels split their rows, GEMMs their batch (or use gemm's own threads).
+//!
+//! Public API:
+//! - `compile_graph(&Graph) -> CompiledGraph`: evaluates every graph output (no update).
+//! - `Trainer::new(&joint_graph, params)`: a training step with the SGD update compiled in;
+//!   `step(inputs, lr)` returns the loss, `output(name)` reads any output of the last step.
+
+pub mod plan;
+
+use crate::ir::{DType, Graph};
+use crate::jit::{self, CompiledKernels};
+use crate::kernels::{self, BufKind, BuildOptions, KernelBody, MatMulKernel, Program, RowMap, Store};
+use crate::tensor::Tensor;
+pub use plan::{plan, print_plan, Plan};
+use std::time::Instant;
+
+/// A program with its memory plan, compiled code and arena.
+pub struct Executable {
+    pub program: Program,
+    pub plan: Plan,
+    code: CompiledKernels,
+    arena: Vec<f32>,
+    /// Whether each kernel may split its range across two threads.
+    parallel: Vec<bool>,
+    /// Seconds spent building kernels, planning and compiling.
+    pub compile_seconds: f64,
+}
+
+#[derive(Clone, Copy)]
+struct ArenaPtr(*mut f32);
+unsafe impl Send for ArenaPtr {}
+unsafe impl Sync for ArenaPtr {}
+
+impl ArenaPtr {
+    // A method call captures the whole (Send + Sync) wrapper in closures, not its field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Rows times columns above which a loop kernel is split across two threads.
+const PAR_ELEMS: usize = 1 << 15;
+
+fn stores_disjoint(stores: &[Store]) -> bool {
+    stores.iter().all(|s| match s.access.rows {
+        RowMap::Affine { stride } => stride != 0,
+        _ => true,
+    })
+}
+
+impl Executable {
+    pub fn new(g: &Graph, opts: &BuildOptions) -> Result<Executable, String> {
+        let t0 = Instant::now();
+        let program = kernels::build_program(g, opts)?;
+        let plan = plan::plan(&program);
+        let code = jit::compile(&program, &plan.offsets)?;
+        let mut arena = vec![0f32; plan.total_elems.max(1)];
+        for (i, b) in program.buffers.iter().enumerate() {
+            let off = plan.offsets[i];
+            match &b.kind {
+                BufKind::Const(d) => arena[off..off + d.len()].copy_from_slice(d),
+                BufKind::Table(t) => {
+                    for (j, &x) in t.iter().enumerate() {
+                        arena[off + j] = f32::from_bits(x as u32);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let parallel = program
+            .kernels
+            .iter()
+            .map(|k| match &k.body {
+                KernelBody::Loop(l) => l.rows >= 2 && l.rows * l.cols >= PAR_ELEMS && stores_disjoint(&l.stores),
+                KernelBody::ColReduce { rows, cols, .. } => *cols >= 32 && rows * cols >= PAR_ELEMS,
+                _ => false,
+            })
+            .collect();
+        Ok(Executable {
+            program,
+            plan,
+            code,
+            arena,
+            parallel,
+            compile_seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    pub fn peak_bytes(&self) -> usize {
+        self.plan.peak_bytes()
+    }
+
+    fn region(&self, buf: kernels::BufId) -> (usize, usize) {
+        (self.plan.offsets[buf.index()], self.program.buffers[buf.index()].len)
+    }
+
+    /// Set parameter `i` (converted to f32).
+    pub fn set_param(&mut self, i: usize, t: &Tensor) -> Result<(), String> {
+        let buf = *self.program.params.get(i).ok_or_else(|| format!("no parameter #{i}"))?;
+        let (off, len) = self.region(buf);
+        if t.data.len() != len {
+            return Err(format!("parameter #{i} needs {len} elements, got {}", t.data.len()));
+        }
+        for (d, s) in self.arena[off..off + len].iter_mut().zip(&t.data) {
+            *d = *s as f32;
+        }
+        Ok(())
+    }
+
+    pub fn param_data(&self, i: usize) -> &[f32] {
+        let (off, len) = self.region(self.program.params[i]);
+        &self.arena[off..off + len]
+    }
+
+    /// Copy the inputs in, checking types and index ranges.
+    pub fn set_inputs(&mut self, g: &Graph, inputs: &[Tensor]) -> Result<(), String> {
+        if inputs.len() != g.inputs.len() {
+            return Err(format!("{} takes {} input(s), got {}", g.name, g.inputs.len(), inputs.len()));
+        }
+        for (i, (inp, t)) in g.inputs.iter().zip(inputs).enumerate() {
+            if t.ty() != inp.ty || t.data.len() != inp.ty.numel() {
+                return Err(format!("input {} expects {}, got {}", inp.name, inp.ty, t.ty()));
+            }
+            let (off, _) = self.region(self.program.inputs[i]);
+            let dst = &mut self.arena[off..off + t.data.len()];
+            match inp.ty.dtype {
+                DType::F32 => {
+                    for (d, s) in dst.iter_mut().zip(&t.data) {
+                        *d = *s as f32;
+                    }
+                }
+                DType::I32 => {
+                    for (k, (d, s)) in dst.iter_mut().zip(&t.data).enumerate() {
+                        if s.fract() != 0.0 || *s < i32::MIN as f64 || *s > i32::MAX as f64 {
+                            return Err(format!("input {} is i32 but element {k} is {s}", inp.name));
+                        }
+                        *d = f32::from_bits(*s as i32 as u32);
+                    }
+                }
+            }
+        }
+        for &(i, bound) in &self.program.index_inputs {
+            let name = &g.inputs[i].name;
+            if let Some((k, v)) = inputs[i].data.iter().enumerate().find(|(_, v)| **v < 0.0 || **v >= bound as f64) {
+                return Err(format!("input {name}: element {k} is {v}, outside 0..{bound}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Run every kernel once.
+    pub fn run(&mut self, lr: f32) {
+        let base = ArenaPtr(self.arena.as_mut_ptr());
+        for (k, kernel) in self.program.kernels.iter().enumerate() {
+            match &kernel.body {
+                KernelBody::Loop(l) => {
+                    let f = self.code.fns[k].expect("loop kernels are compiled");
+                    let n = l.rows as i64;
+                    split_run(self.parallel[k], n, 1, |a, z| unsafe { f(base.get() as *mut u8, a, z, lr) });
+                }
+                KernelBody::ColReduce { cols, .. } => {
+                    let f = self.code.fns[k].expect("column reductions are compiled");
+                    split_run(self.parallel[k], *cols as i64, 16, |a, z| unsafe {
+                        f(base.get() as *mut u8, a, z, lr)
+                    });
+                }
+                KernelBody::MatMul(mm) => run_matmul(base, &self.plan.offsets, mm),
+                KernelBody::ScatterAdd { ids, src, out, n, d, out_rows } => {
+                    let o = &self.plan.offsets;
+                    let arena = &mut self.arena;
+                    let (io, so, oo) = (o[ids.index()], o[src.index()], o[out.index()]);
+                    arena[oo..oo + out_rows * d].fill(0.0);
+                    for i in 0..*n {
+                        let id = arena[io + i].to_bits() as i32;
+                        let r = id.clamp(0, *out_rows as i32 - 1) as usize;
+                        for j in 0..*d {
+                            arena[oo + r * d + j] += arena[so + i * d + j];
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Output `name` of the last run.
+    pub fn output(&self, name: &str) -> Option<Tensor> {
+        let o = self.program.outputs.iter().find(|o| o.name == name)?;
+        let off = self.plan.offsets[o.buf.index()] + o.offset;
+        let n: usize = o.shape.iter().product();
+        let data = self.arena[off..off + n]
+            .iter()
+            .map(|&x| match o.dtype {
+                DType::F32 => x as f64,
+                DType::I32 => x.to_bits() as i32 as f64,
+            })
+            .collect();
+        Some(Tensor::new(o.dtype, o.shape.clone(), data))
+    }
+
+    pub fn outputs(&self) -> Vec<(String, Tensor)> {
+        self.program
+            .outputs
+            .iter()
+            .filter_map(|o| self.output(&o.name).map(|t| (o.name.clone(), t)))
+            .collect()
+    }
+}
+
+/// Run `f` over `0..n`, split in two at a multiple of `align` when `par`.
+fn split_run(par: bool, n: i64, align: i64, f: impl Fn(i64, i64) + Sync) {
+    if par && n >= 2 * align {
+        let mid = (n / 2 / align * align).max(align);
+        rayon::join(|| f(0, mid), || f(mid, n));
+    } else {
+        f(0, n);
+    }
+}
+
+fn run_matmul(base: ArenaPtr, offsets: &[usize], mm: &MatMulKernel) {
+    let batch = mm.c.offsets.len();
+    let ptr = |buf: kernels::BufId, off: i64| unsafe { base.get().add(offsets[buf.index()]).offset(off as isize) };
+    let one = |i: usize, par: gemm::Parallelism| unsafe {
+        let c = ptr(mm.c.buf, mm.c.offsets[i]);
+        if mm.k == 0 {
+            for x in 0..mm.m {
+                for y in 0..mm.n {
+                    *c.offset(x as isize * mm.c.rs as isize + y as isize * mm.c.cs as isize) = 0.0;
+                }
+            }
+            return;
+        }
+        gemm::gemm(
+            mm.m,
+            mm.n,
+            mm.k,
+            c,
+            mm.c.cs as isize,
+            mm.c.rs as isize,
+            false,
+            ptr(mm.a.buf, mm.a.offsets[i]) as *const f32,
+            mm.a.cs as isize,
+            mm.a.rs as isize,
+            ptr(mm.b.buf, mm.b.offsets[i]) as *const f32,
+            mm.b.cs as isize,
+            mm.b.rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    };
+    let flops = mm.m * mm.n * mm.k;
+    if batch == 1 {
+        let par = if flops >= 1 << 18 { gemm::Parallelism::Rayon(2) } else { gemm::Parallelism::None };
+        one(0, par);
+    } else if batch * flops >= 1 << 18 {
+        let mid = batch / 2;
+        rayon::join(
+            || (0..mid).for_each(|i| one(i, gemm::Parallelism::None)),
+            || (mid..batch).for_each(|i| one(i, gemm::Parallelism::None)),
+        );
+    } else {
+        (0..batch).for_each(|i| one(i, gemm::Parallelism::None));
+    }
+}
+
+/// A graph compiled to evaluate its outputs (no parameter update).
+pub struct CompiledGraph {
+    pub graph: Graph,
+    pub exe: Executable,
+}
+
+/// Compile `g` to evaluate every output.
+pub fn compile_graph(g: &Graph) -> Result<CompiledGraph, String> {
+    let exe = Executable::new(g, &BuildOptions::default())?;
+    Ok(CompiledGraph { graph: g.clone(), exe })
+}
+
+impl CompiledGraph {
+    /// Evaluate with the given inputs and parameters; outputs in graph order.
+    pub fn run(&mut self, inputs: &[Tensor], params: &[Tensor]) -> Result<Vec<(String, Tensor)>, String> {
+        if params.len() != self.graph.params.len() {
+            return Err(format!("{} parameter(s) expected, got {}", self.graph.params.len(), params.len()));
+        }
+        for (i, t) in params.iter().enumerate() {
+            if t.ty() != self.graph.params[i].ty() {
+                return Err(format!("parameter {} expects {}", self.graph.params[i].name, self.graph.params[i].ty()));
+            }
+            self.exe.set_param(i, t)?;
+        }
+        self.exe.set_inputs(&self.graph, inputs)?;
+        self.exe.run(0.0);
+        Ok(self.exe.outputs())
+    }
+}
+
+/// A compiled training step: forward, backward and the SGD update of trainable parameters.
+pub struct Trainer {
+    graph: Graph,
+    step: Executable,
+    forward: Option<Executable>,
+}
+
+impl Trainer {
+    /// `joint` is autodiff's forward+backward graph (outputs `loss`, `logits`, `grad.<p>`).
+    pub fn new(joint: &Graph, params: Vec<Tensor>) -> Result<Trainer, String> {
+        let mut step = Executable::new(joint, &BuildOptions { outputs: None, sgd: true })?;
+        if params.len() != joint.params.len() {
+            return Err(format!("{} parameter(s) expected, got {}", joint.params.len(), params.len()));
+        }
+        for (i, t) in params.iter().enumerate() {
+            if t.ty() != joint.params[i].ty() {
+                return Err(format!("parameter {} expects {}", joint.params[i].name, joint.params[i].ty()));
+            }
+            step.set_param(i, t)?;
+        }
+        Ok(Trainer { graph: joint.clone(), step, forward: None })
+    }
+
+    /// Seconds spent compiling the step.
+    pub fn compile_seconds(&self) -> f64 {
+        self.step.compile_seconds
+    }
+
+    pub fn executable(&self) -> &Executable {
+        &self.step
+    }
+
+    /// One training step; returns the loss (NaN when the graph has no `loss` output).
+    pub fn step(&mut self, inputs: &[Tensor], lr: f32) -> Result<f32, String> {
+        self.step.set_inputs(&self.graph, inputs)?;
+        self.step.run(lr);
+        Ok(self.step.output("loss").map(|t| t.data[0] as f32).unwrap_or(f32::NAN))
+    }
+
+    /// Output `name` (`loss`, `logits`, `grad.<p>`) of the last step, computed before the update.
+    pub fn output(&self, name: &str) -> Option<Tensor> {
+        self.step.output(name)
+    }
+
+    /// Evaluate `loss` and `logits` (whichever exist) without updating.
+    pub fn forward(&mut self, inputs: &[Tensor]) -> Result<Vec<(String, Tensor)>, String> {
+        if self.forward.is_none() {
+            let names: Vec<String> = ["loss", "logits"]
+                .iter()
+                .filter(|n| self.graph.output(n).is_some())
+                .map(|n| n.to_string())
+                .collect();
+            self.forward = Some(Executable::new(&self.graph, &BuildOptions { outputs: Some(names), sgd: false })?);
+        }
+        let fwd = self.forward.as_mut().expect("built above");
+        for i in 0..self.graph.params.len() {
+            let (a, b) = (self.step.plan.offsets[self.step.program.params[i].index()], fwd.plan.offsets[fwd.program.params[i].index()]);
+            let n = self.step.program.buffers[self.step.program.params[i].index()].len;
+            fwd.arena[b..b + n].copy_from_slice(&self.step.arena[a..a + n]);
+        }
+        fwd.set_inputs(&self.graph, inputs)?;
+        fwd.run(0.0);
+        Ok(fwd.outputs())
+    }
+
+    /// Current parameter values, in graph order.
+    pub fn params(&self) -> Vec<Tensor> {
+        self.graph
+            .params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Tensor::f32(p.shape.clone(), self.step.param_data(i).iter().map(|&x| x as f64).collect()))
+            .collect()
+    }
+}
+
+/// Text of a back-end stage for `lamina ir --stage kernels|plan|clif`. Joint graphs (with
+/// `grad.*` outputs) get the SGD update kernels, as in a training step.
+pub fn stage_text(g: &Graph, stage: &str) -> Result<String, String> {
+    let sgd = g.outputs.iter().any(|o| o.name.starts_with("grad."));
+    let program = kernels::build_program(g, &BuildOptions { outputs: None, sgd })?;
+    match stage {
+        "kernels" => Ok(kernels::print_program(&program)),
+        "plan" => Ok(print_plan(&program, &plan::plan(&program))),
+        "clif" => jit::clif_text(&program, &plan::plan(&program).offsets),
+        s => Err(format!("unknown back-end stage {s} (kernels, plan, clif)")),
+    }
+}

@@ -1,0 +1,144 @@
+//! The `lamina` binary end to end: exit codes, files written, `--expect`/`--bless`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const TINY: &str = "\
+# A tiny pre-LN language model for command tests.
+d = 8
+heads = 2
+input tokens(batch = 2, length = 5, vocab = 11)
+embed(dim = d)
+block layer {
+  attn = attention(heads = heads)
+  ffn = ffn(hidden = 2 * d)
+}
+stack layer * 2
+";
+
+fn lamina(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lamina"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the lamina binary runs")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lamina-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn check_ok_and_error_exit_codes() {
+    let dir = scratch("check");
+    let good = write(&dir, "good.lam", TINY);
+    let bad = write(&dir, "bad.lam", &TINY.replace("heads = 2", "heads = 3"));
+    let out = lamina(&["check", s(&good)]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = lamina(&["check", s(&good), s(&bad)]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.lam:"), "error names the file: {err}");
+    assert!(err.contains("divisible"), "error explains the constraint: {err}");
+    assert!(!err.contains("\x1b["), "no colour when not a terminal");
+}
+
+#[test]
+fn check_rejects_garbage_without_panicking() {
+    let dir = scratch("garbage");
+    let bin = dir.join("garbage.lam");
+    std::fs::write(&bin, [0xffu8, 0xfe, 0x00, 0x9c, b'{', b'(']).unwrap();
+    let empty = write(&dir, "empty.lam", "");
+    for f in [&bin, &empty] {
+        let out = lamina(&["check", s(f)]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    }
+}
+
+#[test]
+fn set_overrides_and_unknown_constants() {
+    let dir = scratch("set");
+    let good = write(&dir, "good.lam", TINY);
+    assert_eq!(lamina(&["check", s(&good), "--set", "d=12"]).status.code(), Some(0));
+    let out = lamina(&["check", s(&good), "--set", "dd=12"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dd"));
+    let out = lamina(&["check", s(&good), "--set", "d=abc"]);
+    assert_eq!(out.status.code(), Some(2), "a malformed flag is a usage error");
+}
+
+#[test]
+fn expect_and_bless() {
+    let dir = scratch("expect");
+    let model = write(&dir, "m.lam", TINY);
+    let expected = dir.join("m.ir");
+    // Missing expected file: exit 1 and a hint.
+    let out = lamina(&["ir", s(&model), "--expect", s(&expected)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--bless"));
+    // Bless creates it; then it matches.
+    assert_eq!(lamina(&["ir", s(&model), "--expect", s(&expected), "--bless"]).status.code(), Some(0));
+    assert_eq!(lamina(&["ir", s(&model), "--expect", s(&expected)]).status.code(), Some(0));
+    // A model change shows as a unified diff and exit 1.
+    let moved = write(&dir, "m.lam", &TINY.replace("block layer {", "block layer {\n  norm post"));
+    let out = lamina(&["ir", s(&moved), "--expect", s(&expected)]);
+    assert_eq!(out.status.code(), Some(1));
+    let diff = String::from_utf8_lossy(&out.stdout);
+    assert!(diff.contains("@@") && diff.contains("\n-") && diff.contains("\n+"), "{diff}");
+}
+
+#[test]
+fn params_lists_every_parameter() {
+    let dir = scratch("params");
+    let model = write(&dir, "m.lam", TINY);
+    let out = lamina(&["params", s(&model)]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("embed.weight") && text.contains("[11, 8]"), "{text}");
+    assert!(text.contains("total:"), "{text}");
+}
+
+#[test]
+fn init_then_run_writes_loss_logits_and_grads() {
+    let dir = scratch("run");
+    let model = write(&dir, "m.lam", TINY);
+    let weights = dir.join("w.safetensors");
+    let out = dir.join("out.safetensors");
+    assert_eq!(lamina(&["init", s(&model), "-o", s(&weights), "--seed", "3"]).status.code(), Some(0));
+    let run = lamina(&["run", s(&model), "--weights", s(&weights), "--out", s(&out)]);
+    assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stderr));
+    let tensors = lamina::io::load_safetensors(&out).unwrap();
+    let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.contains(&"loss") && names.contains(&"logits"), "{names:?}");
+    assert!(names.contains(&"grad.embed.weight"), "{names:?}");
+    // Same weights and seed, same loss.
+    let again = lamina(&["run", s(&model), "--weights", s(&weights)]);
+    assert_eq!(run.stdout, again.stdout);
+}
+
+#[test]
+fn failed_run_leaves_no_output_file() {
+    let dir = scratch("partial");
+    let model = write(&dir, "m.lam", TINY);
+    let bad_weights = write(&dir, "w.safetensors", "not a tensor file");
+    let out = dir.join("out.safetensors");
+    let run = lamina(&["run", s(&model), "--weights", s(&bad_weights), "--out", s(&out)]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(!out.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(leftovers.len(), 2, "no temporary files left: {leftovers:?}");
+}

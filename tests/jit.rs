@@ -1,0 +1,403 @@
+//! The JIT against the reference interpreter: every op on odd shapes, fused chains (with
+//! kernel counts), views, indexing ops and the compiled SGD update.
+
+use lamina::interp::{run, Env};
+use lamina::ir::ops::MaskFill;
+use lamina::ir::{Graph, GraphBuilder, Init, Op, Type, ValueId};
+use lamina::kernels::{build_program, BuildOptions};
+use lamina::runtime::{compile_graph, Trainer};
+use lamina::tensor::Tensor;
+use rand::{Rng, SeedableRng};
+
+fn rng() -> rand_chacha::ChaCha8Rng {
+    rand_chacha::ChaCha8Rng::seed_from_u64(7)
+}
+
+fn random(shape: &[usize], lo: f64, hi: f64, r: &mut impl Rng) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::f32(shape.to_vec(), (0..n).map(|_| r.gen_range(lo..hi) as f32 as f64).collect())
+}
+
+/// Max |a - b| over max |b|: the normalized error of a tensor.
+fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.shape, b.shape);
+    let scale = b.data.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-30);
+    a.data.iter().zip(&b.data).fold(0f64, |m, (x, y)| {
+        if x.is_nan() && y.is_nan() || x == y {
+            m
+        } else {
+            m.max((x - y).abs() / scale)
+        }
+    })
+}
+
+/// Compare every output of `g` between the JIT and the interpreter.
+fn check(g: &Graph, inputs: &[Tensor], params: &[Tensor]) {
+    let want = run(g, &Env { inputs, params }).expect("interpreter");
+    let mut c = compile_graph(g).expect("compile");
+    let got = c.run(inputs, params).expect("jit run");
+    for ((n, w), (_, o)) in want.iter().zip(&got) {
+        let e = rel_err(o, w);
+        assert!(e <= 1e-4, "output {n}: relative error {e}\njit {:?}\ninterp {:?}", o.data, w.data);
+    }
+}
+
+/// A graph over parameters `x0, x1, ...` with the given shapes; `f` builds the outputs.
+fn graph(shapes: &[&[usize]], f: impl FnOnce(&mut GraphBuilder, &[ValueId])) -> Graph {
+    let mut b = GraphBuilder::new("t");
+    let xs: Vec<ValueId> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| b.param(format!("x{i}"), s.to_vec(), Init::Zeros, true).unwrap())
+        .collect();
+    f(&mut b, &xs);
+    b.finish()
+}
+
+fn params_for(g: &Graph, lo: f64, hi: f64) -> Vec<Tensor> {
+    let mut r = rng();
+    g.params.iter().map(|p| random(&p.shape, lo, hi, &mut r)).collect()
+}
+
+fn kernels(g: &Graph) -> usize {
+    build_program(g, &BuildOptions::default()).unwrap().kernel_count()
+}
+
+#[test]
+fn unary_ops_match_interpreter() {
+    let ops = [
+        Op::Neg,
+        Op::Exp,
+        Op::Tanh,
+        Op::Sigmoid,
+        Op::Relu,
+        Op::Gelu,
+        Op::GeluTanh,
+        Op::Silu,
+        Op::Scale { factor: -1.5 },
+        Op::AddScalar { value: 0.25 },
+    ];
+    for shape in [&[3usize, 7][..], &[2, 37], &[5]] {
+        for op in &ops {
+            let g = graph(&[shape], |b, x| {
+                let y = b.unary(op.clone(), x[0]).unwrap();
+                b.output("y", y);
+            });
+            check(&g, &[], &params_for(&g, -5.0, 5.0));
+        }
+        for op in [Op::Log, Op::Sqrt, Op::Rsqrt, Op::Recip] {
+            let g = graph(&[shape], |b, x| {
+                let y = b.unary(op.clone(), x[0]).unwrap();
+                b.output("y", y);
+            });
+            check(&g, &[], &params_for(&g, 0.01, 20.0));
+        }
+    }
+}
+
+#[test]
+fn binary_ops_match_interpreter() {
+    let ops = [
+        Op::Add,
+        Op::Sub,
+        Op::Mul,
+        Op::Div,
+        Op::ReluGrad,
+        Op::GeluGrad,
+        Op::GeluTanhGrad,
+        Op::SiluGrad,
+    ];
+    for shape in [&[3usize, 5][..], &[4, 19]] {
+        for op in &ops {
+            let g = graph(&[shape, shape], |b, x| {
+                let y = b.push(op.clone(), &[x[0], x[1]]).unwrap();
+                b.output("y", y);
+            });
+            let mut p = params_for(&g, -4.0, 4.0);
+            if *op == Op::Div {
+                p[1] = random(shape, 0.5, 3.0, &mut rng());
+            }
+            check(&g, &[], &p);
+        }
+    }
+}
+
+#[test]
+fn reductions_match_interpreter() {
+    let cases: Vec<(Vec<usize>, Vec<usize>, bool)> = vec![
+        (vec![3, 7], vec![1], true),
+        (vec![3, 7], vec![1], false),
+        (vec![2, 3, 5], vec![0], false),
+        (vec![2, 3, 5], vec![0, 1], false),
+        (vec![2, 3, 5], vec![1], true),
+        (vec![2, 3, 5], vec![0, 2], false),
+        (vec![2, 3, 5], vec![0, 1, 2], false),
+        (vec![37], vec![0], true),
+        (vec![130, 9], vec![0], false),
+    ];
+    for (shape, axes, keep) in cases {
+        let g = graph(&[&shape], |b, x| {
+            let y = b.reduce_sum(x[0], axes.clone(), keep).unwrap();
+            b.output("y", y);
+        });
+        check(&g, &[], &params_for(&g, -1.0, 1.0));
+    }
+}
+
+#[test]
+fn softmax_and_masks_match_interpreter() {
+    for shape in [&[4usize, 37][..], &[3, 8], &[1]] {
+        for op in [Op::Softmax, Op::LogSoftmax] {
+            let g = graph(&[shape], |b, x| {
+                let y = b.unary(op.clone(), x[0]).unwrap();
+                b.output("y", y);
+            });
+            check(&g, &[], &params_for(&g, -6.0, 6.0));
+        }
+    }
+    for fill in [MaskFill::NegInf, MaskFill::Zero] {
+        let g = graph(&[&[2, 3, 9, 9]], |b, x| {
+            let s = b.scale(x[0], 0.5).unwrap();
+            let m = b.push(Op::CausalMask { fill }, &[s]).unwrap();
+            let y = if fill == MaskFill::NegInf { b.unary(Op::Softmax, m).unwrap() } else { m };
+            b.output("y", y);
+        });
+        check(&g, &[], &params_for(&g, -3.0, 3.0));
+        assert_eq!(kernels(&g), 1, "scale, mask and softmax fuse");
+    }
+}
+
+#[test]
+fn matmuls_match_interpreter() {
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        let (m, k, n) = (5, 7, 3);
+        let a = if ta { vec![2, k, m] } else { vec![2, m, k] };
+        let bs = if tb { vec![n, k] } else { vec![k, n] };
+        let g = graph(&[&a, &bs], |b, x| {
+            let y = b.matmul(x[0], x[1], ta, tb).unwrap();
+            b.output("y", y);
+        });
+        check(&g, &[], &params_for(&g, -1.0, 1.0));
+        let bb = if tb { vec![2, n, k] } else { vec![2, k, n] };
+        let g = graph(&[&a, &bb], |b, x| {
+            let y = b.matmul(x[0], x[1], ta, tb).unwrap();
+            b.output("y", y);
+        });
+        check(&g, &[], &params_for(&g, -1.0, 1.0));
+    }
+    // Attention-style: heads split by reshape + transpose (strided operands, no copies).
+    let g = graph(&[&[2, 6, 8], &[2, 6, 8]], |b, x| {
+        let q = b.reshape(x[0], vec![2, 6, 2, 4]).unwrap();
+        let q = b.transpose(q, vec![0, 2, 1, 3]).unwrap();
+        let k = b.reshape(x[1], vec![2, 6, 2, 4]).unwrap();
+        let k = b.transpose(k, vec![0, 2, 1, 3]).unwrap();
+        let s = b.matmul(q, k, false, true).unwrap();
+        let o = b.matmul(s, q, false, false).unwrap();
+        let o = b.transpose(o, vec![0, 2, 1, 3]).unwrap();
+        let o = b.reshape(o, vec![2, 6, 8]).unwrap();
+        b.output("y", o);
+    });
+    check(&g, &[], &params_for(&g, -1.0, 1.0));
+}
+
+#[test]
+fn views_and_concat_match_interpreter() {
+    let g = graph(&[&[3, 5], &[5], &[3, 1], &[3, 2]], |b, x| {
+        let t = b.transpose(x[0], vec![1, 0]).unwrap();
+        let tt = b.transpose(t, vec![1, 0]).unwrap();
+        let bias = b.broadcast(x[1], vec![3, 5]).unwrap();
+        let col = b.broadcast(x[2], vec![3, 5]).unwrap();
+        let y = b.add(tt, bias).unwrap();
+        let y = b.mul(y, col).unwrap();
+        let s = b.push(Op::Slice { axis: 1, start: 1, end: 4 }, &[y]).unwrap();
+        let c = b.push(Op::Concat { axis: 1 }, &[s, x[3]]).unwrap();
+        let c0 = b.push(Op::Concat { axis: 0 }, &[s, s]).unwrap();
+        b.output("t", t);
+        b.output("c", c);
+        b.output("c0", c0);
+        let full = b.full(2.0, vec![3, 5]).unwrap();
+        let f = b.mul(full, x[0]).unwrap();
+        b.output("f", f);
+        b.output("full", full);
+    });
+    check(&g, &[], &params_for(&g, -1.0, 1.0));
+}
+
+#[test]
+fn indexing_ops_match_interpreter() {
+    let mut b = GraphBuilder::new("idx");
+    let ids = b.input("ids", Type::i32(vec![2, 3]));
+    let table = b.param("emb", vec![7, 5], Init::Zeros, true).unwrap();
+    let pos = b.param("pos", vec![3, 5], Init::Zeros, true).unwrap();
+    let e = b.push(Op::Gather, &[table, ids]).unwrap();
+    let pb = b.broadcast(pos, vec![2, 3, 5]).unwrap();
+    let h = b.add(e, pb).unwrap();
+    let oh = b.push(Op::OneHot { classes: 7 }, &[ids]).unwrap();
+    let sc = b.push(Op::ScatterAdd { rows: 7 }, &[ids, h]).unwrap();
+    let sin = b.push(Op::Sinusoidal { len: 3, dim: 5 }, &[]).unwrap();
+    b.output("h", h);
+    b.output("oh", oh);
+    b.output("sc", sc);
+    b.output("sin", sin);
+    let g = b.finish();
+    let inputs = [Tensor::i32(vec![2, 3], vec![0.0, 6.0, 3.0, 3.0, 1.0, 0.0])];
+    check(&g, &inputs, &params_for(&g, -1.0, 1.0));
+    // Out-of-range ids are an error, not a wild read.
+    let mut c = compile_graph(&g).unwrap();
+    let bad = [Tensor::i32(vec![2, 3], vec![0.0, 7.0, 3.0, 3.0, 1.0, 0.0])];
+    assert!(c.run(&bad, &params_for(&g, -1.0, 1.0)).is_err());
+}
+
+/// LayerNorm built the way elaboration builds it, from primitives.
+fn layer_norm(b: &mut GraphBuilder, x: ValueId, w: ValueId, bias: ValueId) -> ValueId {
+    let shape = b.shape(x);
+    let d = *shape.last().unwrap();
+    let mut kshape = shape.clone();
+    *kshape.last_mut().unwrap() = 1;
+    let last = shape.len() - 1;
+    let s = b.reduce_sum(x, vec![last], true).unwrap();
+    let mean = b.scale(s, 1.0 / d as f64).unwrap();
+    let mb = b.broadcast(mean, shape.clone()).unwrap();
+    let xc = b.sub(x, mb).unwrap();
+    let sq = b.mul(xc, xc).unwrap();
+    let vs = b.reduce_sum(sq, vec![last], true).unwrap();
+    let var = b.scale(vs, 1.0 / d as f64).unwrap();
+    let ve = b.add_scalar(var, 1e-5).unwrap();
+    let rstd = b.unary(Op::Rsqrt, ve).unwrap();
+    let rb = b.broadcast(rstd, shape.clone()).unwrap();
+    let xn = b.mul(xc, rb).unwrap();
+    let wb = b.broadcast(w, shape.clone()).unwrap();
+    let y = b.mul(xn, wb).unwrap();
+    let bb = b.broadcast(bias, shape).unwrap();
+    b.add(y, bb).unwrap()
+}
+
+#[test]
+fn layer_norm_is_one_kernel() {
+    let g = graph(&[&[2, 3, 10], &[10], &[10]], |b, x| {
+        let y = layer_norm(b, x[0], x[1], x[2]);
+        b.output("y", y);
+    });
+    check(&g, &[], &params_for(&g, -2.0, 2.0));
+    assert_eq!(kernels(&g), 1);
+}
+
+#[test]
+fn bias_activation_residual_fuse_after_matmul() {
+    let g = graph(&[&[6, 9], &[13, 9], &[13], &[6, 13]], |b, x| {
+        let h = b.linear(x[0], x[1], Some(x[2])).unwrap();
+        let h = b.unary(Op::Gelu, h).unwrap();
+        let h = b.scale(h, 0.5).unwrap();
+        let y = b.add(h, x[3]).unwrap();
+        b.output("y", y);
+    });
+    check(&g, &[], &params_for(&g, -1.0, 1.0));
+    assert_eq!(kernels(&g), 2, "matmul + one fused epilogue kernel");
+}
+
+/// A tiny regression model with hand-written gradients: loss = sum((x W^T)^2) / 2.
+fn tiny_training_graph() -> Graph {
+    let mut b = GraphBuilder::new("train");
+    let x = b.input("x", Type::f32(vec![4, 5]));
+    let w = b.param("w", vec![3, 5], Init::Zeros, true).unwrap();
+    let y = b.matmul(x, w, false, true).unwrap();
+    let sq = b.mul(y, y).unwrap();
+    let s = b.reduce_sum(sq, vec![0, 1], false).unwrap();
+    let loss = b.scale(s, 0.5).unwrap();
+    let gw = b.matmul(y, x, true, false).unwrap();
+    b.output("loss", loss);
+    b.output("logits", y);
+    b.output("grad.w", gw);
+    b.finish()
+}
+
+#[test]
+fn sgd_update_matches_interpreter() {
+    let g = tiny_training_graph();
+    let mut r = rng();
+    let x = random(&[4, 5], -1.0, 1.0, &mut r);
+    let w = random(&[3, 5], -1.0, 1.0, &mut r);
+    let want = run(&g, &Env { inputs: &[x.clone()], params: &[w.clone()] }).unwrap();
+    let mut t = Trainer::new(&g, vec![w.clone()]).unwrap();
+    let lr = 0.1;
+    let loss = t.step(&[x.clone()], lr).unwrap();
+    assert!((loss as f64 - want[0].1.data[0]).abs() <= 1e-4 * want[0].1.data[0].abs());
+    let gw = &want[2].1;
+    let expect = Tensor::f32(
+        w.shape.clone(),
+        w.data.iter().zip(&gw.data).map(|(p, g)| p - lr as f64 * g).collect(),
+    );
+    assert!(rel_err(&t.params()[0], &expect) <= 1e-5);
+    assert!(rel_err(&t.output("grad.w").unwrap(), gw) <= 1e-4);
+    let f = t.forward(&[x]).unwrap();
+    assert_eq!(f.len(), 2);
+}
+
+/// Every example, shrunk (d = 16, batch 2 x 8 tokens): one training step through the JIT
+/// against the interpreter (loss, logits, every gradient) and the updated parameters
+/// against `p - lr * grad`.
+#[test]
+fn examples_train_like_the_interpreter() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "lam"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    for path in files {
+        let src = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("batch = 16, length = 64", "batch = 2, length = 8")
+            .replace("batch = 32, width = 64", "batch = 3, width = 12");
+        let m = lamina::syntax::parse(&src).unwrap();
+        let consts = lamina::elab::constants(&m, &[]).unwrap_or_default();
+        let ov: Vec<_> = consts
+            .iter()
+            .filter(|(n, _)| n == "d")
+            .map(|_| lamina::elab::Override { name: "d".into(), value: 16.0, is_int: true })
+            .collect();
+        let g = lamina::elab::elaborate(&m, "m", &ov).unwrap();
+        let j = lamina::autodiff::differentiate(&g).unwrap();
+        let prog = build_program(&j, &BuildOptions::default()).unwrap();
+        let (params, inputs) = lamina::bench::synthetic_inputs(&j, &prog.index_inputs);
+        // Larger weights than the synthetic default so activations are not all linear.
+        let params: Vec<Tensor> = params
+            .into_iter()
+            .map(|t| Tensor::f32(t.shape.clone(), t.data.iter().map(|x| x * 10.0).collect()))
+            .collect();
+        let want = run(&j, &Env { inputs: &inputs, params: &params }).unwrap();
+        let mut t = Trainer::new(&j, params.clone()).unwrap();
+        let lr = 0.05;
+        t.step(&inputs, lr).unwrap();
+        // Gradients that vanish analytically (a key bias under softmax) are compared
+        // against the largest gradient instead of their own tiny scale.
+        let gmax = want
+            .iter()
+            .filter(|(n, _)| n.starts_with("grad."))
+            .flat_map(|(_, w)| w.data.iter().map(|x| x.abs()))
+            .fold(0f64, f64::max);
+        for (n, w) in &want {
+            let o = t.output(n).unwrap();
+            let floor = if n.starts_with("grad.") { 1e-3 * gmax } else { 1e-30 };
+            let scale = w.data.iter().fold(floor, |m, x| m.max(x.abs()));
+            let e = o.data.iter().zip(&w.data).fold(0f64, |m, (a, b)| m.max((a - b).abs() / scale));
+            assert!(e <= 1e-4, "{path:?} output {n}: relative error {e}");
+        }
+        for (i, p) in j.params.iter().enumerate() {
+            let Some((_, gr)) = want.iter().find(|(n, _)| *n == format!("grad.{}", p.name)) else {
+                continue;
+            };
+            if !p.trainable {
+                continue;
+            }
+            let expect = Tensor::f32(
+                p.shape.clone(),
+                params[i].data.iter().zip(&gr.data).map(|(x, g)| x - lr as f64 * g).collect(),
+            );
+            let e = rel_err(&t.params()[i], &expect);
+            assert!(e <= 1e-4, "{path:?} updated {}: relative error {e}", p.name);
+        }
+    }
+}
