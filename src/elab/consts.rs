@@ -169,6 +169,18 @@ impl Consts {
 
 use super::Override;
 
+/// Other names for keyword values, as other libraries spell them (for hints only).
+const ALIASES: &[(&str, &str)] = &[
+    ("swish", "silu"),
+    ("gelu_new", "gelu_tanh"),
+    ("gelu_approx", "gelu_tanh"),
+    ("sinusoid", "sinusoidal"),
+    ("sin", "sinusoidal"),
+    ("absolute", "learned"),
+    ("fixed", "frozen"),
+    ("learned", "trainable"),
+];
+
 /// An evaluator over the constants, reporting into `diags`.
 pub(crate) struct Ev<'a> {
     pub consts: &'a Consts,
@@ -383,8 +395,17 @@ impl Ev<'_> {
                 self.report(d);
                 None
             }
+            Value::Word(w, wspan) => {
+                let d = self.unknown_constant(&w, wspan);
+                self.report(d);
+                None
+            }
             other => {
-                self.expected("a positive integer", &other, e.span);
+                self.report(err(
+                    format!("`{what}` must be a positive integer, found {}", other.describe()),
+                    e.span,
+                    "expected a positive integer",
+                ));
                 None
             }
         }
@@ -455,9 +476,11 @@ impl Ev<'_> {
                 e.span,
                 format!("expected one of {}", list(allowed)),
             );
-            let d = match closest(&resolved, allowed.iter().copied()) {
-                Some(c) => d.with_hint(format!("did you mean `{c}`?")),
-                None => d,
+            let alias = ALIASES.iter().find(|(a, t)| *a == resolved && allowed.contains(t));
+            let d = match (alias, closest(&resolved, allowed.iter().copied())) {
+                (Some((a, t)), _) => d.with_hint(format!("`{a}` is called `{t}` here")),
+                (None, Some(c)) => d.with_hint(format!("did you mean `{c}`?")),
+                (None, None) => d,
             };
             self.report(d);
             return None;
@@ -526,37 +549,13 @@ impl<'a> Bound<'a> {
         let what = what.into();
         let mut args: Vec<(&'static str, &'a Arg)> = Vec::new();
         let mut unknown = Vec::new();
+        let mut surplus: Option<Span> = None;
         let mut next_pos = 0;
         for arg in call.args.iter().flatten() {
             let name = match &arg.key {
                 None => {
                     if next_pos >= positional.min(params.len()) {
-                        let d = if positional == 0 {
-                            let names: Vec<String> =
-                                params.iter().map(|p| format!("`{p} = ...`")).collect();
-                            let d = err(
-                                format!("{what} takes no positional arguments"),
-                                arg.span,
-                                "unexpected argument",
-                            );
-                            if params.is_empty() {
-                                d.with_hint(format!("write `{}` without arguments", call.name.name))
-                            } else {
-                                d.with_hint(format!("name it: {}", names.join(", ")))
-                            }
-                        } else {
-                            err(
-                                format!(
-                                    "{what} takes at most {} positional argument{}",
-                                    positional,
-                                    if positional == 1 { "" } else { "s" }
-                                ),
-                                arg.span,
-                                "surplus argument",
-                            )
-                            .with_hint(format!("its arguments are {}", list(params)))
-                        };
-                        diags.push(d);
+                        surplus = Some(surplus.map_or(arg.span, |s: Span| s.to(arg.span)));
                         continue;
                     }
                     next_pos += 1;
@@ -593,6 +592,29 @@ impl<'a> Bound<'a> {
                 continue;
             }
             args.push((name, arg));
+        }
+        if let Some(span) = surplus {
+            // One error for all surplus positional arguments.
+            let named: Vec<String> = params[positional.min(params.len())..]
+                .iter()
+                .map(|p| format!("`{p} = ...`"))
+                .collect();
+            let d = if params.is_empty() {
+                err(format!("{what} takes no arguments"), span, "unexpected arguments")
+                    .with_hint(format!("write `{}` without parentheses", call.name.name))
+            } else if positional == 0 {
+                err(format!("{what} takes only named arguments"), span, "unnamed")
+                    .with_hint(format!("name them: {}", named.join(", ")))
+            } else {
+                let first = list(&params[..positional]);
+                err(
+                    format!("too many unnamed arguments for {what}"),
+                    span,
+                    format!("only {first} may be unnamed"),
+                )
+                .with_hint(format!("name the others: {}", named.join(", ")))
+            };
+            diags.push(d);
         }
         Bound { call, what, args, unknown }
     }

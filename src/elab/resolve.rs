@@ -171,6 +171,14 @@ pub(crate) struct Plan {
     pub stack_span: Span,
 }
 
+/// What size checks need to know about the model.
+struct Shapes {
+    input: InputPlan,
+    d: usize,
+    positions: Positions,
+    head: Option<Head>,
+}
+
 // ---------------------------------------------------------------- keywords
 
 const PLACEMENTS: &[&str] = &["pre", "post", "peri", "none"];
@@ -183,7 +191,7 @@ const HEADS: &[&str] = &["lm", "classifier", "linear"];
 const LOSSES: &[&str] = &["cross_entropy", "mse"];
 const ACTS: &[&str] = &["relu", "gelu", "gelu_tanh", "silu"];
 
-const MINIMAL_MODEL: &str = "a minimal model is\n\n    input tokens(batch = 16, length = 64, vocab = 256)\n    embed(dim = 128)\n    block layer {\n        attn = attention(heads = 4)\n        ffn = ffn(hidden = 512)\n    }\n    stack layer * 4";
+const MINIMAL_MODEL: &str = "a model needs an `input tokens(...)` or `input features(...)`, a `block` of sublayers and a `stack <block> * <layers>`; examples/transformer.lam is a complete one";
 
 fn err(msg: impl Into<String>, span: Span, label: impl Into<String>) -> Diagnostic {
     Diagnostic::new(msg, span, label)
@@ -309,9 +317,7 @@ impl Resolver<'_> {
             None => {
                 self.diags.push(
                     err("the model has no `input`", Span::new(0, 0), "expected an `input` statement")
-                        .with_hint(format!(
-                            "add `input tokens(batch = 16, length = 64, vocab = 256)` or `input features(batch = 32, width = 64)`; {MINIMAL_MODEL}"
-                        )),
+                        .with_hint("add `input tokens(batch = 16, length = 64, vocab = 256)` or `input features(batch = 32, width = 64)`"),
                 );
                 None
             }
@@ -386,10 +392,20 @@ impl Resolver<'_> {
             }),
         };
 
-        let (head_plan, loss_plan) = match input_plan {
-            Some(inp) => self.head_loss(inp, head.get(), loss.get(), input.span().unwrap_or_default())?,
-            None => return None,
+        let head_loss = match input_plan {
+            Some(inp) => {
+                self.head_loss(inp, head.get(), loss.get(), input.span().unwrap_or_default())
+            }
+            None => None,
         };
+
+        // Shapes and limits of everything that resolved, so an error in one block does
+        // not hide a size error in another.
+        if let (Some(inp), Some((d, positions, _, d_span))) = (input_plan, embedding) {
+            let shapes = Shapes { input: inp, d, positions, head: head_loss.map(|h| h.0) };
+            let ok_blocks: Vec<&BlockPlan> = plans.iter().flatten().collect();
+            self.check_sizes(&shapes, &ok_blocks, d_span, head.span(), input.span().unwrap_or_default());
+        }
 
         let plans: Vec<BlockPlan> = plans.into_iter().collect::<Option<_>>()?;
         let final_norm = final_norm?;
@@ -398,8 +414,9 @@ impl Resolver<'_> {
             return None;
         }
         let input_plan = input_plan?;
-        let (d_model, positions, feature_embed, d_span) = embedding?;
-        let plan = Plan {
+        let (d_model, positions, feature_embed, _) = embedding?;
+        let (head_plan, loss_plan) = head_loss?;
+        Some(Plan {
             name: model.get().map(|i| i.name.clone()).unwrap_or_else(|| default_name.to_string()),
             input: input_plan,
             d: d_model,
@@ -411,9 +428,7 @@ impl Resolver<'_> {
             head: head_plan,
             loss: loss_plan,
             stack_span: stacks.first().map(|s| s.span).unwrap_or_default(),
-        };
-        self.check_sizes(&plan, d_span, head.span(), input.span().unwrap_or_default());
-        Some(plan)
+        })
     }
 
     // ------------------------------------------------------------ input and embedding
@@ -1217,7 +1232,14 @@ impl Resolver<'_> {
 
     // ------------------------------------------------------------ shapes and limits
 
-    fn check_sizes(&mut self, p: &Plan, d_span: Span, head_span: Option<Span>, input_span: Span) {
+    fn check_sizes(
+        &mut self,
+        p: &Shapes,
+        blocks: &[&BlockPlan],
+        d_span: Span,
+        head_span: Option<Span>,
+        input_span: Span,
+    ) {
         let d = p.d;
         let (b, t) = match p.input {
             InputPlan::Tokens { batch, length, .. } => (batch, Some(length)),
@@ -1237,7 +1259,7 @@ impl Resolver<'_> {
                     self.numel(&[length, d], d_span, "the position table");
                 }
                 self.numel(&act(d), d_span, "the residual stream");
-                if matches!(p.head, Head::Lm { .. }) {
+                if matches!(p.head, Some(Head::Lm { .. })) {
                     self.numel(&act(vocab), head_span.unwrap_or(input_span), "the logits");
                 }
             }
@@ -1249,20 +1271,15 @@ impl Resolver<'_> {
         }
         let hs = head_span.unwrap_or(input_span);
         match p.head {
-            Head::Classifier { classes } => {
+            Some(Head::Classifier { classes }) => {
                 self.numel(&[classes, d], hs, "the head weight");
             }
-            Head::Linear { out } => {
+            Some(Head::Linear { out }) => {
                 self.numel(&[out, d], hs, "the head weight");
             }
-            Head::Lm { .. } => {}
+            Some(Head::Lm { .. }) | None => {}
         }
-        // Each block once, and only blocks that run.
-        let mut used: Vec<usize> = p.layers.iter().map(|l| l.block).collect();
-        used.sort_unstable();
-        used.dedup();
-        for bi in used {
-            let Some(bp) = p.blocks.get(bi) else { continue };
+        for bp in blocks {
             for u in &bp.units {
                 let (w, wname, wspan) = match u.skip {
                     Skip::Hourglass { width, span, .. } => {
