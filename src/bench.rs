@@ -35,7 +35,10 @@ pub fn synthetic_inputs(g: &Graph, index_bounds: &[(usize, usize)]) -> (Vec<Tens
         .iter()
         .map(|p| {
             let n = p.shape.iter().product();
-            Tensor::f32(p.shape.clone(), (0..n).map(|_| (next() - 0.5) * 0.1).collect())
+            Tensor::f32(
+                p.shape.clone(),
+                (0..n).map(|_| (next() - 0.5) * 0.1).collect(),
+            )
         })
         .collect();
     let inputs = g
@@ -46,11 +49,19 @@ pub fn synthetic_inputs(g: &Graph, index_bounds: &[(usize, usize)]) -> (Vec<Tens
             let n = inp.ty.numel();
             match inp.ty.dtype {
                 DType::I32 => {
-                    let bound = index_bounds.iter().filter(|b| b.0 == i).map(|b| b.1).min().unwrap_or(1);
-                    let data = (0..n).map(|_| ((next() * bound as f64) as usize).min(bound - 1) as f64);
+                    let bound = index_bounds
+                        .iter()
+                        .filter(|b| b.0 == i)
+                        .map(|b| b.1)
+                        .min()
+                        .unwrap_or(1);
+                    let data =
+                        (0..n).map(|_| ((next() * bound as f64) as usize).min(bound - 1) as f64);
                     Tensor::i32(inp.ty.shape.clone(), data.collect())
                 }
-                DType::F32 => Tensor::f32(inp.ty.shape.clone(), (0..n).map(|_| next() - 0.5).collect()),
+                DType::F32 => {
+                    Tensor::f32(inp.ty.shape.clone(), (0..n).map(|_| next() - 0.5).collect())
+                }
             }
         })
         .collect();
@@ -101,12 +112,13 @@ pub struct Peak {
 pub fn peak() -> Peak {
     #[cfg(target_arch = "x86_64")]
     {
-        let fma256 = if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were just detected.
-            Some(unsafe { x86::peak256() })
-        } else {
-            None
-        };
+        let fma256 =
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the features were just detected.
+                Some(unsafe { x86::peak256() })
+            } else {
+                None
+            };
         let fma128 = if std::is_x86_feature_detected!("fma") {
             // SAFETY: as above.
             unsafe { x86::peak128() }
@@ -117,7 +129,10 @@ pub fn peak() -> Peak {
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        Peak { fma128: 0.0, fma256: None }
+        Peak {
+            fma128: 0.0,
+            fma256: None,
+        }
     }
 }
 

@@ -55,18 +55,30 @@ fn parse_override(s: &str) -> Result<Override, String> {
         return Err(format!("`{name}` is not a constant name"));
     }
     if let Ok(i) = value.replace('_', "").parse::<i64>() {
-        return Ok(Override { name: name.to_string(), value: i as f64, is_int: true });
+        return Ok(Override {
+            name: name.to_string(),
+            value: i as f64,
+            is_int: true,
+        });
     }
     match value.parse::<f64>() {
-        Ok(f) if f.is_finite() => Ok(Override { name: name.to_string(), value: f, is_int: false }),
-        _ => Err(format!("`{value}` is not a number (in --set {name}={value})")),
+        Ok(f) if f.is_finite() => Ok(Override {
+            name: name.to_string(),
+            value: f,
+            is_int: false,
+        }),
+        _ => Err(format!(
+            "`{value}` is not a number (in --set {name}={value})"
+        )),
     }
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Check model files: syntax, names, shapes and constraints.
-    #[command(after_help = "Example:\n  lamina check examples/*.lam\n\nExits 0 when every file is fine, 1 otherwise.")]
+    #[command(
+        after_help = "Example:\n  lamina check examples/*.lam\n\nExits 0 when every file is fine, 1 otherwise."
+    )]
     Check {
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -74,10 +86,12 @@ pub enum Command {
         overrides: Overrides,
     },
     /// Print a stage of the compilation: the AST, the tensor IR or the joint gradient IR.
-    #[command(after_help = "Examples:\n  lamina ir examples/peri_ln.lam --stage ir\n  \
+    #[command(
+        after_help = "Examples:\n  lamina ir examples/peri_ln.lam --stage ir\n  \
         lamina ir model.lam --stage grad --json -o model.grad.json\n  \
         lamina ir model.lam --expect model.ir         # exit 1 with a diff when it changed\n  \
-        lamina ir model.lam --expect model.ir --bless # accept the new IR")]
+        lamina ir model.lam --expect model.ir --bless # accept the new IR"
+    )]
     Ir {
         file: PathBuf,
         /// Which stage to print.
@@ -106,7 +120,9 @@ pub enum Command {
         overrides: Overrides,
     },
     /// Write freshly initialised weights to a safetensors file.
-    #[command(after_help = "Example:\n  lamina init examples/transformer.lam -o weights.safetensors --seed 1")]
+    #[command(
+        after_help = "Example:\n  lamina init examples/transformer.lam -o weights.safetensors --seed 1"
+    )]
     Init {
         file: PathBuf,
         #[arg(short, long, value_name = "FILE")]
@@ -117,12 +133,14 @@ pub enum Command {
         overrides: Overrides,
     },
     /// Run one batch: loss, logits and the gradient of every trainable parameter.
-    #[command(after_help = "Examples:\n  lamina run examples/transformer.lam --set layers=2\n  \
+    #[command(
+        after_help = "Examples:\n  lamina run examples/transformer.lam --set layers=2\n  \
         lamina run model.lam --weights w.safetensors --batch b.safetensors --out out.safetensors\n\n\
         The batch file holds `tokens` and `targets` (i32) for token models, `inputs` (f32) and \
         `targets` for feature models. Without --batch a random batch of the model's shape is used; \
         without --weights, weights initialised with --seed. The output file holds `loss`, `logits` \
-        and `grad.<parameter>` for every trainable parameter.")]
+        and `grad.<parameter>` for every trainable parameter."
+    )]
     Run {
         file: PathBuf,
         #[arg(long, value_name = "FILE")]
@@ -134,17 +152,49 @@ pub enum Command {
         /// Seed for the initial weights and the random batch when not given as files.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        #[arg(long, value_enum, default_value_t = Backend::Interp)]
+        #[arg(long, value_enum, default_value_t = Backend::Jit)]
         backend: Backend,
         #[command(flatten)]
         overrides: Overrides,
     },
+    /// Benchmark a training step (forward, backward, SGD update) on generated code.
+    #[command(after_help = "Examples:\n  lamina bench examples/bench/s_pre_ln.lam\n  \
+        lamina bench examples/transformer.lam --set d=256 --steps 20\n  lamina bench --peak\n\n\
+        Reports the compile time (source text to ready-to-run code), the median step time, tokens \
+        per second, the achieved matmul GFLOP/s and the peak arena bytes.")]
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// The model to benchmark (not needed with --peak).
+    #[arg(required_unless_present = "peak")]
+    pub file: Option<PathBuf>,
+    /// Timed training steps after two warm-up steps; the median is reported.
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Measure this machine's single-core FMA peak with 128-bit and 256-bit vectors.
+    #[arg(long)]
+    pub peak: bool,
+    #[command(flatten)]
+    pub overrides: Overrides,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum Backend {
-    /// The reference interpreter (f64).
+    /// Native code generated with Cranelift (f32).
+    Jit,
+    /// The reference interpreter (f64): slow, and the oracle the JIT is tested against.
     Interp,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Jit => "jit",
+            Backend::Interp => "interp",
+        }
+    }
 }
 
 /// An error whose text is already rendered (diagnostics); printed as is.
@@ -161,7 +211,9 @@ fn use_color(choice: ColorChoice) -> bool {
     match choice {
         ColorChoice::Always => true,
         ColorChoice::Never => false,
-        ColorChoice::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        ColorChoice::Auto => {
+            std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+        }
     }
 }
 
@@ -189,14 +241,33 @@ pub fn main() -> i32 {
 fn run(cli: Cli, color: bool) -> Result<i32> {
     match cli.command {
         Command::Check { files, overrides } => cmd_check(&files, &overrides, color),
-        Command::Ir { file, stage, json, expect, bless, output, overrides } => {
+        Command::Ir {
+            file,
+            stage,
+            json,
+            expect,
+            bless,
+            output,
+            overrides,
+        } => {
+            if json && !matches!(stage, Stage::Ast | Stage::Ir | Stage::Grad) {
+                bail!(
+                    "--json is available for the ast, ir and grad stages; `{}` prints as text only",
+                    stage.name()
+                );
+            }
             let compiled = compile(&file, &overrides, color)?;
             let text = if json {
                 compiled.stage_json(stage)
             } else {
                 compiled.stage_text(stage)
             }
-            .map_err(|e| anyhow!("internal error while printing the {} stage: {e}", stage.name()))?;
+            .map_err(|e| {
+                anyhow!(
+                    "internal error while printing the {} stage: {e}",
+                    stage.name()
+                )
+            })?;
             if let Some(expected_path) = expect {
                 return expect_text(&expected_path, &text, bless);
             }
@@ -211,12 +282,21 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             print!("{}", params_table(&compiled));
             Ok(0)
         }
-        Command::Init { file, output, seed, overrides } => {
+        Command::Init {
+            file,
+            output,
+            seed,
+            overrides,
+        } => {
             let compiled = compile(&file, &overrides, color)?;
             let g = &compiled.forward;
             let params = io::init_params(g, seed);
-            let named: Vec<(String, Tensor)> =
-                g.params.iter().map(|p| p.name.clone()).zip(params).collect();
+            let named: Vec<(String, Tensor)> = g
+                .params
+                .iter()
+                .map(|p| p.name.clone())
+                .zip(params)
+                .collect();
             io::save_safetensors(&output, &named)?;
             eprintln!(
                 "wrote {} parameters ({} values) to {}",
@@ -226,9 +306,25 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             );
             Ok(0)
         }
-        Command::Run { file, weights, batch, out, seed, backend, overrides } => {
+        Command::Bench(args) => cmd_bench(&args, color),
+        Command::Run {
+            file,
+            weights,
+            batch,
+            out,
+            seed,
+            backend,
+            overrides,
+        } => {
             let compiled = compile(&file, &overrides, color)?;
-            cmd_run(&compiled, weights.as_deref(), batch.as_deref(), out.as_deref(), seed, backend)
+            cmd_run(
+                &compiled,
+                weights.as_deref(),
+                batch.as_deref(),
+                out.as_deref(),
+                seed,
+                backend,
+            )
         }
     }
 }
@@ -287,7 +383,9 @@ fn expect_text(path: &Path, actual: &str, bless: bool) -> Result<i32> {
             let label = path.display().to_string();
             print!(
                 "{}",
-                diff.unified_diff().context_radius(3).header(&label, "actual")
+                diff.unified_diff()
+                    .context_radius(3)
+                    .header(&label, "actual")
             );
             eprintln!(
                 "{} differs from the current output; review the diff, then run with --bless to accept it",
@@ -302,7 +400,7 @@ fn group_digits(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -313,11 +411,32 @@ fn group_digits(n: usize) -> String {
 fn params_table(c: &Compiled) -> String {
     let g = &c.forward;
     let shape_str = |s: &[usize]| {
-        format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+        format!(
+            "[{}]",
+            s.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     };
-    let name_w = g.params.iter().map(|p| p.name.len()).max().unwrap_or(4).max(4);
-    let shape_w = g.params.iter().map(|p| shape_str(&p.shape).len()).max().unwrap_or(5).max(5);
-    let mut out = format!("{:<name_w$}  {:<shape_w$}  {:>12}  status\n", "name", "shape", "count");
+    let name_w = g
+        .params
+        .iter()
+        .map(|p| p.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let shape_w = g
+        .params
+        .iter()
+        .map(|p| shape_str(&p.shape).len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let mut out = format!(
+        "{:<name_w$}  {:<shape_w$}  {:>12}  status\n",
+        "name", "shape", "count"
+    );
     let (mut trainable, mut frozen) = (0usize, 0usize);
     for p in &g.params {
         let n: usize = p.shape.iter().product();
@@ -372,7 +491,12 @@ fn load_weights(g: &crate::ir::Graph, path: &Path) -> Result<Vec<Tensor>> {
             "{} lacks {} parameter(s) of the model: {}{}",
             path.display(),
             missing.len(),
-            missing.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+            missing
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
             if missing.len() > 5 { ", ..." } else { "" }
         );
     }
@@ -392,20 +516,33 @@ fn load_batch(g: &crate::ir::Graph, path: &Path) -> Result<Vec<Tensor>> {
     let mut tensors = io::load_safetensors(path)?;
     let mut out = Vec::new();
     for inp in &g.inputs {
-        let i = tensors.iter().position(|(n, _)| *n == inp.name).ok_or_else(|| {
-            anyhow!(
-                "{} has no tensor `{}` ({}); the model reads {}",
-                path.display(),
-                inp.name,
-                inp.ty,
-                g.inputs.iter().map(|i| format!("`{}` {}", i.name, i.ty)).collect::<Vec<_>>().join(" and ")
-            )
-        })?;
+        let i = tensors
+            .iter()
+            .position(|(n, _)| *n == inp.name)
+            .ok_or_else(|| {
+                anyhow!(
+                    "{} has no tensor `{}` ({}); the model reads {}",
+                    path.display(),
+                    inp.name,
+                    inp.ty,
+                    g.inputs
+                        .iter()
+                        .map(|i| format!("`{}` {}", i.name, i.ty))
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                )
+            })?;
         let (_, mut t) = tensors.swap_remove(i);
         // Integer batches may come as floats holding integers and vice versa; only the shape
         // and, for ids, integrality must match.
         if t.shape != inp.ty.shape {
-            bail!("{}: `{}` has shape {:?} but the model needs {}", path.display(), inp.name, t.shape, inp.ty);
+            bail!(
+                "{}: `{}` has shape {:?} but the model needs {}",
+                path.display(),
+                inp.name,
+                t.shape,
+                inp.ty
+            );
         }
         if inp.ty.dtype == crate::ir::DType::I32 && t.data.iter().any(|v| v.fract() != 0.0) {
             bail!("{}: `{}` must hold integer ids", path.display(), inp.name);
@@ -433,10 +570,21 @@ fn cmd_run(
         Some(p) => load_batch(g, p)?,
         None => io::random_batch(g, seed),
     };
-    let joint = c.joint().map_err(|e| anyhow!("internal error in autodiff: {e}"))?;
+    let joint = c
+        .joint()
+        .map_err(|e| anyhow!("internal error in autodiff: {e}"))?;
     let start = std::time::Instant::now();
     let outputs = match backend {
-        Backend::Interp => interp::run(&joint, &interp::Env { inputs: &inputs, params: &params })
+        Backend::Interp => interp::run(
+            &joint,
+            &interp::Env {
+                inputs: &inputs,
+                params: &params,
+            },
+        )
+        .map_err(|e| anyhow!("{e}"))?,
+        Backend::Jit => crate::runtime::compile_graph(&joint)
+            .and_then(|mut compiled| compiled.run(&inputs, &params))
             .map_err(|e| anyhow!("{e}"))?,
     };
     let elapsed = start.elapsed();
@@ -448,16 +596,66 @@ fn cmd_run(
     println!("loss = {loss:.6}");
     eprintln!(
         "{} backend, {:.1} ms, {} gradients{}",
-        match backend {
-            Backend::Interp => "interp",
-        },
+        backend.name(),
         elapsed.as_secs_f64() * 1e3,
-        outputs.iter().filter(|(n, _)| n.starts_with("grad.")).count(),
-        if batch.is_none() { ", random batch" } else { "" }
+        outputs
+            .iter()
+            .filter(|(n, _)| n.starts_with("grad."))
+            .count(),
+        if batch.is_none() {
+            ", random batch"
+        } else {
+            ""
+        }
     );
     if let Some(out) = out {
         io::save_safetensors(out, &outputs)?;
         eprintln!("wrote {}", out.display());
     }
+    Ok(0)
+}
+
+fn cmd_bench(args: &BenchArgs, color: bool) -> Result<i32> {
+    if args.peak {
+        let p = crate::bench::peak();
+        println!("single-core FMA peak, 128-bit vectors: {:6.1} GFLOP/s", p.fma128);
+        match p.fma256 {
+            Some(v) => println!("single-core FMA peak, 256-bit vectors: {v:6.1} GFLOP/s"),
+            None => println!("single-core FMA peak, 256-bit vectors: not available (no AVX2+FMA)"),
+        }
+        if args.file.is_none() {
+            return Ok(0);
+        }
+    }
+    let Some(file) = &args.file else {
+        bail!("no model file given");
+    };
+    let start = std::time::Instant::now();
+    let compiled = compile(file, &args.overrides, color)?;
+    let joint = compiled.joint().map_err(|e| anyhow!("internal error in autodiff: {e}"))?;
+    let front_seconds = start.elapsed().as_secs_f64();
+    let report = crate::bench::bench_training(&joint, args.steps.max(10))
+        .map_err(|e| anyhow!("{e}"))?;
+    let g = &compiled.forward;
+    println!("model          {} ({} parameters)", g.name, group_digits(g.param_count()));
+    println!(
+        "compile        {:.1} ms (front end {:.1} ms, kernels and code {:.1} ms)",
+        (front_seconds + report.compile_seconds) * 1e3,
+        front_seconds * 1e3,
+        report.compile_seconds * 1e3
+    );
+    println!(
+        "step           {:.2} ms median of {} (forward, backward, SGD update)",
+        report.median_step_seconds * 1e3,
+        report.steps
+    );
+    println!("tokens/s       {:.0}", report.tokens_per_second);
+    println!("matmul         {:.1} GFLOP/s", report.gflops);
+    println!(
+        "peak arena     {} bytes ({:.1} MiB), {} kernels",
+        group_digits(report.peak_arena_bytes),
+        report.peak_arena_bytes as f64 / (1 << 20) as f64,
+        report.kernels
+    );
     Ok(0)
 }

@@ -25,15 +25,32 @@ pub enum Stage {
     Ir,
     /// The joint forward and backward IR (gradients of the loss).
     Grad,
+    /// The training step's kernels: fused loop nests and matmul calls.
+    Kernels,
+    /// The training step's buffer plan: arena offsets, lifetimes and peak bytes.
+    Plan,
+    /// The Cranelift IR of the training step's kernels (fixed x86-64 target with FMA).
+    Clif,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 3] = [Stage::Ast, Stage::Ir, Stage::Grad];
+    /// Every stage, in pipeline order.
+    pub const ALL: [Stage; 6] = [
+        Stage::Ast,
+        Stage::Ir,
+        Stage::Grad,
+        Stage::Kernels,
+        Stage::Plan,
+        Stage::Clif,
+    ];
     pub fn name(self) -> &'static str {
         match self {
             Stage::Ast => "ast",
             Stage::Ir => "ir",
             Stage::Grad => "grad",
+            Stage::Kernels => "kernels",
+            Stage::Plan => "plan",
+            Stage::Clif => "clif",
         }
     }
 }
@@ -110,7 +127,11 @@ pub fn compile_file(path: &Path, overrides: &[Override]) -> Result<Compiled, Com
             let bytes = e.into_bytes();
             let diagnostics = match syntax::parse_bytes(&bytes) {
                 Err(d) => d,
-                Ok(_) => vec![Diagnostic::new("the file is not UTF-8", Default::default(), "here")],
+                Ok(_) => vec![Diagnostic::new(
+                    "the file is not UTF-8",
+                    Default::default(),
+                    "here",
+                )],
             };
             Err(CompileError {
                 file_name,
@@ -133,6 +154,9 @@ impl Compiled {
             Stage::Ast => print_ast(&self.module),
             Stage::Ir => text::print(&self.forward),
             Stage::Grad => text::print(&self.joint()?),
+            Stage::Kernels | Stage::Plan | Stage::Clif => {
+                crate::runtime::stage_text(&self.joint()?, stage.name())?
+            }
         })
     }
 
@@ -142,6 +166,10 @@ impl Compiled {
             Stage::Ast => serde_json::to_string_pretty(&self.module).map_err(|e| e.to_string()),
             Stage::Ir => Ok(text::to_json(&self.forward)),
             Stage::Grad => Ok(text::to_json(&self.joint()?)),
+            Stage::Kernels | Stage::Plan | Stage::Clif => Err(format!(
+                "the {} stage has no JSON form; use the text form",
+                stage.name()
+            )),
         }
     }
 }

@@ -47,11 +47,17 @@ pub fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
             let (dtype, bytes) = match t.dtype {
                 DType::F32 => (
                     Dtype::F32,
-                    t.data.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect::<Vec<u8>>(),
+                    t.data
+                        .iter()
+                        .flat_map(|&v| (v as f32).to_le_bytes())
+                        .collect::<Vec<u8>>(),
                 ),
                 DType::I32 => (
                     Dtype::I32,
-                    t.data.iter().flat_map(|&v| (v as i32).to_le_bytes()).collect::<Vec<u8>>(),
+                    t.data
+                        .iter()
+                        .flat_map(|&v| (v as i32).to_le_bytes())
+                        .collect::<Vec<u8>>(),
                 ),
             };
             (name.clone(), dtype, t.shape.clone(), bytes)
@@ -76,7 +82,8 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()>
 /// f32 tensors, I32/I64 as i32 tensors (I64 values must fit in i32).
 pub fn load_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    parse_safetensors(&bytes).with_context(|| format!("{} is not a valid tensor file", path.display()))
+    parse_safetensors(&bytes)
+        .with_context(|| format!("{} is not a valid tensor file", path.display()))
 }
 
 pub fn parse_safetensors(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
@@ -155,11 +162,14 @@ pub fn init_params(g: &Graph, seed: u64) -> Vec<Tensor> {
                 Init::Ones => vec![1.0; n],
                 Init::Const(c) => vec![c; n],
                 Init::Normal { std } => (0..n).map(|_| std * normal(&mut rng)).collect(),
-                Init::Uniform { bound } => {
-                    (0..n).map(|_| bound * (2.0 * rng.gen::<f64>() - 1.0)).collect()
-                }
+                Init::Uniform { bound } => (0..n)
+                    .map(|_| bound * (2.0 * rng.gen::<f64>() - 1.0))
+                    .collect(),
             };
-            Tensor::f32(p.shape.clone(), data.into_iter().map(|v| v as f32 as f64).collect())
+            Tensor::f32(
+                p.shape.clone(),
+                data.into_iter().map(|v| v as f32 as f64).collect(),
+            )
         })
         .collect()
 }
@@ -167,7 +177,10 @@ pub fn init_params(g: &Graph, seed: u64) -> Vec<Tensor> {
 /// The number of classes an i32 input indexes: the rows of the table it is gathered from or
 /// the width of the one-hot it feeds. `None` if the graph never indexes with it.
 pub fn index_bound(g: &Graph, input_index: usize) -> Option<usize> {
-    let node = g.nodes.iter().position(|n| n.op == Op::Input { index: input_index })?;
+    let node = g
+        .nodes
+        .iter()
+        .position(|n| n.op == Op::Input { index: input_index })?;
     let mut frontier = vec![node];
     // Follow reshapes to the indexing op.
     while let Some(v) = frontier.pop() {

@@ -13,6 +13,7 @@ pub mod elab;
 pub mod interp;
 pub mod io;
 pub mod ir;
+pub mod passes;
 pub mod syntax;
 pub mod tensor;
 pub mod bench;

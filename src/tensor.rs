@@ -31,7 +31,10 @@ impl Tensor {
         Tensor::f32(vec![], vec![v])
     }
     pub fn ty(&self) -> Type {
-        Type { dtype: self.dtype, shape: self.shape.clone() }
+        Type {
+            dtype: self.dtype,
+            shape: self.shape.clone(),
+        }
     }
     pub fn numel(&self) -> usize {
         self.data.len()

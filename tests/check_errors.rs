@@ -6,16 +6,25 @@
 use std::path::Path;
 
 fn stem(path: &Path) -> String {
-    path.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string()
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("model")
+        .to_string()
 }
 
 #[test]
 fn bad_models() {
     insta::glob!("bad/elab_*.lam", |path| {
         let src = std::fs::read_to_string(path).expect("readable test file");
-        let name = path.file_name().and_then(|s| s.to_str()).unwrap_or("model.lam");
+        let name = path
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("model.lam");
         let rendered = match lamina::syntax::parse(&src) {
-            Err(diags) => format!("PARSE ERROR (the test should exercise elaboration)\n{}", lamina::diag::render(&diags, name, &src, false)),
+            Err(diags) => format!(
+                "PARSE ERROR (the test should exercise elaboration)\n{}",
+                lamina::diag::render(&diags, name, &src, false)
+            ),
             Ok(module) => match lamina::elab::elaborate(&module, &stem(path), &[]) {
                 Ok(_) => "ELABORATED WITHOUT ERRORS (the test expects errors)".to_string(),
                 Err(diags) => lamina::diag::render(&diags, name, &src, false),
@@ -34,16 +43,29 @@ fn examples_elaborate() {
         .filter(|p| p.extension().is_some_and(|e| e == "lam"))
         .collect();
     paths.sort();
-    assert!(paths.len() >= 9, "expected the example gallery, found {paths:?}");
+    assert!(
+        paths.len() >= 9,
+        "expected the example gallery, found {paths:?}"
+    );
     for path in paths {
         let src = std::fs::read_to_string(&path).expect("readable example");
-        let name = path.file_name().and_then(|s| s.to_str()).unwrap_or("model.lam");
+        let name = path
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("model.lam");
         let module = lamina::syntax::parse(&src)
             .unwrap_or_else(|d| panic!("{}", lamina::diag::render(&d, name, &src, false)));
         let graph = lamina::elab::elaborate(&module, &stem(&path), &[])
             .unwrap_or_else(|d| panic!("{}", lamina::diag::render(&d, name, &src, false)));
         graph.verify().unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(graph.output("loss").is_some() && graph.output("logits").is_some(), "{name}");
-        assert_eq!(graph.ty(graph.output("loss").unwrap()).shape, Vec::<usize>::new(), "{name}");
+        assert!(
+            graph.output("loss").is_some() && graph.output("logits").is_some(),
+            "{name}"
+        );
+        assert_eq!(
+            graph.ty(graph.output("loss").unwrap()).shape,
+            Vec::<usize>::new(),
+            "{name}"
+        );
     }
 }

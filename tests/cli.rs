@@ -47,12 +47,20 @@ fn check_ok_and_error_exit_codes() {
     let good = write(&dir, "good.lam", TINY);
     let bad = write(&dir, "bad.lam", &TINY.replace("heads = 2", "heads = 3"));
     let out = lamina(&["check", s(&good)]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = lamina(&["check", s(&good), s(&bad)]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.lam:"), "error names the file: {err}");
-    assert!(err.contains("divisible"), "error explains the constraint: {err}");
+    assert!(
+        err.contains("divisible"),
+        "error explains the constraint: {err}"
+    );
     assert!(!err.contains("\x1b["), "no colour when not a terminal");
 }
 
@@ -73,12 +81,19 @@ fn check_rejects_garbage_without_panicking() {
 fn set_overrides_and_unknown_constants() {
     let dir = scratch("set");
     let good = write(&dir, "good.lam", TINY);
-    assert_eq!(lamina(&["check", s(&good), "--set", "d=12"]).status.code(), Some(0));
+    assert_eq!(
+        lamina(&["check", s(&good), "--set", "d=12"]).status.code(),
+        Some(0)
+    );
     let out = lamina(&["check", s(&good), "--set", "dd=12"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("dd"));
     let out = lamina(&["check", s(&good), "--set", "d=abc"]);
-    assert_eq!(out.status.code(), Some(2), "a malformed flag is a usage error");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a malformed flag is a usage error"
+    );
 }
 
 #[test]
@@ -91,14 +106,31 @@ fn expect_and_bless() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--bless"));
     // Bless creates it; then it matches.
-    assert_eq!(lamina(&["ir", s(&model), "--expect", s(&expected), "--bless"]).status.code(), Some(0));
-    assert_eq!(lamina(&["ir", s(&model), "--expect", s(&expected)]).status.code(), Some(0));
+    assert_eq!(
+        lamina(&["ir", s(&model), "--expect", s(&expected), "--bless"])
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(
+        lamina(&["ir", s(&model), "--expect", s(&expected)])
+            .status
+            .code(),
+        Some(0)
+    );
     // A model change shows as a unified diff and exit 1.
-    let moved = write(&dir, "m.lam", &TINY.replace("block layer {", "block layer {\n  norm post"));
+    let moved = write(
+        &dir,
+        "m.lam",
+        &TINY.replace("block layer {", "block layer {\n  norm post"),
+    );
     let out = lamina(&["ir", s(&moved), "--expect", s(&expected)]);
     assert_eq!(out.status.code(), Some(1));
     let diff = String::from_utf8_lossy(&out.stdout);
-    assert!(diff.contains("@@") && diff.contains("\n-") && diff.contains("\n+"), "{diff}");
+    assert!(
+        diff.contains("@@") && diff.contains("\n-") && diff.contains("\n+"),
+        "{diff}"
+    );
 }
 
 #[test]
@@ -108,7 +140,10 @@ fn params_lists_every_parameter() {
     let out = lamina(&["params", s(&model)]);
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("embed.weight") && text.contains("[11, 8]"), "{text}");
+    assert!(
+        text.contains("embed.weight") && text.contains("[11, 8]"),
+        "{text}"
+    );
     assert!(text.contains("total:"), "{text}");
 }
 
@@ -118,12 +153,25 @@ fn init_then_run_writes_loss_logits_and_grads() {
     let model = write(&dir, "m.lam", TINY);
     let weights = dir.join("w.safetensors");
     let out = dir.join("out.safetensors");
-    assert_eq!(lamina(&["init", s(&model), "-o", s(&weights), "--seed", "3"]).status.code(), Some(0));
+    assert_eq!(
+        lamina(&["init", s(&model), "-o", s(&weights), "--seed", "3"])
+            .status
+            .code(),
+        Some(0)
+    );
     let run = lamina(&["run", s(&model), "--weights", s(&weights), "--out", s(&out)]);
-    assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let tensors = lamina::io::load_safetensors(&out).unwrap();
     let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
-    assert!(names.contains(&"loss") && names.contains(&"logits"), "{names:?}");
+    assert!(
+        names.contains(&"loss") && names.contains(&"logits"),
+        "{names:?}"
+    );
     assert!(names.contains(&"grad.embed.weight"), "{names:?}");
     // Same weights and seed, same loss.
     let again = lamina(&["run", s(&model), "--weights", s(&weights)]);
@@ -136,9 +184,20 @@ fn failed_run_leaves_no_output_file() {
     let model = write(&dir, "m.lam", TINY);
     let bad_weights = write(&dir, "w.safetensors", "not a tensor file");
     let out = dir.join("out.safetensors");
-    let run = lamina(&["run", s(&model), "--weights", s(&bad_weights), "--out", s(&out)]);
+    let run = lamina(&[
+        "run",
+        s(&model),
+        "--weights",
+        s(&bad_weights),
+        "--out",
+        s(&out),
+    ]);
     assert_eq!(run.status.code(), Some(1));
     assert!(!out.exists());
-    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert_eq!(leftovers.len(), 2, "no temporary files left: {leftovers:?}");
 }

@@ -15,7 +15,10 @@ fn rng() -> rand_chacha::ChaCha8Rng {
 
 fn random(shape: &[usize], lo: f64, hi: f64, r: &mut impl Rng) -> Tensor {
     let n = shape.iter().product();
-    Tensor::f32(shape.to_vec(), (0..n).map(|_| r.gen_range(lo..hi) as f32 as f64).collect())
+    Tensor::f32(
+        shape.to_vec(),
+        (0..n).map(|_| r.gen_range(lo..hi) as f32 as f64).collect(),
+    )
 }
 
 /// Max |a - b| over max |b|: the normalized error of a tensor.
@@ -38,7 +41,12 @@ fn check(g: &Graph, inputs: &[Tensor], params: &[Tensor]) {
     let got = c.run(inputs, params).expect("jit run");
     for ((n, w), (_, o)) in want.iter().zip(&got) {
         let e = rel_err(o, w);
-        assert!(e <= 1e-4, "output {n}: relative error {e}\njit {:?}\ninterp {:?}", o.data, w.data);
+        assert!(
+            e <= 1e-4,
+            "output {n}: relative error {e}\njit {:?}\ninterp {:?}",
+            o.data,
+            w.data
+        );
     }
 }
 
@@ -48,7 +56,10 @@ fn graph(shapes: &[&[usize]], f: impl FnOnce(&mut GraphBuilder, &[ValueId])) -> 
     let xs: Vec<ValueId> = shapes
         .iter()
         .enumerate()
-        .map(|(i, s)| b.param(format!("x{i}"), s.to_vec(), Init::Zeros, true).unwrap())
+        .map(|(i, s)| {
+            b.param(format!("x{i}"), s.to_vec(), Init::Zeros, true)
+                .unwrap()
+        })
         .collect();
     f(&mut b, &xs);
     b.finish()
@@ -56,11 +67,16 @@ fn graph(shapes: &[&[usize]], f: impl FnOnce(&mut GraphBuilder, &[ValueId])) -> 
 
 fn params_for(g: &Graph, lo: f64, hi: f64) -> Vec<Tensor> {
     let mut r = rng();
-    g.params.iter().map(|p| random(&p.shape, lo, hi, &mut r)).collect()
+    g.params
+        .iter()
+        .map(|p| random(&p.shape, lo, hi, &mut r))
+        .collect()
 }
 
 fn kernels(g: &Graph) -> usize {
-    build_program(g, &BuildOptions::default()).unwrap().kernel_count()
+    build_program(g, &BuildOptions::default())
+        .unwrap()
+        .kernel_count()
 }
 
 #[test]
@@ -159,7 +175,11 @@ fn softmax_and_masks_match_interpreter() {
         let g = graph(&[&[2, 3, 9, 9]], |b, x| {
             let s = b.scale(x[0], 0.5).unwrap();
             let m = b.push(Op::CausalMask { fill }, &[s]).unwrap();
-            let y = if fill == MaskFill::NegInf { b.unary(Op::Softmax, m).unwrap() } else { m };
+            let y = if fill == MaskFill::NegInf {
+                b.unary(Op::Softmax, m).unwrap()
+            } else {
+                m
+            };
             b.output("y", y);
         });
         check(&g, &[], &params_for(&g, -3.0, 3.0));
@@ -209,7 +229,16 @@ fn views_and_concat_match_interpreter() {
         let col = b.broadcast(x[2], vec![3, 5]).unwrap();
         let y = b.add(tt, bias).unwrap();
         let y = b.mul(y, col).unwrap();
-        let s = b.push(Op::Slice { axis: 1, start: 1, end: 4 }, &[y]).unwrap();
+        let s = b
+            .push(
+                Op::Slice {
+                    axis: 1,
+                    start: 1,
+                    end: 4,
+                },
+                &[y],
+            )
+            .unwrap();
         let c = b.push(Op::Concat { axis: 1 }, &[s, x[3]]).unwrap();
         let c0 = b.push(Op::Concat { axis: 0 }, &[s, s]).unwrap();
         b.output("t", t);
@@ -317,7 +346,14 @@ fn sgd_update_matches_interpreter() {
     let mut r = rng();
     let x = random(&[4, 5], -1.0, 1.0, &mut r);
     let w = random(&[3, 5], -1.0, 1.0, &mut r);
-    let want = run(&g, &Env { inputs: &[x.clone()], params: &[w.clone()] }).unwrap();
+    let want = run(
+        &g,
+        &Env {
+            inputs: &[x.clone()],
+            params: &[w.clone()],
+        },
+    )
+    .unwrap();
     let mut t = Trainer::new(&g, vec![w.clone()]).unwrap();
     let lr = 0.1;
     let loss = t.step(&[x.clone()], lr).unwrap();
@@ -325,7 +361,11 @@ fn sgd_update_matches_interpreter() {
     let gw = &want[2].1;
     let expect = Tensor::f32(
         w.shape.clone(),
-        w.data.iter().zip(&gw.data).map(|(p, g)| p - lr as f64 * g).collect(),
+        w.data
+            .iter()
+            .zip(&gw.data)
+            .map(|(p, g)| p - lr as f64 * g)
+            .collect(),
     );
     assert!(rel_err(&t.params()[0], &expect) <= 1e-5);
     assert!(rel_err(&t.output("grad.w").unwrap(), gw) <= 1e-4);
@@ -356,7 +396,11 @@ fn examples_train_like_the_interpreter() {
         let ov: Vec<_> = consts
             .iter()
             .filter(|(n, _)| n == "d")
-            .map(|_| lamina::elab::Override { name: "d".into(), value: 16.0, is_int: true })
+            .map(|_| lamina::elab::Override {
+                name: "d".into(),
+                value: 16.0,
+                is_int: true,
+            })
             .collect();
         let g = lamina::elab::elaborate(&m, "m", &ov).unwrap();
         let j = lamina::autodiff::differentiate(&g).unwrap();
@@ -367,7 +411,14 @@ fn examples_train_like_the_interpreter() {
             .into_iter()
             .map(|t| Tensor::f32(t.shape.clone(), t.data.iter().map(|x| x * 10.0).collect()))
             .collect();
-        let want = run(&j, &Env { inputs: &inputs, params: &params }).unwrap();
+        let want = run(
+            &j,
+            &Env {
+                inputs: &inputs,
+                params: &params,
+            },
+        )
+        .unwrap();
         let mut t = Trainer::new(&j, params.clone()).unwrap();
         let lr = 0.05;
         t.step(&inputs, lr).unwrap();
@@ -380,9 +431,17 @@ fn examples_train_like_the_interpreter() {
             .fold(0f64, f64::max);
         for (n, w) in &want {
             let o = t.output(n).unwrap();
-            let floor = if n.starts_with("grad.") { 1e-3 * gmax } else { 1e-30 };
+            let floor = if n.starts_with("grad.") {
+                1e-3 * gmax
+            } else {
+                1e-30
+            };
             let scale = w.data.iter().fold(floor, |m, x| m.max(x.abs()));
-            let e = o.data.iter().zip(&w.data).fold(0f64, |m, (a, b)| m.max((a - b).abs() / scale));
+            let e = o
+                .data
+                .iter()
+                .zip(&w.data)
+                .fold(0f64, |m, (a, b)| m.max((a - b).abs() / scale));
             assert!(e <= 1e-4, "{path:?} output {n}: relative error {e}");
         }
         for (i, p) in j.params.iter().enumerate() {
@@ -394,7 +453,12 @@ fn examples_train_like_the_interpreter() {
             }
             let expect = Tensor::f32(
                 p.shape.clone(),
-                params[i].data.iter().zip(&gr.data).map(|(x, g)| x - lr as f64 * g).collect(),
+                params[i]
+                    .data
+                    .iter()
+                    .zip(&gr.data)
+                    .map(|(x, g)| x - lr as f64 * g)
+                    .collect(),
             );
             let e = rel_err(&t.params()[i], &expect);
             assert!(e <= 1e-4, "{path:?} updated {}: relative error {e}", p.name);

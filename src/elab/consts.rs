@@ -81,8 +81,16 @@ pub(crate) struct Consts {
 
 impl Consts {
     /// Evaluate every constant in order, applying overrides; errors go to `diags`.
-    pub(crate) fn evaluate(m: &Module, overrides: &[Override], diags: &mut Vec<Diagnostic>) -> Consts {
-        let mut env = Consts { entries: Vec::new(), index: HashMap::new(), all: HashMap::new() };
+    pub(crate) fn evaluate(
+        m: &Module,
+        overrides: &[Override],
+        diags: &mut Vec<Diagnostic>,
+    ) -> Consts {
+        let mut env = Consts {
+            entries: Vec::new(),
+            index: HashMap::new(),
+            all: HashMap::new(),
+        };
         for item in &m.items {
             if let Item::Const { name, .. } = item {
                 env.all.entry(name.name.clone()).or_insert(name.span);
@@ -113,7 +121,9 @@ impl Consts {
             }
         }
         for item in &m.items {
-            let Item::Const { name, value } = item else { continue };
+            let Item::Const { name, value } = item else {
+                continue;
+            };
             if let Some(&first) = env.index.get(&name.name) {
                 let first_span = env.entries[first].span;
                 diags.push(
@@ -135,12 +145,19 @@ impl Consts {
                 Some(o) if o.value.is_finite() => Some(Value::Float(o.value)),
                 Some(_) => None,
                 None => {
-                    let mut ev = Ev { consts: &env, diags };
+                    let mut ev = Ev {
+                        consts: &env,
+                        diags,
+                    };
                     ev.eval(value)
                 }
             };
             env.index.insert(name.name.clone(), env.entries.len());
-            env.entries.push(Entry { name: name.name.clone(), span: name.span, value: v });
+            env.entries.push(Entry {
+                name: name.name.clone(),
+                span: name.span,
+                value: v,
+            });
         }
         env
     }
@@ -149,7 +166,11 @@ impl Consts {
         self.entries
             .iter()
             .map(|e| {
-                let v = e.value.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "?".into());
+                let v = e
+                    .value
+                    .as_ref()
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "?".into());
                 (e.name.clone(), v)
             })
             .collect()
@@ -276,8 +297,11 @@ impl Ev<'_> {
 
     pub(crate) fn unknown_constant(&self, w: &str, span: Span) -> Diagnostic {
         let names = self.consts.names();
-        err(format!("unknown constant `{w}`"), span, "not defined")
-            .with_hint(suggest(w, &names, "the constants are"))
+        err(format!("unknown constant `{w}`"), span, "not defined").with_hint(suggest(
+            w,
+            &names,
+            "the constants are",
+        ))
     }
 
     fn number(&mut self, v: Value, span: Span) -> Option<Value> {
@@ -294,8 +318,12 @@ impl Ev<'_> {
         use Value::{Float, Int};
         let overflow = |s: &mut Self| {
             s.report(
-                err("integer overflow", span, "this does not fit in a 64-bit integer")
-                    .with_hint("sizes this large cannot be compiled; use smaller values"),
+                err(
+                    "integer overflow",
+                    span,
+                    "this does not fit in a 64-bit integer",
+                )
+                .with_hint("sizes this large cannot be compiled; use smaller values"),
             );
             None
         };
@@ -333,8 +361,12 @@ impl Ev<'_> {
             (BinOp::FloorDiv | BinOp::Mod, _, _) => {
                 let sym = if op == BinOp::FloorDiv { "//" } else { "%" };
                 self.report(
-                    err(format!("`{sym}` needs integers"), span, "an operand is a float")
-                        .with_hint("use `/` for float division"),
+                    err(
+                        format!("`{sym}` needs integers"),
+                        span,
+                        "an operand is a float",
+                    )
+                    .with_hint("use `/` for float division"),
                 );
                 None
             }
@@ -355,7 +387,14 @@ impl Ev<'_> {
                 if r.is_finite() {
                     Some(Float(r))
                 } else {
-                    self.report(err("number out of range", span, "this is not a finite number"));
+                    self.report(
+                        err(
+                            "this number overflows to infinity",
+                            span,
+                            "not a finite number",
+                        )
+                        .with_hint("numbers must stay within about 1.8e308"),
+                    );
                     None
                 }
             }
@@ -374,11 +413,14 @@ impl Ev<'_> {
                 }
             },
             Value::Int(i) => {
-                self.report(err(
-                    format!("`{what}` must be positive, found {i}"),
-                    e.span,
-                    "expected a positive integer",
-                ));
+                self.report(
+                    err(
+                        format!("`{what}` must be positive, found {i}"),
+                        e.span,
+                        "expected a positive integer",
+                    )
+                    .with_hint("sizes and counts must be at least 1"),
+                );
                 None
             }
             Value::Float(f) => {
@@ -402,7 +444,10 @@ impl Ev<'_> {
             }
             other => {
                 self.report(err(
-                    format!("`{what}` must be a positive integer, found {}", other.describe()),
+                    format!(
+                        "`{what}` must be a positive integer, found {}",
+                        other.describe()
+                    ),
                     e.span,
                     "expected a positive integer",
                 ));
@@ -440,7 +485,10 @@ impl Ev<'_> {
             Value::Bool(b) => Some(b),
             other => {
                 let d = err(
-                    format!("`{what}` must be `true` or `false`, found {}", other.describe()),
+                    format!(
+                        "`{what}` must be `true` or `false`, found {}",
+                        other.describe()
+                    ),
                     e.span,
                     "expected `true` or `false`",
                 );
@@ -453,7 +501,11 @@ impl Ev<'_> {
     /// A keyword value from `allowed` (`act = gelu`); a constant holding one also works.
     pub(crate) fn keyword(&mut self, e: &Expr, what: &str, allowed: &[&str]) -> Option<String> {
         if let ExprKind::Name(n) = &e.kind {
-            let value = self.consts.index.get(n).map(|&i| &self.consts.entries[i].value);
+            let value = self
+                .consts
+                .index
+                .get(n)
+                .map(|&i| &self.consts.entries[i].value);
             let resolved = match value {
                 None => n.clone(),
                 Some(Some(Value::Word(w, _))) => w.clone(),
@@ -476,7 +528,9 @@ impl Ev<'_> {
                 e.span,
                 format!("expected one of {}", list(allowed)),
             );
-            let alias = ALIASES.iter().find(|(a, t)| *a == resolved && allowed.contains(t));
+            let alias = ALIASES
+                .iter()
+                .find(|(a, t)| *a == resolved && allowed.contains(t));
             let d = match (alias, closest(&resolved, allowed.iter().copied())) {
                 (Some((a, t)), _) => d.with_hint(format!("`{a}` is called `{t}` here")),
                 (None, Some(c)) => d.with_hint(format!("did you mean `{c}`?")),
@@ -600,11 +654,19 @@ impl<'a> Bound<'a> {
                 .map(|p| format!("`{p} = ...`"))
                 .collect();
             let d = if params.is_empty() {
-                err(format!("{what} takes no arguments"), span, "unexpected arguments")
-                    .with_hint(format!("write `{}` without parentheses", call.name.name))
+                err(
+                    format!("{what} takes no arguments"),
+                    span,
+                    "unexpected arguments",
+                )
+                .with_hint(format!("write `{}` without parentheses", call.name.name))
             } else if positional == 0 {
-                err(format!("{what} takes only named arguments"), span, "unnamed")
-                    .with_hint(format!("name them: {}", named.join(", ")))
+                err(
+                    format!("{what} takes only named arguments"),
+                    span,
+                    "unnamed",
+                )
+                .with_hint(format!("name them: {}", named.join(", ")))
             } else {
                 let first = list(&params[..positional]);
                 err(
@@ -616,15 +678,28 @@ impl<'a> Bound<'a> {
             };
             diags.push(d);
         }
-        Bound { call, what, args, unknown }
+        Bound {
+            call,
+            what,
+            args,
+            unknown,
+        }
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<&'a Expr> {
-        self.args.iter().find(|(n, _)| *n == name).map(|(_, a)| &a.value)
+        self.args
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, a)| &a.value)
     }
 
     /// The argument, or a "missing argument" error at the call.
-    pub(crate) fn require(&self, name: &str, example: &str, diags: &mut Vec<Diagnostic>) -> Option<&'a Expr> {
+    pub(crate) fn require(
+        &self,
+        name: &str,
+        example: &str,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<&'a Expr> {
         let e = self.get(name);
         let misspelt = self.unknown.iter().any(|u| closest(u, [name]).is_some());
         if e.is_none() && !misspelt {

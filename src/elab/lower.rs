@@ -4,7 +4,9 @@
 //! Norms are built from primitives (reductions and elementwise ops) so the passes can fuse
 //! them; sharing is expressed by asking the builder for the same parameter name again.
 
-use super::resolve::{Act, Head, InputPlan, Loss, Norm, NormKind, Placement, Plan, Positions, Skip, Sub, Unit};
+use super::resolve::{
+    Act, Head, InputPlan, Loss, Norm, NormKind, Placement, Plan, Positions, Skip, Sub, Unit,
+};
 use crate::diag::Diagnostics;
 use crate::ir::ops::MaskFill;
 use crate::ir::{Graph, GraphBuilder, Init, Op, Type, ValueId};
@@ -12,7 +14,10 @@ use crate::ir::{Graph, GraphBuilder, Init, Op, Type, ValueId};
 type R<T> = Result<T, String>;
 
 pub(crate) fn lower(p: &Plan) -> Result<Graph, Diagnostics> {
-    let mut l = Lower { g: GraphBuilder::new(p.name.clone()), d: p.d };
+    let mut l = Lower {
+        g: GraphBuilder::new(p.name.clone()),
+        d: p.d,
+    };
     match l.model(p) {
         Ok(()) => Ok(l.g.finish()),
         Err(e) => Err(vec![super::internal(e, p.stack_span)]),
@@ -58,19 +63,39 @@ impl Lower {
         self.g.set_scope("embed");
         let mut embed_table = None;
         let mut x = match p.input {
-            InputPlan::Tokens { batch, length, vocab } => {
-                let table = self.g.param("embed.weight", vec![vocab, d], Init::Normal { std: EMBED_STD }, true)?;
+            InputPlan::Tokens {
+                batch,
+                length,
+                vocab,
+            } => {
+                let table = self.g.param(
+                    "embed.weight",
+                    vec![vocab, d],
+                    Init::Normal { std: EMBED_STD },
+                    true,
+                )?;
                 embed_table = Some(table);
                 let x = self.g.push(Op::Gather, &[table, x0])?;
                 let shape = vec![batch, length, d];
                 match p.positions {
                     Positions::Learned => {
-                        let pos = self.g.param("pos.weight", vec![length, d], Init::Normal { std: EMBED_STD }, true)?;
+                        let pos = self.g.param(
+                            "pos.weight",
+                            vec![length, d],
+                            Init::Normal { std: EMBED_STD },
+                            true,
+                        )?;
                         let pb = self.g.broadcast(pos, shape)?;
                         self.g.add(x, pb)?
                     }
                     Positions::Sinusoidal => {
-                        let pos = self.g.push(Op::Sinusoidal { len: length, dim: d }, &[])?;
+                        let pos = self.g.push(
+                            Op::Sinusoidal {
+                                len: length,
+                                dim: d,
+                            },
+                            &[],
+                        )?;
                         let pb = self.g.broadcast(pos, shape)?;
                         self.g.add(x, pb)?
                     }
@@ -88,9 +113,16 @@ impl Lower {
 
         // Layers.
         for layer in &p.layers {
-            let block = p.blocks.get(layer.block).ok_or("layer refers to a missing block")?;
+            let block = p
+                .blocks
+                .get(layer.block)
+                .ok_or("layer refers to a missing block")?;
             let prefix = format!("blocks.{}", layer.weights);
-            let run = if layer.run == 0 { String::new() } else { format!(".run{}", layer.run) };
+            let run = if layer.run == 0 {
+                String::new()
+            } else {
+                format!(".run{}", layer.run)
+            };
             for u in &block.units {
                 x = self.unit(x, u, &prefix, &run)?;
             }
@@ -173,12 +205,19 @@ impl Lower {
         self.g.set_scope(format!("{name}{run}"));
         let d = self.d;
         let (xin, width) = match u.skip {
-            Skip::Hourglass { width, trainable, .. } => {
-                (self.linear(x, &format!("{name}.lift"), d, width, false, trainable)?, width)
-            }
+            Skip::Hourglass {
+                width, trainable, ..
+            } => (
+                self.linear(x, &format!("{name}.lift"), d, width, false, trainable)?,
+                width,
+            ),
             _ => (x, d),
         };
-        let Norm { placement, kind, eps } = u.norm;
+        let Norm {
+            placement,
+            kind,
+            eps,
+        } = u.norm;
         let normed = match placement {
             Placement::Pre => self.norm(xin, &format!("{name}.norm"), kind, eps)?,
             Placement::Peri => self.norm(xin, &format!("{name}.norm_in"), kind, eps)?,
@@ -205,13 +244,18 @@ impl Lower {
         let mut y = match u.skip {
             Skip::Residual | Skip::Hourglass { .. } => self.g.add(xin, f)?,
             Skip::None => f,
-            Skip::Scaled(a) if a == 1.0 => self.g.add(xin, f)?,
+            Skip::Scaled(1.0) => self.g.add(xin, f)?,
             Skip::Scaled(a) => {
                 let xs = self.g.scale(xin, a)?;
                 self.g.add(xs, f)?
             }
             Skip::Learned(init) => {
-                let s = self.g.param(format!("{name}.skip_scale"), vec![], Init::Const(init), true)?;
+                let s = self.g.param(
+                    format!("{name}.skip_scale"),
+                    vec![],
+                    Init::Const(init),
+                    true,
+                )?;
                 let shape = self.g.shape(xin);
                 let sb = self.g.broadcast(s, shape)?;
                 let xs = self.g.mul(sb, xin)?;
@@ -229,8 +273,18 @@ impl Lower {
 
     fn sublayer(&mut self, x: ValueId, sub: &Sub, name: &str, w: usize) -> R<ValueId> {
         match *sub {
-            Sub::Attention { heads, causal, bias, .. } => self.attention(x, name, heads, causal, bias, w),
-            Sub::Ffn { hidden, act, glu, bias } => {
+            Sub::Attention {
+                heads,
+                causal,
+                bias,
+                ..
+            } => self.attention(x, name, heads, causal, bias, w),
+            Sub::Ffn {
+                hidden,
+                act,
+                glu,
+                bias,
+            } => {
                 let h = self.linear(x, &format!("{name}.w1"), w, hidden, bias, true)?;
                 let op = match act {
                     Act::Relu => Op::Relu,
@@ -249,7 +303,15 @@ impl Lower {
         }
     }
 
-    fn attention(&mut self, x: ValueId, name: &str, heads: usize, causal: bool, bias: bool, w: usize) -> R<ValueId> {
+    fn attention(
+        &mut self,
+        x: ValueId,
+        name: &str,
+        heads: usize,
+        causal: bool,
+        bias: bool,
+        w: usize,
+    ) -> R<ValueId> {
         let shape = self.g.shape(x);
         let [b, t, _] = shape[..] else {
             return Err(format!("attention on a value of shape {shape:?}"));
@@ -264,7 +326,12 @@ impl Lower {
         let scores = self.g.matmul(qkv[0], qkv[1], false, true)?;
         let mut scores = self.g.scale(scores, 1.0 / (dh as f64).sqrt())?;
         if causal {
-            scores = self.g.push(Op::CausalMask { fill: MaskFill::NegInf }, &[scores])?;
+            scores = self.g.push(
+                Op::CausalMask {
+                    fill: MaskFill::NegInf,
+                },
+                &[scores],
+            )?;
         }
         let probs = self.g.push(Op::Softmax, &[scores])?;
         let o = self.g.matmul(probs, qkv[2], false, false)?;
@@ -274,10 +341,32 @@ impl Lower {
     }
 
     /// PyTorch `Linear` with its default init: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
-    fn linear(&mut self, x: ValueId, name: &str, fan_in: usize, out: usize, bias: bool, trainable: bool) -> R<ValueId> {
-        let init = Init::Uniform { bound: 1.0 / (fan_in as f64).sqrt() };
-        let w = self.g.param(format!("{name}.weight"), vec![out, fan_in], init.clone(), trainable)?;
-        let b = if bias { Some(self.g.param(format!("{name}.bias"), vec![out], init, trainable)?) } else { None };
+    fn linear(
+        &mut self,
+        x: ValueId,
+        name: &str,
+        fan_in: usize,
+        out: usize,
+        bias: bool,
+        trainable: bool,
+    ) -> R<ValueId> {
+        let init = Init::Uniform {
+            bound: 1.0 / (fan_in as f64).sqrt(),
+        };
+        let w = self.g.param(
+            format!("{name}.weight"),
+            vec![out, fan_in],
+            init.clone(),
+            trainable,
+        )?;
+        let b = if bias {
+            Some(
+                self.g
+                    .param(format!("{name}.bias"), vec![out], init, trainable)?,
+            )
+        } else {
+            None
+        };
         self.g.linear(x, w, b)
     }
 
@@ -287,7 +376,9 @@ impl Lower {
         let last = shape.len().checked_sub(1).ok_or("norm of a scalar")?;
         let w = shape[last];
         let inv = 1.0 / w as f64;
-        let weight = self.g.param(format!("{name}.weight"), vec![w], Init::Ones, true)?;
+        let weight = self
+            .g
+            .param(format!("{name}.weight"), vec![w], Init::Ones, true)?;
         let (centered, var) = match kind {
             NormKind::LayerNorm => {
                 let s = self.g.reduce_sum(x, vec![last], true)?;
@@ -309,7 +400,9 @@ impl Lower {
         let y = self.g.mul(y, wb)?;
         match kind {
             NormKind::LayerNorm => {
-                let bias = self.g.param(format!("{name}.bias"), vec![w], Init::Zeros, true)?;
+                let bias = self
+                    .g
+                    .param(format!("{name}.bias"), vec![w], Init::Zeros, true)?;
                 let bb = self.g.broadcast(bias, shape)?;
                 self.g.add(y, bb)
             }

@@ -37,21 +37,28 @@ pub const MAX_PARAMS: u64 = 1 << 31;
 
 /// Elaborate a parsed module into a forward graph with outputs `loss` and `logits`.
 /// `default_name` (the file stem) names the graph when there is no `model` statement.
-pub fn elaborate(m: &Module, default_name: &str, overrides: &[Override]) -> Result<Graph, Diagnostics> {
+pub fn elaborate(
+    m: &Module,
+    default_name: &str,
+    overrides: &[Override],
+) -> Result<Graph, Diagnostics> {
     let plan = resolve::resolve(m, default_name, overrides)?;
     let graph = lower::lower(&plan)?;
-    let total = graph
-        .params
-        .iter()
-        .try_fold(0u64, |acc, p| acc.checked_add(p.shape.iter().product::<usize>() as u64));
+    let total = graph.params.iter().try_fold(0u64, |acc, p| {
+        acc.checked_add(p.shape.iter().product::<usize>() as u64)
+    });
     if total.is_none_or(|t| t > MAX_PARAMS) {
-        let count = total.map(|t| t.to_string()).unwrap_or_else(|| "more than 2^64".into());
+        let count = total
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "more than 2^64".into());
         return Err(vec![Diagnostic::new(
             format!("the model has {count} parameters; the limit is 2^31 = {MAX_PARAMS}"),
             plan.stack_span,
             "these layers are too large in total",
         )
-        .with_hint("use fewer or narrower layers, or share weights with `shared`")]);
+        .with_hint(
+            "use fewer or narrower layers, or share weights with `shared`",
+        )]);
     }
     if let Err(e) = graph.verify() {
         return Err(vec![internal(e, m.span)]);
@@ -102,7 +109,10 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// The closest candidate within a small edit distance, if any.
-pub(crate) fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn closest<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let limit = (name.chars().count() / 3).max(1);
     candidates
         .into_iter()
@@ -116,7 +126,7 @@ pub(crate) fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a s
 }
 
 /// "did you mean `x`?" or a list of what is available.
-pub(crate) fn suggest<'a>(name: &str, candidates: &[&'a str], what: &str) -> String {
+pub(crate) fn suggest(name: &str, candidates: &[&str], what: &str) -> String {
     match closest(name, candidates.iter().copied()) {
         Some(c) => format!("did you mean `{c}`?"),
         None if candidates.is_empty() => format!("no {what} is defined"),
@@ -126,5 +136,9 @@ pub(crate) fn suggest<'a>(name: &str, candidates: &[&'a str], what: &str) -> Str
 
 /// `a`, `b` and `c` as "`a`, `b`, `c`".
 pub(crate) fn list(items: &[&str]) -> String {
-    items.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+    items
+        .iter()
+        .map(|s| format!("`{s}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -45,8 +45,11 @@ pub(crate) struct Norm {
 }
 
 /// PyTorch's defaults: pre-LN, LayerNorm, eps 1e-5.
-pub(crate) const DEFAULT_NORM: Norm =
-    Norm { placement: Placement::Pre, kind: NormKind::LayerNorm, eps: 1e-5 };
+pub(crate) const DEFAULT_NORM: Norm = Norm {
+    placement: Placement::Pre,
+    kind: NormKind::LayerNorm,
+    eps: 1e-5,
+};
 
 impl NormSettings {
     /// `self` (inner) over `outer`, field by field.
@@ -73,7 +76,11 @@ pub(crate) enum Skip {
     Scaled(f64),
     /// A learned scalar starting at the value.
     Learned(f64),
-    Hourglass { width: usize, trainable: bool, span: Span },
+    Hourglass {
+        width: usize,
+        trainable: bool,
+        span: Span,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -86,9 +93,21 @@ pub(crate) enum Act {
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Sub {
-    Attention { heads: usize, causal: bool, bias: bool, heads_span: Span },
-    Ffn { hidden: usize, act: Act, glu: bool, bias: bool },
-    Linear { bias: bool },
+    Attention {
+        heads: usize,
+        causal: bool,
+        bias: bool,
+        heads_span: Span,
+    },
+    Ffn {
+        hidden: usize,
+        act: Act,
+        glu: bool,
+        bias: bool,
+    },
+    Linear {
+        bias: bool,
+    },
 }
 
 /// One sublayer inside a unit; `name` is its parameter prefix within the layer (`ffn.1`).
@@ -129,8 +148,15 @@ pub(crate) struct LayerRun {
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum InputPlan {
-    Tokens { batch: usize, length: usize, vocab: usize },
-    Features { batch: usize, width: usize },
+    Tokens {
+        batch: usize,
+        length: usize,
+        vocab: usize,
+    },
+    Features {
+        batch: usize,
+        width: usize,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -217,9 +243,13 @@ impl<'a, T> Once<'a, T> {
     fn set(&mut self, t: &'a T, span: Span, diags: &mut Vec<Diagnostic>) {
         match self.item {
             Some((_, first)) => diags.push(
-                err(format!("the model has two `{}` statements", self.what), span, "second one")
-                    .with_note(first, "first one here")
-                    .with_hint("keep only one"),
+                err(
+                    format!("the model has two `{}` statements", self.what),
+                    span,
+                    "second one",
+                )
+                .with_note(first, "first one here")
+                .with_hint("keep only one"),
             ),
             None => self.item = Some((t, span)),
         }
@@ -232,17 +262,27 @@ impl<'a, T> Once<'a, T> {
     }
 }
 
-pub(crate) fn resolve(m: &Module, default_name: &str, overrides: &[Override]) -> Result<Plan, Diagnostics> {
+pub(crate) fn resolve(
+    m: &Module,
+    default_name: &str,
+    overrides: &[Override],
+) -> Result<Plan, Diagnostics> {
     let mut diags = Vec::new();
     let consts = Consts::evaluate(m, overrides, &mut diags);
-    let mut r = Resolver { consts: &consts, diags };
+    let mut r = Resolver {
+        consts: &consts,
+        diags,
+    };
     let plan = r.module(m, default_name);
     let mut diags = r.diags;
     match plan {
         Some(p) if diags.is_empty() => Ok(p),
         _ => {
             if diags.is_empty() {
-                diags.push(super::internal("resolution failed without a diagnostic", m.span));
+                diags.push(super::internal(
+                    "resolution failed without a diagnostic",
+                    m.span,
+                ));
             }
             super::sort(&mut diags);
             Err(diags)
@@ -252,7 +292,10 @@ pub(crate) fn resolve(m: &Module, default_name: &str, overrides: &[Override]) ->
 
 impl Resolver<'_> {
     fn ev(&mut self) -> Ev<'_> {
-        Ev { consts: self.consts, diags: &mut self.diags }
+        Ev {
+            consts: self.consts,
+            diags: &mut self.diags,
+        }
     }
 
     fn module(&mut self, m: &Module, default_name: &str) -> Option<Plan> {
@@ -299,14 +342,21 @@ impl Resolver<'_> {
 
         if m.items.is_empty() {
             self.diags.push(
-                err("the model is empty: it has no `input`, no blocks and no `stack`", Span::new(0, 0), "nothing here")
-                    .with_hint(MINIMAL_MODEL),
+                err(
+                    "the model is empty: it has no `input`, no blocks and no `stack`",
+                    Span::new(0, 0),
+                    "nothing here",
+                )
+                .with_hint(MINIMAL_MODEL),
             );
             return None;
         }
 
         // Model-wide defaults.
-        let model_norm = norm.get().and_then(|n| self.norm_spec(n)).unwrap_or_default();
+        let model_norm = norm
+            .get()
+            .and_then(|n| self.norm_spec(n))
+            .unwrap_or_default();
         let model_skip = match skip.get() {
             Some(c) => self.skip(c),
             None => Some(Skip::Residual),
@@ -326,7 +376,15 @@ impl Resolver<'_> {
             (Some(inp), e) => self.embed(inp, e, input.span().unwrap_or_default()),
             (None, Some(e)) => {
                 // Still check the embed statement's own arguments.
-                let _ = self.embed(InputPlan::Tokens { batch: 1, length: 1, vocab: 1 }, Some(e), e.span);
+                let _ = self.embed(
+                    InputPlan::Tokens {
+                        batch: 1,
+                        length: 1,
+                        vocab: 1,
+                    },
+                    Some(e),
+                    e.span,
+                );
                 None
             }
             (None, None) => None,
@@ -364,7 +422,11 @@ impl Resolver<'_> {
                     }
                     for (block, weights) in seq {
                         let run = runs.entry(weights).or_insert(0);
-                        layers.push(LayerRun { block, weights, run: *run });
+                        layers.push(LayerRun {
+                            block,
+                            weights,
+                            run: *run,
+                        });
                         *run += 1;
                     }
                 }
@@ -373,10 +435,18 @@ impl Resolver<'_> {
         }
         if stacks.is_empty() {
             let d = match blocks.last() {
-                Some(b) => err("the model has no `stack`, so no block ever runs", b.name.span, "this block is never stacked")
-                    .with_hint(format!("add `stack {} * 4` to run it 4 times", b.name.name)),
-                None => err("the model has no blocks and no `stack`", Span::new(0, 0), "expected a `block` and a `stack`")
-                    .with_hint(MINIMAL_MODEL),
+                Some(b) => err(
+                    "the model has no `stack`, so no block ever runs",
+                    b.name.span,
+                    "this block is never stacked",
+                )
+                .with_hint(format!("add `stack {} * 4` to run it 4 times", b.name.name)),
+                None => err(
+                    "the model has no blocks and no `stack`",
+                    Span::new(0, 0),
+                    "expected a `block` and a `stack`",
+                )
+                .with_hint(MINIMAL_MODEL),
             };
             self.diags.push(d);
             depth_ok = false;
@@ -393,18 +463,32 @@ impl Resolver<'_> {
         };
 
         let head_loss = match input_plan {
-            Some(inp) => {
-                self.head_loss(inp, head.get(), loss.get(), input.span().unwrap_or_default())
-            }
+            Some(inp) => self.head_loss(
+                inp,
+                head.get(),
+                loss.get(),
+                input.span().unwrap_or_default(),
+            ),
             None => None,
         };
 
         // Shapes and limits of everything that resolved, so an error in one block does
         // not hide a size error in another.
         if let (Some(inp), Some((d, positions, _, d_span))) = (input_plan, embedding) {
-            let shapes = Shapes { input: inp, d, positions, head: head_loss.map(|h| h.0) };
+            let shapes = Shapes {
+                input: inp,
+                d,
+                positions,
+                head: head_loss.map(|h| h.0),
+            };
             let ok_blocks: Vec<&BlockPlan> = plans.iter().flatten().collect();
-            self.check_sizes(&shapes, &ok_blocks, d_span, head.span(), input.span().unwrap_or_default());
+            self.check_sizes(
+                &shapes,
+                &ok_blocks,
+                d_span,
+                head.span(),
+                input.span().unwrap_or_default(),
+            );
         }
 
         let plans: Vec<BlockPlan> = plans.into_iter().collect::<Option<_>>()?;
@@ -417,7 +501,10 @@ impl Resolver<'_> {
         let (d_model, positions, feature_embed, _) = embedding?;
         let (head_plan, loss_plan) = head_loss?;
         Some(Plan {
-            name: model.get().map(|i| i.name.clone()).unwrap_or_else(|| default_name.to_string()),
+            name: model
+                .get()
+                .map(|i| i.name.clone())
+                .unwrap_or_else(|| default_name.to_string()),
             input: input_plan,
             d: d_model,
             positions,
@@ -436,7 +523,13 @@ impl Resolver<'_> {
     fn input(&mut self, c: &Call) -> Option<InputPlan> {
         match c.name.name.as_str() {
             "tokens" => {
-                let b = Bound::bind(c, "`input tokens`", &["batch", "length", "vocab"], 3, &mut self.diags);
+                let b = Bound::bind(
+                    c,
+                    "`input tokens`",
+                    &["batch", "length", "vocab"],
+                    3,
+                    &mut self.diags,
+                );
                 let example = "tokens(batch = 16, length = 64, vocab = 256)";
                 let batch = b.require("batch", example, &mut self.diags);
                 let length = b.require("length", example, &mut self.diags);
@@ -444,21 +537,38 @@ impl Resolver<'_> {
                 let batch = batch.and_then(|e| self.ev().size(e, "batch"));
                 let length = length.and_then(|e| self.ev().size(e, "length"));
                 let vocab = vocab.and_then(|e| self.ev().size(e, "vocab"));
-                Some(InputPlan::Tokens { batch: batch?, length: length?, vocab: vocab? })
+                Some(InputPlan::Tokens {
+                    batch: batch?,
+                    length: length?,
+                    vocab: vocab?,
+                })
             }
             "features" => {
-                let b = Bound::bind(c, "`input features`", &["batch", "width"], 2, &mut self.diags);
+                let b = Bound::bind(
+                    c,
+                    "`input features`",
+                    &["batch", "width"],
+                    2,
+                    &mut self.diags,
+                );
                 let example = "features(batch = 32, width = 64)";
                 let batch = b.require("batch", example, &mut self.diags);
                 let width = b.require("width", example, &mut self.diags);
                 let batch = batch.and_then(|e| self.ev().size(e, "batch"));
                 let width = width.and_then(|e| self.ev().size(e, "width"));
-                Some(InputPlan::Features { batch: batch?, width: width? })
+                Some(InputPlan::Features {
+                    batch: batch?,
+                    width: width?,
+                })
             }
             other => {
                 self.diags.push(
-                    err(format!("unknown input kind `{other}`"), c.name.span, "expected `tokens` or `features`")
-                        .with_hint(suggest(other, INPUTS, "the input kinds are")),
+                    err(
+                        format!("unknown input kind `{other}`"),
+                        c.name.span,
+                        "expected `tokens` or `features`",
+                    )
+                    .with_hint(suggest(other, INPUTS, "the input kinds are")),
                 );
                 None
             }
@@ -467,17 +577,28 @@ impl Resolver<'_> {
 
     /// Residual width, positions, whether a features model has an embedding, and the span
     /// that defines the width (for notes).
-    fn embed(&mut self, inp: InputPlan, e: Option<&Call>, input_span: Span) -> Option<(usize, Positions, bool, Span)> {
+    fn embed(
+        &mut self,
+        inp: InputPlan,
+        e: Option<&Call>,
+        input_span: Span,
+    ) -> Option<(usize, Positions, bool, Span)> {
         let Some(c) = e else {
             return match inp {
                 InputPlan::Tokens { .. } => {
                     self.diags.push(
-                        err("a token model needs an embedding", input_span, "tokens need `embed(dim = ...)`")
-                            .with_hint("add `embed(dim = 128)` to set the model width"),
+                        err(
+                            "a token model needs an embedding",
+                            input_span,
+                            "tokens need `embed(dim = ...)`",
+                        )
+                        .with_hint("add `embed(dim = 128)` to set the model width"),
                     );
                     None
                 }
-                InputPlan::Features { width, .. } => Some((width, Positions::None, false, input_span)),
+                InputPlan::Features { width, .. } => {
+                    Some((width, Positions::None, false, input_span))
+                }
             };
         };
         let b = Bound::bind(c, "`embed`", &["dim", "positions"], 1, &mut self.diags);
@@ -486,22 +607,32 @@ impl Resolver<'_> {
         let positions = match (b.get("positions"), inp) {
             (None, InputPlan::Tokens { .. }) => Some(Positions::Learned),
             (None, InputPlan::Features { .. }) => Some(Positions::None),
-            (Some(pe), InputPlan::Tokens { .. }) => {
-                self.ev().keyword(pe, "position kind", &["learned", "sinusoidal", "none"]).map(|k| match k.as_str() {
+            (Some(pe), InputPlan::Tokens { .. }) => self
+                .ev()
+                .keyword(pe, "position kind", &["learned", "sinusoidal", "none"])
+                .map(|k| match k.as_str() {
                     "learned" => Positions::Learned,
                     "sinusoidal" => Positions::Sinusoidal,
                     _ => Positions::None,
-                })
-            }
+                }),
             (Some(pe), InputPlan::Features { .. }) => {
                 self.diags.push(
-                    err("positions need a sequence, and this model's input is `features`", pe.span, "not available for features")
-                        .with_hint("remove `positions = ...`"),
+                    err(
+                        "positions need a sequence, and this model's input is `features`",
+                        pe.span,
+                        "not available for features",
+                    )
+                    .with_hint("remove `positions = ...`"),
                 );
                 None
             }
         };
-        Some((dim?, positions?, matches!(inp, InputPlan::Features { .. }), dim_e.map(|e| e.span).unwrap_or(c.span)))
+        Some((
+            dim?,
+            positions?,
+            matches!(inp, InputPlan::Features { .. }),
+            dim_e.map(|e| e.span).unwrap_or(c.span),
+        ))
     }
 
     // ------------------------------------------------------------ norms and skips
@@ -549,7 +680,11 @@ impl Resolver<'_> {
                     continue;
                 }
                 kind_span = Some(part.span);
-                s.kind = Some(if name == "layernorm" { NormKind::LayerNorm } else { NormKind::RmsNorm });
+                s.kind = Some(if name == "layernorm" {
+                    NormKind::LayerNorm
+                } else {
+                    NormKind::RmsNorm
+                });
                 let b = Bound::bind(part, format!("`{name}`"), &["eps"], 1, &mut self.diags);
                 if let Some(e) = b.get("eps") {
                     match self.eps(e) {
@@ -579,8 +714,12 @@ impl Resolver<'_> {
         let v = self.ev().number_of(e, "a positive number")?;
         if v <= 0.0 {
             self.diags.push(
-                err(format!("eps must be positive, found {v}"), e.span, "expected a small positive number")
-                    .with_hint("PyTorch's default is 1e-5"),
+                err(
+                    format!("eps must be positive, found {v}"),
+                    e.span,
+                    "expected a small positive number",
+                )
+                .with_hint("PyTorch's default is 1e-5"),
             );
             return None;
         }
@@ -592,11 +731,19 @@ impl Resolver<'_> {
         match name {
             "residual" | "none" => {
                 Bound::bind(c, format!("`skip {name}`"), &[], 0, &mut self.diags);
-                Some(if name == "residual" { Skip::Residual } else { Skip::None })
+                Some(if name == "residual" {
+                    Skip::Residual
+                } else {
+                    Skip::None
+                })
             }
             "scaled" => {
                 let b = Bound::bind(c, "`skip scaled`", &["scale", "init"], 1, &mut self.diags);
-                let e = b.require("scale", "skip scaled(0.5)` or `skip scaled(learned)", &mut self.diags)?;
+                let e = b.require(
+                    "scale",
+                    "skip scaled(0.5)` or `skip scaled(learned)",
+                    &mut self.diags,
+                )?;
                 let learned = matches!(&e.kind, ExprKind::Name(n) if n == "learned" && self.consts.def_span(n).is_none());
                 if learned {
                     let init = match b.get("init") {
@@ -607,8 +754,12 @@ impl Resolver<'_> {
                 } else {
                     if let Some(ie) = b.get("init") {
                         self.diags.push(
-                            err("`init` only applies to a learned scale", ie.span, "not used by a fixed scale")
-                                .with_hint("write `skip scaled(learned, init = ...)`, or drop `init`"),
+                            err(
+                                "`init` only applies to a learned scale",
+                                ie.span,
+                                "not used by a fixed scale",
+                            )
+                            .with_hint("write `skip scaled(learned, init = ...)`, or drop `init`"),
                         );
                         return None;
                     }
@@ -617,11 +768,17 @@ impl Resolver<'_> {
                         Value::Int(i) => Some(Skip::Scaled(i as f64)),
                         Value::Float(f) => Some(Skip::Scaled(f)),
                         Value::Word(w, span) => {
-                            let d = err(format!("unknown skip scale `{w}`"), span, "expected a number or `learned`");
+                            let d = err(
+                                format!("unknown skip scale `{w}`"),
+                                span,
+                                "expected a number or `learned`",
+                            );
                             let names: Vec<&str> = vec!["learned"];
                             let d = match closest(&w, names.iter().copied()) {
                                 Some(c) => d.with_hint(format!("did you mean `{c}`?")),
-                                None => d.with_hint("write a number such as `scaled(0.5)` or `scaled(learned)`"),
+                                None => d.with_hint(
+                                    "write a number such as `scaled(0.5)` or `scaled(learned)`",
+                                ),
                             };
                             self.diags.push(d);
                             None
@@ -638,19 +795,40 @@ impl Resolver<'_> {
                 }
             }
             "hourglass" => {
-                let b = Bound::bind(c, "`skip hourglass`", &["width", "lift"], 1, &mut self.diags);
-                let we = b.require("width", "skip hourglass(width = 256, lift = frozen)", &mut self.diags)?;
+                let b = Bound::bind(
+                    c,
+                    "`skip hourglass`",
+                    &["width", "lift"],
+                    1,
+                    &mut self.diags,
+                );
+                let we = b.require(
+                    "width",
+                    "skip hourglass(width = 256, lift = frozen)",
+                    &mut self.diags,
+                )?;
                 let width = self.ev().size(we, "width");
                 let trainable = match b.get("lift") {
                     None => Some(false),
-                    Some(le) => self.ev().keyword(le, "lift mode", &["frozen", "trainable"]).map(|k| k == "trainable"),
+                    Some(le) => self
+                        .ev()
+                        .keyword(le, "lift mode", &["frozen", "trainable"])
+                        .map(|k| k == "trainable"),
                 };
-                Some(Skip::Hourglass { width: width?, trainable: trainable?, span: we.span })
+                Some(Skip::Hourglass {
+                    width: width?,
+                    trainable: trainable?,
+                    span: we.span,
+                })
             }
             other => {
                 self.diags.push(
-                    err(format!("unknown skip `{other}`"), c.name.span, "expected residual, none, scaled or hourglass")
-                        .with_hint(suggest(other, SKIPS, "the skips are")),
+                    err(
+                        format!("unknown skip `{other}`"),
+                        c.name.span,
+                        "expected residual, none, scaled or hourglass",
+                    )
+                    .with_hint(suggest(other, SKIPS, "the skips are")),
                 );
                 None
             }
@@ -659,7 +837,12 @@ impl Resolver<'_> {
 
     // ------------------------------------------------------------ blocks
 
-    fn block(&mut self, b: &Block, model_norm: NormSettings, model_skip: Skip) -> Option<BlockPlan> {
+    fn block(
+        &mut self,
+        b: &Block,
+        model_norm: NormSettings,
+        model_skip: Skip,
+    ) -> Option<BlockPlan> {
         let before = self.diags.len();
         let mut block_norm: Option<(NormSettings, Span)> = None;
         let mut block_skip: Option<(Skip, Span)> = None;
@@ -681,8 +864,12 @@ impl Resolver<'_> {
                 BlockItem::Norm(n) => {
                     if let Some((_, first)) = block_norm {
                         self.diags.push(
-                            err(format!("block `{}` has two `norm` statements", b.name.name), n.span, "second one")
-                                .with_note(first, "first one here"),
+                            err(
+                                format!("block `{}` has two `norm` statements", b.name.name),
+                                n.span,
+                                "second one",
+                            )
+                            .with_note(first, "first one here"),
                         );
                         continue;
                     }
@@ -692,8 +879,12 @@ impl Resolver<'_> {
                 BlockItem::Skip(c) => {
                     if let Some((_, first)) = block_skip {
                         self.diags.push(
-                            err(format!("block `{}` has two `skip` statements", b.name.name), c.span, "second one")
-                                .with_note(first, "first one here"),
+                            err(
+                                format!("block `{}` has two `skip` statements", b.name.name),
+                                c.span,
+                                "second one",
+                            )
+                            .with_note(first, "first one here"),
                         );
                         continue;
                     }
@@ -708,8 +899,12 @@ impl Resolver<'_> {
                     };
                     if scheme.is_some() {
                         self.diags.push(
-                            err(format!("block `{}` has two schemes", b.name.name), span, "second scheme")
-                                .with_note(scheme_span, "first scheme here"),
+                            err(
+                                format!("block `{}` has two schemes", b.name.name),
+                                span,
+                                "second scheme",
+                            )
+                            .with_note(scheme_span, "first scheme here"),
                         );
                         continue;
                     }
@@ -719,14 +914,26 @@ impl Resolver<'_> {
                 BlockItem::Sublayer(sl) => {
                     if let Some(first) = subs.iter().find(|f| f.name.name == sl.name.name) {
                         self.diags.push(
-                            err(format!("sublayer `{}` is defined twice in block `{}`", sl.name.name, b.name.name), sl.name.span, "second definition")
-                                .with_note(first.name.span, "first defined here")
-                                .with_hint("give each sublayer its own name; use the scheme to run one twice"),
+                            err(
+                                format!(
+                                    "sublayer `{}` is defined twice in block `{}`",
+                                    sl.name.name, b.name.name
+                                ),
+                                sl.name.span,
+                                "second definition",
+                            )
+                            .with_note(first.name.span, "first defined here")
+                            .with_hint(
+                                "give each sublayer its own name; use the scheme to run one twice",
+                            ),
                         );
                         continue;
                     }
                     let sub = self.sublayer(&sl.call);
-                    let norm = sl.norm.as_ref().map(|n| self.norm_spec(n).unwrap_or_default());
+                    let norm = sl
+                        .norm
+                        .as_ref()
+                        .map(|n| self.norm_spec(n).unwrap_or_default());
                     let skip = sl.skip.as_ref().map(|c| self.skip(c));
                     subs.push(Sl {
                         name: &sl.name,
@@ -742,8 +949,12 @@ impl Resolver<'_> {
         }
         if subs.is_empty() {
             self.diags.push(
-                err(format!("block `{}` has no sublayers", b.name.name), b.name.span, "empty block")
-                    .with_hint("add one, e.g. `ffn = ffn(hidden = 512)`"),
+                err(
+                    format!("block `{}` has no sublayers", b.name.name),
+                    b.name.span,
+                    "empty block",
+                )
+                .with_hint("add one, e.g. `ffn = ffn(hidden = 512)`"),
             );
             return None;
         }
@@ -752,19 +963,31 @@ impl Resolver<'_> {
         // The scheme as (sublayer index, coefficient) steps, plus whether it is parallel.
         let mut parallel = false;
         let steps: Option<Vec<(usize, f64, Span)>> = match scheme {
-            None => Some(subs.iter().enumerate().map(|(i, s)| (i, 1.0, s.name.span)).collect()),
+            None => Some(
+                subs.iter()
+                    .enumerate()
+                    .map(|(i, s)| (i, 1.0, s.name.span))
+                    .collect(),
+            ),
             Some(Scheme::Steps { steps, span }) => {
                 if steps.is_empty() {
-                    self.diags.push(err("the scheme has no steps", *span, "empty list").with_hint(format!(
-                        "list the sublayers to run, e.g. `scheme [{}]`",
-                        names.join(", ")
-                    )));
+                    self.diags.push(
+                        err("the scheme has no steps", *span, "empty list").with_hint(format!(
+                            "list the sublayers to run, e.g. `scheme [{}]`",
+                            names.join(", ")
+                        )),
+                    );
                     None
                 } else {
                     let mut out = Vec::new();
                     let mut ok = true;
                     for st in steps {
-                        let idx = self.sublayer_ref(&st.sublayer.name, st.sublayer.span, &names, &b.name.name);
+                        let idx = self.sublayer_ref(
+                            &st.sublayer.name,
+                            st.sublayer.span,
+                            &names,
+                            &b.name.name,
+                        );
                         let coef = match &st.coef {
                             Some(e) => self.coef(e),
                             None => Some(1.0),
@@ -781,8 +1004,16 @@ impl Resolver<'_> {
                 let kind = c.name.name.as_str();
                 if !SCHEMES.contains(&kind) {
                     self.diags.push(
-                        err(format!("unknown scheme `{kind}`"), c.name.span, "expected lie_trotter, strang, parallel or a list")
-                            .with_hint(suggest(kind, SCHEMES, "the schemes are")),
+                        err(
+                            format!("unknown scheme `{kind}`"),
+                            c.name.span,
+                            "expected lie_trotter, strang, parallel or a list",
+                        )
+                        .with_hint(suggest(
+                            kind,
+                            SCHEMES,
+                            "the schemes are",
+                        )),
                     );
                     None
                 } else {
@@ -794,10 +1025,12 @@ impl Resolver<'_> {
                     for a in c.args.iter().flatten() {
                         match &a.key {
                             None => match &a.value.kind {
-                                ExprKind::Name(n) => match self.sublayer_ref(n, a.value.span, &names, &b.name.name) {
-                                    Some(i) => order.push((i, a.span)),
-                                    None => ok = false,
-                                },
+                                ExprKind::Name(n) => {
+                                    match self.sublayer_ref(n, a.value.span, &names, &b.name.name) {
+                                        Some(i) => order.push((i, a.span)),
+                                        None => ok = false,
+                                    }
+                                }
                                 _ => {
                                     self.diags.push(
                                         err(format!("`{kind}` takes sublayer names"), a.value.span, "expected a sublayer name")
@@ -808,7 +1041,10 @@ impl Resolver<'_> {
                             },
                             Some(k) if k.name == "h" => {
                                 if let Some(first) = h_span {
-                                    self.diags.push(err("argument `h` is given twice", a.span, "second value").with_note(first, "first given here"));
+                                    self.diags.push(
+                                        err("argument `h` is given twice", a.span, "second value")
+                                            .with_note(first, "first given here"),
+                                    );
                                     ok = false;
                                     continue;
                                 }
@@ -820,15 +1056,25 @@ impl Resolver<'_> {
                             }
                             Some(k) => {
                                 self.diags.push(
-                                    err(format!("unknown argument `{}` for `{kind}`", k.name), k.span, "unknown argument")
-                                        .with_hint(format!("`{kind}` takes sublayer names and the step size `h`")),
+                                    err(
+                                        format!("unknown argument `{}` for `{kind}`", k.name),
+                                        k.span,
+                                        "unknown argument",
+                                    )
+                                    .with_hint(format!(
+                                        "`{kind}` takes sublayer names and the step size `h`"
+                                    )),
                                 );
                                 ok = false;
                             }
                         }
                     }
                     if order.is_empty() && ok {
-                        order = subs.iter().enumerate().map(|(i, s)| (i, s.name.span)).collect();
+                        order = subs
+                            .iter()
+                            .enumerate()
+                            .map(|(i, s)| (i, s.name.span))
+                            .collect();
                     }
                     if !ok {
                         None
@@ -855,9 +1101,13 @@ impl Resolver<'_> {
             for (i, s) in subs.iter().enumerate() {
                 if !steps.iter().any(|(j, _, _)| *j == i) {
                     self.diags.push(
-                        err(format!("sublayer `{}` is never used", s.name.name), s.name.span, "defined but not in the scheme")
-                            .with_note(scheme_span, "the scheme")
-                            .with_hint("add it to the scheme or remove it"),
+                        err(
+                            format!("sublayer `{}` is never used", s.name.name),
+                            s.name.span,
+                            "defined but not in the scheme",
+                        )
+                        .with_note(scheme_span, "the scheme")
+                        .with_hint("add it to the scheme or remove it"),
                     );
                 }
             }
@@ -867,7 +1117,10 @@ impl Resolver<'_> {
         }
         let steps = steps?;
 
-        let block_settings = block_norm.map(|(s, _)| s).unwrap_or_default().over(model_norm);
+        let block_settings = block_norm
+            .map(|(s, _)| s)
+            .unwrap_or_default()
+            .over(model_norm);
         let block_skip = block_skip.map(|(s, _)| s).unwrap_or(model_skip);
 
         // Occurrence numbering: a sublayer used k > 1 times gets `<name>.0`, `<name>.1`, ...
@@ -879,11 +1132,24 @@ impl Resolver<'_> {
         let mut branches: Vec<(Branch, f64, usize)> = Vec::new();
         for (i, coef, _) in &steps {
             let s = &subs[*i];
-            let name = if count[*i] > 1 { format!("{}.{}", s.name.name, seen[*i]) } else { s.name.name.clone() };
+            let name = if count[*i] > 1 {
+                format!("{}.{}", s.name.name, seen[*i])
+            } else {
+                s.name.name.clone()
+            };
             seen[*i] += 1;
             let norm = s.norm.unwrap_or_default().over(block_settings).finish();
             let sub = s.sub.clone()?;
-            branches.push((Branch { name, sub, norm, span: s.span }, *coef, *i));
+            branches.push((
+                Branch {
+                    name,
+                    sub,
+                    norm,
+                    span: s.span,
+                },
+                *coef,
+                *i,
+            ));
         }
 
         let units = if parallel {
@@ -926,20 +1192,43 @@ impl Resolver<'_> {
                     Some(None) => return None,
                     None => block_skip,
                 };
-                units.push(Unit { name: Some(br.name.clone()), coef, norm: br.norm, skip, branches: vec![br] });
+                units.push(Unit {
+                    name: Some(br.name.clone()),
+                    coef,
+                    norm: br.norm,
+                    skip,
+                    branches: vec![br],
+                });
             }
             units
         };
-        Some(BlockPlan { name: b.name.name.clone(), units })
+        Some(BlockPlan {
+            name: b.name.name.clone(),
+            units,
+        })
     }
 
-    fn sublayer_ref(&mut self, name: &str, span: Span, names: &[&str], block: &str) -> Option<usize> {
+    fn sublayer_ref(
+        &mut self,
+        name: &str,
+        span: Span,
+        names: &[&str],
+        block: &str,
+    ) -> Option<usize> {
         match names.iter().position(|n| *n == name) {
             Some(i) => Some(i),
             None => {
                 self.diags.push(
-                    err(format!("block `{block}` has no sublayer `{name}`"), span, "unknown sublayer")
-                        .with_hint(suggest(name, names, &format!("the sublayers of `{block}` are"))),
+                    err(
+                        format!("block `{block}` has no sublayer `{name}`"),
+                        span,
+                        "unknown sublayer",
+                    )
+                    .with_hint(suggest(
+                        name,
+                        names,
+                        &format!("the sublayers of `{block}` are"),
+                    )),
                 );
                 None
             }
@@ -949,7 +1238,11 @@ impl Resolver<'_> {
     fn coef(&mut self, e: &Expr) -> Option<f64> {
         let v = self.ev().number_of(e, "a number")?;
         if !v.is_finite() {
-            self.diags.push(err("the coefficient is not a finite number", e.span, "not finite"));
+            self.diags.push(err(
+                "the coefficient is not a finite number",
+                e.span,
+                "not finite",
+            ));
             return None;
         }
         Some(v)
@@ -959,28 +1252,55 @@ impl Resolver<'_> {
         let kind = c.name.name.as_str();
         match kind {
             "attention" => {
-                let b = Bound::bind(c, "attention", &["heads", "causal", "bias"], 1, &mut self.diags);
+                let b = Bound::bind(
+                    c,
+                    "attention",
+                    &["heads", "causal", "bias"],
+                    1,
+                    &mut self.diags,
+                );
                 let he = b.require("heads", "attention(heads = 4)", &mut self.diags);
                 let heads = he.and_then(|e| self.ev().size(e, "heads"));
                 let causal = self.opt_bool(b.get("causal"), "causal", true);
                 let bias = self.opt_bool(b.get("bias"), "bias", true);
-                Some(Sub::Attention { heads: heads?, causal: causal?, bias: bias?, heads_span: he?.span })
+                Some(Sub::Attention {
+                    heads: heads?,
+                    causal: causal?,
+                    bias: bias?,
+                    heads_span: he?.span,
+                })
             }
             "ffn" => {
-                let b = Bound::bind(c, "ffn", &["hidden", "act", "glu", "bias"], 1, &mut self.diags);
-                let hidden = b.require("hidden", "ffn(hidden = 512)", &mut self.diags).and_then(|e| self.ev().size(e, "hidden"));
+                let b = Bound::bind(
+                    c,
+                    "ffn",
+                    &["hidden", "act", "glu", "bias"],
+                    1,
+                    &mut self.diags,
+                );
+                let hidden = b
+                    .require("hidden", "ffn(hidden = 512)", &mut self.diags)
+                    .and_then(|e| self.ev().size(e, "hidden"));
                 let act = match b.get("act") {
                     None => Some(Act::Gelu),
-                    Some(e) => self.ev().keyword(e, "activation", ACTS).map(|a| match a.as_str() {
-                        "relu" => Act::Relu,
-                        "gelu" => Act::Gelu,
-                        "gelu_tanh" => Act::GeluTanh,
-                        _ => Act::Silu,
-                    }),
+                    Some(e) => self
+                        .ev()
+                        .keyword(e, "activation", ACTS)
+                        .map(|a| match a.as_str() {
+                            "relu" => Act::Relu,
+                            "gelu" => Act::Gelu,
+                            "gelu_tanh" => Act::GeluTanh,
+                            _ => Act::Silu,
+                        }),
                 };
                 let glu = self.opt_bool(b.get("glu"), "glu", false);
                 let bias = self.opt_bool(b.get("bias"), "bias", true);
-                Some(Sub::Ffn { hidden: hidden?, act: act?, glu: glu?, bias: bias? })
+                Some(Sub::Ffn {
+                    hidden: hidden?,
+                    act: act?,
+                    glu: glu?,
+                    bias: bias?,
+                })
             }
             "linear" => {
                 let b = Bound::bind(c, "linear", &["bias"], 0, &mut self.diags);
@@ -989,8 +1309,16 @@ impl Resolver<'_> {
             }
             other => {
                 self.diags.push(
-                    err(format!("unknown sublayer kind `{other}`"), c.name.span, "expected attention, ffn or linear")
-                        .with_hint(suggest(other, SUBLAYERS, "the sublayer kinds are")),
+                    err(
+                        format!("unknown sublayer kind `{other}`"),
+                        c.name.span,
+                        "expected attention, ffn or linear",
+                    )
+                    .with_hint(suggest(
+                        other,
+                        SUBLAYERS,
+                        "the sublayer kinds are",
+                    )),
                 );
                 None
             }
@@ -1019,8 +1347,16 @@ impl Resolver<'_> {
             None => {
                 let names: Vec<&str> = blocks.iter().map(|b| b.name.name.as_str()).collect();
                 self.diags.push(
-                    err(format!("unknown block `{}`", s.block.name), s.block.span, "no block has this name")
-                        .with_hint(suggest(&s.block.name, &names, "the blocks are")),
+                    err(
+                        format!("unknown block `{}`", s.block.name),
+                        s.block.span,
+                        "no block has this name",
+                    )
+                    .with_hint(suggest(
+                        &s.block.name,
+                        &names,
+                        "the blocks are",
+                    )),
                 );
                 None
             }
@@ -1029,8 +1365,17 @@ impl Resolver<'_> {
         let n = match n {
             Some(n) if n > MAX_LAYERS => {
                 self.diags.push(
-                    err(format!("`stack {} * {n}` asks for {n} layers; the limit is {MAX_LAYERS}", s.block.name), s.count.span, format!("at most {MAX_LAYERS}"))
-                        .with_hint(format!("a model executes at most {MAX_LAYERS} layers in total")),
+                    err(
+                        format!(
+                            "`stack {} * {n}` asks for {n} layers; the limit is {MAX_LAYERS}",
+                            s.block.name
+                        ),
+                        s.count.span,
+                        format!("at most {MAX_LAYERS}"),
+                    )
+                    .with_hint(format!(
+                        "a model executes at most {MAX_LAYERS} layers in total"
+                    )),
                 );
                 None
             }
@@ -1068,18 +1413,29 @@ impl Resolver<'_> {
         let v = self.ev().eval(o)?;
         let Value::List(items) = v else {
             self.diags.push(
-                err(format!("`order` needs a list of layer indices, found `{v}`"), o.span, "expected a list")
-                    .with_hint("for example `order [0, 1, 1, 2]`"),
+                err(
+                    format!("`order` needs a list of layer indices, found `{v}`"),
+                    o.span,
+                    "expected a list",
+                )
+                .with_hint("for example `order [0, 1, 1, 2]`"),
             );
             return None;
         };
         if items.is_empty() {
-            self.diags.push(err("`order` is empty, so no layer would run", o.span, "empty list"));
+            self.diags.push(err(
+                "`order` is empty, so no layer would run",
+                o.span,
+                "empty list",
+            ));
             return None;
         }
         if items.len() > MAX_LAYERS {
             self.diags.push(err(
-                format!("`order` lists {} layers; the limit is {MAX_LAYERS}", items.len()),
+                format!(
+                    "`order` lists {} layers; the limit is {MAX_LAYERS}",
+                    items.len()
+                ),
                 o.span,
                 "too long",
             ));
@@ -1094,8 +1450,15 @@ impl Resolver<'_> {
             };
             if i < 0 || i as u64 >= n as u64 {
                 self.diags.push(
-                    err(format!("layer index {i} is out of range"), *span, format!("expected 0 to {}", n - 1))
-                        .with_hint(format!("this stack has {n} layers, numbered 0 to {}", n - 1)),
+                    err(
+                        format!("layer index {i} is out of range"),
+                        *span,
+                        format!("expected 0 to {}", n - 1),
+                    )
+                    .with_hint(format!(
+                        "this stack has {n} layers, numbered 0 to {}",
+                        n - 1
+                    )),
                 );
                 ok = false;
                 continue;
@@ -1120,27 +1483,49 @@ impl Resolver<'_> {
                     Some(e) => self.eps(e)?,
                     None => DEFAULT_NORM.eps,
                 };
-                let kind = if name == "layernorm" { NormKind::LayerNorm } else { NormKind::RmsNorm };
+                let kind = if name == "layernorm" {
+                    NormKind::LayerNorm
+                } else {
+                    NormKind::RmsNorm
+                };
                 Some(Some((kind, eps)))
             }
             other => {
                 self.diags.push(
-                    err(format!("unknown final norm `{other}`"), c.name.span, "expected layernorm, rmsnorm or none")
-                        .with_hint(suggest(other, &["layernorm", "rmsnorm", "none"], "the choices are")),
+                    err(
+                        format!("unknown final norm `{other}`"),
+                        c.name.span,
+                        "expected layernorm, rmsnorm or none",
+                    )
+                    .with_hint(suggest(
+                        other,
+                        &["layernorm", "rmsnorm", "none"],
+                        "the choices are",
+                    )),
                 );
                 None
             }
         }
     }
 
-    fn head_loss(&mut self, inp: InputPlan, head: Option<&Call>, loss: Option<&Call>, input_span: Span) -> Option<(Head, Loss)> {
+    fn head_loss(
+        &mut self,
+        inp: InputPlan,
+        head: Option<&Call>,
+        loss: Option<&Call>,
+        input_span: Span,
+    ) -> Option<(Head, Loss)> {
         let tokens = matches!(inp, InputPlan::Tokens { .. });
         let h = match head {
             None if tokens => Some(Head::Lm { tied: false }),
             None => {
                 self.diags.push(
-                    err("a features model needs a `head`", input_span, "features input")
-                        .with_hint("add `head classifier(classes = 10)` or `head linear(out = 1)`"),
+                    err(
+                        "a features model needs a `head`",
+                        input_span,
+                        "features input",
+                    )
+                    .with_hint("add `head classifier(classes = 10)` or `head linear(out = 1)`"),
                 );
                 None
             }
@@ -1172,7 +1557,9 @@ impl Resolver<'_> {
                 "classifier" => {
                     let b = Bound::bind(c, "the classifier head", &["classes"], 1, &mut self.diags);
                     let e = b.require("classes", "classifier(classes = 10)", &mut self.diags)?;
-                    self.ev().size(e, "classes").map(|classes| Head::Classifier { classes })
+                    self.ev()
+                        .size(e, "classes")
+                        .map(|classes| Head::Classifier { classes })
                 }
                 "linear" => {
                     let b = Bound::bind(c, "the linear head", &["out"], 1, &mut self.diags);
@@ -1181,19 +1568,33 @@ impl Resolver<'_> {
                 }
                 other => {
                     self.diags.push(
-                        err(format!("unknown head `{other}`"), c.name.span, "expected lm, classifier or linear")
-                            .with_hint(suggest(other, HEADS, "the heads are")),
+                        err(
+                            format!("unknown head `{other}`"),
+                            c.name.span,
+                            "expected lm, classifier or linear",
+                        )
+                        .with_hint(suggest(other, HEADS, "the heads are")),
                     );
                     None
                 }
             },
         };
         let l = match loss {
-            None => h.map(|h| if matches!(h, Head::Linear { .. }) { Loss::Mse } else { Loss::CrossEntropy }),
+            None => h.map(|h| {
+                if matches!(h, Head::Linear { .. }) {
+                    Loss::Mse
+                } else {
+                    Loss::CrossEntropy
+                }
+            }),
             Some(c) => match c.name.name.as_str() {
                 n @ ("cross_entropy" | "mse") => {
                     Bound::bind(c, format!("`loss {n}`"), &[], 0, &mut self.diags);
-                    let l = if n == "mse" { Loss::Mse } else { Loss::CrossEntropy };
+                    let l = if n == "mse" {
+                        Loss::Mse
+                    } else {
+                        Loss::CrossEntropy
+                    };
                     match (h, l) {
                         (Some(Head::Linear { .. }), Loss::CrossEntropy) => {
                             let mut d = err("cross_entropy needs class scores, but a linear head regresses values", c.span, "incompatible with the head")
@@ -1210,7 +1611,10 @@ impl Resolver<'_> {
                             if let Some(hc) = head {
                                 d = d.with_note(hc.span, "the head");
                             } else {
-                                d = d.with_note(input_span, "the default head is `lm` for a token input");
+                                d = d.with_note(
+                                    input_span,
+                                    "the default head is `lm` for a token input",
+                                );
                             }
                             self.diags.push(d);
                             None
@@ -1220,8 +1624,16 @@ impl Resolver<'_> {
                 }
                 other => {
                     self.diags.push(
-                        err(format!("unknown loss `{other}`"), c.name.span, "expected cross_entropy or mse")
-                            .with_hint(suggest(other, LOSSES, "the losses are")),
+                        err(
+                            format!("unknown loss `{other}`"),
+                            c.name.span,
+                            "expected cross_entropy or mse",
+                        )
+                        .with_hint(suggest(
+                            other,
+                            LOSSES,
+                            "the losses are",
+                        )),
                     );
                     None
                 }
@@ -1271,11 +1683,10 @@ impl Resolver<'_> {
         }
         let hs = head_span.unwrap_or(input_span);
         match p.head {
-            Some(Head::Classifier { classes }) => {
-                self.numel(&[classes, d], hs, "the head weight");
-            }
-            Some(Head::Linear { out }) => {
-                self.numel(&[out, d], hs, "the head weight");
+            Some(Head::Classifier { classes: k }) | Some(Head::Linear { out: k }) => {
+                if self.numel(&[k, d], hs, "the head weight") {
+                    self.numel(&[b, k], hs, "the logits");
+                }
             }
             Some(Head::Lm { .. }) | None => {}
         }
@@ -1293,7 +1704,9 @@ impl Resolver<'_> {
                 self.numel(&act(w), wspan, "the hidden state");
                 for br in &u.branches {
                     match br.sub {
-                        Sub::Attention { heads, heads_span, .. } => {
+                        Sub::Attention {
+                            heads, heads_span, ..
+                        } => {
                             let Some(t) = t else {
                                 self.diags.push(
                                     err("attention needs a sequence, and this model's input is `features`", br.span, "attention on features")
@@ -1303,19 +1716,31 @@ impl Resolver<'_> {
                                 continue;
                             };
                             if w % heads != 0 {
-                                let divisors: Vec<String> = (1..=w.min(64)).filter(|h| w % h == 0).map(|h| h.to_string()).collect();
+                                let divisors: Vec<String> = (1..=w.min(64))
+                                    .filter(|h| w % h == 0)
+                                    .map(|h| h.to_string())
+                                    .collect();
                                 let below = (w / heads) * heads;
                                 let above = below + heads;
-                                let mut hint = format!("heads that divide {w}: {}", divisors.join(", "));
+                                let mut hint =
+                                    format!("heads that divide {w}: {}", divisors.join(", "));
                                 if below > 0 {
-                                    hint.push_str(&format!("; or make {wname} = {below} or {above}"));
+                                    hint.push_str(&format!("; or a {wname} divisible by {heads}, such as {below} or {above}"));
                                 } else {
-                                    hint.push_str(&format!("; or make {wname} = {above}"));
+                                    hint.push_str(&format!(
+                                        "; or a {wname} divisible by {heads}, such as {above}"
+                                    ));
                                 }
                                 self.diags.push(
-                                    err(format!("{wname} = {w} is not divisible by heads = {heads}"), heads_span, format!("does not divide {wname} = {w}"))
-                                        .with_note(wspan, format!("{wname} = {w} set here"))
-                                        .with_hint(hint),
+                                    err(
+                                        format!(
+                                            "{wname} = {w} is not divisible by heads = {heads}"
+                                        ),
+                                        heads_span,
+                                        format!("does not divide {wname} = {w}"),
+                                    )
+                                    .with_note(wspan, format!("{wname} = {w} set here"))
+                                    .with_hint(hint),
                                 );
                                 continue;
                             }
@@ -1337,15 +1762,29 @@ impl Resolver<'_> {
 
     /// Check a tensor's element count against the limit; false (with an error) when over.
     fn numel(&mut self, dims: &[usize], span: Span, what: &str) -> bool {
-        let n = dims.iter().try_fold(1u64, |acc, &x| acc.checked_mul(x as u64));
-        let shape = dims.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ");
+        let n = dims
+            .iter()
+            .try_fold(1u64, |acc, &x| acc.checked_mul(x as u64));
+        let shape = dims
+            .iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         match n {
             Some(n) if n <= MAX_ELEMENTS => true,
             _ => {
-                let count = n.map(|n| format!("{n} elements")).unwrap_or_else(|| "more than 2^64 elements".into());
+                let count = n
+                    .map(|n| format!("{n} elements"))
+                    .unwrap_or_else(|| "more than 2^64 elements".into());
                 self.diags.push(
-                    err(format!("{what} would be too large: [{shape}] has {count}"), span, "too large")
-                        .with_hint(format!("a tensor may have at most 2^31 = {MAX_ELEMENTS} elements")),
+                    err(
+                        format!("{what} would be too large: [{shape}] has {count}"),
+                        span,
+                        "too large",
+                    )
+                    .with_hint(format!(
+                        "a tensor may have at most 2^31 = {MAX_ELEMENTS} elements"
+                    )),
                 );
                 false
             }

@@ -16,7 +16,10 @@ fn consts_with(src: &str, ov: &[Override]) -> Result<Vec<(String, String)>, Vec<
 
 fn value(src: &str, name: &str) -> String {
     let c = consts(src).unwrap_or_else(|e| panic!("{e:?}"));
-    c.into_iter().find(|(n, _)| n == name).map(|(_, v)| v).expect("constant exists")
+    c.into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v)
+        .expect("constant exists")
 }
 
 fn elab(src: &str) -> Graph {
@@ -58,10 +61,22 @@ fn true_division_gives_floats() {
 fn arithmetic_errors() {
     assert_eq!(consts("a = 1 // 0").unwrap_err(), vec!["division by zero"]);
     assert_eq!(consts("a = 1 / 0").unwrap_err(), vec!["division by zero"]);
-    assert_eq!(consts("a = 9223372036854775807 + 1").unwrap_err(), vec!["integer overflow"]);
-    assert_eq!(consts("a = 3000000000 * 3000000000 * 3").unwrap_err(), vec!["integer overflow"]);
-    assert_eq!(consts("a = 1.5 // 2").unwrap_err(), vec!["`//` needs integers"]);
-    assert_eq!(consts("a = b + 1").unwrap_err(), vec!["unknown constant `b`"]);
+    assert_eq!(
+        consts("a = 9223372036854775807 + 1").unwrap_err(),
+        vec!["integer overflow"]
+    );
+    assert_eq!(
+        consts("a = 3000000000 * 3000000000 * 3").unwrap_err(),
+        vec!["integer overflow"]
+    );
+    assert_eq!(
+        consts("a = 1.5 // 2").unwrap_err(),
+        vec!["`//` needs integers"]
+    );
+    assert_eq!(
+        consts("a = b + 1").unwrap_err(),
+        vec!["unknown constant `b`"]
+    );
     assert_eq!(
         consts("a = b + 1\nb = 2").unwrap_err(),
         vec!["constant `b` is used before its definition"]
@@ -71,31 +86,80 @@ fn arithmetic_errors() {
 #[test]
 fn poisoned_constants_do_not_cascade() {
     // One error for `a`, none for `b` and `c` that use it.
-    assert_eq!(consts("a = 1 // 0\nb = a * 2\nc = b + a").unwrap_err().len(), 1);
+    assert_eq!(
+        consts("a = 1 // 0\nb = a * 2\nc = b + a")
+            .unwrap_err()
+            .len(),
+        1
+    );
 }
 
 #[test]
 fn overrides_replace_values_and_flow_into_dependents() {
-    let ov = [Override { name: "d".into(), value: 256.0, is_int: true }];
+    let ov = [Override {
+        name: "d".into(),
+        value: 256.0,
+        is_int: true,
+    }];
     let c = consts_with("d = 128\nff = 4 * d", &ov).unwrap();
-    assert_eq!(c, vec![("d".into(), "256".into()), ("ff".into(), "1024".into())]);
-    let ov = [Override { name: "h".into(), value: 0.5, is_int: false }];
-    assert_eq!(consts_with("h = 1.0", &ov).unwrap(), vec![("h".into(), "0.5".into())]);
-    let ov = [Override { name: "dd".into(), value: 1.0, is_int: true }];
+    assert_eq!(
+        c,
+        vec![("d".into(), "256".into()), ("ff".into(), "1024".into())]
+    );
+    let ov = [Override {
+        name: "h".into(),
+        value: 0.5,
+        is_int: false,
+    }];
+    assert_eq!(
+        consts_with("h = 1.0", &ov).unwrap(),
+        vec![("h".into(), "0.5".into())]
+    );
+    let ov = [Override {
+        name: "dd".into(),
+        value: 1.0,
+        is_int: true,
+    }];
     let e = consts_with("d = 128", &ov).unwrap_err();
     assert_eq!(e, vec!["`--set dd`: the model has no constant `dd`"]);
 }
 
 #[test]
 fn norm_inheritance_is_field_by_field() {
-    let model = NormSettings { placement: Some(Placement::Peri), kind: None, eps: Some(1e-6) };
-    let block = NormSettings { placement: None, kind: Some(NormKind::RmsNorm), eps: None };
-    let sub = NormSettings { placement: Some(Placement::Post), kind: None, eps: None };
+    let model = NormSettings {
+        placement: Some(Placement::Peri),
+        kind: None,
+        eps: Some(1e-6),
+    };
+    let block = NormSettings {
+        placement: None,
+        kind: Some(NormKind::RmsNorm),
+        eps: None,
+    };
+    let sub = NormSettings {
+        placement: Some(Placement::Post),
+        kind: None,
+        eps: None,
+    };
     let n = sub.over(block).over(model).finish();
-    assert_eq!(n, Norm { placement: Placement::Post, kind: NormKind::RmsNorm, eps: 1e-6 });
+    assert_eq!(
+        n,
+        Norm {
+            placement: Placement::Post,
+            kind: NormKind::RmsNorm,
+            eps: 1e-6
+        }
+    );
     assert_eq!(NormSettings::default().finish(), DEFAULT_NORM);
     let n = NormSettings::default().over(block).finish();
-    assert_eq!(n, Norm { placement: Placement::Pre, kind: NormKind::RmsNorm, eps: 1e-5 });
+    assert_eq!(
+        n,
+        Norm {
+            placement: Placement::Pre,
+            kind: NormKind::RmsNorm,
+            eps: 1e-5
+        }
+    );
 }
 
 #[test]
@@ -127,19 +191,32 @@ fn default_transformer_parameters() {
     let g = elab(&format!(
         "{BASE}block layer {{\n attn = attention(heads = 2)\n ffn = ffn(hidden = 32)\n}}\nstack layer * 2"
     ));
-    let p = |n: &str| g.params.iter().find(|p| p.name == n).unwrap_or_else(|| panic!("{n}"));
+    let p = |n: &str| {
+        g.params
+            .iter()
+            .find(|p| p.name == n)
+            .unwrap_or_else(|| panic!("{n}"))
+    };
     assert_eq!(p("embed.weight").shape, vec![16, 8]);
     assert_eq!(p("embed.weight").init, Init::Normal { std: 0.02 });
     assert_eq!(p("pos.weight").shape, vec![8, 8]);
     assert_eq!(p("blocks.1.attn.wq.weight").shape, vec![8, 8]);
     assert_eq!(p("blocks.0.ffn.w1.weight").shape, vec![32, 8]);
-    assert_eq!(p("blocks.0.ffn.w1.bias").init, Init::Uniform { bound: 1.0 / 8f64.sqrt() });
+    assert_eq!(
+        p("blocks.0.ffn.w1.bias").init,
+        Init::Uniform {
+            bound: 1.0 / 8f64.sqrt()
+        }
+    );
     assert_eq!(p("blocks.0.ffn.w2.weight").shape, vec![8, 32]);
     assert_eq!(p("blocks.0.attn.norm.weight").init, Init::Ones);
     assert_eq!(p("head.weight").shape, vec![16, 8]);
     assert_eq!(g.inputs.len(), 2);
     assert_eq!(g.ty(g.output("logits").unwrap()).shape, vec![2, 8, 16]);
-    assert!(g.nodes.iter().any(|n| matches!(n.op, Op::CausalMask { .. })));
+    assert!(g
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op, Op::CausalMask { .. })));
     assert!(g.nodes.iter().any(|n| n.scope == "blocks.1.attn"));
 }
 
@@ -150,7 +227,11 @@ fn macaron_names_repeated_sublayers() {
     ));
     assert!(g.param_index("blocks.0.ffn.0.w1.weight").is_some());
     assert!(g.param_index("blocks.0.ffn.1.w1.weight").is_some());
-    let halves = g.nodes.iter().filter(|n| matches!(n.op, Op::Scale { factor } if factor == 0.5)).count();
+    let halves = g
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::Scale { factor } if factor == 0.5))
+        .count();
     assert_eq!(halves, 2);
 }
 
@@ -161,7 +242,9 @@ fn shared_and_ordered_depth() {
     assert!(g.param_index("blocks.0.f.w1.weight").is_some());
     assert!(g.param_index("blocks.1.f.w1.weight").is_none());
     assert!(g.nodes.iter().any(|n| n.scope == "blocks.0.f.run2"));
-    let g = elab(&format!("{BASE}{block}stack b * 4 order [0, 2, 2]\nstack b * 1"));
+    let g = elab(&format!(
+        "{BASE}{block}stack b * 4 order [0, 2, 2]\nstack b * 1"
+    ));
     assert!(g.param_index("blocks.1.f.w1.weight").is_none());
     assert!(g.param_index("blocks.4.f.w1.weight").is_some());
     assert!(g.nodes.iter().any(|n| n.scope == "blocks.2.f.run1"));
@@ -174,10 +257,19 @@ fn skips_and_hourglass() {
     ));
     let lift = &g.params[g.param_index("blocks.0.f.lift.weight").unwrap()];
     assert_eq!((lift.shape.clone(), lift.trainable), (vec![32, 8], false));
-    assert_eq!(g.params[g.param_index("blocks.0.f.norm.weight").unwrap()].shape, vec![32]);
-    assert_eq!(g.params[g.param_index("blocks.0.f.down.weight").unwrap()].shape, vec![8, 32]);
+    assert_eq!(
+        g.params[g.param_index("blocks.0.f.norm.weight").unwrap()].shape,
+        vec![32]
+    );
+    assert_eq!(
+        g.params[g.param_index("blocks.0.f.down.weight").unwrap()].shape,
+        vec![8, 32]
+    );
     let s = &g.params[g.param_index("blocks.0.l.skip_scale").unwrap()];
-    assert_eq!((s.shape.clone(), s.init.clone()), (vec![], Init::Const(0.5)));
+    assert_eq!(
+        (s.shape.clone(), s.init.clone()),
+        (vec![], Init::Const(0.5))
+    );
 }
 
 #[test]
@@ -187,7 +279,10 @@ fn features_classifier_and_regression() {
     assert!(g.param_index("blocks.0.f.w3.weight").is_some());
     let g = elab("input features(batch = 4, width = 6)\nembed(dim = 8)\nblock b {\n f = ffn(hidden = 8)\n}\nstack b * 1\nhead linear(out = 2)");
     assert_eq!(g.inputs[1].ty.shape, vec![4, 2]);
-    assert_eq!(g.params[g.param_index("embed.weight").unwrap()].shape, vec![8, 6]);
+    assert_eq!(
+        g.params[g.param_index("embed.weight").unwrap()].shape,
+        vec![8, 6]
+    );
 }
 
 #[test]
@@ -195,7 +290,13 @@ fn errors_are_collected_across_blocks() {
     let e = elab_err(&format!(
         "{BASE}block a {{\n x = atention(heads = 2)\n}}\nblock b {{\n f = ffn(hidden = 8, act = gleu)\n}}\nstack a * 1\nstack b * 1"
     ));
-    assert_eq!(e, vec!["unknown sublayer kind `atention`", "unknown activation `gleu`"]);
+    assert_eq!(
+        e,
+        vec![
+            "unknown sublayer kind `atention`",
+            "unknown activation `gleu`"
+        ]
+    );
 }
 
 #[test]
@@ -220,7 +321,9 @@ fn examples_elaborate() {
 fn init_params(g: &Graph) -> Vec<crate::tensor::Tensor> {
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut uniform = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((state >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
     };
     g.params
@@ -243,7 +346,10 @@ fn init_params(g: &Graph) -> Vec<crate::tensor::Tensor> {
 
 fn run_loss(g: &Graph, inputs: Vec<crate::tensor::Tensor>) -> f64 {
     let params = init_params(g);
-    let env = crate::interp::Env { inputs: &inputs, params: &params };
+    let env = crate::interp::Env {
+        inputs: &inputs,
+        params: &params,
+    };
     let out = crate::interp::run(g, &env).unwrap_or_else(|e| panic!("{e:?}"));
     let loss = out.iter().find(|(n, _)| n == "loss").expect("loss output");
     assert_eq!(loss.1.shape, Vec::<usize>::new());
@@ -261,33 +367,17 @@ fn elaborated_models_run_in_the_interpreter() {
             ));
             let loss = run_loss(&g, vec![tokens(16), tokens(16)]);
             // Small initial logits: cross-entropy near ln(vocab).
-            assert!((loss - 16f64.ln()).abs() < 1.0, "{scheme} {norm}: loss {loss}");
+            assert!(
+                (loss - 16f64.ln()).abs() < 1.0,
+                "{scheme} {norm}: loss {loss}"
+            );
         }
     }
     let g = elab("input features(batch = 4, width = 6)\nembed(dim = 8)\nskip hourglass(width = 12)\nblock b {\n f = ffn(hidden = 4)\n}\nstack b * 2\nhead linear(out = 2)");
-    let x = Tensor::f32(vec![4, 6], (0..24).map(|i| (i as f64 * 0.37).sin()).collect());
+    let x = Tensor::f32(
+        vec![4, 6],
+        (0..24).map(|i| (i as f64 * 0.37).sin()).collect(),
+    );
     let loss = run_loss(&g, vec![x, Tensor::f32(vec![4, 2], vec![0.5; 8])]);
     assert!(loss.is_finite() && loss >= 0.0);
-}
-
-#[test]
-#[ignore]
-fn tmp_render_bad() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad");
-    let mut paths: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("elab_")).collect();
-    paths.sort();
-    let mut out = String::new();
-    for p in paths {
-        let src = std::fs::read_to_string(&p).unwrap();
-        let name = p.file_name().unwrap().to_str().unwrap();
-        out.push_str(&format!("=================== {name}\n"));
-        match parse(&src) {
-            Err(d) => out.push_str(&format!("PARSE\n{}", crate::diag::render(&d, name, &src, false))),
-            Ok(m) => match elaborate(&m, "x", &[]) {
-                Ok(_) => out.push_str("OK!!!\n"),
-                Err(d) => out.push_str(&crate::diag::render(&d, name, &src, false)),
-            },
-        }
-    }
-    std::fs::write("/tmp/elab_bad.txt", out).unwrap();
 }

@@ -21,7 +21,10 @@ pub struct GraphBuilder {
 impl GraphBuilder {
     pub fn new(name: impl Into<String>) -> Self {
         GraphBuilder {
-            graph: Graph { name: name.into(), ..Graph::default() },
+            graph: Graph {
+                name: name.into(),
+                ..Graph::default()
+            },
             ..Default::default()
         }
     }
@@ -34,7 +37,11 @@ impl GraphBuilder {
                 param_nodes.insert(graph.params[index].name.clone(), ValueId(i as u32));
             }
         }
-        GraphBuilder { graph, param_nodes, ..Default::default() }
+        GraphBuilder {
+            graph,
+            param_nodes,
+            ..Default::default()
+        }
     }
 
     pub fn finish(self) -> Graph {
@@ -60,7 +67,13 @@ impl GraphBuilder {
 
     fn push_typed(&mut self, op: Op, args: Vec<ValueId>, ty: Type) -> ValueId {
         let id = ValueId(self.graph.nodes.len() as u32);
-        self.graph.nodes.push(Node { op, args, ty, scope: self.scope.clone(), phase: self.phase });
+        self.graph.nodes.push(Node {
+            op,
+            args,
+            ty,
+            scope: self.scope.clone(),
+            phase: self.phase,
+        });
         id
     }
 
@@ -73,7 +86,10 @@ impl GraphBuilder {
 
     pub fn input(&mut self, name: impl Into<String>, ty: Type) -> ValueId {
         let index = self.graph.inputs.len();
-        self.graph.inputs.push(Input { name: name.into(), ty: ty.clone() });
+        self.graph.inputs.push(Input {
+            name: name.into(),
+            ty: ty.clone(),
+        });
         self.push_typed(Op::Input { index }, vec![], ty)
     }
 
@@ -97,14 +113,22 @@ impl GraphBuilder {
             return Ok(v);
         }
         let index = self.graph.params.len();
-        self.graph.params.push(Param { name: name.clone(), shape: shape.clone(), init, trainable });
+        self.graph.params.push(Param {
+            name: name.clone(),
+            shape: shape.clone(),
+            init,
+            trainable,
+        });
         let v = self.push_typed(Op::Param { index }, vec![], Type::f32(shape));
         self.param_nodes.insert(name, v);
         Ok(v)
     }
 
     pub fn output(&mut self, name: impl Into<String>, value: ValueId) {
-        self.graph.outputs.push(Output { name: name.into(), value });
+        self.graph.outputs.push(Output {
+            name: name.into(),
+            value,
+        });
     }
 
     // ---- conveniences ----

@@ -40,10 +40,16 @@ pub struct Type {
 
 impl Type {
     pub fn f32(shape: impl Into<Vec<usize>>) -> Type {
-        Type { dtype: DType::F32, shape: shape.into() }
+        Type {
+            dtype: DType::F32,
+            shape: shape.into(),
+        }
     }
     pub fn i32(shape: impl Into<Vec<usize>>) -> Type {
-        Type { dtype: DType::I32, shape: shape.into() }
+        Type {
+            dtype: DType::I32,
+            shape: shape.into(),
+        }
     }
     pub fn rank(&self) -> usize {
         self.shape.len()
@@ -91,9 +97,13 @@ pub enum Init {
     /// Every element equals the value (a learned scalar's starting point).
     Const(f64),
     /// Normal with mean 0.
-    Normal { std: f64 },
+    Normal {
+        std: f64,
+    },
     /// Uniform in [-bound, bound] (PyTorch's Linear default: bound = 1/sqrt(fan_in)).
-    Uniform { bound: f64 },
+    Uniform {
+        bound: f64,
+    },
 }
 
 /// A named model parameter, in PyTorch layout (Linear weight `[out, in]`).
@@ -165,14 +175,20 @@ impl Graph {
         &self.nodes[v.index()].ty
     }
     pub fn output(&self, name: &str) -> Option<ValueId> {
-        self.outputs.iter().find(|o| o.name == name).map(|o| o.value)
+        self.outputs
+            .iter()
+            .find(|o| o.name == name)
+            .map(|o| o.value)
     }
     pub fn param_index(&self, name: &str) -> Option<usize> {
         self.params.iter().position(|p| p.name == name)
     }
     /// Total number of parameter elements.
     pub fn param_count(&self) -> usize {
-        self.params.iter().map(|p| p.shape.iter().product::<usize>()).sum()
+        self.params
+            .iter()
+            .map(|p| p.shape.iter().product::<usize>())
+            .sum()
     }
 
     /// Check that the graph is well formed: arguments refer to earlier nodes, leaf indices

@@ -26,13 +26,23 @@ pub enum MaskFill {
 pub enum Op {
     // ---- leaves ----
     /// Graph input number `index`.
-    Input { index: usize },
+    Input {
+        index: usize,
+    },
     /// Parameter number `index`.
-    Param { index: usize },
+    Param {
+        index: usize,
+    },
     /// A tensor with every element equal to `value`.
-    Full { value: f64, shape: Vec<usize> },
+    Full {
+        value: f64,
+        shape: Vec<usize>,
+    },
     /// Sinusoidal position table `[len, dim]` (Vaswani et al.): sin on even, cos on odd columns.
-    Sinusoidal { len: usize, dim: usize },
+    Sinusoidal {
+        len: usize,
+        dim: usize,
+    },
 
     // ---- elementwise unary (f32 -> f32, same shape) ----
     Neg,
@@ -50,9 +60,13 @@ pub enum Op {
     GeluTanh,
     Silu,
     /// `factor * x`.
-    Scale { factor: f64 },
+    Scale {
+        factor: f64,
+    },
     /// `x + value`.
-    AddScalar { value: f64 },
+    AddScalar {
+        value: f64,
+    },
 
     // ---- elementwise binary (same shapes) ----
     Add,
@@ -70,7 +84,10 @@ pub enum Op {
 
     // ---- reductions ----
     /// Sum over `axes` (ascending, distinct); kept as size-1 dims when `keep_dims`.
-    ReduceSum { axes: Vec<usize>, keep_dims: bool },
+    ReduceSum {
+        axes: Vec<usize>,
+        keep_dims: bool,
+    },
     /// Softmax over the last axis.
     Softmax,
     /// Log-softmax over the last axis.
@@ -78,29 +95,50 @@ pub enum Op {
 
     // ---- shape ----
     /// Same elements, new shape (equal element count).
-    Reshape { shape: Vec<usize> },
+    Reshape {
+        shape: Vec<usize>,
+    },
     /// Permute axes: output axis i is input axis `perm[i]`.
-    Transpose { perm: Vec<usize> },
+    Transpose {
+        perm: Vec<usize>,
+    },
     /// NumPy broadcast to `shape`: dims aligned from the right, size-1 or missing dims expand.
-    Broadcast { shape: Vec<usize> },
+    Broadcast {
+        shape: Vec<usize>,
+    },
     /// Elements `start..end` along `axis`.
-    Slice { axis: usize, start: usize, end: usize },
+    Slice {
+        axis: usize,
+        start: usize,
+        end: usize,
+    },
     /// Concatenate the arguments along `axis`.
-    Concat { axis: usize },
+    Concat {
+        axis: usize,
+    },
 
     // ---- contractions and indexing ----
     /// `a @ b` over the last two axes, with optional transposes of either operand.
     /// `a`: `[..., M, K]` (`[..., K, M]` if `ta`); `b`: `[..., K, N]` (`[..., N, K]` if `tb`)
     /// with the same leading dims as `a`, or rank 2 (shared by every batch).
-    MatMul { ta: bool, tb: bool },
+    MatMul {
+        ta: bool,
+        tb: bool,
+    },
     /// `(table [V, D], ids i32 [...]) -> [..., D]`: rows of the table.
     Gather,
     /// `(ids i32 [...], src [..., D]) -> [rows, D]`: sums each src row into row `ids[..]`.
-    ScatterAdd { rows: usize },
+    ScatterAdd {
+        rows: usize,
+    },
     /// `ids i32 [...] -> f32 [..., classes]`.
-    OneHot { classes: usize },
+    OneHot {
+        classes: usize,
+    },
     /// On `[..., T, T]`: entries with column > row set to the fill.
-    CausalMask { fill: MaskFill },
+    CausalMask {
+        fill: MaskFill,
+    },
 }
 
 impl Op {
@@ -193,7 +231,11 @@ impl Op {
 
 fn expect_arity(op: &Op, args: &[&Type], n: usize) -> Result<(), String> {
     if args.len() != n {
-        return Err(format!("{} takes {n} argument(s), got {}", op.name(), args.len()));
+        return Err(format!(
+            "{} takes {n} argument(s), got {}",
+            op.name(),
+            args.len()
+        ));
     }
     Ok(())
 }
@@ -295,7 +337,10 @@ pub fn infer_type(op: &Op, args: &[&Type]) -> Result<Type, String> {
                     args[0]
                 ));
             }
-            Ok(Type { dtype: args[0].dtype, shape: shape.clone() })
+            Ok(Type {
+                dtype: args[0].dtype,
+                shape: shape.clone(),
+            })
         }
         Op::Transpose { perm } => {
             expect_arity(op, args, 1)?;
@@ -311,24 +356,35 @@ pub fn infer_type(op: &Op, args: &[&Type]) -> Result<Type, String> {
                 seen[p] = true;
             }
             let shape = perm.iter().map(|&p| args[0].shape[p]).collect();
-            Ok(Type { dtype: args[0].dtype, shape })
+            Ok(Type {
+                dtype: args[0].dtype,
+                shape,
+            })
         }
         Op::Broadcast { shape } => {
             expect_arity(op, args, 1)?;
             if !broadcasts_to(&args[0].shape, shape) {
                 return Err(format!("cannot broadcast {} to {shape:?}", args[0]));
             }
-            Ok(Type { dtype: args[0].dtype, shape: shape.clone() })
+            Ok(Type {
+                dtype: args[0].dtype,
+                shape: shape.clone(),
+            })
         }
         Op::Slice { axis, start, end } => {
             expect_arity(op, args, 1)?;
             let t = args[0];
             if *axis >= t.rank() || start >= end || *end > t.shape[*axis] {
-                return Err(format!("slice axis {axis} {start}..{end} out of range for {t}"));
+                return Err(format!(
+                    "slice axis {axis} {start}..{end} out of range for {t}"
+                ));
             }
             let mut shape = t.shape.clone();
             shape[*axis] = end - start;
-            Ok(Type { dtype: t.dtype, shape })
+            Ok(Type {
+                dtype: t.dtype,
+                shape,
+            })
         }
         Op::Concat { axis } => {
             if args.is_empty() {
@@ -349,7 +405,10 @@ pub fn infer_type(op: &Op, args: &[&Type]) -> Result<Type, String> {
                 }
                 shape[*axis] += t.shape[*axis];
             }
-            Ok(Type { dtype: first.dtype, shape })
+            Ok(Type {
+                dtype: first.dtype,
+                shape,
+            })
         }
         Op::MatMul { ta, tb } => {
             expect_arity(op, args, 2)?;
@@ -371,7 +430,9 @@ pub fn infer_type(op: &Op, args: &[&Type]) -> Result<Type, String> {
                 (b.shape[rb - 2], b.shape[rb - 1])
             };
             if ka != kb {
-                return Err(format!("matmul inner dims differ: {a} and {b} (ta={ta}, tb={tb})"));
+                return Err(format!(
+                    "matmul inner dims differ: {a} and {b} (ta={ta}, tb={tb})"
+                ));
             }
             if rb != 2 && a.shape[..ra - 2] != b.shape[..rb - 2] {
                 return Err(format!("matmul batch dims differ: {a} and {b}"));

@@ -15,7 +15,9 @@ pub mod math;
 use crate::kernels::{Access, KExpr, Kind, LoopKernel, Program, RowMap};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::types::{F32, F32X4, I32, I64};
-use cranelift_codegen::ir::{AbiParam, Function, InstBuilder, MemFlagsData, Signature, UserFuncName, Value};
+use cranelift_codegen::ir::{
+    AbiParam, Function, InstBuilder, MemFlagsData, Signature, UserFuncName, Value,
+};
 use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
@@ -38,7 +40,10 @@ pub struct CodegenOptions {
 
 impl CodegenOptions {
     pub fn host() -> CodegenOptions {
-        CodegenOptions { fma: host_has_fma(), unroll: 4 }
+        CodegenOptions {
+            fma: host_has_fma(),
+            unroll: 4,
+        }
     }
 }
 
@@ -80,7 +85,10 @@ fn new_module() -> Result<JITModule, String> {
         .map_err(|e| format!("no JIT for this host: {e}"))?
         .finish(settings::Flags::new(flags))
         .map_err(|e| e.to_string())?;
-    Ok(JITModule::new(JITBuilder::with_isa(isa, default_libcall_names())))
+    Ok(JITModule::new(JITBuilder::with_isa(
+        isa,
+        default_libcall_names(),
+    )))
 }
 
 /// Whether kernel `k` is generated code.
@@ -101,15 +109,23 @@ fn build_function(
     fcfg: TargetFrontendConfig,
     fbc: &mut FunctionBuilderContext,
 ) -> Result<Function, String> {
-    let mut func = Function::with_name_signature(UserFuncName::user(0, k as u32), signature(call_conv));
+    let mut func =
+        Function::with_name_signature(UserFuncName::user(0, k as u32), signature(call_conv));
     {
         let mut b = FunctionBuilder::new(&mut func, fbc);
-        let mut g = Gen { math: Math { fma: opts.fma }, offsets, unroll: opts.unroll.max(1) };
+        let mut g = Gen {
+            math: Math { fma: opts.fma },
+            offsets,
+            unroll: opts.unroll.max(1),
+        };
         match &p.kernels[k].body {
             crate::kernels::KernelBody::Loop(l) => g.loop_kernel(&mut b, l)?,
-            crate::kernels::KernelBody::ColReduce { rows, cols, input, out } => {
-                g.col_reduce(&mut b, *rows, *cols, input, out)?
-            }
+            crate::kernels::KernelBody::ColReduce {
+                rows,
+                cols,
+                input,
+                out,
+            } => g.col_reduce(&mut b, *rows, *cols, input, out)?,
             _ => return Err("internal error: kernel is not generated code".into()),
         }
         b.seal_all_blocks();
@@ -143,7 +159,9 @@ pub fn compile(p: &Program, offsets: &[usize]) -> Result<CompiledKernels, String
         module.clear_context(&mut ctx);
         ids.push(Some(id));
     }
-    module.finalize_definitions().map_err(|e| format!("internal error: {e}"))?;
+    module
+        .finalize_definitions()
+        .map_err(|e| format!("internal error: {e}"))?;
     let fns = ids
         .iter()
         .map(|id| {
@@ -154,21 +172,37 @@ pub fn compile(p: &Program, offsets: &[usize]) -> Result<CompiledKernels, String
             })
         })
         .collect();
-    Ok(CompiledKernels { _module: module, fns })
+    Ok(CompiledKernels {
+        _module: module,
+        fns,
+    })
 }
 
 /// The CLIF of every generated kernel, for `--stage clif`: built for a fixed target
 /// (x86-64 System V, FMA on) so the text does not depend on the host.
 pub fn clif_text(p: &Program, offsets: &[usize]) -> Result<String, String> {
-    let opts = CodegenOptions { fma: true, unroll: 4 };
+    let opts = CodegenOptions {
+        fma: true,
+        unroll: 4,
+    };
     let mut ib = cranelift_codegen::isa::lookup_by_name("x86_64-unknown-linux-gnu")
         .map_err(|e| format!("internal error: {e}"))?;
-    for f in ["has_sse3", "has_ssse3", "has_sse41", "has_sse42", "has_avx", "has_avx2", "has_fma"] {
+    for f in [
+        "has_sse3",
+        "has_ssse3",
+        "has_sse41",
+        "has_sse42",
+        "has_avx",
+        "has_avx2",
+        "has_fma",
+    ] {
         ib.enable(f).map_err(|e| format!("internal error: {e}"))?;
     }
     let mut flags = settings::builder();
     flags.set("opt_level", "speed").map_err(|e| e.to_string())?;
-    let isa = ib.finish(settings::Flags::new(flags)).map_err(|e| e.to_string())?;
+    let isa = ib
+        .finish(settings::Flags::new(flags))
+        .map_err(|e| e.to_string())?;
     let fcfg = isa.frontend_config();
     let mut fbc = FunctionBuilderContext::new();
     let mut out = String::new();
@@ -229,7 +263,12 @@ impl<'a> Gen<'a> {
                 let t = b.ins().sextend(I64, t);
                 b.ins().ishl_imm_s(t, 2)
             }
-            RowMap::Indirect { ids, ids_offset, limit, stride } => {
+            RowMap::Indirect {
+                ids,
+                ids_offset,
+                limit,
+                stride,
+            } => {
                 let ib = 4 * (self.offsets[ids.index()] as i64 + ids_offset);
                 let r4 = b.ins().ishl_imm_s(r, 2);
                 let addr = b.ins().iadd(base, r4);
@@ -246,7 +285,14 @@ impl<'a> Gen<'a> {
     }
 
     /// Load the column vector (or lane-0 scalar when `scalar`) at `pos`.
-    fn load_col(&self, b: &mut FunctionBuilder, ptr: Value, cs: i64, pos: ColPos, scalar: bool) -> Value {
+    fn load_col(
+        &self,
+        b: &mut FunctionBuilder,
+        ptr: Value,
+        cs: i64,
+        pos: ColPos,
+        scalar: bool,
+    ) -> Value {
         let (addr, imm) = match pos {
             ColPos::Var(c, add) => {
                 let o = b.ins().imul_imm_s(c, 4 * cs);
@@ -264,13 +310,23 @@ impl<'a> Gen<'a> {
         let s0 = b.ins().load(F32, flags(), addr, imm as i32);
         let mut v = b.ins().splat(F32X4, s0);
         for l in 1..4u8 {
-            let s = b.ins().load(F32, flags(), addr, (imm + l as i64 * 4 * cs) as i32);
+            let s = b
+                .ins()
+                .load(F32, flags(), addr, (imm + l as i64 * 4 * cs) as i32);
             v = b.ins().insertlane(v, s, l);
         }
         v
     }
 
-    fn store_col(&self, b: &mut FunctionBuilder, ptr: Value, cs: i64, pos: ColPos, v: Value, scalar: bool) {
+    fn store_col(
+        &self,
+        b: &mut FunctionBuilder,
+        ptr: Value,
+        cs: i64,
+        pos: ColPos,
+        v: Value,
+        scalar: bool,
+    ) {
         let (addr, imm) = match pos {
             ColPos::Var(c, add) => {
                 let o = b.ins().imul_imm_s(c, 4 * cs);
@@ -286,7 +342,8 @@ impl<'a> Gen<'a> {
         } else {
             for l in 0..4u8 {
                 let s = b.ins().extractlane(v, l);
-                b.ins().store(flags(), s, addr, (imm + l as i64 * 4 * cs) as i32);
+                b.ins()
+                    .store(flags(), s, addr, (imm + l as i64 * 4 * cs) as i32);
             }
         }
     }
@@ -311,7 +368,14 @@ impl<'a> Gen<'a> {
     }
 
     /// Evaluate a `Row` node (memoized for the row; a splat vector).
-    fn row_val(&self, b: &mut FunctionBuilder, l: &LoopKernel, st: &mut RowState, n: usize, lr: Value) -> Result<Value, String> {
+    fn row_val(
+        &self,
+        b: &mut FunctionBuilder,
+        l: &LoopKernel,
+        st: &mut RowState,
+        n: usize,
+        lr: Value,
+    ) -> Result<Value, String> {
         if let Some(&v) = st.row_vals.get(&n) {
             return Ok(v);
         }
@@ -332,7 +396,11 @@ impl<'a> Gen<'a> {
                 let y = self.row_val(b, l, st, *y, lr)?;
                 self.math.binary(b, op, x, y)
             }
-            _ => return Err(format!("internal error: v{n} is not available as a row value yet")),
+            _ => {
+                return Err(format!(
+                    "internal error: v{n} is not available as a row value yet"
+                ))
+            }
         };
         st.row_vals.insert(n, v);
         Ok(v)
@@ -354,11 +422,9 @@ impl<'a> Gen<'a> {
             return Ok(v);
         }
         if l.nodes[n].kind == Kind::Row {
-            return st
-                .row_vals
-                .get(&n)
-                .copied()
-                .ok_or_else(|| format!("internal error: row value v{n} used before it is computed"));
+            return st.row_vals.get(&n).copied().ok_or_else(|| {
+                format!("internal error: row value v{n} used before it is computed")
+            });
         }
         let v = match &l.nodes[n].expr {
             KExpr::Load(a) => {
@@ -456,7 +522,12 @@ impl<'a> Gen<'a> {
         b.ins().brif(more, body, &[], exit, &[]);
         b.switch_to_block(body);
 
-        let mut st = RowState { r, base, load_ptr: HashMap::new(), row_vals: HashMap::new() };
+        let mut st = RowState {
+            r,
+            base,
+            load_ptr: HashMap::new(),
+            row_vals: HashMap::new(),
+        };
         for (i, node) in l.nodes.iter().enumerate() {
             match &node.expr {
                 KExpr::Load(a) if node.kind == Kind::Col => {
@@ -492,8 +563,9 @@ impl<'a> Gen<'a> {
                     _ => None,
                 })
                 .collect();
-            let stores: Vec<usize> =
-                (0..l.stores.len()).filter(|&s| l.stores[s].col && level[l.stores[s].value] == pass).collect();
+            let stores: Vec<usize> = (0..l.stores.len())
+                .filter(|&s| l.stores[s].col && level[l.stores[s].value] == pass)
+                .collect();
             self.column_pass(b, l, &st, &reds, &stores, &store_ptr)
                 .map(|vals| {
                     for (i, v) in vals {
@@ -516,7 +588,12 @@ impl<'a> Gen<'a> {
             if !s.col {
                 let v = match st.row_vals.get(&s.value) {
                     Some(v) => *v,
-                    None => return Err(format!("internal error: row store of v{} has no value", s.value)),
+                    None => {
+                        return Err(format!(
+                            "internal error: row store of v{} has no value",
+                            s.value
+                        ))
+                    }
                 };
                 let x = self.math.lane0(b, v);
                 b.ins().store(flags(), x, store_ptr[si], 0);
@@ -554,20 +631,24 @@ impl<'a> Gen<'a> {
             }
         };
         // Body at one position: returns the reduction operands.
-        let emit = |b: &mut FunctionBuilder, pos: ColPos, scalar: bool| -> Result<Vec<Value>, String> {
-            let mut memo = HashMap::new();
-            let mut vals = vec![];
-            for &(_, a, _) in reds {
-                vals.push(self.col_val(b, l, st, a, pos, scalar, &mut memo)?);
-            }
-            for &s in stores {
-                let store = &l.stores[s];
-                let v = self.col_val(b, l, st, store.value, pos, scalar, &mut memo)?;
-                self.store_col(b, store_ptr[s], store.access.col_stride, pos, v, scalar);
-            }
-            Ok(vals)
-        };
-        let mut accs: Vec<Value> = reds.iter().map(|&(_, _, max)| self.math.splat(b, ident(max))).collect();
+        let emit =
+            |b: &mut FunctionBuilder, pos: ColPos, scalar: bool| -> Result<Vec<Value>, String> {
+                let mut memo = HashMap::new();
+                let mut vals = vec![];
+                for &(_, a, _) in reds {
+                    vals.push(self.col_val(b, l, st, a, pos, scalar, &mut memo)?);
+                }
+                for &s in stores {
+                    let store = &l.stores[s];
+                    let v = self.col_val(b, l, st, store.value, pos, scalar, &mut memo)?;
+                    self.store_col(b, store_ptr[s], store.access.col_stride, pos, v, scalar);
+                }
+                Ok(vals)
+            };
+        let mut accs: Vec<Value> = reds
+            .iter()
+            .map(|&(_, _, max)| self.math.splat(b, ident(max)))
+            .collect();
         if n_main > 0 {
             let lp = b.create_block();
             let after = b.create_block();
@@ -600,9 +681,14 @@ impl<'a> Gen<'a> {
             let c2 = b.ins().iadd_imm_s(c, step);
             let more = b.ins().icmp_imm_s(IntCC::SignedLessThan, c2, n_main);
             let mut back: Vec<cranelift_codegen::ir::BlockArg> = vec![c2.into()];
-            back.extend(next.iter().map(|v| cranelift_codegen::ir::BlockArg::from(*v)));
-            let out: Vec<cranelift_codegen::ir::BlockArg> =
-                next.iter().map(|v| cranelift_codegen::ir::BlockArg::from(*v)).collect();
+            back.extend(
+                next.iter()
+                    .map(|v| cranelift_codegen::ir::BlockArg::from(*v)),
+            );
+            let out: Vec<cranelift_codegen::ir::BlockArg> = next
+                .iter()
+                .map(|v| cranelift_codegen::ir::BlockArg::from(*v))
+                .collect();
             b.ins().brif(more, lp, &back, after, &out);
             b.switch_to_block(after);
             let ps = b.block_params(after).to_vec();
@@ -663,7 +749,11 @@ impl<'a> Gen<'a> {
         let (base, begin, end) = (params[0], params[1], params[2]);
         let vec_ok = input.col_stride == 1 && out.col_stride == 1;
         // Widths: 16 columns (4 vectors), then 4, then 1.
-        let widths: Vec<(i64, bool)> = if vec_ok { vec![(16, false), (4, false), (1, true)] } else { vec![(1, true)] };
+        let widths: Vec<(i64, bool)> = if vec_ok {
+            vec![(16, false), (4, false), (1, true)]
+        } else {
+            vec![(1, true)]
+        };
         let mut c_cur = begin;
         for (w, scalar) in widths {
             let head = b.create_block();
@@ -701,22 +791,40 @@ impl<'a> Gen<'a> {
             let ptr = self.row_ptr(b, base, r, input);
             let mut accs = ps[1..].to_vec();
             for (j, acc) in accs.iter_mut().enumerate() {
-                let v = self.load_col(b, ptr, input.col_stride, ColPos::Var(c, 4 * j as i64), scalar);
+                let v = self.load_col(
+                    b,
+                    ptr,
+                    input.col_stride,
+                    ColPos::Var(c, 4 * j as i64),
+                    scalar,
+                );
                 *acc = b.ins().fadd(*acc, v);
             }
             let r2 = b.ins().iadd_imm_s(r, 1);
             let more = b.ins().icmp_imm_s(IntCC::SignedLessThan, r2, rows as i64);
             let mut back: Vec<cranelift_codegen::ir::BlockArg> = vec![r2.into()];
-            back.extend(accs.iter().map(|v| cranelift_codegen::ir::BlockArg::from(*v)));
-            let outs: Vec<cranelift_codegen::ir::BlockArg> =
-                accs.iter().map(|v| cranelift_codegen::ir::BlockArg::from(*v)).collect();
+            back.extend(
+                accs.iter()
+                    .map(|v| cranelift_codegen::ir::BlockArg::from(*v)),
+            );
+            let outs: Vec<cranelift_codegen::ir::BlockArg> = accs
+                .iter()
+                .map(|v| cranelift_codegen::ir::BlockArg::from(*v))
+                .collect();
             b.ins().brif(more, rl, &back, rdone, &outs);
             b.switch_to_block(rdone);
             let res = b.block_params(rdone).to_vec();
             let zero = b.ins().iconst(I64, 0);
             let optr = self.row_ptr(b, base, zero, out);
             for (j, v) in res.into_iter().enumerate() {
-                self.store_col(b, optr, out.col_stride, ColPos::Var(c, 4 * j as i64), v, scalar);
+                self.store_col(
+                    b,
+                    optr,
+                    out.col_stride,
+                    ColPos::Var(c, 4 * j as i64),
+                    v,
+                    scalar,
+                );
             }
             b.ins().jump(head, &[cw.into()]);
             b.switch_to_block(done);

@@ -36,7 +36,12 @@ struct View {
 impl View {
     fn contiguous(buf: BufId, offset: i64, shape: Vec<usize>) -> View {
         let strides = row_major(&shape);
-        View { buf, offset, shape, strides }
+        View {
+            buf,
+            offset,
+            shape,
+            strides,
+        }
     }
     fn is_contiguous(&self) -> bool {
         self.shape
@@ -58,9 +63,17 @@ fn row_major(shape: &[usize]) -> Vec<i64> {
 #[derive(Clone, Debug)]
 enum Val {
     View(View),
-    Const { value: f64, shape: Vec<usize> },
+    Const {
+        value: f64,
+        shape: Vec<usize>,
+    },
     /// Node `node` of group `group`, used as `kind` (a `Col` use of a `Row` node is a splat).
-    Fused { group: usize, node: usize, kind: Kind, shape: Vec<usize> },
+    Fused {
+        group: usize,
+        node: usize,
+        kind: Kind,
+        shape: Vec<usize>,
+    },
 }
 
 struct Group {
@@ -101,12 +114,21 @@ fn ierr<T>(msg: impl Into<String>) -> R<T> {
 
 /// Lower `g` to kernels.
 pub fn build_program(g: &Graph, opts: &BuildOptions) -> R<Program> {
-    g.verify().map_err(|e| format!("internal error: ill-formed graph: {e}"))?;
+    g.verify()
+        .map_err(|e| format!("internal error: ill-formed graph: {e}"))?;
     let wanted: Vec<(String, ValueId)> = match &opts.outputs {
-        None => g.outputs.iter().map(|o| (o.name.clone(), o.value)).collect(),
+        None => g
+            .outputs
+            .iter()
+            .map(|o| (o.name.clone(), o.value))
+            .collect(),
         Some(names) => names
             .iter()
-            .map(|n| g.output(n).map(|v| (n.clone(), v)).ok_or_else(|| format!("no output {n}")))
+            .map(|n| {
+                g.output(n)
+                    .map(|v| (n.clone(), v))
+                    .ok_or_else(|| format!("no output {n}"))
+            })
             .collect::<R<_>>()?,
     };
     // Only nodes the wanted outputs depend on.
@@ -137,7 +159,12 @@ pub fn build_program(g: &Graph, opts: &BuildOptions) -> R<Program> {
         .iter()
         .enumerate()
         .map(|(i, inp)| {
-            b.new_buf(inp.ty.numel(), inp.ty.dtype, BufKind::Input(i), format!("input {}", inp.name))
+            b.new_buf(
+                inp.ty.numel(),
+                inp.ty.dtype,
+                BufKind::Input(i),
+                format!("input {}", inp.name),
+            )
         })
         .collect();
     let params: Vec<BufId> = g
@@ -145,7 +172,12 @@ pub fn build_program(g: &Graph, opts: &BuildOptions) -> R<Program> {
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            b.new_buf(p.ty().numel(), DType::F32, BufKind::Param(i), format!("param {}", p.name))
+            b.new_buf(
+                p.ty().numel(),
+                DType::F32,
+                BufKind::Param(i),
+                format!("param {}", p.name),
+            )
         })
         .collect();
     for i in 0..g.nodes.len() {
@@ -155,8 +187,12 @@ pub fn build_program(g: &Graph, opts: &BuildOptions) -> R<Program> {
         b.cur = i as u32;
         let node = &g.nodes[i];
         let val = match &node.op {
-            Op::Input { index } => Val::View(View::contiguous(inputs[*index], 0, node.ty.shape.clone())),
-            Op::Param { index } => Val::View(View::contiguous(params[*index], 0, node.ty.shape.clone())),
+            Op::Input { index } => {
+                Val::View(View::contiguous(inputs[*index], 0, node.ty.shape.clone()))
+            }
+            Op::Param { index } => {
+                Val::View(View::contiguous(params[*index], 0, node.ty.shape.clone()))
+            }
             _ => b.lower(i)?,
         };
         b.vals[i] = Some(val);
@@ -179,13 +215,22 @@ pub fn build_program(g: &Graph, opts: &BuildOptions) -> R<Program> {
             if !p.trainable {
                 continue;
             }
-            let Some(out) = outputs.iter().find(|o| o.name == format!("grad.{}", p.name)) else {
+            let Some(out) = outputs
+                .iter()
+                .find(|o| o.name == format!("grad.{}", p.name))
+            else {
                 continue;
             };
             b.sgd_kernel(params[pi], out.buf, out.offset, &p.shape)?;
         }
     }
-    let Builder { buffers, slots, groups, index_inputs, .. } = b;
+    let Builder {
+        buffers,
+        slots,
+        groups,
+        index_inputs,
+        ..
+    } = b;
     let mut groups: Vec<Option<Group>> = groups.into_iter().map(Some).collect();
     let kernels = slots
         .into_iter()
@@ -242,7 +287,12 @@ fn merged_stride(shape: &[usize], strides: &[i64]) -> Option<i64> {
 impl<'g> Builder<'g> {
     fn new_buf(&mut self, len: usize, dtype: DType, kind: BufKind, label: String) -> BufId {
         let id = BufId(self.buffers.len() as u32);
-        self.buffers.push(BufInfo { len, dtype, kind, label });
+        self.buffers.push(BufInfo {
+            len,
+            dtype,
+            kind,
+            label,
+        });
         id
     }
 
@@ -259,8 +309,17 @@ impl<'g> Builder<'g> {
 
     fn push_fixed(&mut self, body: KernelBody, writes: &[BufId]) -> usize {
         let slot = self.slots.len();
-        let scope = self.g.nodes.get(self.cur as usize).map(|n| n.scope.clone()).unwrap_or_default();
-        self.slots.push(Slot::Fixed(Kernel { nodes: vec![self.cur], scope, body }));
+        let scope = self
+            .g
+            .nodes
+            .get(self.cur as usize)
+            .map(|n| n.scope.clone())
+            .unwrap_or_default();
+        self.slots.push(Slot::Fixed(Kernel {
+            nodes: vec![self.cur],
+            scope,
+            body,
+        }));
         for w in writes {
             self.producer.insert(*w, slot);
         }
@@ -271,7 +330,12 @@ impl<'g> Builder<'g> {
         let gi = self.groups.len();
         let slot = self.slots.len();
         self.slots.push(Slot::Group(gi));
-        let scope = self.g.nodes.get(self.cur as usize).map(|n| n.scope.clone()).unwrap_or_default();
+        let scope = self
+            .g
+            .nodes
+            .get(self.cur as usize)
+            .map(|n| n.scope.clone())
+            .unwrap_or_default();
         self.groups.push(Group {
             slot,
             rows,
@@ -314,8 +378,15 @@ impl<'g> Builder<'g> {
         let mut t = Vec::with_capacity(n);
         let mut idx = vec![0usize; shape.len()];
         for _ in 0..n {
-            let off: i64 = offset + idx.iter().zip(strides).map(|(&i, &s)| i as i64 * s).sum::<i64>();
-            t.push(i32::try_from(off).map_err(|_| "internal error: offset beyond i32".to_string())?);
+            let off: i64 = offset
+                + idx
+                    .iter()
+                    .zip(strides)
+                    .map(|(&i, &s)| i as i64 * s)
+                    .sum::<i64>();
+            t.push(
+                i32::try_from(off).map_err(|_| "internal error: offset beyond i32".to_string())?,
+            );
             for d in (0..shape.len()).rev() {
                 idx[d] += 1;
                 if idx[d] < shape[d] {
@@ -327,7 +398,12 @@ impl<'g> Builder<'g> {
         if let Some(&b) = self.tables.get(&t) {
             return Ok(b);
         }
-        let b = self.new_buf(t.len().max(1), DType::I32, BufKind::Table(t.clone()), "row table".into());
+        let b = self.new_buf(
+            t.len().max(1),
+            DType::I32,
+            BufKind::Table(t.clone()),
+            "row table".into(),
+        );
         self.tables.insert(t, b);
         Ok(b)
     }
@@ -358,9 +434,16 @@ impl<'g> Builder<'g> {
         }
         let rowmap = match merged_stride(&shape[..k], &strides[..k]) {
             Some(s) => RowMap::Affine { stride: s },
-            None => RowMap::Table { table: self.table(0, &shape[..k], &strides[..k])? },
+            None => RowMap::Table {
+                table: self.table(0, &shape[..k], &strides[..k])?,
+            },
         };
-        Ok(Some(Access { buf: v.buf, offset: v.offset, rows: rowmap, col_stride }))
+        Ok(Some(Access {
+            buf: v.buf,
+            offset: v.offset,
+            rows: rowmap,
+            col_stride,
+        }))
     }
 
     /// Like `access_for`, copying the view to a contiguous buffer first when needed.
@@ -393,12 +476,26 @@ impl<'g> Builder<'g> {
             Some(a) => a,
             None => return ierr(format!("view {:?} has no last-axis access", v.shape)),
         };
-        let dst = Access { buf: out, offset: 0, rows: RowMap::Affine { stride: cols as i64 }, col_stride: 1 };
+        let dst = Access {
+            buf: out,
+            offset: 0,
+            rows: RowMap::Affine {
+                stride: cols as i64,
+            },
+            col_stride: 1,
+        };
         let l = LoopKernel {
             rows,
             cols,
-            nodes: vec![KNode { expr: KExpr::Load(src), kind: Kind::Col }],
-            stores: vec![Store { value: 0, col: true, access: dst }],
+            nodes: vec![KNode {
+                expr: KExpr::Load(src),
+                kind: Kind::Col,
+            }],
+            stores: vec![Store {
+                value: 0,
+                col: true,
+                access: dst,
+            }],
         };
         self.push_fixed(KernelBody::Loop(l), &[out]);
         Ok(View::contiguous(out, 0, v.shape.clone()))
@@ -414,14 +511,19 @@ impl<'g> Builder<'g> {
                 let l = LoopKernel {
                     rows,
                     cols,
-                    nodes: vec![KNode { expr: KExpr::Const(value as f32), kind: Kind::Row }],
+                    nodes: vec![KNode {
+                        expr: KExpr::Const(value as f32),
+                        kind: Kind::Row,
+                    }],
                     stores: vec![Store {
                         value: 0,
                         col: true,
                         access: Access {
                             buf: out,
                             offset: 0,
-                            rows: RowMap::Affine { stride: cols as i64 },
+                            rows: RowMap::Affine {
+                                stride: cols as i64,
+                            },
                             col_stride: 1,
                         },
                     }],
@@ -431,7 +533,12 @@ impl<'g> Builder<'g> {
                 self.vals[v.index()] = Some(Val::View(view.clone()));
                 Ok(view)
             }
-            Val::Fused { group, node, kind, shape } => {
+            Val::Fused {
+                group,
+                node,
+                kind,
+                shape,
+            } => {
                 let col = kind == Kind::Col;
                 let grp = &self.groups[group];
                 let (rows, cols) = (grp.rows, grp.cols);
@@ -481,10 +588,18 @@ impl<'g> Builder<'g> {
         let args = &node.args;
         match &node.op {
             Op::Input { .. } | Op::Param { .. } => ierr("leaf lowered twice"),
-            Op::Full { value, .. } => Ok(Val::Const { value: *value, shape }),
+            Op::Full { value, .. } => Ok(Val::Const {
+                value: *value,
+                shape,
+            }),
             Op::Sinusoidal { len, dim } => {
                 let data = sinusoidal(*len, *dim);
-                let b = self.new_buf(data.len().max(1), DType::F32, BufKind::Const(data), "sinusoidal".into());
+                let b = self.new_buf(
+                    data.len().max(1),
+                    DType::F32,
+                    BufKind::Const(data),
+                    "sinusoidal".into(),
+                );
                 Ok(Val::View(View::contiguous(b, 0, shape)))
             }
             Op::Reshape { .. } | Op::Transpose { .. } | Op::Broadcast { .. } | Op::Slice { .. } => {
@@ -515,17 +630,39 @@ impl<'g> Builder<'g> {
                 };
                 let n = self.add_node(gi, KExpr::Load(a), Kind::Col);
                 self.note_ir(gi);
-                Ok(Val::Fused { group: gi, node: n, kind: Kind::Col, shape })
+                Ok(Val::Fused {
+                    group: gi,
+                    node: n,
+                    kind: Kind::Col,
+                    shape,
+                })
             }
             Op::OneHot { classes } => {
                 let ids = self.materialize_contiguous(args[0])?;
                 self.note_index(args[0], *classes);
                 let rows = ids.shape.iter().product();
                 let gi = self.new_group(rows, *classes);
-                let a = Access { buf: ids.buf, offset: ids.offset, rows: RowMap::Affine { stride: 1 }, col_stride: 0 };
-                let n = self.add_node(gi, KExpr::OneHot { ids: a, classes: *classes as i64 }, Kind::Col);
+                let a = Access {
+                    buf: ids.buf,
+                    offset: ids.offset,
+                    rows: RowMap::Affine { stride: 1 },
+                    col_stride: 0,
+                };
+                let n = self.add_node(
+                    gi,
+                    KExpr::OneHot {
+                        ids: a,
+                        classes: *classes as i64,
+                    },
+                    Kind::Col,
+                );
                 self.note_ir(gi);
-                Ok(Val::Fused { group: gi, node: n, kind: Kind::Col, shape })
+                Ok(Val::Fused {
+                    group: gi,
+                    node: n,
+                    kind: Kind::Col,
+                    shape,
+                })
             }
             Op::ScatterAdd { rows } => {
                 let ids = self.materialize_contiguous(args[0])?;
@@ -538,7 +675,14 @@ impl<'g> Builder<'g> {
                 let src_b = self.rebase(&src)?;
                 let out = self.temp(rows * d, DType::F32, format!("%{i}"));
                 self.push_fixed(
-                    KernelBody::ScatterAdd { ids: ids_b, src: src_b, out, n, d, out_rows: *rows },
+                    KernelBody::ScatterAdd {
+                        ids: ids_b,
+                        src: src_b,
+                        out,
+                        n,
+                        d,
+                        out_rows: *rows,
+                    },
                     &[out],
                 );
                 Ok(Val::View(View::contiguous(out, 0, shape)))
@@ -564,8 +708,15 @@ impl<'g> Builder<'g> {
                     let l = LoopKernel {
                         rows,
                         cols,
-                        nodes: vec![KNode { expr: KExpr::Load(la), kind: Kind::Col }],
-                        stores: vec![Store { value: 0, col: true, access: sa }],
+                        nodes: vec![KNode {
+                            expr: KExpr::Load(la),
+                            kind: Kind::Col,
+                        }],
+                        stores: vec![Store {
+                            value: 0,
+                            col: true,
+                            access: sa,
+                        }],
                     };
                     self.push_fixed(KernelBody::Loop(l), &[out]);
                 }
@@ -594,7 +745,10 @@ impl<'g> Builder<'g> {
                     self.index_inputs.push((*index, bound));
                     return;
                 }
-                Op::Reshape { .. } | Op::Transpose { .. } | Op::Broadcast { .. } | Op::Slice { .. }
+                Op::Reshape { .. }
+                | Op::Transpose { .. }
+                | Op::Broadcast { .. }
+                | Op::Slice { .. }
                     if !n.args.is_empty() =>
                 {
                     v = n.args[0]
@@ -617,9 +771,18 @@ impl<'g> Builder<'g> {
         let out_shape = node.ty.shape.clone();
         let val = self.val(arg)?;
         if let Val::Const { value, .. } = val {
-            return Ok(Val::Const { value, shape: out_shape });
+            return Ok(Val::Const {
+                value,
+                shape: out_shape,
+            });
         }
-        if let Val::Fused { group, node: kn, kind, .. } = val {
+        if let Val::Fused {
+            group,
+            node: kn,
+            kind,
+            ..
+        } = val
+        {
             let grp = &self.groups[group];
             let fused = match &node.op {
                 Op::Reshape { .. } => Some(kind),
@@ -637,7 +800,12 @@ impl<'g> Builder<'g> {
                 _ => None,
             };
             if let Some(kind) = fused {
-                return Ok(Val::Fused { group, node: kn, kind, shape: out_shape });
+                return Ok(Val::Fused {
+                    group,
+                    node: kn,
+                    kind,
+                    shape: out_shape,
+                });
             }
         }
         let v = self.materialize(arg)?;
@@ -666,7 +834,12 @@ impl<'g> Builder<'g> {
                         }
                     })
                     .collect();
-                View { buf: v.buf, offset: v.offset, shape: shape.clone(), strides }
+                View {
+                    buf: v.buf,
+                    offset: v.offset,
+                    shape: shape.clone(),
+                    strides,
+                }
             }
             Op::Slice { axis, start, end } => {
                 let mut s = v.clone();
@@ -679,13 +852,24 @@ impl<'g> Builder<'g> {
         Ok(Val::View(view))
     }
 
-    fn lower_matmul(&mut self, a: ValueId, b: ValueId, ta: bool, tb: bool, out: &[usize]) -> R<Val> {
+    fn lower_matmul(
+        &mut self,
+        a: ValueId,
+        b: ValueId,
+        ta: bool,
+        tb: bool,
+        out: &[usize],
+    ) -> R<Val> {
         let va = self.materialize(a)?;
         let vb = self.materialize(b)?;
         let r = out.len();
         let (m, n) = (out[r - 2], out[r - 1]);
         let ra = va.shape.len();
-        let k = if ta { va.shape[ra - 2] } else { va.shape[ra - 1] };
+        let k = if ta {
+            va.shape[ra - 2]
+        } else {
+            va.shape[ra - 1]
+        };
         let batch_shape = &out[..r - 2];
         let operand = |v: &View, t: bool| -> MatOperand {
             let q = v.shape.len();
@@ -695,7 +879,12 @@ impl<'g> Builder<'g> {
                 (v.strides[q - 2], v.strides[q - 1])
             };
             let offsets = batch_offsets(v.offset, batch_shape, &v.strides[..q - 2]);
-            MatOperand { buf: v.buf, offsets, rs, cs }
+            MatOperand {
+                buf: v.buf,
+                offsets,
+                rs,
+                cs,
+            }
         };
         let oa = operand(&va, ta);
         let mut ob = operand(&vb, tb);
@@ -711,7 +900,17 @@ impl<'g> Builder<'g> {
             rs: n as i64,
             cs: 1,
         };
-        self.push_fixed(KernelBody::MatMul(MatMulKernel { m, n, k, a: oa, b: ob, c: oc }), &[c]);
+        self.push_fixed(
+            KernelBody::MatMul(MatMulKernel {
+                m,
+                n,
+                k,
+                a: oa,
+                b: ob,
+                c: oc,
+            }),
+            &[c],
+        );
         Ok(Val::View(cv))
     }
 
@@ -720,20 +919,50 @@ impl<'g> Builder<'g> {
         let acc = |buf, offset| Access {
             buf,
             offset,
-            rows: RowMap::Affine { stride: cols as i64 },
+            rows: RowMap::Affine {
+                stride: cols as i64,
+            },
             col_stride: 1,
         };
         let nodes = vec![
-            KNode { expr: KExpr::Load(acc(p, 0)), kind: Kind::Col },
-            KNode { expr: KExpr::Load(acc(g, g_off as i64)), kind: Kind::Col },
-            KNode { expr: KExpr::Lr, kind: Kind::Row },
-            KNode { expr: KExpr::Binary(Op::Mul, 2, 1), kind: Kind::Col },
-            KNode { expr: KExpr::Binary(Op::Sub, 0, 3), kind: Kind::Col },
+            KNode {
+                expr: KExpr::Load(acc(p, 0)),
+                kind: Kind::Col,
+            },
+            KNode {
+                expr: KExpr::Load(acc(g, g_off as i64)),
+                kind: Kind::Col,
+            },
+            KNode {
+                expr: KExpr::Lr,
+                kind: Kind::Row,
+            },
+            KNode {
+                expr: KExpr::Binary(Op::Mul, 2, 1),
+                kind: Kind::Col,
+            },
+            KNode {
+                expr: KExpr::Binary(Op::Sub, 0, 3),
+                kind: Kind::Col,
+            },
         ];
-        let l = LoopKernel { rows, cols, nodes, stores: vec![Store { value: 4, col: true, access: acc(p, 0) }] };
+        let l = LoopKernel {
+            rows,
+            cols,
+            nodes,
+            stores: vec![Store {
+                value: 4,
+                col: true,
+                access: acc(p, 0),
+            }],
+        };
         self.cur = u32::MAX;
         let slot = self.slots.len();
-        self.slots.push(Slot::Fixed(Kernel { nodes: vec![], scope: "sgd".into(), body: KernelBody::Loop(l) }));
+        self.slots.push(Slot::Fixed(Kernel {
+            nodes: vec![],
+            scope: "sgd".into(),
+            body: KernelBody::Loop(l),
+        }));
         self.producer.insert(p, slot);
         Ok(())
     }
@@ -752,11 +981,21 @@ impl<'g> Builder<'g> {
 
     /// The kernel node reading argument `v` in group `gi` as `kind` (loads, constants, or
     /// the fused node itself). `None` when it cannot be read without a new kernel.
-    fn arg_node(&mut self, v: ValueId, gi: usize, kind: Kind, allow_copy: bool) -> R<Option<usize>> {
+    fn arg_node(
+        &mut self,
+        v: ValueId,
+        gi: usize,
+        kind: Kind,
+        allow_copy: bool,
+    ) -> R<Option<usize>> {
         let (rows, cols) = (self.groups[gi].rows, self.groups[gi].cols);
         let dcols = if kind == Kind::Row { 1 } else { cols };
         match self.val(v)? {
-            Val::Const { value, .. } => Ok(Some(self.add_node(gi, KExpr::Const(value as f32), Kind::Row))),
+            Val::Const { value, .. } => Ok(Some(self.add_node(
+                gi,
+                KExpr::Const(value as f32),
+                Kind::Row,
+            ))),
             Val::Fused { group, node, .. } if group == gi => Ok(Some(node)),
             _ => {
                 let view = self.materialize(v)?;
@@ -768,8 +1007,16 @@ impl<'g> Builder<'g> {
                         None => return Ok(None),
                     }
                 };
-                let k = if a.col_stride == 0 || kind == Kind::Row { Kind::Row } else { Kind::Col };
-                let a = if k == Kind::Row { Access { col_stride: 0, ..a } } else { a };
+                let k = if a.col_stride == 0 || kind == Kind::Row {
+                    Kind::Row
+                } else {
+                    Kind::Col
+                };
+                let a = if k == Kind::Row {
+                    Access { col_stride: 0, ..a }
+                } else {
+                    a
+                };
                 Ok(Some(self.add_node(gi, KExpr::Load(a), k)))
             }
         }
@@ -792,10 +1039,17 @@ impl<'g> Builder<'g> {
                 return Ok(None);
             }
         }
-        let kinds: Vec<Option<Kind>> =
-            node.args.iter().map(|a| self.fused_kind(*a, gi)).collect::<R<_>>()?;
+        let kinds: Vec<Option<Kind>> = node
+            .args
+            .iter()
+            .map(|a| self.fused_kind(*a, gi))
+            .collect::<R<_>>()?;
         let any_col = kinds.contains(&Some(Kind::Col));
-        let a0 = node.args.first().map(|a| self.g.ty(*a).shape.clone()).unwrap_or_default();
+        let a0 = node
+            .args
+            .first()
+            .map(|a| self.g.ty(*a).shape.clone())
+            .unwrap_or_default();
         let kind = match &node.op {
             op if op.is_elementwise_unary() || op.is_elementwise_binary() => {
                 if any_col && numel == rows * cols {
@@ -809,7 +1063,8 @@ impl<'g> Builder<'g> {
             Op::ReduceSum { axes, .. } => match kinds[0] {
                 Some(Kind::Col) => {
                     let (kept, red) = split_axes(&a0, axes);
-                    (suffix_reduction(&a0, axes) && kept == rows && red == cols).then_some(Kind::Row)
+                    (suffix_reduction(&a0, axes) && kept == rows && red == cols)
+                        .then_some(Kind::Row)
                 }
                 Some(Kind::Row) => axes.iter().all(|&d| a0[d] == 1).then_some(Kind::Row),
                 None => None,
@@ -907,7 +1162,9 @@ impl<'g> Builder<'g> {
         }
         self.note_ir(gi);
         let n = match &node.op {
-            op if op.is_elementwise_unary() => self.add_node(gi, KExpr::Unary(op.clone(), an[0]), kind),
+            op if op.is_elementwise_unary() => {
+                self.add_node(gi, KExpr::Unary(op.clone(), an[0]), kind)
+            }
             op if op.is_elementwise_binary() => {
                 self.add_node(gi, KExpr::Binary(op.clone(), an[0], an[1]), kind)
             }
@@ -943,7 +1200,12 @@ impl<'g> Builder<'g> {
             }
             op => return ierr(format!("{} is not fusable", op.name())),
         };
-        Ok(Val::Fused { group: gi, node: n, kind, shape })
+        Ok(Val::Fused {
+            group: gi,
+            node: n,
+            kind,
+            shape,
+        })
     }
 
     /// A reduction over axes that are not a suffix: a column reduction when they are a
@@ -955,15 +1217,32 @@ impl<'g> Builder<'g> {
         let (kept, red) = split_axes(a0, axes);
         let v = self.materialize(arg)?;
         let prefix = {
-            let last_red = (0..a0.len()).filter(|d| axes.contains(d) && a0[*d] != 1).max();
-            let first_kept = (0..a0.len()).filter(|d| !axes.contains(d) && a0[*d] != 1).min();
+            let last_red = (0..a0.len())
+                .filter(|d| axes.contains(d) && a0[*d] != 1)
+                .max();
+            let first_kept = (0..a0.len())
+                .filter(|d| !axes.contains(d) && a0[*d] != 1)
+                .min();
             matches!((last_red, first_kept), (Some(r), Some(k)) if r < k)
         };
         if prefix {
             if let Some(input) = self.access_for(&v, red, kept)? {
                 let out = self.temp(kept, DType::F32, format!("%{i}"));
-                let oa = Access { buf: out, offset: 0, rows: RowMap::Affine { stride: 0 }, col_stride: 1 };
-                self.push_fixed(KernelBody::ColReduce { rows: red, cols: kept, input, out: oa }, &[out]);
+                let oa = Access {
+                    buf: out,
+                    offset: 0,
+                    rows: RowMap::Affine { stride: 0 },
+                    col_stride: 1,
+                };
+                self.push_fixed(
+                    KernelBody::ColReduce {
+                        rows: red,
+                        cols: kept,
+                        input,
+                        out: oa,
+                    },
+                    &[out],
+                );
                 return Ok(Val::View(View::contiguous(out, 0, shape)));
             }
         }
@@ -977,13 +1256,22 @@ impl<'g> Builder<'g> {
             shape: perm.iter().map(|&p| v.shape[p]).collect(),
             strides: perm.iter().map(|&p| v.strides[p]).collect(),
         };
-        let pv = if self.access_for(&pv, kept, red)?.is_some() { pv } else { self.copy_view(&pv)? };
+        let pv = if self.access_for(&pv, kept, red)?.is_some() {
+            pv
+        } else {
+            self.copy_view(&pv)?
+        };
         let input = self.load_access(&pv, kept, red)?;
         let gi = self.new_group(kept, red);
         let l = self.add_node(gi, KExpr::Load(input), Kind::Col);
         let n = self.add_node(gi, KExpr::RowSum(l), Kind::Row);
         self.note_ir(gi);
-        Ok(Val::Fused { group: gi, node: n, kind: Kind::Row, shape })
+        Ok(Val::Fused {
+            group: gi,
+            node: n,
+            kind: Kind::Row,
+            shape,
+        })
     }
 }
 
@@ -995,8 +1283,12 @@ fn split_axes(shape: &[usize], axes: &[usize]) -> (usize, usize) {
 
 /// Whether every non-size-1 reduced axis comes after every non-size-1 kept axis.
 fn suffix_reduction(shape: &[usize], axes: &[usize]) -> bool {
-    let first_red = (0..shape.len()).filter(|d| axes.contains(d) && shape[*d] != 1).min();
-    let last_kept = (0..shape.len()).filter(|d| !axes.contains(d) && shape[*d] != 1).max();
+    let first_red = (0..shape.len())
+        .filter(|d| axes.contains(d) && shape[*d] != 1)
+        .min();
+    let last_kept = (0..shape.len())
+        .filter(|d| !axes.contains(d) && shape[*d] != 1)
+        .max();
     match (first_red, last_kept) {
         (Some(r), Some(k)) => k < r,
         _ => true,
@@ -1009,7 +1301,13 @@ fn batch_offsets(base: i64, batch: &[usize], strides: &[i64]) -> Vec<i64> {
     let mut out = Vec::with_capacity(n);
     let mut idx = vec![0usize; batch.len()];
     for _ in 0..n {
-        out.push(base + idx.iter().zip(strides).map(|(&i, &s)| i as i64 * s).sum::<i64>());
+        out.push(
+            base + idx
+                .iter()
+                .zip(strides)
+                .map(|(&i, &s)| i as i64 * s)
+                .sum::<i64>(),
+        );
         for d in (0..batch.len()).rev() {
             idx[d] += 1;
             if idx[d] < batch[d] {
@@ -1033,8 +1331,16 @@ fn reshape_view(v: &View, shape: &[usize]) -> Option<View> {
         return None;
     }
     let mut it = st0.into_iter();
-    let strides = shape.iter().map(|&d| if d == 1 { 0 } else { it.next().unwrap_or(0) }).collect();
-    Some(View { buf: v.buf, offset: v.offset, shape: shape.to_vec(), strides })
+    let strides = shape
+        .iter()
+        .map(|&d| if d == 1 { 0 } else { it.next().unwrap_or(0) })
+        .collect();
+    Some(View {
+        buf: v.buf,
+        offset: v.offset,
+        shape: shape.to_vec(),
+        strides,
+    })
 }
 
 fn sinusoidal(len: usize, dim: usize) -> Vec<f32> {

@@ -70,7 +70,12 @@ pub enum RowMap {
     /// `table[r]` (an i32 table buffer with one entry per row).
     Table { table: BufId },
     /// `clamp(ids[ids_offset + r], 0, limit - 1) * stride`: a gather through token ids.
-    Indirect { ids: BufId, ids_offset: i64, limit: i64, stride: i64 },
+    Indirect {
+        ids: BufId,
+        ids_offset: i64,
+        limit: i64,
+        stride: i64,
+    },
 }
 
 /// Element `(r, c)` of a kernel domain lives at `offset + rows(r) + c * col_stride` in `buf`.
@@ -103,9 +108,15 @@ pub enum KExpr {
     RowSum(usize),
     RowMax(usize),
     /// Entries with `c > r % cols` become `fill`.
-    CausalMask { x: usize, fill: f32 },
+    CausalMask {
+        x: usize,
+        fill: f32,
+    },
     /// `1.0` where `c == ids[r]` (ids: an i32 row access).
-    OneHot { ids: Access, classes: i64 },
+    OneHot {
+        ids: Access,
+        classes: i64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -155,10 +166,22 @@ pub struct MatMulKernel {
 pub enum KernelBody {
     Loop(LoopKernel),
     /// `out[c] = sum_r input(r, c)`; `out` indexed by column only.
-    ColReduce { rows: usize, cols: usize, input: Access, out: Access },
+    ColReduce {
+        rows: usize,
+        cols: usize,
+        input: Access,
+        out: Access,
+    },
     MatMul(MatMulKernel),
     /// `out[clamp(ids[i]), j] += src[i * d + j]` after zeroing `out` (`out_rows x d`).
-    ScatterAdd { ids: BufId, src: BufId, out: BufId, n: usize, d: usize, out_rows: usize },
+    ScatterAdd {
+        ids: BufId,
+        src: BufId,
+        out: BufId,
+        n: usize,
+        d: usize,
+        out_rows: usize,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -237,9 +260,18 @@ pub fn access_extent(
                 let hi = t.iter().copied().max().unwrap_or(0) as i64;
                 (lo, hi)
             }
-            _ => return Err(format!("access uses {table} as a row table but it is not one")),
+            _ => {
+                return Err(format!(
+                    "access uses {table} as a row table but it is not one"
+                ))
+            }
         },
-        RowMap::Indirect { ids, ids_offset, limit, stride } => {
+        RowMap::Indirect {
+            ids,
+            ids_offset,
+            limit,
+            stride,
+        } => {
             let ib = buffers
                 .get(ids.index())
                 .ok_or_else(|| format!("ids buffer {ids} does not exist"))?;
@@ -254,7 +286,10 @@ pub fn access_extent(
         }
     };
     let clast = (cols as i64 - 1) * a.col_stride;
-    Ok(Some((a.offset + rmin + clast.min(0), a.offset + rmax + clast.max(0))))
+    Ok(Some((
+        a.offset + rmin + clast.min(0),
+        a.offset + rmax + clast.max(0),
+    )))
 }
 
 /// Check an access stays inside its buffer over the domain: an internal error otherwise.
@@ -268,8 +303,8 @@ pub fn check_access(
     let b = buffers
         .get(a.buf.index())
         .ok_or_else(|| format!("internal error: {what} uses undefined buffer {}", a.buf))?;
-    if let Some((lo, hi)) = access_extent(a, rows, cols, buffers)
-        .map_err(|e| format!("internal error: {what}: {e}"))?
+    if let Some((lo, hi)) =
+        access_extent(a, rows, cols, buffers).map_err(|e| format!("internal error: {what}: {e}"))?
     {
         if lo < 0 || hi >= b.len as i64 {
             return Err(format!(
@@ -291,7 +326,13 @@ pub fn check_program(p: &Program) -> Result<(), String> {
                     let args: Vec<usize> = match &n.expr {
                         KExpr::Load(a) => {
                             let cols = if n.kind == Kind::Row { 1 } else { l.cols };
-                            check_access(&what(&format!("load v{i}")), a, l.rows, cols, &p.buffers)?;
+                            check_access(
+                                &what(&format!("load v{i}")),
+                                a,
+                                l.rows,
+                                cols,
+                                &p.buffers,
+                            )?;
                             vec![]
                         }
                         KExpr::OneHot { ids, .. } => {
@@ -304,23 +345,38 @@ pub fn check_program(p: &Program) -> Result<(), String> {
                         KExpr::Const(_) | KExpr::Lr => vec![],
                     };
                     if args.iter().any(|&a| a >= i) {
-                        return Err(format!("internal error: {} uses a later value", what("node")));
+                        return Err(format!(
+                            "internal error: {} uses a later value",
+                            what("node")
+                        ));
                     }
                 }
                 for s in &l.stores {
                     if s.value >= l.nodes.len() {
-                        return Err(format!("internal error: {} stores an undefined value", what("")));
+                        return Err(format!(
+                            "internal error: {} stores an undefined value",
+                            what("")
+                        ));
                     }
                     let cols = if s.col { l.cols } else { 1 };
                     check_access(&what("store"), &s.access, l.rows, cols, &p.buffers)?;
                 }
             }
-            KernelBody::ColReduce { rows, cols, input, out } => {
+            KernelBody::ColReduce {
+                rows,
+                cols,
+                input,
+                out,
+            } => {
                 check_access(&what("col_reduce input"), input, *rows, *cols, &p.buffers)?;
                 check_access(&what("col_reduce output"), out, 1, *cols, &p.buffers)?;
             }
             KernelBody::MatMul(mm) => {
-                let ops = [(&mm.a, mm.m, mm.k), (&mm.b, mm.k, mm.n), (&mm.c, mm.m, mm.n)];
+                let ops = [
+                    (&mm.a, mm.m, mm.k),
+                    (&mm.b, mm.k, mm.n),
+                    (&mm.c, mm.m, mm.n),
+                ];
                 let batch = mm.c.offsets.len();
                 for (op, r, c) in ops {
                     if op.offsets.len() != batch {
@@ -337,10 +393,20 @@ pub fn check_program(p: &Program) -> Result<(), String> {
                     }
                 }
             }
-            KernelBody::ScatterAdd { ids, src, out, n, d, out_rows } => {
+            KernelBody::ScatterAdd {
+                ids,
+                src,
+                out,
+                n,
+                d,
+                out_rows,
+            } => {
                 let len = |b: &BufId| p.buffers.get(b.index()).map(|x| x.len).unwrap_or(0);
                 if len(ids) < *n || len(src) < n * d || len(out) < out_rows * d {
-                    return Err(format!("internal error: {} out of range", what("scatter_add")));
+                    return Err(format!(
+                        "internal error: {} out of range",
+                        what("scatter_add")
+                    ));
                 }
             }
         }

@@ -8,7 +8,12 @@ fn access(a: &Access) -> String {
         RowMap::Affine { stride: 0 } => String::new(),
         RowMap::Affine { stride } => format!(" + r*{stride}"),
         RowMap::Table { table } => format!(" + {table}[r]"),
-        RowMap::Indirect { ids, ids_offset, limit, stride } => {
+        RowMap::Indirect {
+            ids,
+            ids_offset,
+            limit,
+            stride,
+        } => {
             format!(" + clamp({ids}[{ids_offset} + r], {limit})*{stride}")
         }
     };
@@ -40,7 +45,11 @@ fn expr(e: &KExpr) -> String {
 
 fn operand(o: &MatOperand) -> String {
     let first = o.offsets.first().copied().unwrap_or(0);
-    let step = if o.offsets.len() > 1 { o.offsets[1] - o.offsets[0] } else { 0 };
+    let step = if o.offsets.len() > 1 {
+        o.offsets[1] - o.offsets[0]
+    } else {
+        0
+    };
     let uniform = o.offsets.windows(2).all(|w| w[1] - w[0] == step);
     let batch = if o.offsets.len() <= 1 {
         String::new()
@@ -55,7 +64,13 @@ fn operand(o: &MatOperand) -> String {
 /// Print the buffers and kernels of a program.
 pub fn print_program(p: &Program) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "program {}: {} kernels, {} buffers", p.name, p.kernels.len(), p.buffers.len());
+    let _ = writeln!(
+        s,
+        "program {}: {} kernels, {} buffers",
+        p.name,
+        p.kernels.len(),
+        p.buffers.len()
+    );
     for (i, b) in p.buffers.iter().enumerate() {
         let kind = match &b.kind {
             BufKind::Param(_) => "param",
@@ -64,18 +79,38 @@ pub fn print_program(p: &Program) -> String {
             BufKind::Table(_) => "table",
             BufKind::Temp => "temp",
         };
-        let _ = writeln!(s, "  b{i}: {kind} {}[{}] ; {}", b.dtype.name(), b.len, b.label);
+        let _ = writeln!(
+            s,
+            "  b{i}: {kind} {}[{}] ; {}",
+            b.dtype.name(),
+            b.len,
+            b.label
+        );
     }
     for o in &p.outputs {
-        let _ = writeln!(s, "  output {} = {}[{}] {:?}", o.name, o.buf, o.offset, o.shape);
+        let _ = writeln!(
+            s,
+            "  output {} = {}[{}] {:?}",
+            o.name, o.buf, o.offset, o.shape
+        );
     }
     for (ki, k) in p.kernels.iter().enumerate() {
         let nodes: Vec<String> = k.nodes.iter().map(|n| format!("%{n}")).collect();
-        let scope = if k.scope.is_empty() { String::new() } else { format!(" @{}", k.scope) };
+        let scope = if k.scope.is_empty() {
+            String::new()
+        } else {
+            format!(" @{}", k.scope)
+        };
         let head = format!("k{ki}");
         match &k.body {
             KernelBody::Loop(l) => {
-                let _ = writeln!(s, "{head} loop {}x{} ({}){scope}", l.rows, l.cols, nodes.join(" "));
+                let _ = writeln!(
+                    s,
+                    "{head} loop {}x{} ({}){scope}",
+                    l.rows,
+                    l.cols,
+                    nodes.join(" ")
+                );
                 for (i, n) in l.nodes.iter().enumerate() {
                     let kind = if n.kind == Kind::Row { "row" } else { "col" };
                     let _ = writeln!(s, "  v{i}:{kind} = {}", expr(&n.expr));
@@ -85,8 +120,17 @@ pub fn print_program(p: &Program) -> String {
                     let _ = writeln!(s, "  store {} <- v{}{what}", access(&st.access), st.value);
                 }
             }
-            KernelBody::ColReduce { rows, cols, input, out } => {
-                let _ = writeln!(s, "{head} col_reduce {rows}x{cols} ({}){scope}", nodes.join(" "));
+            KernelBody::ColReduce {
+                rows,
+                cols,
+                input,
+                out,
+            } => {
+                let _ = writeln!(
+                    s,
+                    "{head} col_reduce {rows}x{cols} ({}){scope}",
+                    nodes.join(" ")
+                );
                 let _ = writeln!(s, "  {} <- sum_r {}", access(out), access(input));
             }
             KernelBody::MatMul(mm) => {
@@ -103,7 +147,14 @@ pub fn print_program(p: &Program) -> String {
                 let _ = writeln!(s, "  b = {}", operand(&mm.b));
                 let _ = writeln!(s, "  c = {}", operand(&mm.c));
             }
-            KernelBody::ScatterAdd { ids, src, out, n, d, out_rows } => {
+            KernelBody::ScatterAdd {
+                ids,
+                src,
+                out,
+                n,
+                d,
+                out_rows,
+            } => {
                 let _ = writeln!(
                     s,
                     "{head} scatter_add {n}x{d} -> {out_rows}x{d} ({}){scope}",

@@ -11,7 +11,9 @@ pub mod plan;
 
 use crate::ir::{DType, Graph};
 use crate::jit::{self, CompiledKernels};
-use crate::kernels::{self, BufKind, BuildOptions, KernelBody, MatMulKernel, Program, RowMap, Store};
+use crate::kernels::{
+    self, BufKind, BuildOptions, KernelBody, MatMulKernel, Program, RowMap, Store,
+};
 use crate::tensor::Tensor;
 pub use plan::{plan, print_plan, Plan};
 use std::time::Instant;
@@ -73,7 +75,9 @@ impl Executable {
             .kernels
             .iter()
             .map(|k| match &k.body {
-                KernelBody::Loop(l) => l.rows >= 2 && l.rows * l.cols >= PAR_ELEMS && stores_disjoint(&l.stores),
+                KernelBody::Loop(l) => {
+                    l.rows >= 2 && l.rows * l.cols >= PAR_ELEMS && stores_disjoint(&l.stores)
+                }
                 KernelBody::ColReduce { rows, cols, .. } => *cols >= 32 && rows * cols >= PAR_ELEMS,
                 _ => false,
             })
@@ -93,15 +97,25 @@ impl Executable {
     }
 
     fn region(&self, buf: kernels::BufId) -> (usize, usize) {
-        (self.plan.offsets[buf.index()], self.program.buffers[buf.index()].len)
+        (
+            self.plan.offsets[buf.index()],
+            self.program.buffers[buf.index()].len,
+        )
     }
 
     /// Set parameter `i` (converted to f32).
     pub fn set_param(&mut self, i: usize, t: &Tensor) -> Result<(), String> {
-        let buf = *self.program.params.get(i).ok_or_else(|| format!("no parameter #{i}"))?;
+        let buf = *self
+            .program
+            .params
+            .get(i)
+            .ok_or_else(|| format!("no parameter #{i}"))?;
         let (off, len) = self.region(buf);
         if t.data.len() != len {
-            return Err(format!("parameter #{i} needs {len} elements, got {}", t.data.len()));
+            return Err(format!(
+                "parameter #{i} needs {len} elements, got {}",
+                t.data.len()
+            ));
         }
         for (d, s) in self.arena[off..off + len].iter_mut().zip(&t.data) {
             *d = *s as f32;
@@ -117,11 +131,21 @@ impl Executable {
     /// Copy the inputs in, checking types and index ranges.
     pub fn set_inputs(&mut self, g: &Graph, inputs: &[Tensor]) -> Result<(), String> {
         if inputs.len() != g.inputs.len() {
-            return Err(format!("{} takes {} input(s), got {}", g.name, g.inputs.len(), inputs.len()));
+            return Err(format!(
+                "{} takes {} input(s), got {}",
+                g.name,
+                g.inputs.len(),
+                inputs.len()
+            ));
         }
         for (i, (inp, t)) in g.inputs.iter().zip(inputs).enumerate() {
             if t.ty() != inp.ty || t.data.len() != inp.ty.numel() {
-                return Err(format!("input {} expects {}, got {}", inp.name, inp.ty, t.ty()));
+                return Err(format!(
+                    "input {} expects {}, got {}",
+                    inp.name,
+                    inp.ty,
+                    t.ty()
+                ));
             }
             let (off, _) = self.region(self.program.inputs[i]);
             let dst = &mut self.arena[off..off + t.data.len()];
@@ -134,7 +158,10 @@ impl Executable {
                 DType::I32 => {
                     for (k, (d, s)) in dst.iter_mut().zip(&t.data).enumerate() {
                         if s.fract() != 0.0 || *s < i32::MIN as f64 || *s > i32::MAX as f64 {
-                            return Err(format!("input {} is i32 but element {k} is {s}", inp.name));
+                            return Err(format!(
+                                "input {} is i32 but element {k} is {s}",
+                                inp.name
+                            ));
                         }
                         *d = f32::from_bits(*s as i32 as u32);
                     }
@@ -143,8 +170,15 @@ impl Executable {
         }
         for &(i, bound) in &self.program.index_inputs {
             let name = &g.inputs[i].name;
-            if let Some((k, v)) = inputs[i].data.iter().enumerate().find(|(_, v)| **v < 0.0 || **v >= bound as f64) {
-                return Err(format!("input {name}: element {k} is {v}, outside 0..{bound}"));
+            if let Some((k, v)) = inputs[i]
+                .data
+                .iter()
+                .enumerate()
+                .find(|(_, v)| **v < 0.0 || **v >= bound as f64)
+            {
+                return Err(format!(
+                    "input {name}: element {k} is {v}, outside 0..{bound}"
+                ));
             }
         }
         Ok(())
@@ -158,7 +192,9 @@ impl Executable {
                 KernelBody::Loop(l) => {
                     let f = self.code.fns[k].expect("loop kernels are compiled");
                     let n = l.rows as i64;
-                    split_run(self.parallel[k], n, 1, |a, z| unsafe { f(base.get() as *mut u8, a, z, lr) });
+                    split_run(self.parallel[k], n, 1, |a, z| unsafe {
+                        f(base.get() as *mut u8, a, z, lr)
+                    });
                 }
                 KernelBody::ColReduce { cols, .. } => {
                     let f = self.code.fns[k].expect("column reductions are compiled");
@@ -167,7 +203,14 @@ impl Executable {
                     });
                 }
                 KernelBody::MatMul(mm) => run_matmul(base, &self.plan.offsets, mm),
-                KernelBody::ScatterAdd { ids, src, out, n, d, out_rows } => {
+                KernelBody::ScatterAdd {
+                    ids,
+                    src,
+                    out,
+                    n,
+                    d,
+                    out_rows,
+                } => {
                     let o = &self.plan.offsets;
                     let arena = &mut self.arena;
                     let (io, so, oo) = (o[ids.index()], o[src.index()], o[out.index()]);
@@ -220,7 +263,9 @@ fn split_run(par: bool, n: i64, align: i64, f: impl Fn(i64, i64) + Sync) {
 
 fn run_matmul(base: ArenaPtr, offsets: &[usize], mm: &MatMulKernel) {
     let batch = mm.c.offsets.len();
-    let ptr = |buf: kernels::BufId, off: i64| unsafe { base.get().add(offsets[buf.index()]).offset(off as isize) };
+    let ptr = |buf: kernels::BufId, off: i64| unsafe {
+        base.get().add(offsets[buf.index()]).offset(off as isize)
+    };
     let one = |i: usize, par: gemm::Parallelism| unsafe {
         let c = ptr(mm.c.buf, mm.c.offsets[i]);
         if mm.k == 0 {
@@ -255,7 +300,11 @@ fn run_matmul(base: ArenaPtr, offsets: &[usize], mm: &MatMulKernel) {
     };
     let flops = mm.m * mm.n * mm.k;
     if batch == 1 {
-        let par = if flops >= 1 << 18 { gemm::Parallelism::Rayon(2) } else { gemm::Parallelism::None };
+        let par = if flops >= 1 << 18 {
+            gemm::Parallelism::Rayon(2)
+        } else {
+            gemm::Parallelism::None
+        };
         one(0, par);
     } else if batch * flops >= 1 << 18 {
         let mid = batch / 2;
@@ -277,18 +326,33 @@ pub struct CompiledGraph {
 /// Compile `g` to evaluate every output.
 pub fn compile_graph(g: &Graph) -> Result<CompiledGraph, String> {
     let exe = Executable::new(g, &BuildOptions::default())?;
-    Ok(CompiledGraph { graph: g.clone(), exe })
+    Ok(CompiledGraph {
+        graph: g.clone(),
+        exe,
+    })
 }
 
 impl CompiledGraph {
     /// Evaluate with the given inputs and parameters; outputs in graph order.
-    pub fn run(&mut self, inputs: &[Tensor], params: &[Tensor]) -> Result<Vec<(String, Tensor)>, String> {
+    pub fn run(
+        &mut self,
+        inputs: &[Tensor],
+        params: &[Tensor],
+    ) -> Result<Vec<(String, Tensor)>, String> {
         if params.len() != self.graph.params.len() {
-            return Err(format!("{} parameter(s) expected, got {}", self.graph.params.len(), params.len()));
+            return Err(format!(
+                "{} parameter(s) expected, got {}",
+                self.graph.params.len(),
+                params.len()
+            ));
         }
         for (i, t) in params.iter().enumerate() {
             if t.ty() != self.graph.params[i].ty() {
-                return Err(format!("parameter {} expects {}", self.graph.params[i].name, self.graph.params[i].ty()));
+                return Err(format!(
+                    "parameter {} expects {}",
+                    self.graph.params[i].name,
+                    self.graph.params[i].ty()
+                ));
             }
             self.exe.set_param(i, t)?;
         }
@@ -308,17 +372,35 @@ pub struct Trainer {
 impl Trainer {
     /// `joint` is autodiff's forward+backward graph (outputs `loss`, `logits`, `grad.<p>`).
     pub fn new(joint: &Graph, params: Vec<Tensor>) -> Result<Trainer, String> {
-        let mut step = Executable::new(joint, &BuildOptions { outputs: None, sgd: true })?;
+        let mut step = Executable::new(
+            joint,
+            &BuildOptions {
+                outputs: None,
+                sgd: true,
+            },
+        )?;
         if params.len() != joint.params.len() {
-            return Err(format!("{} parameter(s) expected, got {}", joint.params.len(), params.len()));
+            return Err(format!(
+                "{} parameter(s) expected, got {}",
+                joint.params.len(),
+                params.len()
+            ));
         }
         for (i, t) in params.iter().enumerate() {
             if t.ty() != joint.params[i].ty() {
-                return Err(format!("parameter {} expects {}", joint.params[i].name, joint.params[i].ty()));
+                return Err(format!(
+                    "parameter {} expects {}",
+                    joint.params[i].name,
+                    joint.params[i].ty()
+                ));
             }
             step.set_param(i, t)?;
         }
-        Ok(Trainer { graph: joint.clone(), step, forward: None })
+        Ok(Trainer {
+            graph: joint.clone(),
+            step,
+            forward: None,
+        })
     }
 
     /// Seconds spent compiling the step.
@@ -334,7 +416,11 @@ impl Trainer {
     pub fn step(&mut self, inputs: &[Tensor], lr: f32) -> Result<f32, String> {
         self.step.set_inputs(&self.graph, inputs)?;
         self.step.run(lr);
-        Ok(self.step.output("loss").map(|t| t.data[0] as f32).unwrap_or(f32::NAN))
+        Ok(self
+            .step
+            .output("loss")
+            .map(|t| t.data[0] as f32)
+            .unwrap_or(f32::NAN))
     }
 
     /// Output `name` (`loss`, `logits`, `grad.<p>`) of the last step, computed before the update.
@@ -350,11 +436,20 @@ impl Trainer {
                 .filter(|n| self.graph.output(n).is_some())
                 .map(|n| n.to_string())
                 .collect();
-            self.forward = Some(Executable::new(&self.graph, &BuildOptions { outputs: Some(names), sgd: false })?);
+            self.forward = Some(Executable::new(
+                &self.graph,
+                &BuildOptions {
+                    outputs: Some(names),
+                    sgd: false,
+                },
+            )?);
         }
         let fwd = self.forward.as_mut().expect("built above");
         for i in 0..self.graph.params.len() {
-            let (a, b) = (self.step.plan.offsets[self.step.program.params[i].index()], fwd.plan.offsets[fwd.program.params[i].index()]);
+            let (a, b) = (
+                self.step.plan.offsets[self.step.program.params[i].index()],
+                fwd.plan.offsets[fwd.program.params[i].index()],
+            );
             let n = self.step.program.buffers[self.step.program.params[i].index()].len;
             fwd.arena[b..b + n].copy_from_slice(&self.step.arena[a..a + n]);
         }
@@ -369,7 +464,12 @@ impl Trainer {
             .params
             .iter()
             .enumerate()
-            .map(|(i, p)| Tensor::f32(p.shape.clone(), self.step.param_data(i).iter().map(|&x| x as f64).collect()))
+            .map(|(i, p)| {
+                Tensor::f32(
+                    p.shape.clone(),
+                    self.step.param_data(i).iter().map(|&x| x as f64).collect(),
+                )
+            })
             .collect()
     }
 }

@@ -119,7 +119,12 @@ pub fn plan(p: &Program) -> Plan {
         end = end.max(off + len);
         placed.push((off, len, (s, e)));
     }
-    Plan { offsets, live, persistent_elems: persistent, total_elems: end }
+    Plan {
+        offsets,
+        live,
+        persistent_elems: persistent,
+        total_elems: end,
+    }
 }
 
 /// The plan as text (`--stage plan`).

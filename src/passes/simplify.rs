@@ -1,0 +1,242 @@
+//! Algebraic simplification.
+//!
+//! Two sweeps. The first applies local identities, each exact in IEEE arithmetic unless
+//! noted:
+//! - `scale[1] x`, `add_scalar[0] x`, `x * 1`, `x + 0`, `x - 0`, `x / 1` -> `x`
+//!   (`x + 0` turns `-0` into `+0`, an equal value);
+//! - `x * c`, `x + c`, `x - c` with a splat `c` (a `full`, possibly broadcast or reshaped)
+//!   -> `scale[c] x`, `add_scalar[c] x`, `add_scalar[-c] x`; `0 - x` -> `neg x`;
+//!   `x / c` -> `scale[1/c] x` only for a power of two `c`, where `1/c` is exact;
+//! - `x + x` -> `scale[2] x`;
+//! - `scale[a] scale[b] x` -> `scale[a*b] x` (reassociates a product: f32 rounding only);
+//!   `neg neg x` -> `x`; `scale[a] neg x` and `neg scale[a] x` -> `scale[-a] x`;
+//! - reshape of a reshape, transpose of a transpose (perms composed), broadcast of a
+//!   broadcast -> one op; a reshape or broadcast to the same shape and an identity
+//!   transpose -> `x`.
+//!
+//! `add_scalar` chains are not merged: `(x + a) + b` and `x + (a + b)` can differ by far
+//! more than rounding when `a` and `b` cancel.
+//!
+//! The second sweep sinks a step coefficient into the matmul that feeds it:
+//! `scale[c](matmul(a, b))` -> `matmul(scale[c] s, other)` where `s` is the smaller operand
+//! (the first on a tie), typically a weight or, for attention scores, `q`; and
+//! `scale[c](matmul(a, b) + broadcast(bias))` -> `matmul(..) + broadcast(scale[c] bias)`
+//! (distributivity: exact up to rounding). It fires only when the matmul (and the add) have
+//! no other reader, so nothing is computed twice, and only when `s` has no more elements
+//! than the scaled value, so the scale never gets more expensive.
+
+use super::{rewrite, splat_value, use_counts, Action, Rewriter};
+use crate::ir::{infer_type, Graph, Node, Op, Phase, Type, ValueId};
+
+/// Local algebraic identities, then scales sunk into matmuls.
+pub fn simplify(g: &Graph) -> Result<Graph, String> {
+    let g = rewrite(g, |rw, _, n| local(rw, n))?;
+    sink_scales(&g)
+}
+
+/// Replace the node by `op(args)`, itself simplified first (so `x * c` over a scale
+/// merges into one scale within a sweep).
+fn replace_with(rw: &mut Rewriter, op: Op, args: &[ValueId]) -> Result<Action, String> {
+    let tys: Vec<&Type> = args.iter().map(|a| rw.ty(*a)).collect();
+    let ty = infer_type(&op, &tys)?;
+    let node = Node { op, args: args.to_vec(), ty, scope: String::new(), phase: Phase::Forward };
+    match local(rw, &node)? {
+        Action::Replace(v) => Ok(Action::Replace(v)),
+        Action::Keep => Ok(Action::Replace(rw.emit(node.op, &node.args)?)),
+    }
+}
+
+/// A power of two whose reciprocal is a normal number (so `x / c == x * (1 / c)`).
+fn exact_reciprocal(c: f64) -> Option<f64> {
+    let mantissa = c.to_bits() & ((1u64 << 52) - 1);
+    let r = 1.0 / c;
+    (c.is_normal() && mantissa == 0 && r.is_normal()).then_some(r)
+}
+
+fn local(rw: &mut Rewriter, n: &Node) -> Result<Action, String> {
+    let arg = |k: usize| n.args[k];
+    match &n.op {
+        Op::Scale { factor } => {
+            let x = arg(0);
+            if *factor == 1.0 {
+                return Ok(Action::Replace(x));
+            }
+            match rw.node(x).op.clone() {
+                Op::Scale { factor: inner } => {
+                    let y = rw.node(x).args[0];
+                    let f = factor * inner;
+                    if f == 1.0 {
+                        return Ok(Action::Replace(y));
+                    }
+                    replace_with(rw, Op::Scale { factor: f }, &[y])
+                }
+                Op::Neg => {
+                    let y = rw.node(x).args[0];
+                    replace_with(rw, Op::Scale { factor: -factor }, &[y])
+                }
+                _ => Ok(Action::Keep),
+            }
+        }
+        Op::AddScalar { value } if *value == 0.0 => Ok(Action::Replace(arg(0))),
+        Op::Neg => {
+            let x = arg(0);
+            match rw.node(x).op.clone() {
+                Op::Neg => Ok(Action::Replace(rw.node(x).args[0])),
+                Op::Scale { factor } => {
+                    let y = rw.node(x).args[0];
+                    replace_with(rw, Op::Scale { factor: -factor }, &[y])
+                }
+                _ => Ok(Action::Keep),
+            }
+        }
+        Op::Reshape { shape } => {
+            let x = arg(0);
+            if rw.ty(x).shape == *shape {
+                return Ok(Action::Replace(x));
+            }
+            if let Op::Reshape { .. } = rw.node(x).op {
+                let y = rw.node(x).args[0];
+                if rw.ty(y).shape == *shape {
+                    return Ok(Action::Replace(y));
+                }
+                return replace_with(rw, Op::Reshape { shape: shape.clone() }, &[y]);
+            }
+            Ok(Action::Keep)
+        }
+        Op::Transpose { perm } => {
+            let x = arg(0);
+            let identity = |p: &[usize]| p.iter().enumerate().all(|(i, &q)| i == q);
+            if identity(perm) {
+                return Ok(Action::Replace(x));
+            }
+            if let Op::Transpose { perm: inner } = &rw.node(x).op {
+                // Output axis i reads inner axis perm[i], which reads input axis inner[perm[i]].
+                let composed: Vec<usize> = perm.iter().map(|&p| inner[p]).collect();
+                let y = rw.node(x).args[0];
+                if identity(&composed) {
+                    return Ok(Action::Replace(y));
+                }
+                return replace_with(rw, Op::Transpose { perm: composed }, &[y]);
+            }
+            Ok(Action::Keep)
+        }
+        Op::Broadcast { shape } => {
+            let x = arg(0);
+            if rw.ty(x).shape == *shape {
+                return Ok(Action::Replace(x));
+            }
+            if let Op::Broadcast { .. } = rw.node(x).op {
+                // Broadcasting is transitive: the inner source broadcasts to `shape` directly.
+                let y = rw.node(x).args[0];
+                if rw.ty(y).shape == *shape {
+                    return Ok(Action::Replace(y));
+                }
+                return replace_with(rw, Op::Broadcast { shape: shape.clone() }, &[y]);
+            }
+            Ok(Action::Keep)
+        }
+        Op::Add | Op::Sub | Op::Mul | Op::Div => binary(rw, &n.op, arg(0), arg(1)),
+        _ => Ok(Action::Keep),
+    }
+}
+
+/// Binary ops with a splat operand.
+fn binary(rw: &mut Rewriter, op: &Op, a: ValueId, b: ValueId) -> Result<Action, String> {
+    let (sa, sb) = (splat_value(&rw.out, a), splat_value(&rw.out, b));
+    match (op, sa, sb) {
+        (Op::Add, _, Some(c)) | (Op::Sub, _, Some(c)) if c == 0.0 => Ok(Action::Replace(a)),
+        (Op::Add, Some(c), _) if c == 0.0 => Ok(Action::Replace(b)),
+        (Op::Add, None, None) if a == b => replace_with(rw, Op::Scale { factor: 2.0 }, &[a]),
+        (Op::Add, _, Some(c)) => replace_with(rw, Op::AddScalar { value: c }, &[a]),
+        (Op::Add, Some(c), _) => replace_with(rw, Op::AddScalar { value: c }, &[b]),
+        (Op::Sub, _, Some(c)) => replace_with(rw, Op::AddScalar { value: -c }, &[a]),
+        (Op::Sub, Some(c), _) if c == 0.0 => replace_with(rw, Op::Neg, &[b]),
+        (Op::Mul, _, Some(c)) | (Op::Div, _, Some(c)) if c == 1.0 => Ok(Action::Replace(a)),
+        (Op::Mul, Some(c), _) if c == 1.0 => Ok(Action::Replace(b)),
+        (Op::Mul, _, Some(c)) => replace_with(rw, Op::Scale { factor: c }, &[a]),
+        (Op::Mul, Some(c), _) => replace_with(rw, Op::Scale { factor: c }, &[b]),
+        (Op::Div, _, Some(c)) => match exact_reciprocal(c) {
+            Some(r) => replace_with(rw, Op::Scale { factor: r }, &[a]),
+            None => Ok(Action::Keep),
+        },
+        _ => Ok(Action::Keep),
+    }
+}
+
+/// The second sweep: `scale[c]` of a matmul (or of a matmul plus a broadcast bias) moved
+/// onto the matmul's smaller operand.
+fn sink_scales(g: &Graph) -> Result<Graph, String> {
+    let uses = use_counts(g);
+    let single = |v: ValueId| uses[v.index()] == 1;
+    rewrite(g, |rw, i, n| {
+        let Op::Scale { factor } = n.op else {
+            return Ok(Action::Keep);
+        };
+        // Only scale nodes are replaced in this sweep, so every other node of `g` has an
+        // identical copy in the output, and `g`'s use counts describe it.
+        let (old_x, x) = (g.nodes[i].args[0], n.args[0]);
+        if !single(old_x) {
+            return Ok(Action::Keep);
+        }
+        let limit = n.ty.numel();
+        match g.node(old_x).op {
+            Op::MatMul { .. } => match scaled_matmul(rw, x, factor, limit)? {
+                Some(v) => Ok(Action::Replace(v)),
+                None => Ok(Action::Keep),
+            },
+            Op::Add => {
+                let old = &g.node(old_x).args;
+                let new = rw.node(x).args.clone();
+                for k in 0..2 {
+                    let (m, r) = (new[k], new[1 - k]);
+                    let is_mm = matches!(g.node(old[k]).op, Op::MatMul { .. }) && single(old[k]);
+                    let Op::Broadcast { shape } = rw.node(r).op.clone() else {
+                        continue;
+                    };
+                    if !is_mm || old[0] == old[1] || !can_scale(rw, m, limit) {
+                        continue;
+                    }
+                    let Some(mm) = scaled_matmul(rw, m, factor, limit)? else {
+                        continue;
+                    };
+                    let bias = rw.node(r).args[0];
+                    let sb = rw.emit(Op::Scale { factor }, &[bias])?;
+                    let rb = rw.emit(Op::Broadcast { shape }, &[sb])?;
+                    let args = if k == 0 { [mm, rb] } else { [rb, mm] };
+                    return Ok(Action::Replace(rw.emit(Op::Add, &args)?));
+                }
+                Ok(Action::Keep)
+            }
+            _ => Ok(Action::Keep),
+        }
+    })
+}
+
+/// The matmul operand a scale would move onto: the smaller (the first on a tie), if it has
+/// at most `limit` elements.
+fn scale_target(rw: &Rewriter, mm: ValueId, limit: usize) -> Option<usize> {
+    let args = &rw.node(mm).args;
+    let k = if rw.numel(args[1]) < rw.numel(args[0]) { 1 } else { 0 };
+    (rw.numel(args[k]) <= limit).then_some(k)
+}
+
+fn can_scale(rw: &Rewriter, mm: ValueId, limit: usize) -> bool {
+    scale_target(rw, mm, limit).is_some()
+}
+
+/// `matmul` with `scale[factor]` applied to its smaller operand, emitted; `None` when the
+/// operand is larger than `limit`.
+fn scaled_matmul(
+    rw: &mut Rewriter,
+    mm: ValueId,
+    factor: f64,
+    limit: usize,
+) -> Result<Option<ValueId>, String> {
+    let Some(k) = scale_target(rw, mm, limit) else {
+        return Ok(None);
+    };
+    let node = rw.node(mm).clone();
+    let mut args = node.args.clone();
+    args[k] = rw.emit(Op::Scale { factor }, &[args[k]])?;
+    Ok(Some(rw.emit(node.op, &args)?))
+}
