@@ -1,19 +1,21 @@
 """PyTorch eager reference for `lamina bench`: median training-step time (forward, backward,
-SGD) of the brief's byte-level pre-LN causal LM at sizes S, M, L, on 2 threads.
+SGD) of the brief's byte-level causal LM at sizes S, M, L in three block layouts, on 2 threads.
 
-Usage: python3 bench/torch_step.py [S|M|L ...]   (installs torch from PyPI if missing)
+The models match examples/bench/*.lam: embedding + learned positions, L blocks, final
+LayerNorm, untied head, vocab 256, Linear layers with biases, exact GELU, causal attention.
+- pre:     x = x + attn(LN(x)); x = x + ffn(LN(x))
+- macaron: x = x + 0.5 ffn0(LN(x)); x = x + attn(LN(x)); x = x + 0.5 ffn1(LN(x))
+- peri:    x = x + LN_out(attn(LN_in(x))); x = x + LN_out(ffn(LN_in(x)))
+
+Usage: python3 bench/torch_step.py [SIZE VARIANT ...]   e.g. `S pre M macaron`
+Prints one line per model: `torch <version> <size> <variant> median_ms <ms> peak_rss_kb <kb>`.
 Run it in the same session as `lamina bench` and compare ratios: the numbers are noisy.
 """
-import subprocess
+import resource
 import sys
 import time
 
-try:
-    import torch
-except ImportError:
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "torch"])
-    import torch
-
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -24,30 +26,65 @@ SIZES = {  # T, d, heads, ffn, L, batch
 }
 
 
-class Block(nn.Module):
-    def __init__(self, d, h, ffn):
+class Attn(nn.Module):
+    def __init__(self, d, h):
         super().__init__()
         self.h = h
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.wq, self.wk, self.wv, self.wo = (nn.Linear(d, d) for _ in range(4))
-        self.w1, self.w2 = nn.Linear(d, ffn), nn.Linear(ffn, d)
 
-    def forward(self, x):
-        b, t, d = x.shape
-        u = self.ln1(x)
+    def forward(self, u):
+        b, t, d = u.shape
         q, k, v = (w(u).view(b, t, self.h, d // self.h).transpose(1, 2) for w in (self.wq, self.wk, self.wv))
         s = (q @ k.transpose(-1, -2)) / (d // self.h) ** 0.5
         mask = torch.triu(torch.ones(t, t, dtype=torch.bool), 1)
         a = s.masked_fill(mask, float("-inf")).softmax(-1) @ v
-        x = x + self.wo(a.transpose(1, 2).reshape(b, t, d))
-        return x + self.w2(F.gelu(self.w1(self.ln2(x))))
+        return self.wo(a.transpose(1, 2).reshape(b, t, d))
+
+
+class FFN(nn.Module):
+    def __init__(self, d, ffn):
+        super().__init__()
+        self.w1, self.w2 = nn.Linear(d, ffn), nn.Linear(ffn, d)
+
+    def forward(self, u):
+        return self.w2(F.gelu(self.w1(u)))
+
+
+class Sub(nn.Module):
+    """A sublayer with its norms: pre (one norm in) or peri (norms in and out)."""
+
+    def __init__(self, f, d, peri):
+        super().__init__()
+        self.f, self.n_in = f, nn.LayerNorm(d)
+        self.n_out = nn.LayerNorm(d) if peri else None
+
+    def forward(self, x):
+        y = self.f(self.n_in(x))
+        return self.n_out(y) if self.n_out is not None else y
+
+
+class Block(nn.Module):
+    def __init__(self, d, h, ffn, variant):
+        super().__init__()
+        peri = variant == "peri"
+        if variant == "macaron":
+            self.steps = nn.ModuleList([Sub(FFN(d, ffn), d, False), Sub(Attn(d, h), d, False), Sub(FFN(d, ffn), d, False)])
+            self.coef = [0.5, 1.0, 0.5]
+        else:
+            self.steps = nn.ModuleList([Sub(Attn(d, h), d, peri), Sub(FFN(d, ffn), d, peri)])
+            self.coef = [1.0, 1.0]
+
+    def forward(self, x):
+        for c, s in zip(self.coef, self.steps):
+            x = x + s(x) if c == 1.0 else x + c * s(x)
+        return x
 
 
 class LM(nn.Module):
-    def __init__(self, t, d, h, ffn, layers):
+    def __init__(self, t, d, h, ffn, layers, variant):
         super().__init__()
         self.emb, self.pos = nn.Embedding(256, d), nn.Parameter(torch.zeros(t, d))
-        self.blocks = nn.ModuleList(Block(d, h, ffn) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(d, h, ffn, variant) for _ in range(layers))
         self.ln, self.head = nn.LayerNorm(d), nn.Linear(d, 256)
 
     def forward(self, tok):
@@ -57,10 +94,10 @@ class LM(nn.Module):
         return self.head(self.ln(x))
 
 
-def bench(size, steps=10):
+def bench(size, variant, steps=10):
     t, d, h, ffn, layers, batch = SIZES[size]
     torch.manual_seed(0)
-    model = LM(t, d, h, ffn, layers)
+    model = LM(t, d, h, ffn, layers, variant)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     tok = torch.randint(0, 256, (batch, t))
     tgt = torch.randint(0, 256, (batch, t))
@@ -84,5 +121,12 @@ def bench(size, steps=10):
 
 if __name__ == "__main__":
     torch.set_num_threads(2)
-    for size in sys.argv[1:] or ["S", "M"]:
-        print(f"torch {torch.__version__} {size} pre-LN: median step {bench(size) * 1e3:.1f} ms")
+    args = sys.argv[1:] or ["S", "pre", "M", "pre"]
+    if len(args) % 2 or any(s not in SIZES for s in args[::2]) or any(
+        v not in ("pre", "macaron", "peri") for v in args[1::2]
+    ):
+        sys.exit("usage: torch_step.py [S|M|L pre|macaron|peri ...]")
+    for size, variant in zip(args[::2], args[1::2]):
+        ms = bench(size, variant) * 1e3
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(f"torch {torch.__version__} {size} {variant} median_ms {ms:.1f} peak_rss_kb {rss}", flush=True)

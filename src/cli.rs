@@ -158,10 +158,12 @@ pub enum Command {
         overrides: Overrides,
     },
     /// Benchmark a training step (forward, backward, SGD update) on generated code.
-    #[command(after_help = "Examples:\n  lamina bench examples/bench/s_pre_ln.lam\n  \
+    #[command(
+        after_help = "Examples:\n  lamina bench examples/bench/s_pre_ln.lam\n  \
         lamina bench examples/transformer.lam --set d=256 --steps 20\n  lamina bench --peak\n\n\
         Reports the compile time (source text to ready-to-run code), the median step time, tokens \
-        per second, the achieved matmul GFLOP/s and the peak arena bytes.")]
+        per second, the achieved matmul GFLOP/s and the peak arena bytes."
+    )]
     Bench(BenchArgs),
 }
 
@@ -618,7 +620,10 @@ fn cmd_run(
 fn cmd_bench(args: &BenchArgs, color: bool) -> Result<i32> {
     if args.peak {
         let p = crate::bench::peak();
-        println!("single-core FMA peak, 128-bit vectors: {:6.1} GFLOP/s", p.fma128);
+        println!(
+            "single-core FMA peak, 128-bit vectors: {:6.1} GFLOP/s",
+            p.fma128
+        );
         match p.fma256 {
             Some(v) => println!("single-core FMA peak, 256-bit vectors: {v:6.1} GFLOP/s"),
             None => println!("single-core FMA peak, 256-bit vectors: not available (no AVX2+FMA)"),
@@ -632,12 +637,18 @@ fn cmd_bench(args: &BenchArgs, color: bool) -> Result<i32> {
     };
     let start = std::time::Instant::now();
     let compiled = compile(file, &args.overrides, color)?;
-    let joint = compiled.joint().map_err(|e| anyhow!("internal error in autodiff: {e}"))?;
+    let joint = compiled
+        .joint()
+        .map_err(|e| anyhow!("internal error in autodiff: {e}"))?;
     let front_seconds = start.elapsed().as_secs_f64();
-    let report = crate::bench::bench_training(&joint, args.steps.max(10))
-        .map_err(|e| anyhow!("{e}"))?;
+    let report =
+        crate::bench::bench_training(&joint, args.steps.max(10)).map_err(|e| anyhow!("{e}"))?;
     let g = &compiled.forward;
-    println!("model          {} ({} parameters)", g.name, group_digits(g.param_count()));
+    println!(
+        "model          {} ({} parameters)",
+        g.name,
+        group_digits(g.param_count())
+    );
     println!(
         "compile        {:.1} ms (front end {:.1} ms, kernels and code {:.1} ms)",
         (front_seconds + report.compile_seconds) * 1e3,

@@ -6,6 +6,7 @@
 //! (the reference interpreter, the oracle for everything after it).
 
 pub mod autodiff;
+pub mod bench;
 pub mod cli;
 pub mod diag;
 pub mod driver;
@@ -13,10 +14,9 @@ pub mod elab;
 pub mod interp;
 pub mod io;
 pub mod ir;
-pub mod passes;
-pub mod syntax;
-pub mod tensor;
-pub mod bench;
 pub mod jit;
 pub mod kernels;
+pub mod passes;
 pub mod runtime;
+pub mod syntax;
+pub mod tensor;

@@ -349,14 +349,14 @@ fn sgd_update_matches_interpreter() {
     let want = run(
         &g,
         &Env {
-            inputs: &[x.clone()],
-            params: &[w.clone()],
+            inputs: std::slice::from_ref(&x),
+            params: std::slice::from_ref(&w),
         },
     )
     .unwrap();
     let mut t = Trainer::new(&g, vec![w.clone()]).unwrap();
     let lr = 0.1;
-    let loss = t.step(&[x.clone()], lr).unwrap();
+    let loss = t.step(std::slice::from_ref(&x), lr).unwrap();
     assert!((loss as f64 - want[0].1.data[0]).abs() <= 1e-4 * want[0].1.data[0].abs());
     let gw = &want[2].1;
     let expect = Tensor::f32(

@@ -75,7 +75,10 @@ fn pass_files() {
         g.verify().unwrap();
         // The same values before and after, where the input graph evaluates.
         let (inputs, params) = random_env(&input, 7);
-        let env = Env { inputs: &inputs, params: &params };
+        let env = Env {
+            inputs: &inputs,
+            params: &params,
+        };
         if let Ok(before) = run(&input, &env) {
             let after = outputs(&g, &inputs, &params);
             let d = max_rel_diff(&before, &after);
@@ -94,7 +97,8 @@ fn every_example_small_keeps_its_values() {
         let (inputs, params) = random_env(&forward, 300 + seed as u64);
         for (stage, g) in [("forward", &forward), ("joint", &joint)] {
             let opt = optimize(g);
-            opt.verify().unwrap_or_else(|e| panic!("{name} {stage}: {e}"));
+            opt.verify()
+                .unwrap_or_else(|e| panic!("{name} {stage}: {e}"));
             assert_eq!(opt.inputs, g.inputs);
             assert_eq!(opt.params, g.params);
             let names = |g: &Graph| g.outputs.iter().map(|o| o.name.clone()).collect::<Vec<_>>();
@@ -104,7 +108,11 @@ fn every_example_small_keeps_its_values() {
             let d = max_rel_diff(&before, &after);
             assert!(d <= TOL, "{name} {stage}: outputs differ by {d:e}");
             let again = optimize(&opt);
-            assert_eq!(print(&again), print(&opt), "{name} {stage}: optimize is not idempotent");
+            assert_eq!(
+                print(&again),
+                print(&opt),
+                "{name} {stage}: optimize is not idempotent"
+            );
             report.push(format!(
                 "{name:12} {stage:8} {:5} -> {:5} nodes  (max rel diff {d:.1e})",
                 g.nodes.len(),
@@ -127,6 +135,11 @@ fn every_example_full_size_node_counts() {
         for (stage, g) in [("forward", &forward), ("joint", &joint)] {
             let opt = optimize(g);
             opt.verify().unwrap();
+            assert_eq!(
+                print(&optimize(&opt)),
+                print(&opt),
+                "{name} {stage}: not idempotent"
+            );
             report.push(format!(
                 "{name:12} {stage:8} {:5} -> {:5} nodes",
                 g.nodes.len(),
@@ -344,4 +357,3 @@ fn example_sources() -> Vec<(String, String)> {
         })
         .collect()
 }
-

@@ -548,9 +548,9 @@ impl<'a> Gen<'a> {
 
         for pass in 0..npasses {
             // Row values this pass may read.
-            for i in 0..n {
+            for (i, &lv) in level.iter().enumerate() {
                 if l.nodes[i].kind == Kind::Row
-                    && level[i] <= pass
+                    && lv <= pass
                     && !matches!(l.nodes[i].expr, KExpr::RowSum(_) | KExpr::RowMax(_))
                 {
                     self.row_val(b, l, &mut st, i, lr)?;

@@ -90,7 +90,7 @@ struct Group {
 
 enum Slot {
     Group(usize),
-    Fixed(Kernel),
+    Fixed(Box<Kernel>),
 }
 
 struct Builder<'g> {
@@ -180,8 +180,8 @@ pub fn build_program(g: &Graph, opts: &BuildOptions) -> R<Program> {
             )
         })
         .collect();
-    for i in 0..g.nodes.len() {
-        if !live[i] {
+    for (i, &is_live) in live.iter().enumerate() {
+        if !is_live {
             continue;
         }
         b.cur = i as u32;
@@ -235,7 +235,7 @@ pub fn build_program(g: &Graph, opts: &BuildOptions) -> R<Program> {
     let kernels = slots
         .into_iter()
         .map(|s| match s {
-            Slot::Fixed(k) => k,
+            Slot::Fixed(k) => *k,
             Slot::Group(gi) => {
                 let grp = groups[gi].take().expect("each group has one slot");
                 Kernel {
@@ -315,11 +315,11 @@ impl<'g> Builder<'g> {
             .get(self.cur as usize)
             .map(|n| n.scope.clone())
             .unwrap_or_default();
-        self.slots.push(Slot::Fixed(Kernel {
+        self.slots.push(Slot::Fixed(Box::new(Kernel {
             nodes: vec![self.cur],
             scope,
             body,
-        }));
+        })));
         for w in writes {
             self.producer.insert(*w, slot);
         }
@@ -958,11 +958,11 @@ impl<'g> Builder<'g> {
         };
         self.cur = u32::MAX;
         let slot = self.slots.len();
-        self.slots.push(Slot::Fixed(Kernel {
+        self.slots.push(Slot::Fixed(Box::new(Kernel {
             nodes: vec![],
             scope: "sgd".into(),
             body: KernelBody::Loop(l),
-        }));
+        })));
         self.producer.insert(p, slot);
         Ok(())
     }

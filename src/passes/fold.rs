@@ -59,7 +59,13 @@ pub fn const_fold(g: &Graph) -> Result<Graph, String> {
         let shapes: Vec<Vec<usize>> = n.args.iter().map(|a| rw.ty(*a).shape.clone()).collect();
         match evaluate(&n.op, &args, &shapes, &n.ty.shape) {
             Some(Const::Splat(value)) => {
-                let v = rw.emit(Op::Full { value, shape: n.ty.shape.clone() }, &[])?;
+                let v = rw.emit(
+                    Op::Full {
+                        value,
+                        shape: n.ty.shape.clone(),
+                    },
+                    &[],
+                )?;
                 Ok(Action::Replace(v))
             }
             Some(Const::Dense(t)) => {
@@ -141,7 +147,9 @@ fn evaluate_splats(op: &Op, s: &[f64], shapes: &[Vec<usize>], shape: &[usize]) -
         }
         Op::Concat { .. } => {
             let first = s.first()?;
-            s.iter().all(|v| v.to_bits() == first.to_bits()).then_some(Const::Splat(*first))
+            s.iter()
+                .all(|v| v.to_bits() == first.to_bits())
+                .then_some(Const::Splat(*first))
         }
         Op::ReduceSum { .. } => {
             // Each output element sums n copies of the splat.

@@ -45,7 +45,10 @@ pub fn run_pass(name: &str, g: &Graph) -> Result<Graph, String> {
         "cse" => cse(g),
         "simplify" => simplify(g),
         "dce" => dce(g),
-        _ => Err(format!("unknown pass `{name}`; the passes are {}", PASSES.join(", "))),
+        _ => Err(format!(
+            "unknown pass `{name}`; the passes are {}",
+            PASSES.join(", ")
+        )),
     }
 }
 
@@ -56,7 +59,10 @@ pub fn optimize(g: &Graph) -> Graph {
     let mut cur = g.clone();
     let mut cur_text = text::print(&cur);
     for _ in 0..MAX_ROUNDS {
-        let next = match PASSES.iter().try_fold(cur.clone(), |acc, p| run_pass(p, &acc)) {
+        let next = match PASSES
+            .iter()
+            .try_fold(cur.clone(), |acc, p| run_pass(p, &acc))
+        {
             Ok(next) => next,
             Err(_) => return cur,
         };
@@ -131,9 +137,13 @@ pub(crate) fn rewrite(
     g: &Graph,
     mut rule: impl FnMut(&mut Rewriter, usize, &mut Node) -> Result<Action, String>,
 ) -> Result<Graph, String> {
-    g.verify().map_err(|e| format!("invalid input graph: {e}"))?;
+    g.verify()
+        .map_err(|e| format!("invalid input graph: {e}"))?;
     let mut rw = Rewriter {
-        out: Graph { nodes: Vec::with_capacity(g.nodes.len()), ..g.clone() },
+        out: Graph {
+            nodes: Vec::with_capacity(g.nodes.len()),
+            ..g.clone()
+        },
         map: Vec::with_capacity(g.nodes.len()),
         scope: String::new(),
         phase: Phase::Forward,
@@ -166,7 +176,8 @@ pub(crate) fn rewrite(
 /// Recompute `saved` and check the result.
 fn finish(mut g: Graph) -> Result<Graph, String> {
     g.saved = saved_values(&g);
-    g.verify().map_err(|e| format!("internal: a pass produced an invalid graph: {e}"))?;
+    g.verify()
+        .map_err(|e| format!("internal: a pass produced an invalid graph: {e}"))?;
     Ok(g)
 }
 
@@ -177,7 +188,11 @@ pub fn saved_values(g: &Graph) -> Vec<ValueId> {
         .iter()
         .filter(|n| n.phase == Phase::Backward)
         .flat_map(|n| n.args.iter().copied())
-        .filter(|a| g.nodes.get(a.index()).is_some_and(|n| n.phase == Phase::Forward))
+        .filter(|a| {
+            g.nodes
+                .get(a.index())
+                .is_some_and(|n| n.phase == Phase::Forward)
+        })
         .collect();
     saved.sort();
     saved.dedup();
@@ -307,7 +322,8 @@ pub fn cse(g: &Graph) -> Result<Graph, String> {
 /// Dead code elimination: keep the nodes some output depends on, renumbered densely in
 /// their original order.
 pub fn dce(g: &Graph) -> Result<Graph, String> {
-    g.verify().map_err(|e| format!("invalid input graph: {e}"))?;
+    g.verify()
+        .map_err(|e| format!("invalid input graph: {e}"))?;
     let n = g.nodes.len();
     let mut live = vec![false; n];
     for o in &g.outputs {
@@ -321,7 +337,10 @@ pub fn dce(g: &Graph) -> Result<Graph, String> {
         }
     }
     let mut remap = vec![ValueId(0); n];
-    let mut out = Graph { nodes: Vec::new(), ..g.clone() };
+    let mut out = Graph {
+        nodes: Vec::new(),
+        ..g.clone()
+    };
     for (i, node) in g.nodes.iter().enumerate() {
         if live[i] {
             remap[i] = ValueId(out.nodes.len() as u32);

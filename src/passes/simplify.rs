@@ -39,7 +39,13 @@ pub fn simplify(g: &Graph) -> Result<Graph, String> {
 fn replace_with(rw: &mut Rewriter, op: Op, args: &[ValueId]) -> Result<Action, String> {
     let tys: Vec<&Type> = args.iter().map(|a| rw.ty(*a)).collect();
     let ty = infer_type(&op, &tys)?;
-    let node = Node { op, args: args.to_vec(), ty, scope: String::new(), phase: Phase::Forward };
+    let node = Node {
+        op,
+        args: args.to_vec(),
+        ty,
+        scope: String::new(),
+        phase: Phase::Forward,
+    };
     match local(rw, &node)? {
         Action::Replace(v) => Ok(Action::Replace(v)),
         Action::Keep => Ok(Action::Replace(rw.emit(node.op, &node.args)?)),
@@ -99,7 +105,13 @@ fn local(rw: &mut Rewriter, n: &Node) -> Result<Action, String> {
                 if rw.ty(y).shape == *shape {
                     return Ok(Action::Replace(y));
                 }
-                return replace_with(rw, Op::Reshape { shape: shape.clone() }, &[y]);
+                return replace_with(
+                    rw,
+                    Op::Reshape {
+                        shape: shape.clone(),
+                    },
+                    &[y],
+                );
             }
             Ok(Action::Keep)
         }
@@ -131,7 +143,13 @@ fn local(rw: &mut Rewriter, n: &Node) -> Result<Action, String> {
                 if rw.ty(y).shape == *shape {
                     return Ok(Action::Replace(y));
                 }
-                return replace_with(rw, Op::Broadcast { shape: shape.clone() }, &[y]);
+                return replace_with(
+                    rw,
+                    Op::Broadcast {
+                        shape: shape.clone(),
+                    },
+                    &[y],
+                );
             }
             Ok(Action::Keep)
         }
@@ -145,14 +163,14 @@ fn binary(rw: &mut Rewriter, op: &Op, a: ValueId, b: ValueId) -> Result<Action, 
     let (sa, sb) = (splat_value(&rw.out, a), splat_value(&rw.out, b));
     match (op, sa, sb) {
         (Op::Add, _, Some(c)) | (Op::Sub, _, Some(c)) if c == 0.0 => Ok(Action::Replace(a)),
-        (Op::Add, Some(c), _) if c == 0.0 => Ok(Action::Replace(b)),
+        (Op::Add, Some(0.0), _) => Ok(Action::Replace(b)),
         (Op::Add, None, None) if a == b => replace_with(rw, Op::Scale { factor: 2.0 }, &[a]),
         (Op::Add, _, Some(c)) => replace_with(rw, Op::AddScalar { value: c }, &[a]),
         (Op::Add, Some(c), _) => replace_with(rw, Op::AddScalar { value: c }, &[b]),
         (Op::Sub, _, Some(c)) => replace_with(rw, Op::AddScalar { value: -c }, &[a]),
-        (Op::Sub, Some(c), _) if c == 0.0 => replace_with(rw, Op::Neg, &[b]),
+        (Op::Sub, Some(0.0), _) => replace_with(rw, Op::Neg, &[b]),
         (Op::Mul, _, Some(c)) | (Op::Div, _, Some(c)) if c == 1.0 => Ok(Action::Replace(a)),
-        (Op::Mul, Some(c), _) if c == 1.0 => Ok(Action::Replace(b)),
+        (Op::Mul, Some(1.0), _) => Ok(Action::Replace(b)),
         (Op::Mul, _, Some(c)) => replace_with(rw, Op::Scale { factor: c }, &[a]),
         (Op::Mul, Some(c), _) => replace_with(rw, Op::Scale { factor: c }, &[b]),
         (Op::Div, _, Some(c)) => match exact_reciprocal(c) {
@@ -216,7 +234,11 @@ fn sink_scales(g: &Graph) -> Result<Graph, String> {
 /// at most `limit` elements.
 fn scale_target(rw: &Rewriter, mm: ValueId, limit: usize) -> Option<usize> {
     let args = &rw.node(mm).args;
-    let k = if rw.numel(args[1]) < rw.numel(args[0]) { 1 } else { 0 };
+    let k = if rw.numel(args[1]) < rw.numel(args[0]) {
+        1
+    } else {
+        0
+    };
     (rw.numel(args[k]) <= limit).then_some(k)
 }
 

@@ -186,8 +186,26 @@ impl Executable {
 
     /// Run every kernel once.
     pub fn run(&mut self, lr: f32) {
+        for k in 0..self.program.kernels.len() {
+            self.run_kernel(k, lr);
+        }
+    }
+
+    /// Run every kernel once, timing each (seconds per kernel).
+    pub fn run_profiled(&mut self, lr: f32) -> Vec<f64> {
+        (0..self.program.kernels.len())
+            .map(|k| {
+                let t = Instant::now();
+                self.run_kernel(k, lr);
+                t.elapsed().as_secs_f64()
+            })
+            .collect()
+    }
+
+    fn run_kernel(&mut self, k: usize, lr: f32) {
         let base = ArenaPtr(self.arena.as_mut_ptr());
-        for (k, kernel) in self.program.kernels.iter().enumerate() {
+        let kernel = &self.program.kernels[k];
+        {
             match &kernel.body {
                 KernelBody::Loop(l) => {
                     let f = self.code.fns[k].expect("loop kernels are compiled");

@@ -43,7 +43,10 @@ pub enum Item {
     /// `model NAME`
     Model(Ident),
     /// `NAME = EXPR`
-    Const { name: Ident, value: Expr },
+    Const {
+        name: Ident,
+        value: Expr,
+    },
     /// `input tokens(batch = 16, length = 64, vocab = 256)`
     Input(Call),
     /// `embed(dim = d, positions = learned)`; the call's name is `embed`.
