@@ -86,6 +86,9 @@ pub fn bench_training(joint: &Graph, steps: usize) -> Result<BenchReport, String
         times.push(t.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
+    if std::env::var_os("LAMINA_PROFILE").is_some() {
+        eprint!("{}", profile_training(joint, steps)?);
+    }
     let median = times[times.len() / 2];
     let exe = trainer.executable();
     let tokens = joint.inputs.first().map(|i| i.ty.numel()).unwrap_or(0) as f64;
@@ -183,4 +186,74 @@ mod x86 {
         std::hint::black_box(sum);
         (ITERS * 10 * 4 * 2) as f64 / s / 1e9
     }
+}
+
+/// Per-kernel time of a training step (median of `steps` runs), largest first, as text:
+/// one line per kernel with its kind, shape and scope. For tuning (`LAMINA_PROFILE=1`).
+pub fn profile_training(joint: &Graph, steps: usize) -> Result<String, String> {
+    use crate::kernels::KernelBody;
+    use std::fmt::Write;
+    let prog = crate::kernels::build_program(joint, &Default::default())?;
+    let (params, inputs) = synthetic_inputs(joint, &prog.index_inputs);
+    let mut trainer = Trainer::new(joint, params)?;
+    trainer.step(&inputs, 1e-3)?;
+    let mut runs = vec![];
+    for _ in 0..steps.max(1) {
+        runs.push(trainer.step_profiled(&inputs, 1e-3)?);
+    }
+    let exe = trainer.executable();
+    let nk = exe.program.kernels.len();
+    let mut med: Vec<(f64, usize)> = (0..nk)
+        .map(|k| {
+            let mut t: Vec<f64> = runs.iter().map(|r| r[k]).collect();
+            t.sort_by(f64::total_cmp);
+            (t[t.len() / 2], k)
+        })
+        .collect();
+    let total: f64 = med.iter().map(|m| m.0).sum();
+    let mut by_kind: std::collections::BTreeMap<&str, (f64, usize)> = Default::default();
+    let kind = |b: &KernelBody| match b {
+        KernelBody::Loop(_) => "loop",
+        KernelBody::ColReduce { .. } => "col_reduce",
+        KernelBody::MatMul(_) => "matmul",
+        KernelBody::ScatterAdd { .. } => "scatter_add",
+    };
+    for &(t, k) in &med {
+        let e = by_kind.entry(kind(&exe.program.kernels[k].body)).or_default();
+        e.0 += t;
+        e.1 += 1;
+    }
+    med.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut s = String::new();
+    let _ = writeln!(s, "total {:.2} ms over {nk} kernels", total * 1e3);
+    for (k, (t, n)) in by_kind {
+        let _ = writeln!(s, "  {k:12} {:8.2} ms  {n} kernels", t * 1e3);
+    }
+    for &(t, k) in med.iter().take(40) {
+        let kern = &exe.program.kernels[k];
+        let what = match &kern.body {
+            KernelBody::Loop(l) => format!(
+                "loop {}x{} nodes={} stores={}",
+                l.rows,
+                l.cols,
+                l.nodes.len(),
+                l.stores.len()
+            ),
+            KernelBody::ColReduce { rows, cols, .. } => format!("col_reduce {rows}x{cols}"),
+            KernelBody::MatMul(mm) => format!(
+                "matmul b={} m={} n={} k={} a(rs={},cs={}) b(rs={},cs={})",
+                mm.c.offsets.len(),
+                mm.m,
+                mm.n,
+                mm.k,
+                mm.a.rs,
+                mm.a.cs,
+                mm.b.rs,
+                mm.b.cs
+            ),
+            KernelBody::ScatterAdd { n, d, .. } => format!("scatter_add {n}x{d}"),
+        };
+        let _ = writeln!(s, "  k{k:<4} {:7.3} ms  {what}  [{}]", t * 1e3, kern.scope);
+    }
+    Ok(s)
 }

@@ -252,9 +252,9 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             output,
             overrides,
         } => {
-            if json && !matches!(stage, Stage::Ast | Stage::Ir | Stage::Grad) {
+            if json && !matches!(stage, Stage::Ast | Stage::Ir | Stage::Grad | Stage::Opt) {
                 bail!(
-                    "--json is available for the ast, ir and grad stages; `{}` prints as text only",
+                    "--json is available for the ast, ir, grad and opt stages; `{}` prints as text only",
                     stage.name()
                 );
             }

@@ -25,6 +25,8 @@ pub enum Stage {
     Ir,
     /// The joint forward and backward IR (gradients of the loss).
     Grad,
+    /// The joint IR after the optimizing passes (canonicalize, const_fold, cse, simplify, dce).
+    Opt,
     /// The training step's kernels: fused loop nests and matmul calls.
     Kernels,
     /// The training step's buffer plan: arena offsets, lifetimes and peak bytes.
@@ -35,10 +37,11 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in pipeline order.
-    pub const ALL: [Stage; 6] = [
+    pub const ALL: [Stage; 7] = [
         Stage::Ast,
         Stage::Ir,
         Stage::Grad,
+        Stage::Opt,
         Stage::Kernels,
         Stage::Plan,
         Stage::Clif,
@@ -48,6 +51,7 @@ impl Stage {
             Stage::Ast => "ast",
             Stage::Ir => "ir",
             Stage::Grad => "grad",
+            Stage::Opt => "opt",
             Stage::Kernels => "kernels",
             Stage::Plan => "plan",
             Stage::Clif => "clif",
@@ -148,12 +152,18 @@ impl Compiled {
         crate::autodiff::differentiate(&self.forward)
     }
 
+    /// The joint graph after the optimizing passes.
+    pub fn optimized(&self) -> Result<Graph, String> {
+        Ok(crate::passes::optimize(&self.joint()?))
+    }
+
     /// The deterministic text of one stage.
     pub fn stage_text(&self, stage: Stage) -> Result<String, String> {
         Ok(match stage {
             Stage::Ast => print_ast(&self.module),
             Stage::Ir => text::print(&self.forward),
             Stage::Grad => text::print(&self.joint()?),
+            Stage::Opt => text::print(&self.optimized()?),
             Stage::Kernels | Stage::Plan | Stage::Clif => {
                 crate::runtime::stage_text(&self.joint()?, stage.name())?
             }
@@ -166,6 +176,7 @@ impl Compiled {
             Stage::Ast => serde_json::to_string_pretty(&self.module).map_err(|e| e.to_string()),
             Stage::Ir => Ok(text::to_json(&self.forward)),
             Stage::Grad => Ok(text::to_json(&self.joint()?)),
+            Stage::Opt => Ok(text::to_json(&self.optimized()?)),
             Stage::Kernels | Stage::Plan | Stage::Clif => Err(format!(
                 "the {} stage has no JSON form; use the text form",
                 stage.name()

@@ -441,6 +441,12 @@ impl Trainer {
             .unwrap_or(f32::NAN))
     }
 
+    /// One training step timing each kernel (seconds per kernel, in kernel order).
+    pub fn step_profiled(&mut self, inputs: &[Tensor], lr: f32) -> Result<Vec<f64>, String> {
+        self.step.set_inputs(&self.graph, inputs)?;
+        Ok(self.step.run_profiled(lr))
+    }
+
     /// Output `name` (`loss`, `logits`, `grad.<p>`) of the last step, computed before the update.
     pub fn output(&self, name: &str) -> Option<Tensor> {
         self.step.output(name)
