@@ -900,17 +900,16 @@ impl<'g> Builder<'g> {
             rs: n as i64,
             cs: 1,
         };
-        self.push_fixed(
-            KernelBody::MatMul(MatMulKernel {
-                m,
-                n,
-                k,
-                a: oa,
-                b: ob,
-                c: oc,
-            }),
-            &[c],
-        );
+        let mut mm = MatMulKernel {
+            m,
+            n,
+            k,
+            a: oa,
+            b: ob,
+            c: oc,
+        };
+        flatten_batch(&mut mm);
+        self.push_fixed(KernelBody::MatMul(mm), &[c]);
         Ok(Val::View(cv))
     }
 
@@ -1353,4 +1352,23 @@ fn sinusoidal(len: usize, dim: usize) -> Vec<f32> {
         }
     }
     data
+}
+
+/// A batch of GEMMs sharing `b` whose `a` and `c` matrices are stacked row after row is one
+/// GEMM with `batch * m` rows (`[B, T, D] @ [D, F]`): one big call instead of many small.
+fn flatten_batch(mm: &mut MatMulKernel) {
+    let batch = mm.c.offsets.len();
+    if batch < 2 || mm.b.offsets.iter().any(|&o| o != mm.b.offsets[0]) {
+        return;
+    }
+    let stacked = |o: &MatOperand| {
+        let step = o.rs * mm.m as i64;
+        o.rs != 0 && o.offsets.windows(2).all(|w| w[1] - w[0] == step)
+    };
+    if stacked(&mm.a) && stacked(&mm.c) {
+        mm.m *= batch;
+        for o in [&mut mm.a, &mut mm.b, &mut mm.c] {
+            o.offsets.truncate(1);
+        }
+    }
 }

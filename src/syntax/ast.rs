@@ -35,6 +35,34 @@ pub struct Ident {
 pub struct Module {
     pub items: Vec<Item>,
     pub span: Span,
+    /// The `train { }` section, if any. Kept out of `items`: elaboration never reads it,
+    /// only `lamina train` does (src/train).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train: Option<TrainSection>,
+}
+
+/// `train { task = modular_addition(p = 97) \n steps = 1500 ... }`: one setting per line.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TrainSection {
+    pub settings: Vec<TrainSetting>,
+    /// The whole section, keyword included.
+    pub span: Span,
+}
+
+/// `key = value` inside `train { }`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TrainSetting {
+    pub key: Ident,
+    pub value: TrainValue,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum TrainValue {
+    /// `adamw(lr = 1e-3)`: a name with parenthesised arguments.
+    Call(Call),
+    /// `1500`, `[0.9, 0.98]`, or a bare name such as `sgd`.
+    Expr(Expr),
 }
 
 /// A top-level statement.

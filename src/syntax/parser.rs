@@ -18,7 +18,7 @@ use pest_derive::Parser;
 
 use super::ast::{
     Arg, BinOp, Block, BlockItem, Call, Expr, ExprKind, Ident, Item, Module, NormSpec, Scheme,
-    Span, Stack, Step, Sublayer,
+    Span, Stack, Step, Sublayer, TrainSection, TrainSetting, TrainValue,
 };
 use crate::diag::{Diagnostic, Diagnostics};
 
@@ -110,7 +110,10 @@ pub fn parse(src: &str) -> Result<Module, Diagnostics> {
     let brackets = scan_brackets(src).map_err(|d| vec![d])?;
     match LaminaParser::parse(Rule::file, src) {
         Ok(mut pairs) => {
-            let mut b = Builder { diags: Vec::new() };
+            let mut b = Builder {
+                diags: Vec::new(),
+                train: None,
+            };
             let items = match pairs.next() {
                 Some(file) => b.items(file),
                 None => Vec::new(),
@@ -119,6 +122,7 @@ pub fn parse(src: &str) -> Result<Module, Diagnostics> {
                 Ok(Module {
                     items,
                     span: Span::new(0, src.len()),
+                    train: b.train,
                 })
             } else {
                 b.diags.sort_by_key(|d| (d.span.start, d.span.end));
@@ -342,6 +346,7 @@ fn opener_of(close: u8) -> u8 {
 enum Want {
     Statement,
     BlockItem,
+    TrainSetting,
     ModelName,
     BlockName,
     StepName,
@@ -392,6 +397,7 @@ fn want_of(rule: Rule) -> Option<Want> {
         R::block_item | R::sublayer | R::sublayer_name | R::scheme | R::kw_scheme => {
             Want::BlockItem
         }
+        R::train_item | R::train_key => Want::TrainSetting,
         R::model_name => Want::ModelName,
         R::block_name => Want::BlockName,
         R::step | R::step_name => Want::StepName,
@@ -631,6 +637,7 @@ fn phrase(w: Want, prev: Option<&str>) -> String {
         Want::BlockItem => {
             "a sublayer `name = kind(...)` or a `norm`, `skip` or `scheme` line".into()
         }
+        Want::TrainSetting => "a setting `name = value` such as `steps = 1000`".into(),
         Want::ModelName => "a model name".into(),
         Want::BlockName => "a block name".into(),
         Want::StepName => "a sublayer name".into(),
@@ -938,15 +945,89 @@ fn ident(p: &Pair<Rule>) -> Ident {
 
 struct Builder {
     diags: Diagnostics,
+    train: Option<TrainSection>,
 }
 
 impl Builder {
     fn items(&mut self, file: Pair<Rule>) -> Vec<Item> {
-        file.into_inner()
+        let mut items = Vec::new();
+        for s in file
+            .into_inner()
             .filter(|p| p.as_rule() == Rule::statement)
             .filter_map(|p| p.into_inner().next())
-            .map(|s| self.statement(s))
-            .collect()
+        {
+            if s.as_rule() == Rule::train_stmt {
+                self.train_section(s);
+            } else {
+                items.push(self.statement(s));
+            }
+        }
+        items
+    }
+
+    fn train_section(&mut self, s: Pair<Rule>) {
+        let whole = span_of(&s);
+        let mut settings: Vec<TrainSetting> = Vec::new();
+        for item in s.into_inner().filter(|p| p.as_rule() == Rule::train_item) {
+            let span = span_of(&item);
+            let mut key = None;
+            let mut value = None;
+            for q in item.into_inner() {
+                match q.as_rule() {
+                    Rule::train_key => key = Some(ident(&q)),
+                    Rule::train_call => {
+                        let mut name = None;
+                        let mut args = None;
+                        let cspan = span_of(&q);
+                        for r in q.into_inner() {
+                            match r.as_rule() {
+                                Rule::call_name => name = Some(ident(&r)),
+                                Rule::args => args = Some(self.args(r)),
+                                _ => {}
+                            }
+                        }
+                        if let Some(name) = name {
+                            value = Some(TrainValue::Call(Call {
+                                name,
+                                args,
+                                span: cspan,
+                            }));
+                        }
+                    }
+                    Rule::expr => value = Some(TrainValue::Expr(self.top_expr(q))),
+                    _ => {}
+                }
+            }
+            let (Some(key), Some(value)) = (key, value) else {
+                self.internal(span);
+                continue;
+            };
+            if let Some(first) = settings.iter().find(|f| f.key.name == key.name) {
+                self.diags.push(
+                    Diagnostic::new(
+                        format!("`{}` is set twice in the train section", key.name),
+                        key.span,
+                        "second setting",
+                    )
+                    .with_note(first.key.span, "first set here")
+                    .with_hint("keep one of them"),
+                );
+                continue;
+            }
+            settings.push(TrainSetting { key, value, span });
+        }
+        if let Some(first) = &self.train {
+            self.diags.push(
+                Diagnostic::new("the file has two `train` sections", whole, "second section")
+                    .with_note(first.span, "first section")
+                    .with_hint("merge them into one `train { }`"),
+            );
+            return;
+        }
+        self.train = Some(TrainSection {
+            settings,
+            span: whole,
+        });
     }
 
     fn statement(&mut self, s: Pair<Rule>) -> Item {

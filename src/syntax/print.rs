@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 use super::ast::{
     Arg, BinOp, Block, BlockItem, Call, Expr, ExprKind, Item, Module, NormSpec, Scheme, Stack,
+    TrainValue,
 };
 
 pub fn print_ast(m: &Module) -> String {
@@ -14,7 +15,22 @@ pub fn print_ast(m: &Module) -> String {
     for item in &m.items {
         item_text(&mut out, item);
     }
+    if let Some(t) = &m.train {
+        out.push_str("  train\n");
+        for s in &t.settings {
+            let value = match &s.value {
+                TrainValue::Call(c) => call(c),
+                TrainValue::Expr(e) => expr(e),
+            };
+            let _ = writeln!(out, "    {} = {value}", s.key.name);
+        }
+    }
     out
+}
+
+/// A call in source syntax (`adamw(lr = 0.001)`).
+pub fn call_text(c: &Call) -> String {
+    call(c)
 }
 
 fn item_text(out: &mut String, item: &Item) {
