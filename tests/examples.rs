@@ -1,5 +1,5 @@
-//! Every example at every stage: snapshot tests of the AST, the forward IR and the joint
-//! gradient IR, plus the IR's text and JSON round trips.
+//! Every example at every stage: snapshot tests of the AST, the forward IR, the joint
+//! gradient IR and the optimized joint IR, plus the IR's text and JSON round trips.
 
 use lamina::driver::{compile_file, Stage};
 use lamina::ir::text;
@@ -26,6 +26,13 @@ fn ir() {
 fn grad() {
     insta::glob!("../examples", "*.lam", |path| {
         insta::assert_snapshot!(compile(path).stage_text(Stage::Grad).unwrap());
+    });
+}
+
+#[test]
+fn opt() {
+    insta::glob!("../examples", "*.lam", |path| {
+        insta::assert_snapshot!(compile(path).stage_text(Stage::Opt).unwrap());
     });
 }
 
