@@ -20,6 +20,9 @@ use lamina::tensor::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+mod common;
+use common::{elaborate_small, example_sources, random_env};
+
 const TOL: f64 = 1e-6;
 const FLOOR: f64 = 1e-3;
 
@@ -633,222 +636,13 @@ fn frozen_params_get_no_gradient_and_no_backward_nodes() {
 
 // ---- every example, run small ----
 
-/// Tiny sizes for the constants an example may define, and for the literal arguments the
-/// gallery writes inline (`batch = 16`, `heads = 4`, ...).
-const SMALL_CONSTS: &[(&str, i64)] = &[
-    ("d", 8),
-    ("heads", 2),
-    ("ff", 16),
-    ("hidden", 16),
-    ("layers", 2),
-    ("batch", 2),
-    ("length", 5),
-    ("seq", 5),
-    ("vocab", 11),
-    ("width", 12),
-    ("classes", 3),
-];
-const SMALL_ARGS: &[(&str, &str)] = &[
-    ("batch", "2"),
-    ("length", "5"),
-    ("vocab", "11"),
-    ("heads", "2"),
-    ("hidden", "16"),
-    ("width", "12"),
-    ("classes", "3"),
-    ("dim", "8"),
-];
-
-fn is_ident_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_'
-}
-
-/// Replace the value of every `key = value` argument (value up to the next `,` or `)` at
-/// the same nesting depth) with `new`.
-fn set_arg(src: &str, key: &str, new: &str) -> String {
-    let bytes = src.as_bytes();
-    let mut out = String::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        let starts_key = src[i..].starts_with(key)
-            && (i == 0 || !is_ident_char(bytes[i - 1]))
-            && !bytes.get(i + key.len()).is_some_and(|&c| is_ident_char(c));
-        if starts_key {
-            let rest = &src[i + key.len()..];
-            let trimmed = rest.trim_start_matches(' ');
-            let in_call = src[..i]
-                .rfind('(')
-                .is_some_and(|o| !src[o..i].contains(')'))
-                || src[..i].trim_end().ends_with(',');
-            if in_call && trimmed.starts_with('=') && !trimmed.starts_with("==") {
-                let value_start = i + key.len() + (rest.len() - trimmed.len()) + 1;
-                let mut depth = 0i32;
-                let mut j = value_start;
-                while j < bytes.len() {
-                    match bytes[j] {
-                        b'(' | b'[' => depth += 1,
-                        b')' | b']' if depth == 0 => break,
-                        b')' | b']' => depth -= 1,
-                        b',' | b'\n' if depth == 0 => break,
-                        _ => {}
-                    }
-                    j += 1;
-                }
-                out.push_str(&src[i..value_start]);
-                out.push(' ');
-                out.push_str(new);
-                i = j;
-                continue;
-            }
-        }
-        out.push(bytes[i] as char);
-        i += 1;
-    }
-    out
-}
-
-/// An example's source at tiny sizes: comments dropped, inline size arguments replaced,
-/// stacks cut to 2 layers (an `order` program becomes `* 3 order [0, 1, 1]`: one layer
-/// looped, one skipped).
-fn shrink_source(src: &str) -> String {
-    let mut lines = Vec::new();
-    for line in src.lines() {
-        let code = line.split('#').next().unwrap_or("").trim_end();
-        let t = code.trim_start();
-        let line = if let Some(rest) = t.strip_prefix("stack ") {
-            let block = rest.split('*').next().unwrap_or("").trim();
-            if rest.contains("order") {
-                format!("stack {block} * 3 order [0, 1, 1]")
-            } else if rest.split_whitespace().any(|w| w == "shared") {
-                format!("stack {block} * 2 shared")
-            } else {
-                format!("stack {block} * 2")
-            }
-        } else {
-            code.to_string()
-        };
-        lines.push(line);
-    }
-    let mut s = lines.join("\n");
-    for (key, value) in SMALL_ARGS {
-        s = set_arg(&s, key, value);
-    }
-    s
-}
-
-/// Parse and elaborate `src` with every known size constant it defines set small.
-fn elaborate_small(name: &str, src: &str) -> Graph {
-    use lamina::elab::{constants, elaborate, Override};
-    let module = lamina::syntax::parse(src).unwrap_or_else(|e| panic!("{name}: parse: {e:?}"));
-    let defined = constants(&module, &[]).unwrap_or_else(|e| panic!("{name}: consts: {e:?}"));
-    let overrides: Vec<Override> = SMALL_CONSTS
-        .iter()
-        .filter(|(c, _)| defined.iter().any(|(n, _)| n == c))
-        .map(|(c, v)| Override {
-            name: c.to_string(),
-            value: *v as f64,
-            is_int: true,
-        })
-        .collect();
-    elaborate(&module, name, &overrides).unwrap_or_else(|e| panic!("{name}: elaborate: {e:?}"))
-}
-
-/// Random parameter values around each parameter's init, and random inputs (ids within the
-/// range of every op that reads them).
-fn random_env(g: &Graph, seed: u64) -> (Vec<Tensor>, Vec<Tensor>) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let params = g
-        .params
-        .iter()
-        .map(|p| {
-            let n = p.shape.iter().product();
-            let data = (0..n)
-                .map(|_| {
-                    let u: f64 = rng.gen_range(-1.0..1.0);
-                    match p.init {
-                        Init::Zeros => 0.2 * u,
-                        Init::Ones => 1.0 + 0.2 * u,
-                        Init::Const(c) => c + 0.2 * u,
-                        // Larger than a 0.02 std so embeddings and positions matter.
-                        Init::Normal { std } => u * std.max(0.5),
-                        Init::Uniform { bound } => u * bound,
-                    }
-                })
-                .collect();
-            Tensor::f32(p.shape.clone(), data)
-        })
-        .collect();
-    let inputs = g
-        .inputs
-        .iter()
-        .enumerate()
-        .map(|(k, inp)| {
-            let n = inp.ty.numel();
-            match inp.ty.dtype {
-                lamina::ir::DType::F32 => {
-                    let data = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
-                    Tensor::f32(inp.ty.shape.clone(), data)
-                }
-                lamina::ir::DType::I32 => {
-                    let max = id_bound(g, k);
-                    let data = (0..n).map(|_| rng.gen_range(0..max) as f64).collect();
-                    Tensor::i32(inp.ty.shape.clone(), data)
-                }
-            }
-        })
-        .collect();
-    (inputs, params)
-}
-
-/// The smallest id range accepted by the ops that read input `k` (through reshapes).
-fn id_bound(g: &Graph, k: usize) -> usize {
-    let mut ids = vec![false; g.nodes.len()];
-    let mut bound = usize::MAX;
-    for (i, n) in g.nodes.iter().enumerate() {
-        match &n.op {
-            Op::Input { index } if *index == k => ids[i] = true,
-            Op::Reshape { .. } | Op::Transpose { .. } | Op::Slice { .. }
-                if ids[n.args[0].index()] =>
-            {
-                ids[i] = true
-            }
-            Op::Gather if ids[n.args[1].index()] => bound = bound.min(g.ty(n.args[0]).shape[0]),
-            Op::ScatterAdd { rows } if ids[n.args[0].index()] => bound = bound.min(*rows),
-            Op::OneHot { classes } if ids[n.args[0].index()] => bound = bound.min(*classes),
-            _ => {}
-        }
-    }
-    assert!(
-        bound != usize::MAX && bound > 0,
-        "input #{k} is not used as ids"
-    );
-    bound
-}
-
-fn example_sources() -> Vec<(String, String)> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .expect("examples/ exists")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "lam"))
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|p| {
-            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read_to_string(&p).unwrap())
-        })
-        .collect()
-}
-
 #[test]
 fn every_example_small() {
     let examples = example_sources();
     assert!(!examples.is_empty());
     let mut worst = 0.0f64;
     for (seed, (name, src)) in examples.iter().enumerate() {
-        let graph = elaborate_small(name, &shrink_source(src));
+        let graph = elaborate_small(name, src);
         let (inputs, params) = random_env(&graph, 100 + seed as u64);
         let n = graph.param_count();
         assert!(
@@ -877,10 +671,12 @@ fn every_example_small() {
 fn shared_example_equals_sum_over_unshared_layers() {
     let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/shared.lam"))
         .expect("examples/shared.lam");
-    let small = shrink_source(&src);
-    assert!(small.contains(" shared"), "shared.lam stacks shared layers");
-    let unshared_src = small.replace("* 2 shared", "* 2");
-    let shared = elaborate_small("shared", &small);
+    assert!(
+        src.contains("stack layer * layers shared"),
+        "shared.lam stacks shared layers"
+    );
+    let unshared_src = src.replace("stack layer * layers shared", "stack layer * layers");
+    let shared = elaborate_small("shared", &src);
     let unshared = elaborate_small("unshared", &unshared_src);
     let (inputs, shared_params) = random_env(&shared, 5);
     // The same weights copied into every layer of the unshared model.

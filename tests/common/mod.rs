@@ -1,0 +1,109 @@
+//! Helpers shared by the integration tests: the gallery run small through `--set`-style
+//! overrides, and random parameters and batches for oracle comparisons.
+#![allow(dead_code)] // each test file uses a different subset
+
+use lamina::elab::{constants, elaborate, Override};
+use lamina::ir::{DType, Graph, Init};
+use lamina::tensor::Tensor;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Tiny values for the size constants the examples define (every example names its sizes
+/// as constants precisely so that it can be run small).
+pub const SMALL: &[(&str, i64)] = &[
+    ("d", 8),
+    ("heads", 2),
+    ("layers", 2),
+    ("batch", 2),
+    ("length", 5),
+    ("vocab", 11),
+    ("features", 12),
+    ("classes", 3),
+];
+
+/// Every `examples/*.lam` as (file stem, source), sorted by name.
+pub fn example_sources() -> Vec<(String, String)> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("examples/ exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "lam"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect()
+}
+
+/// The overrides of `SMALL` for the constants `src` defines.
+pub fn small_overrides(src: &str) -> Vec<Override> {
+    let module = lamina::syntax::parse(src).expect("parses");
+    let defined = constants(&module, &[]).expect("constants evaluate");
+    SMALL
+        .iter()
+        .filter(|(c, _)| defined.iter().any(|(n, _)| n == c))
+        .map(|(c, v)| Override {
+            name: c.to_string(),
+            value: *v as f64,
+            is_int: true,
+        })
+        .collect()
+}
+
+/// Parse and elaborate `src` with its size constants set small.
+pub fn elaborate_small(name: &str, src: &str) -> Graph {
+    let module = lamina::syntax::parse(src).unwrap_or_else(|e| panic!("{name}: parse: {e:?}"));
+    elaborate(&module, name, &small_overrides(src))
+        .unwrap_or_else(|e| panic!("{name}: elaborate: {e:?}"))
+}
+
+/// Random parameter values around each parameter's init, and random inputs (ids within the
+/// range of every op that reads them). Returns (inputs, params).
+pub fn random_env(g: &Graph, seed: u64) -> (Vec<Tensor>, Vec<Tensor>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let params = g
+        .params
+        .iter()
+        .map(|p| {
+            let n = p.shape.iter().product();
+            let data = (0..n)
+                .map(|_| {
+                    let u: f64 = rng.gen_range(-1.0..1.0);
+                    match p.init {
+                        Init::Zeros => 0.2 * u,
+                        Init::Ones => 1.0 + 0.2 * u,
+                        Init::Const(c) => c + 0.2 * u,
+                        // Larger than a 0.02 std so embeddings and positions matter.
+                        Init::Normal { std } => u * std.max(0.5),
+                        Init::Uniform { bound } => u * bound,
+                    }
+                })
+                .collect();
+            Tensor::f32(p.shape.clone(), data)
+        })
+        .collect();
+    let inputs = g
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(k, inp)| {
+            let n = inp.ty.numel();
+            match inp.ty.dtype {
+                DType::F32 => {
+                    let data = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                    Tensor::f32(inp.ty.shape.clone(), data)
+                }
+                DType::I32 => {
+                    let max = lamina::io::index_bound(g, k).expect("ids are used");
+                    let data = (0..n).map(|_| rng.gen_range(0..max) as f64).collect();
+                    Tensor::i32(inp.ty.shape.clone(), data)
+                }
+            }
+        })
+        .collect();
+    (inputs, params)
+}
