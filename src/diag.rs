@@ -97,6 +97,10 @@ pub fn render(diags: &[Diagnostic], file_name: &str, src: &str, color: bool) -> 
         if i > 0 {
             out.push('\n');
         }
+        if d.span.is_none() {
+            out.push_str(&unlocated(d, file_name, color));
+            continue;
+        }
         // A source excerpt of a huge line (minified or generated input) helps nobody.
         let mut spans = std::iter::once(d.span).chain(d.notes.iter().map(|(s, _)| *s));
         if spans.any(|s| line_len(src, s.start) > MAX_SHOWN_LINE) {
@@ -195,6 +199,21 @@ fn render_one(d: &Diagnostic, file_name: &str, src: &str, shown: &str, color: bo
     // Replace ariadne's `Error: message` line by one that carries the location.
     let body = text.split_once('\n').map_or("", |(_, rest)| rest);
     format!("{}{body}", header(d, file_name, src, color))
+}
+
+/// A problem with no place in the source: `file: error: message`, then the hint.
+fn unlocated(d: &Diagnostic, file_name: &str, color: bool) -> String {
+    use ariadne::Fmt;
+    let kind = if color {
+        format!("{}", "error".fg(ariadne::Color::Red))
+    } else {
+        "error".to_string()
+    };
+    let mut out = format!("{file_name}: {kind}: {}\n", one_line(&d.message));
+    if let Some(hint) = &d.hint {
+        out.push_str(&format!("  help: {}\n", one_line(hint)));
+    }
+    out
 }
 
 fn plain(d: &Diagnostic, file_name: &str, src: &str) -> String {

@@ -121,8 +121,8 @@ pub fn compile_file(path: &Path, overrides: &[Override]) -> Result<Compiled, Com
         source: String::new(),
         diagnostics: vec![Diagnostic::new(
             format!("cannot read {file_name}: {e}"),
-            Default::default(),
-            "here",
+            crate::syntax::ast::Span::NONE,
+            "",
         )],
     })?;
     match String::from_utf8(bytes) {

@@ -102,7 +102,7 @@ impl Consts {
                 names.sort_unstable();
                 let mut d = Diagnostic::new(
                     format!("`--set {}`: the model has no constant `{}`", o.name, o.name),
-                    Span::default(),
+                    Span::NONE,
                     "unknown constant",
                 );
                 let hint = match closest(&o.name, names.iter().copied()) {
@@ -115,9 +115,18 @@ impl Consts {
             } else if !o.value.is_finite() {
                 diags.push(Diagnostic::new(
                     format!("`--set {}`: the value is not a finite number", o.name),
-                    Span::default(),
+                    Span::NONE,
                     "bad override",
                 ));
+            } else if o.is_int && o.value.abs() > (1u64 << 53) as f64 {
+                diags.push(
+                    Diagnostic::new(
+                        format!("`--set {}={}`: the value is out of range", o.name, o.value),
+                        Span::NONE,
+                        "bad override",
+                    )
+                    .with_hint("integer overrides must lie within ±2^53"),
+                );
             }
         }
         for item in &m.items {
@@ -674,7 +683,11 @@ impl<'a> Bound<'a> {
                     span,
                     format!("only {first} may be unnamed"),
                 )
-                .with_hint(format!("name the others: {}", named.join(", ")))
+                .with_hint(if named.is_empty() {
+                    format!("{what} takes at most {positional} argument(s)")
+                } else {
+                    format!("name the others: {}", named.join(", "))
+                })
             };
             diags.push(d);
         }

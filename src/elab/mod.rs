@@ -30,10 +30,17 @@ pub struct Override {
     pub is_int: bool,
 }
 
-/// Limits that keep every model small enough to compile and index with 32-bit sizes.
+/// Limits that keep every model small enough to compile quickly, to index with 32-bit
+/// sizes, and to fit this machine class's memory when run (the interpreter holds f64).
 pub const MAX_LAYERS: usize = 1024;
-pub const MAX_ELEMENTS: u64 = 1 << 31;
-pub const MAX_PARAMS: u64 = 1 << 31;
+/// Sublayer steps one block may run (each occurrence in its scheme counts).
+pub const MAX_STEPS_PER_BLOCK: usize = 64;
+/// Sublayer steps the whole model may execute (layers times their steps).
+pub const MAX_STEPS: usize = 8192;
+/// Elements of any one tensor (1 GiB of f32).
+pub const MAX_ELEMENTS: u64 = 1 << 28;
+/// Parameter elements in total (1 GiB of f32).
+pub const MAX_PARAMS: u64 = 1 << 28;
 
 /// Elaborate a parsed module into a forward graph with outputs `loss` and `logits`.
 /// `default_name` (the file stem) names the graph when there is no `model` statement.
@@ -52,7 +59,7 @@ pub fn elaborate(
             .map(|t| t.to_string())
             .unwrap_or_else(|| "more than 2^64".into());
         return Err(vec![Diagnostic::new(
-            format!("the model has {count} parameters; the limit is 2^31 = {MAX_PARAMS}"),
+            format!("the model has {count} parameters; the limit is 2^28 = {MAX_PARAMS}"),
             plan.stack_span,
             "these layers are too large in total",
         )
@@ -129,7 +136,11 @@ pub(crate) fn closest<'a>(
 pub(crate) fn suggest(name: &str, candidates: &[&str], what: &str) -> String {
     match closest(name, candidates.iter().copied()) {
         Some(c) => format!("did you mean `{c}`?"),
-        None if candidates.is_empty() => format!("no {what} is defined"),
+        None if candidates.is_empty() => {
+            // `what` reads "the constants are": say "there are no constants".
+            let noun = what.trim_start_matches("the ").trim_end_matches(" are");
+            format!("there are no {noun} yet")
+        }
         None => format!("{what}: {}", list(candidates)),
     }
 }

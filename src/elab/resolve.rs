@@ -5,7 +5,9 @@
 //! plan and the stacks that use it are skipped without further errors.
 
 use super::consts::{Bound, Consts, Ev, Value};
-use super::{closest, list, suggest, Override, MAX_ELEMENTS, MAX_LAYERS};
+use super::{
+    closest, list, suggest, Override, MAX_ELEMENTS, MAX_LAYERS, MAX_STEPS, MAX_STEPS_PER_BLOCK,
+};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::syntax::ast::{
     Block, BlockItem, Call, Expr, ExprKind, Ident, Item, Module, NormSpec, Scheme, Span, Stack,
@@ -402,12 +404,34 @@ impl Resolver<'_> {
         let mut layers = Vec::new();
         let mut next_weights = 0usize;
         let mut executed = 0usize;
+        let mut executed_steps = 0usize;
         let mut runs: HashMap<usize, usize> = HashMap::new();
         let mut depth_ok = true;
         for s in &stacks {
             match self.stack(s, &blocks, &plans, &mut next_weights) {
                 Some(seq) => {
                     executed += seq.len();
+                    executed_steps += seq
+                        .iter()
+                        .filter_map(|(block, _)| plans.get(*block).and_then(|p| p.as_ref()))
+                        .map(|p| p.units.iter().map(|u| u.branches.len()).sum::<usize>())
+                        .sum::<usize>();
+                    if executed_steps > MAX_STEPS && executed <= MAX_LAYERS {
+                        self.diags.push(
+                            err(
+                                format!(
+                                    "the model would execute {executed_steps} sublayer steps; the limit is {MAX_STEPS}"
+                                ),
+                                s.span,
+                                "this stack goes past the limit",
+                            )
+                            .with_hint(format!(
+                                "at most {MAX_STEPS} sublayer steps can be executed in total: use fewer layers or shorter blocks"
+                            )),
+                        );
+                        depth_ok = false;
+                        break;
+                    }
                     if executed > MAX_LAYERS {
                         self.diags.push(
                             err(
@@ -859,6 +883,35 @@ impl Resolver<'_> {
             span: Span,
         }
         let mut subs: Vec<Sl> = Vec::new();
+        // A block's `norm`/`skip` comes before its sublayers: written after one (on its own
+        // line) it reads as that sublayer's clause but would apply to the whole block.
+        let mut last_sublayer: Option<&Ident> = None;
+        for item in &b.items {
+            match (item, last_sublayer) {
+                (BlockItem::Norm(NormSpec { span, .. }), Some(sl))
+                | (BlockItem::Skip(Call { span, .. }), Some(sl)) => {
+                    let what = if matches!(item, BlockItem::Norm(_)) {
+                        "norm"
+                    } else {
+                        "skip"
+                    };
+                    self.diags.push(
+                        err(
+                            format!("a block's `{what}` must come before its sublayers"),
+                            *span,
+                            "after sublayer definitions",
+                        )
+                        .with_note(sl.span, "a sublayer is defined above")
+                        .with_hint(format!(
+                            "to set it for `{}` alone, write it on the same line: `{} = ... {what} ...`; for the whole block, move it to the top of the block",
+                            sl.name, sl.name
+                        )),
+                    );
+                }
+                (BlockItem::Sublayer(sl), _) => last_sublayer = Some(&sl.name),
+                _ => {}
+            }
+        }
         for item in &b.items {
             match item {
                 BlockItem::Norm(n) => {
@@ -1202,6 +1255,21 @@ impl Resolver<'_> {
             }
             units
         };
+        let steps: usize = units.iter().map(|u| u.branches.len()).sum();
+        if steps > MAX_STEPS_PER_BLOCK {
+            self.diags.push(
+                err(
+                    format!(
+                        "block `{}` runs {steps} sublayer steps; the limit is {MAX_STEPS_PER_BLOCK}",
+                        b.name.name
+                    ),
+                    b.name.span,
+                    "this block is too long",
+                )
+                .with_hint("split it into several blocks and stack them"),
+            );
+            return None;
+        }
         Some(BlockPlan {
             name: b.name.name.clone(),
             units,
@@ -1783,7 +1851,7 @@ impl Resolver<'_> {
                         "too large",
                     )
                     .with_hint(format!(
-                        "a tensor may have at most 2^31 = {MAX_ELEMENTS} elements"
+                        "a tensor may have at most 2^28 = {MAX_ELEMENTS} elements"
                     )),
                 );
                 false

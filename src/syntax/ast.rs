@@ -15,8 +15,18 @@ pub struct Span {
 }
 
 impl Span {
+    /// No place in the source: for problems with a command-line override or an unreadable
+    /// file. Rendered without a location or excerpt.
+    pub const NONE: Span = Span {
+        start: usize::MAX,
+        end: usize::MAX,
+    };
+
     pub fn new(start: usize, end: usize) -> Self {
         Span { start, end }
+    }
+    pub fn is_none(self) -> bool {
+        self == Span::NONE
     }
     /// The smallest span covering both.
     pub fn to(self, other: Span) -> Span {
