@@ -145,13 +145,15 @@ mod x86 {
     use std::time::Instant;
 
     const ITERS: usize = 20_000_000;
+    const CHAINS: usize = 12;
 
-    /// 10 independent accumulator chains hide the FMA latency.
+    /// 12 independent accumulator chains (more than FMA latency x throughput = 4 x 2) keep
+    /// both FMA pipes busy.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn peak256() -> f64 {
         let a = _mm256_set1_ps(0.999_999);
         let b = _mm256_set1_ps(1e-7);
-        let mut acc = [_mm256_set1_ps(1.0); 10];
+        let mut acc = [_mm256_set1_ps(1.0); CHAINS];
         let t = Instant::now();
         for _ in 0..ITERS {
             for x in acc.iter_mut() {
@@ -164,14 +166,14 @@ mod x86 {
             sum = _mm256_add_ps(sum, x);
         }
         std::hint::black_box(sum);
-        (ITERS * 10 * 8 * 2) as f64 / s / 1e9
+        (ITERS * CHAINS * 8 * 2) as f64 / s / 1e9
     }
 
     #[target_feature(enable = "fma")]
     pub unsafe fn peak128() -> f64 {
         let a = _mm_set1_ps(0.999_999);
         let b = _mm_set1_ps(1e-7);
-        let mut acc = [_mm_set1_ps(1.0); 10];
+        let mut acc = [_mm_set1_ps(1.0); CHAINS];
         let t = Instant::now();
         for _ in 0..ITERS {
             for x in acc.iter_mut() {
@@ -184,7 +186,7 @@ mod x86 {
             sum = _mm_add_ps(sum, x);
         }
         std::hint::black_box(sum);
-        (ITERS * 10 * 4 * 2) as f64 / s / 1e9
+        (ITERS * CHAINS * 4 * 2) as f64 / s / 1e9
     }
 }
 
@@ -219,7 +221,9 @@ pub fn profile_training(joint: &Graph, steps: usize) -> Result<String, String> {
         KernelBody::ScatterAdd { .. } => "scatter_add",
     };
     for &(t, k) in &med {
-        let e = by_kind.entry(kind(&exe.program.kernels[k].body)).or_default();
+        let e = by_kind
+            .entry(kind(&exe.program.kernels[k].body))
+            .or_default();
         e.0 += t;
         e.1 += 1;
     }
@@ -256,4 +260,140 @@ pub fn profile_training(joint: &Graph, steps: usize) -> Result<String, String> {
         let _ = writeln!(s, "  k{k:<4} {:7.3} ms  {what}  [{}]", t * 1e3, kern.scope);
     }
     Ok(s)
+}
+
+/// One row of the matmul table: a GEMM shape and the median time of each implementation.
+#[derive(Clone, Debug)]
+pub struct MatmulRow {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// `a`/`b` layout: `n` for row-major, `t` for transposed (contiguous along the other axis).
+    pub layout: String,
+    pub gemm_seconds: f64,
+    /// `None` when no generated microkernel fits the shape.
+    pub jit_seconds: Option<f64>,
+    /// What `kernels::matmul_path` picks for it.
+    pub chosen: &'static str,
+}
+
+/// Time every distinct GEMM of `programs` with the gemm crate and with the generated
+/// microkernel (median of `reps` runs each, on a private arena).
+pub fn matmul_table(
+    programs: &[crate::kernels::Program],
+    reps: usize,
+) -> Result<Vec<MatmulRow>, String> {
+    use crate::kernels::{
+        jit_form, matmul_path, BufInfo, BufKind, Kernel, KernelBody, MatMulKernel, MatOperand,
+        MatPath, Program,
+    };
+    use crate::runtime::Executable;
+    let mut seen: Vec<MatMulKernel> = vec![];
+    for p in programs {
+        for k in &p.kernels {
+            if let KernelBody::MatMul(mm) = &k.body {
+                let key = |x: &MatMulKernel| {
+                    (
+                        x.m,
+                        x.n,
+                        x.k,
+                        x.c.offsets.len(),
+                        x.a.rs,
+                        x.a.cs,
+                        x.b.rs,
+                        x.b.cs,
+                    )
+                };
+                if !seen.iter().any(|s| key(s) == key(mm)) {
+                    seen.push(mm.clone());
+                }
+            }
+        }
+    }
+    let mut rows = vec![];
+    for mm in seen {
+        let batch = mm.c.offsets.len();
+        // Private dense operands with the same strides, one matrix per batch item.
+        let extent = |o: &MatOperand, r: usize, c: usize| {
+            (r.max(1) as i64 - 1) * o.rs + (c.max(1) as i64 - 1) * o.cs + 1
+        };
+        let mk = |o: &MatOperand, buf: u32, r: usize, c: usize| {
+            let e = extent(o, r, c);
+            MatOperand {
+                buf: crate::kernels::BufId(buf),
+                offsets: (0..batch as i64).map(|i| i * e).collect(),
+                rs: o.rs,
+                cs: o.cs,
+            }
+        };
+        let mut local = MatMulKernel {
+            a: mk(&mm.a, 0, mm.m, mm.k),
+            b: mk(&mm.b, 1, mm.k, mm.n),
+            c: mk(&mm.c, 2, mm.m, mm.n),
+            ..mm.clone()
+        };
+        let buffers: Vec<BufInfo> = [
+            extent(&mm.a, mm.m, mm.k),
+            extent(&mm.b, mm.k, mm.n),
+            extent(&mm.c, mm.m, mm.n),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, &e)| BufInfo {
+            len: e as usize * batch,
+            dtype: DType::F32,
+            kind: if i == 2 {
+                BufKind::Temp
+            } else {
+                BufKind::Param(i)
+            },
+            label: String::new(),
+        })
+        .collect();
+        let time = |path: MatPath, local: &mut MatMulKernel| -> Result<f64, String> {
+            local.path = path;
+            let prog = Program {
+                name: "matmul".into(),
+                buffers: buffers.clone(),
+                kernels: vec![Kernel {
+                    nodes: vec![],
+                    scope: String::new(),
+                    body: KernelBody::MatMul(local.clone()),
+                }],
+                inputs: vec![],
+                params: vec![crate::kernels::BufId(0), crate::kernels::BufId(1)],
+                outputs: vec![],
+                index_inputs: vec![],
+            };
+            let mut exe = Executable::from_program(prog)?;
+            exe.run(0.0);
+            let mut t: Vec<f64> = (0..reps.max(1))
+                .map(|_| {
+                    let s = Instant::now();
+                    exe.run(0.0);
+                    s.elapsed().as_secs_f64()
+                })
+                .collect();
+            t.sort_by(f64::total_cmp);
+            Ok(t[t.len() / 2])
+        };
+        let gemm_seconds = time(MatPath::Gemm, &mut local)?;
+        let jit_seconds = match jit_form(&local) {
+            Some(p) => Some(time(p, &mut local)?),
+            None => None,
+        };
+        let lay = |o: &MatOperand| if o.cs == 1 { 'n' } else { 't' };
+        rows.push(MatmulRow {
+            batch,
+            m: mm.m,
+            n: mm.n,
+            k: mm.k,
+            layout: format!("{}{}", lay(&mm.a), lay(&mm.b)),
+            gemm_seconds,
+            jit_seconds,
+            chosen: matmul_path(&mm).name(),
+        });
+    }
+    Ok(rows)
 }

@@ -165,6 +165,134 @@ pub enum Command {
         per second, the achieved matmul GFLOP/s and the peak arena bytes."
     )]
     Bench(BenchArgs),
+    /// Train a model on a built-in task or a text file, with its `train { }` recipe.
+    #[command(after_help = "Examples:\n  lamina train examples/grokking.lam\n  \
+        lamina train examples/transformer.lam --data README.md --steps 300 --set layers=1\n  \
+        lamina train model.lam --optimizer 'lamb(lr = 0.01)' --schedule 'cosine(warmup = 50)'\n  \
+        lamina train model.lam --resume runs/model-seed0/checkpoint.safetensors\n\n\
+        Writes DIR/log.jsonl (every step), DIR/loss.svg, DIR/checkpoint.safetensors (every \
+        eval, atomic; weights, optimizer state, step) and DIR/final.safetensors. Ctrl-C saves a \
+        checkpoint and exits (code 130); a NaN or Inf stops the run with the op and layer where \
+        it first appeared (code 1). Recipe reference: docs/training.md.")]
+    Train(TrainArgs),
+    /// Generate text from a trained byte-level language model.
+    #[command(
+        after_help = "Example:\n  lamina sample examples/tiny_lm.lam --weights runs/tiny_lm-seed0/final.safetensors --prompt 'The '"
+    )]
+    Sample {
+        file: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        weights: PathBuf,
+        #[arg(long, default_value = "")]
+        prompt: String,
+        /// Bytes to generate.
+        #[arg(long, default_value_t = 200)]
+        length: usize,
+        /// Softmax temperature; 0 takes the most likely byte.
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, value_enum, default_value_t = Backend::Jit)]
+        backend: Backend,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Train several models with the same task, seed and recipe; plot and tabulate them.
+    #[command(
+        after_help = "Example:\n  lamina compare examples/grokking.lam examples/grokking_macaron.lam --steps 1000\n\n\
+        Every model uses the first model's recipe (its train section and these options). Writes \
+        DIR/compare.svg and one run directory per model under DIR (default runs/compare)."
+    )]
+    Compare {
+        #[arg(required = true, num_args = 2..)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        train: TrainFlags,
+    },
+}
+
+/// Recipe overrides shared by `train` and `compare`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainFlags {
+    /// The task, e.g. `modular_addition(p = 23)`, `copy`, `reverse`, `char_lm`.
+    #[arg(long)]
+    pub task: Option<String>,
+    #[arg(long)]
+    pub steps: Option<String>,
+    /// Peak learning rate (replaces the optimizer's).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// `sgd`, `adamw`, `lamb`, or a call such as `adamw(lr = 1e-3, weight_decay = 1.0)`.
+    #[arg(long)]
+    pub optimizer: Option<String>,
+    /// `constant(warmup = N)` or `cosine(warmup = N, final = 0.0)`.
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Clip the global gradient norm (`none` to turn off).
+    #[arg(long)]
+    pub clip: Option<String>,
+    /// `gradient_noise(eta = 0.01, gamma = 0.55)` or `none`.
+    #[arg(long)]
+    pub noise: Option<String>,
+    #[arg(long)]
+    pub eval_every: Option<String>,
+    #[arg(long)]
+    pub seed: Option<String>,
+    /// A text file for the char_lm task (bytes; the last 10% held out).
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    /// Output directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Backend::Jit)]
+    pub backend: Backend,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub flags: TrainFlags,
+    /// Continue from a checkpoint (bit-identical to a run never interrupted).
+    #[arg(long, value_name = "CKPT")]
+    pub resume: Option<PathBuf>,
+}
+
+impl TrainFlags {
+    pub fn options(&self) -> crate::train::TrainOptions {
+        let mut settings = Vec::new();
+        for (k, v) in [
+            ("task", &self.task),
+            ("steps", &self.steps),
+            ("optimizer", &self.optimizer),
+            ("schedule", &self.schedule),
+            ("clip", &self.clip),
+            ("noise", &self.noise),
+            ("eval_every", &self.eval_every),
+            ("seed", &self.seed),
+        ] {
+            if let Some(v) = v {
+                settings.push((k.to_string(), v.clone()));
+            }
+        }
+        crate::train::TrainOptions {
+            overrides: self.overrides.set.clone(),
+            settings,
+            lr: self.lr,
+            data: self.data.clone(),
+            out: self.out.clone(),
+            resume: None,
+            backend: Some(self.backend),
+            quiet: self.quiet,
+            stop_after: None,
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -309,6 +437,55 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             Ok(0)
         }
         Command::Bench(args) => cmd_bench(&args, color),
+        Command::Train(args) => {
+            let mut opts = args.flags.options();
+            opts.resume = args.resume.clone();
+            let s = crate::train::train(&args.file, &opts)?;
+            print!("{}", crate::train::summary_table(std::slice::from_ref(&s)));
+            println!(
+                "task {}; wrote {}/{{log.jsonl, loss.svg, checkpoint.safetensors{}}}",
+                s.task,
+                s.out_dir.display(),
+                if s.interrupted {
+                    ""
+                } else {
+                    ", final.safetensors"
+                }
+            );
+            Ok(if s.interrupted { 130 } else { 0 })
+        }
+        Command::Compare { files, train } => {
+            let (runs, svg) = crate::train::compare(&files, &train.options())?;
+            print!("{}", crate::train::summary_table(&runs));
+            println!("wrote {}", svg.display());
+            Ok(0)
+        }
+        Command::Sample {
+            file,
+            weights,
+            prompt,
+            length,
+            temperature,
+            seed,
+            backend,
+            overrides,
+        } => {
+            let compiled = compile(&file, &overrides, color)?;
+            let params = crate::train::load_model_weights(&compiled.forward, &weights)?;
+            let out = crate::train::sample::sample(
+                &compiled.forward,
+                &params,
+                &crate::train::sample::SampleOptions {
+                    prompt: prompt.clone(),
+                    bytes: length,
+                    temperature,
+                    seed,
+                    backend,
+                },
+            )?;
+            println!("{prompt}{}", String::from_utf8_lossy(&out));
+            Ok(0)
+        }
         Command::Run {
             file,
             weights,

@@ -8,7 +8,7 @@ use crate::tensor::Tensor;
 use anyhow::{anyhow, bail, Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
 use std::io::Write;
 use std::path::Path;
 
@@ -86,13 +86,36 @@ pub fn load_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
         .with_context(|| format!("{} is not a valid tensor file", path.display()))
 }
 
+/// A sentence for a safetensors format error (the crate's own text is its variant name).
+fn describe(e: &SafeTensorError) -> String {
+    use SafeTensorError as E;
+    match e {
+        E::HeaderTooSmall | E::InvalidHeaderLength => {
+            "the file is too short to hold a safetensors header".into()
+        }
+        E::HeaderTooLarge => "its header claims to be larger than 100 MB".into(),
+        E::InvalidHeader | E::InvalidHeaderStart | E::InvalidHeaderDeserialization => {
+            "its header is not the JSON a safetensors file starts with".into()
+        }
+        E::JsonError(j) => format!("its header is not valid JSON ({j})"),
+        E::TensorInvalidInfo | E::InvalidTensorView(..) => {
+            "a tensor's shape and dtype do not match its byte range".into()
+        }
+        E::InvalidOffset(name) => format!("tensor `{name}` has invalid data offsets"),
+        E::MetadataIncompleteBuffer => "the tensor data does not cover the file exactly".into(),
+        E::ValidationOverflow => "a tensor's declared size overflows".into(),
+        E::TensorNotFound(name) => format!("it has no tensor `{name}`"),
+        E::IoError(io) => io.to_string(),
+    }
+}
+
 pub fn parse_safetensors(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow!("{e:?}"))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow!("{}", describe(&e)))?;
     let mut out = Vec::new();
     let mut names = st.names();
     names.sort();
     for name in names {
-        let view = st.tensor(name).map_err(|e| anyhow!("{e:?}"))?;
+        let view = st.tensor(name).map_err(|e| anyhow!("{}", describe(&e)))?;
         let shape = view.shape().to_vec();
         let data = view.data();
         let tensor = match view.dtype() {

@@ -20,3 +20,4 @@ pub mod passes;
 pub mod runtime;
 pub mod syntax;
 pub mod tensor;
+pub mod train;

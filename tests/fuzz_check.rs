@@ -14,17 +14,67 @@ fn examples() -> Vec<String> {
         .filter(|p| p.extension().is_some_and(|e| e == "lam"))
         .collect();
     files.sort();
-    files.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
+    files
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect()
 }
 
 /// Replacement tokens that stress the checker: extreme numbers, keywords in odd places,
 /// brackets, operators.
 const TOKENS: &[&str] = &[
-    "0", "-1", "1", "3", "1000000000", "9223372036854775807", "99999999999999999999", "1e308",
-    "0.0", "-0.5", "1/0", "//", "%", "*", "(", ")", "[", "]", "{", "}", "=", ",", "\n",
-    "block", "stack", "shared", "order", "norm", "skip", "scheme", "input", "head", "loss",
-    "pre", "post", "peri", "none", "rmsnorm", "strang", "parallel", "lie_trotter", "hourglass",
-    "attention", "ffn", "linear", "true", "false", "learned", "d", "heads", "layer", "x",
+    "0",
+    "-1",
+    "1",
+    "3",
+    "1000000000",
+    "9223372036854775807",
+    "99999999999999999999",
+    "1e308",
+    "0.0",
+    "-0.5",
+    "1/0",
+    "//",
+    "%",
+    "*",
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    "=",
+    ",",
+    "\n",
+    "block",
+    "stack",
+    "shared",
+    "order",
+    "norm",
+    "skip",
+    "scheme",
+    "input",
+    "head",
+    "loss",
+    "pre",
+    "post",
+    "peri",
+    "none",
+    "rmsnorm",
+    "strang",
+    "parallel",
+    "lie_trotter",
+    "hourglass",
+    "attention",
+    "ffn",
+    "linear",
+    "true",
+    "false",
+    "learned",
+    "d",
+    "heads",
+    "layer",
+    "x",
 ];
 
 fn mutate(src: &str, edits: &[(usize, u8, usize)]) -> String {
@@ -51,8 +101,15 @@ fn mutate(src: &str, edits: &[(usize, u8, usize)]) -> String {
 }
 
 fn runner(cases: u32) -> TestRunner {
-    let config = Config { cases, failure_persistence: None, ..Config::default() };
-    TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &[11u8; 32]))
+    let config = Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    TestRunner::new_with_rng(
+        config,
+        TestRng::from_seed(RngAlgorithm::ChaCha, &[11u8; 32]),
+    )
 }
 
 #[test]
@@ -100,6 +157,8 @@ fn arbitrary_bytes_never_panic() {
 fn huge_repeat_is_a_clear_error() {
     let src = "input tokens(batch = 1, length = 4, vocab = 8)\nembed(dim = 8)\n\
                block b { ffn = ffn(hidden = 8) }\nstack b * 1000000000\n";
-    let err = compile_source(src, "huge.lam", &[]).unwrap_err().render(false);
+    let err = compile_source(src, "huge.lam", &[])
+        .unwrap_err()
+        .render(false);
     assert!(err.contains("1024"), "names the limit: {err}");
 }

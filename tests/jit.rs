@@ -222,6 +222,34 @@ fn matmuls_match_interpreter() {
 }
 
 #[test]
+fn generated_matmul_microkernels_match_interpreter() {
+    // Tile-divisible shapes small enough for the generated microkernels, every transpose.
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        let (m, k, n) = (8, 12, 16);
+        let a = if ta { vec![3, k, m] } else { vec![3, m, k] };
+        let bs = if tb { vec![n, k] } else { vec![k, n] };
+        let bb = if tb { vec![3, n, k] } else { vec![3, k, n] };
+        for b_shape in [&bs, &bb] {
+            let g = graph(&[&a, b_shape], |b, x| {
+                let y = b.matmul(x[0], x[1], ta, tb).unwrap();
+                b.output("y", y);
+            });
+            check(&g, &[], &params_for(&g, -1.0, 1.0));
+        }
+    }
+    let progs = [false, true].map(|tb| {
+        let w: &[usize] = if tb { &[16, 12] } else { &[12, 16] };
+        let g = graph(&[&[8, 12], w], |b, x| {
+            let y = b.matmul(x[0], x[1], false, tb).unwrap();
+            b.output("y", y);
+        });
+        lamina::kernels::print_program(&build_program(&g, &Default::default()).unwrap())
+    });
+    assert!(progs.iter().any(|p| p.contains("jit-dot")), "{}", progs[1]);
+    assert!(progs.iter().any(|p| p.contains("jit-axpy")), "{}", progs[0]);
+}
+
+#[test]
 fn views_and_concat_match_interpreter() {
     let g = graph(&[&[3, 5], &[5], &[3, 1], &[3, 2]], |b, x| {
         let t = b.transpose(x[0], vec![1, 0]).unwrap();

@@ -1,9 +1,12 @@
 //! Cranelift code generation for loop and column-reduction kernels.
 //!
-//! Every generated function has the signature `fn(base: *mut u8, begin: i64, end: i64, lr: f32)`:
-//! `base` is the arena, buffer addresses are constant offsets from it (the memory plan is
-//! fixed before code generation), and `begin..end` is the range of rows (loop kernels) or
-//! columns (column reductions) to process, so the runtime can split a kernel across threads.
+//! Every generated function has the signature
+//! `fn(base: *mut u8, begin: i64, end: i64, lr: f32, bufs: *const i64)`: `base` is the arena,
+//! `bufs[i]` the byte offset of the kernel's `i`-th buffer (in order of first use), and
+//! `begin..end` the range of rows (loop kernels) or columns (column reductions) to process,
+//! so the runtime can split a kernel across threads. Because buffer addresses are arguments,
+//! kernels that differ only in their buffers (the same sublayer in every layer) share one
+//! compiled function: each distinct kernel is compiled once, on all cores.
 //!
 //! Loop kernels iterate rows; each row runs column passes over `f32x4` vectors, unrolled 4x
 //! in the main loop, then the remaining whole vectors and a scalar tail, straight-line (the
@@ -11,8 +14,11 @@
 //! pass `l - 1`; a stored column value of level `l` is written in pass `l`.
 
 pub mod math;
+pub mod matmul;
 
-use crate::kernels::{Access, KExpr, Kind, LoopKernel, Program, RowMap};
+use crate::kernels::{
+    Access, BufId, KExpr, KernelBody, Kind, LoopKernel, MatPath, Program, RowMap,
+};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::types::{F32, F32X4, I32, I64};
 use cranelift_codegen::ir::{
@@ -26,8 +32,8 @@ use cranelift_module::{default_libcall_names, Linkage, Module};
 use math::Math;
 use std::collections::HashMap;
 
-/// A compiled kernel: `(arena, begin, end, lr)`.
-pub type KernelFn = unsafe extern "C" fn(*mut u8, i64, i64, f32);
+/// A compiled kernel: `(arena, begin, end, lr, buffer byte offsets)`.
+pub type KernelFn = unsafe extern "C" fn(*mut u8, i64, i64, f32, *const i64);
 
 /// Code generation choices that change the emitted CLIF.
 #[derive(Clone, Copy, Debug)]
@@ -63,6 +69,10 @@ pub fn host_has_fma() -> bool {
 pub struct CompiledKernels {
     _module: JITModule,
     pub fns: Vec<Option<KernelFn>>,
+    /// Byte offsets of each kernel's buffers, the last argument of its function.
+    pub bufs: Vec<Vec<i64>>,
+    /// Distinct generated functions (kernels sharing code count once).
+    pub distinct: usize,
 }
 
 // The module owns executable memory only; the function pointers are plain code.
@@ -75,6 +85,7 @@ fn signature(call_conv: CallConv) -> Signature {
     sig.params.push(AbiParam::new(I64));
     sig.params.push(AbiParam::new(I64));
     sig.params.push(AbiParam::new(F32));
+    sig.params.push(AbiParam::new(I64));
     sig
 }
 
@@ -93,39 +104,91 @@ fn new_module() -> Result<JITModule, String> {
 
 /// Whether kernel `k` is generated code.
 fn is_generated(p: &Program, k: usize) -> bool {
-    matches!(
-        p.kernels[k].body,
-        crate::kernels::KernelBody::Loop(_) | crate::kernels::KernelBody::ColReduce { .. }
-    )
+    match &p.kernels[k].body {
+        KernelBody::Loop(_) | KernelBody::ColReduce { .. } => true,
+        KernelBody::MatMul(mm) => mm.path != MatPath::Gemm,
+        KernelBody::ScatterAdd { .. } => false,
+    }
 }
 
-/// Build the CLIF of kernel `k`, with buffer `b` at byte offset `4 * offsets[b]`.
+/// A kernel body with its buffers renumbered `b0, b1, ...` in order of first use, and the
+/// real buffers in that order: kernels with equal canonical bodies share code.
+pub fn canonical(body: &KernelBody) -> (KernelBody, Vec<BufId>) {
+    let mut body = body.clone();
+    let mut bufs: Vec<BufId> = vec![];
+    let mut slot = |b: &mut BufId| {
+        let i = match bufs.iter().position(|x| x == b) {
+            Some(i) => i,
+            None => {
+                bufs.push(*b);
+                bufs.len() - 1
+            }
+        };
+        *b = BufId(i as u32);
+    };
+    let mut access = |a: &mut Access| {
+        slot(&mut a.buf);
+        match &mut a.rows {
+            RowMap::Affine { .. } => {}
+            RowMap::Table { table } => slot(table),
+            RowMap::Indirect { ids, .. } => slot(ids),
+        }
+    };
+    match &mut body {
+        KernelBody::Loop(l) => {
+            for n in &mut l.nodes {
+                match &mut n.expr {
+                    KExpr::Load(a) => access(a),
+                    KExpr::OneHot { ids, .. } => access(ids),
+                    _ => {}
+                }
+            }
+            for st in &mut l.stores {
+                access(&mut st.access);
+            }
+        }
+        KernelBody::ColReduce { input, out, .. } => {
+            access(input);
+            access(out);
+        }
+        // Operand addresses (per batch item) come from the runtime's table.
+        KernelBody::MatMul(mm) => {
+            for (i, o) in [&mut mm.a, &mut mm.b, &mut mm.c].into_iter().enumerate() {
+                o.buf = BufId(i as u32);
+                o.offsets.clear();
+            }
+        }
+        KernelBody::ScatterAdd { .. } => {}
+    }
+    (body, bufs)
+}
+
+/// Build the CLIF of a canonical kernel body.
 fn build_function(
-    p: &Program,
-    k: usize,
-    offsets: &[usize],
+    body: &KernelBody,
+    name: u32,
     opts: CodegenOptions,
     call_conv: CallConv,
     fcfg: TargetFrontendConfig,
     fbc: &mut FunctionBuilderContext,
 ) -> Result<Function, String> {
-    let mut func =
-        Function::with_name_signature(UserFuncName::user(0, k as u32), signature(call_conv));
+    let mut func = Function::with_name_signature(UserFuncName::user(0, name), signature(call_conv));
     {
         let mut b = FunctionBuilder::new(&mut func, fbc);
         let mut g = Gen {
             math: Math { fma: opts.fma },
-            offsets,
+            bufs: vec![],
             unroll: opts.unroll.max(1),
         };
-        match &p.kernels[k].body {
-            crate::kernels::KernelBody::Loop(l) => g.loop_kernel(&mut b, l)?,
-            crate::kernels::KernelBody::ColReduce {
+        match body {
+            KernelBody::Loop(l) => g.loop_kernel(&mut b, l)?,
+            KernelBody::ColReduce {
                 rows,
                 cols,
                 input,
                 out,
             } => g.col_reduce(&mut b, *rows, *cols, input, out)?,
+            KernelBody::MatMul(mm) => g.matmul(&mut b, mm)?,
             _ => return Err("internal error: kernel is not generated code".into()),
         }
         b.seal_all_blocks();
@@ -134,53 +197,96 @@ fn build_function(
     Ok(func)
 }
 
-/// Compile every generated kernel of `p` for this host.
+/// Compile every generated kernel of `p` for this host, buffer `b` at element `offsets[b]`.
+/// Kernels with equal canonical bodies share one function; distinct ones compile in parallel.
 pub fn compile(p: &Program, offsets: &[usize]) -> Result<CompiledKernels, String> {
+    use rayon::prelude::*;
     let mut module = new_module()?;
     let opts = CodegenOptions::host();
     let cc = module.isa().default_call_conv();
     let fcfg = module.target_config();
-    let mut fbc = FunctionBuilderContext::new();
-    let mut ctx = module.make_context();
-    let mut ids = vec![];
-    for k in 0..p.kernels.len() {
+    // Distinct canonical bodies, and which one each kernel uses.
+    let mut distinct: Vec<KernelBody> = vec![];
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut which = vec![None; p.kernels.len()];
+    let mut bufs = vec![vec![]; p.kernels.len()];
+    for (k, kernel) in p.kernels.iter().enumerate() {
         if !is_generated(p, k) {
-            ids.push(None);
             continue;
         }
-        let func = build_function(p, k, offsets, opts, cc, fcfg, &mut fbc)?;
+        let (body, real) = canonical(&kernel.body);
+        bufs[k] = match &kernel.body {
+            // A, B and C of each batch item in turn.
+            KernelBody::MatMul(mm) => (0..mm.c.offsets.len())
+                .flat_map(|i| {
+                    [&mm.a, &mm.b, &mm.c]
+                        .map(|o| 4 * (offsets[o.buf.index()] as i64 + o.offsets[i]))
+                })
+                .collect(),
+            _ => real.iter().map(|b| 4 * offsets[b.index()] as i64).collect(),
+        };
+        let key = format!("{body:?}");
+        let d = *index.entry(key).or_insert_with(|| {
+            distinct.push(body);
+            distinct.len() - 1
+        });
+        which[k] = Some(d);
+    }
+    let isa = module.isa();
+    let code: Vec<Result<(Vec<u8>, u64), String>> = distinct
+        .par_iter()
+        .enumerate()
+        .map(|(d, body)| {
+            let mut fbc = FunctionBuilderContext::new();
+            let func = build_function(body, d as u32, opts, cc, fcfg, &mut fbc)?;
+            let mut ctx = cranelift_codegen::Context::for_function(func);
+            let mut cp = cranelift_codegen::control::ControlPlane::default();
+            let compiled = ctx
+                .compile(isa, &mut cp)
+                .map_err(|e| format!("internal error: cranelift rejected a kernel: {e:?}"))?;
+            if !compiled.buffer.relocs().is_empty() {
+                return Err("internal error: kernel code needs relocations".into());
+            }
+            let align = (compiled.buffer.alignment as u64)
+                .max(isa.function_alignment().minimum as u64)
+                .max(isa.symbol_alignment());
+            Ok((compiled.code_buffer().to_vec(), align))
+        })
+        .collect();
+    let mut ids = vec![];
+    for (d, c) in code.into_iter().enumerate() {
+        let (bytes, align) = c?;
         let id = module
-            .declare_function(&format!("k{k}"), Linkage::Local, &func.signature)
+            .declare_function(&format!("k{d}"), Linkage::Local, &signature(cc))
             .map_err(|e| format!("internal error: {e}"))?;
-        ctx.func = func;
         module
-            .define_function(id, &mut ctx)
-            .map_err(|e| format!("internal error: cranelift rejected k{k}: {e:?}"))?;
-        module.clear_context(&mut ctx);
-        ids.push(Some(id));
+            .define_function_bytes(id, align, &bytes, &[])
+            .map_err(|e| format!("internal error: {e}"))?;
+        ids.push(id);
     }
     module
         .finalize_definitions()
         .map_err(|e| format!("internal error: {e}"))?;
-    let fns = ids
+    let ptrs: Vec<KernelFn> = ids
         .iter()
-        .map(|id| {
-            id.map(|id| {
-                let ptr = module.get_finalized_function(id);
-                // SAFETY: defined above with exactly this signature.
-                unsafe { std::mem::transmute::<*const u8, KernelFn>(ptr) }
-            })
+        .map(|&id| {
+            let ptr = module.get_finalized_function(id);
+            // SAFETY: defined above with exactly this signature.
+            unsafe { std::mem::transmute::<*const u8, KernelFn>(ptr) }
         })
         .collect();
+    let fns = which.iter().map(|w| w.map(|d| ptrs[d])).collect();
     Ok(CompiledKernels {
         _module: module,
         fns,
+        bufs,
+        distinct: distinct.len(),
     })
 }
 
 /// The CLIF of every generated kernel, for `--stage clif`: built for a fixed target
 /// (x86-64 System V, FMA on) so the text does not depend on the host.
-pub fn clif_text(p: &Program, offsets: &[usize]) -> Result<String, String> {
+pub fn clif_text(p: &Program) -> Result<String, String> {
     let opts = CodegenOptions {
         fma: true,
         unroll: 4,
@@ -210,7 +316,8 @@ pub fn clif_text(p: &Program, offsets: &[usize]) -> Result<String, String> {
         if !is_generated(p, k) {
             continue;
         }
-        let func = build_function(p, k, offsets, opts, CallConv::SystemV, fcfg, &mut fbc)?;
+        let (body, _) = canonical(&p.kernels[k].body);
+        let func = build_function(&body, k as u32, opts, CallConv::SystemV, fcfg, &mut fbc)?;
         out.push_str(&format!("; k{k}\n{}\n", func.display()));
     }
     Ok(out)
@@ -222,9 +329,10 @@ fn flags() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
-struct Gen<'a> {
+struct Gen {
     math: Math,
-    offsets: &'a [usize],
+    /// Address of each (canonical) buffer, computed in the entry block.
+    bufs: Vec<Value>,
     unroll: usize,
 }
 
@@ -244,22 +352,34 @@ struct RowState {
     row_vals: HashMap<usize, Value>,
 }
 
-impl<'a> Gen<'a> {
-    fn buf_byte(&self, a: &Access) -> i64 {
-        4 * (self.offsets[a.buf.index()] as i64 + a.offset)
+impl Gen {
+    /// The entry block: function parameters, and every buffer's address from the table.
+    fn entry(&mut self, b: &mut FunctionBuilder, nbufs: usize) -> Vec<Value> {
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let params = b.block_params(entry).to_vec();
+        let (base, table) = (params[0], params[4]);
+        self.bufs = (0..nbufs)
+            .map(|i| {
+                let off = b.ins().load(I64, flags(), table, 8 * i as i32);
+                b.ins().iadd(base, off)
+            })
+            .collect();
+        params
     }
 
     /// Pointer to element `(r, 0)` of an access.
     fn row_ptr(&self, b: &mut FunctionBuilder, base: Value, r: Value, a: &Access) -> Value {
-        let start = b.ins().iadd_imm_s(base, self.buf_byte(a));
+        let _ = base;
+        let start = b.ins().iadd_imm_s(self.bufs[a.buf.index()], 4 * a.offset);
         let off = match &a.rows {
             RowMap::Affine { stride: 0 } => return start,
             RowMap::Affine { stride } => b.ins().imul_imm_s(r, 4 * stride),
             RowMap::Table { table } => {
-                let tb = 4 * self.offsets[table.index()] as i64;
                 let r4 = b.ins().ishl_imm_s(r, 2);
-                let addr = b.ins().iadd(base, r4);
-                let t = b.ins().load(I32, flags(), addr, tb as i32);
+                let addr = b.ins().iadd(self.bufs[table.index()], r4);
+                let t = b.ins().load(I32, flags(), addr, 0);
                 let t = b.ins().sextend(I64, t);
                 b.ins().ishl_imm_s(t, 2)
             }
@@ -269,10 +389,9 @@ impl<'a> Gen<'a> {
                 limit,
                 stride,
             } => {
-                let ib = 4 * (self.offsets[ids.index()] as i64 + ids_offset);
                 let r4 = b.ins().ishl_imm_s(r, 2);
-                let addr = b.ins().iadd(base, r4);
-                let id = b.ins().load(I32, flags(), addr, ib as i32);
+                let addr = b.ins().iadd(self.bufs[ids.index()], r4);
+                let id = b.ins().load(I32, flags(), addr, 4 * *ids_offset as i32);
                 let zero = b.ins().iconst(I32, 0);
                 let hi = b.ins().iconst(I32, limit - 1);
                 let id = b.ins().smax(id, zero);
@@ -506,10 +625,7 @@ impl<'a> Gen<'a> {
             }
         }
 
-        let entry = b.create_block();
-        b.append_block_params_for_function_params(entry);
-        b.switch_to_block(entry);
-        let params = b.block_params(entry).to_vec();
+        let params = self.entry(b, kernel_buf_count(l));
         let (base, begin, end, lr) = (params[0], params[1], params[2], params[3]);
         let head = b.create_block();
         b.append_block_param(head, I64);
@@ -742,10 +858,20 @@ impl<'a> Gen<'a> {
         input: &Access,
         out: &Access,
     ) -> Result<(), String> {
-        let entry = b.create_block();
-        b.append_block_params_for_function_params(entry);
-        b.switch_to_block(entry);
-        let params = b.block_params(entry).to_vec();
+        let nbufs = [input, out]
+            .iter()
+            .flat_map(|a| {
+                let extra = match &a.rows {
+                    RowMap::Affine { .. } => a.buf.index(),
+                    RowMap::Table { table } => table.index(),
+                    RowMap::Indirect { ids, .. } => ids.index(),
+                };
+                [a.buf.index(), extra]
+            })
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let params = self.entry(b, nbufs);
         let (base, begin, end) = (params[0], params[1], params[2]);
         let vec_ok = input.col_stride == 1 && out.col_stride == 1;
         // Widths: 16 columns (4 vectors), then 4, then 1.
@@ -833,4 +959,27 @@ impl<'a> Gen<'a> {
         b.ins().return_(&[]);
         Ok(())
     }
+}
+
+/// Buffers of a canonical loop kernel (one past the highest buffer index it uses).
+fn kernel_buf_count(l: &LoopKernel) -> usize {
+    let mut n = 0;
+    let mut see = |a: &Access| {
+        n = n.max(a.buf.index() + 1);
+        match &a.rows {
+            RowMap::Affine { .. } => {}
+            RowMap::Table { table } => n = n.max(table.index() + 1),
+            RowMap::Indirect { ids, .. } => n = n.max(ids.index() + 1),
+        }
+    };
+    for node in &l.nodes {
+        match &node.expr {
+            KExpr::Load(a) | KExpr::OneHot { ids: a, .. } => see(a),
+            _ => {}
+        }
+    }
+    for st in &l.stores {
+        see(&st.access);
+    }
+    n
 }

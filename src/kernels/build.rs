@@ -907,8 +907,10 @@ impl<'g> Builder<'g> {
             a: oa,
             b: ob,
             c: oc,
+            path: MatPath::Gemm,
         };
         flatten_batch(&mut mm);
+        mm.path = matmul_path(&mm);
         self.push_fixed(KernelBody::MatMul(mm), &[c]);
         Ok(Val::View(cv))
     }

@@ -160,7 +160,59 @@ pub struct MatMulKernel {
     pub a: MatOperand,
     pub b: MatOperand,
     pub c: MatOperand,
+    /// Which implementation runs it (`matmul_path`).
+    pub path: MatPath,
 }
+
+/// How a GEMM runs: a call into the `gemm` crate, or a Cranelift-generated microkernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatPath {
+    Gemm,
+    /// `C[i, j..j+8] += A[i, p] * B[p, j..j+8]` over 4x8 tiles (`B` and `C` rows contiguous).
+    JitAxpy,
+    /// `C[i, j] = A[i, :] . B[:, j]` over 2x4 tiles of 4-wide dot products (`A` rows and `B`
+    /// columns contiguous).
+    JitDot,
+}
+
+impl MatPath {
+    pub fn name(self) -> &'static str {
+        match self {
+            MatPath::Gemm => "gemm",
+            MatPath::JitAxpy => "jit-axpy",
+            MatPath::JitDot => "jit-dot",
+        }
+    }
+}
+
+/// The generated microkernel that can run `mm`, if any (tile sizes must divide the shape).
+pub fn jit_form(mm: &MatMulKernel) -> Option<MatPath> {
+    if mm.k == 0 || mm.c.cs != 1 {
+        return None;
+    }
+    if mm.b.cs == 1 && mm.m % 4 == 0 && mm.n % 8 == 0 {
+        Some(MatPath::JitAxpy)
+    } else if mm.a.cs == 1 && mm.b.rs == 1 && mm.m % 2 == 0 && mm.n % 4 == 0 && mm.k % 4 == 0 {
+        Some(MatPath::JitDot)
+    } else {
+        None
+    }
+}
+
+/// The faster implementation for a GEMM's shape, from the measured table
+/// (`cargo bench --bench matmul`): gemm (256-bit FMAs, packed panels) won at every shape of
+/// the benchmark models, the smallest being 64 x [64x32x64]; the generated 128-bit
+/// microkernel is kept only for tiny products, where a call into gemm costs more than the
+/// arithmetic.
+pub fn matmul_path(mm: &MatMulKernel) -> MatPath {
+    match jit_form(mm) {
+        Some(p) if mm.m * mm.n * mm.k <= JIT_MATMUL_MAX_MNK => p,
+        _ => MatPath::Gemm,
+    }
+}
+
+/// Largest `m * n * k` of one product that runs as a generated microkernel.
+pub const JIT_MATMUL_MAX_MNK: usize = 1 << 12;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum KernelBody {

@@ -136,11 +136,12 @@ pub fn print_program(p: &Program) -> String {
             KernelBody::MatMul(mm) => {
                 let _ = writeln!(
                     s,
-                    "{head} matmul {}x[{}x{}x{}] ({}){scope}",
+                    "{head} matmul {}x[{}x{}x{}] {} ({}){scope}",
                     mm.c.offsets.len(),
                     mm.m,
                     mm.n,
                     mm.k,
+                    mm.path.name(),
                     nodes.join(" ")
                 );
                 let _ = writeln!(s, "  a = {}", operand(&mm.a));

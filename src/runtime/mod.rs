@@ -12,7 +12,7 @@ pub mod plan;
 use crate::ir::{DType, Graph};
 use crate::jit::{self, CompiledKernels};
 use crate::kernels::{
-    self, BufKind, BuildOptions, KernelBody, MatMulKernel, Program, RowMap, Store,
+    self, BufKind, BuildOptions, KernelBody, MatMulKernel, MatPath, Program, RowMap, Store,
 };
 use crate::tensor::Tensor;
 pub use plan::{plan, print_plan, Plan};
@@ -56,6 +56,15 @@ impl Executable {
     pub fn new(g: &Graph, opts: &BuildOptions) -> Result<Executable, String> {
         let t0 = Instant::now();
         let program = kernels::build_program(g, opts)?;
+        let mut exe = Executable::from_program(program)?;
+        exe.compile_seconds = t0.elapsed().as_secs_f64();
+        Ok(exe)
+    }
+
+    /// Plan, compile and allocate an already built (and checked) program.
+    pub fn from_program(program: Program) -> Result<Executable, String> {
+        let t0 = Instant::now();
+        kernels::check_program(&program)?;
         let plan = plan::plan(&program);
         let code = jit::compile(&program, &plan.offsets)?;
         let mut arena = vec![0f32; plan.total_elems.max(1)];
@@ -209,16 +218,22 @@ impl Executable {
             match &kernel.body {
                 KernelBody::Loop(l) => {
                     let f = self.code.fns[k].expect("loop kernels are compiled");
+                    let bufs = ArenaPtr(self.code.bufs[k].as_ptr() as *mut f32);
                     let n = l.rows as i64;
                     split_run(self.parallel[k], n, 1, |a, z| unsafe {
-                        f(base.get() as *mut u8, a, z, lr)
+                        f(base.get() as *mut u8, a, z, lr, bufs.get() as *const i64)
                     });
                 }
                 KernelBody::ColReduce { cols, .. } => {
                     let f = self.code.fns[k].expect("column reductions are compiled");
+                    let bufs = ArenaPtr(self.code.bufs[k].as_ptr() as *mut f32);
                     split_run(self.parallel[k], *cols as i64, 16, |a, z| unsafe {
-                        f(base.get() as *mut u8, a, z, lr)
+                        f(base.get() as *mut u8, a, z, lr, bufs.get() as *const i64)
                     });
+                }
+                KernelBody::MatMul(mm) if mm.path != MatPath::Gemm => {
+                    let f = self.code.fns[k].expect("generated matmuls are compiled");
+                    run_jit_matmul(base, f, &self.code.bufs[k], mm, lr)
                 }
                 KernelBody::MatMul(mm) => run_matmul(base, &self.plan.offsets, mm),
                 KernelBody::ScatterAdd {
@@ -276,6 +291,28 @@ fn split_run(par: bool, n: i64, align: i64, f: impl Fn(i64, i64) + Sync) {
         rayon::join(|| f(0, mid), || f(mid, n));
     } else {
         f(0, n);
+    }
+}
+
+/// A generated GEMM: batch items split across two threads, or the row tiles of one item.
+fn run_jit_matmul(base: ArenaPtr, f: jit::KernelFn, bufs: &[i64], mm: &MatMulKernel, lr: f32) {
+    let batch = mm.c.offsets.len();
+    let tiles = (mm.m / jit::matmul::tile_rows(mm.path)) as i64;
+    let flops = mm.m * mm.n * mm.k;
+    let item = |i: usize, a: i64, z: i64| unsafe {
+        f(base.get() as *mut u8, a, z, lr, bufs[3 * i..].as_ptr())
+    };
+    let par = batch * flops >= 1 << 17;
+    if batch == 1 {
+        split_run(par, tiles, 1, |a, z| item(0, a, z));
+    } else if par {
+        let mid = batch / 2;
+        rayon::join(
+            || (0..mid).for_each(|i| item(i, 0, tiles)),
+            || (mid..batch).for_each(|i| item(i, 0, tiles)),
+        );
+    } else {
+        (0..batch).for_each(|i| item(i, 0, tiles));
     }
 }
 
@@ -506,7 +543,7 @@ pub fn stage_text(g: &Graph, stage: &str) -> Result<String, String> {
     match stage {
         "kernels" => Ok(kernels::print_program(&program)),
         "plan" => Ok(print_plan(&program, &plan::plan(&program))),
-        "clif" => jit::clif_text(&program, &plan::plan(&program).offsets),
+        "clif" => jit::clif_text(&program),
         s => Err(format!("unknown back-end stage {s} (kernels, plan, clif)")),
     }
 }

@@ -1,0 +1,541 @@
+//! The training recipe: the `train { }` section of a model file, with command-line overrides.
+//!
+//! Values are expressions of the language and may use the model's constants
+//! (`steps = 100 * p`). Every error is a `Diagnostic` pointing into the file (or into the
+//! text of the command-line option it came from).
+
+use super::optim::{GradNoise, OptimConfig, OptimKind};
+use super::tasks::TaskSpec;
+use crate::diag::Diagnostic;
+use crate::syntax::ast::{BinOp, Call, Expr, ExprKind, Span, TrainSection, TrainValue};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// How the learning rate moves over the run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Schedule {
+    /// Linear warmup over `warmup` steps, then constant.
+    Constant { warmup: u64 },
+    /// Linear warmup, then a cosine from the peak down to `final_fraction * lr`.
+    Cosine { warmup: u64, final_fraction: f64 },
+}
+
+impl Schedule {
+    /// The learning rate of step `t` (0-based) of `steps`.
+    pub fn lr(&self, peak: f64, t: u64, steps: u64) -> f64 {
+        let warmup = match self {
+            Schedule::Constant { warmup } | Schedule::Cosine { warmup, .. } => *warmup,
+        };
+        if t < warmup {
+            return peak * (t + 1) as f64 / warmup as f64;
+        }
+        match self {
+            Schedule::Constant { .. } => peak,
+            Schedule::Cosine { final_fraction, .. } => {
+                let span = steps.saturating_sub(warmup).max(1) as f64;
+                let progress = ((t - warmup) as f64 / span).min(1.0);
+                let c = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+                peak * (final_fraction + (1.0 - final_fraction) * c)
+            }
+        }
+    }
+}
+
+/// Everything that decides the numbers of a run (stored in checkpoints).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// `None`: the model's default task, picked when the run starts.
+    pub task: Option<TaskSpec>,
+    pub steps: u64,
+    pub optim: OptimConfig,
+    pub schedule: Schedule,
+    pub eval_every: u64,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            task: None,
+            steps: 1000,
+            optim: OptimConfig::default(),
+            schedule: Schedule::Constant { warmup: 0 },
+            eval_every: 100,
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Val {
+    Num(f64, bool),
+    Bool(bool),
+    Name(String),
+    List(Vec<Val>),
+}
+
+fn err(msg: impl Into<String>, span: Span, label: impl Into<String>) -> Diagnostic {
+    Diagnostic::new(msg, span, label)
+}
+
+fn eval(e: &Expr, consts: &HashMap<String, f64>) -> Result<Val, Diagnostic> {
+    let num = |v: Val, span: Span| match v {
+        Val::Num(x, i) => Ok((x, i)),
+        _ => Err(err("expected a number", span, "not a number")),
+    };
+    Ok(match &e.kind {
+        ExprKind::Int(v) => Val::Num(*v as f64, true),
+        ExprKind::Float(v) => Val::Num(*v, false),
+        ExprKind::Bool(b) => Val::Bool(*b),
+        ExprKind::Name(n) => match consts.get(n) {
+            Some(v) => Val::Num(*v, v.fract() == 0.0),
+            None => Val::Name(n.clone()),
+        },
+        ExprKind::Neg(x) => {
+            let (v, i) = num(eval(x, consts)?, x.span)?;
+            Val::Num(-v, i)
+        }
+        ExprKind::Binary(op, l, r) => {
+            let (a, ai) = num(eval(l, consts)?, l.span)?;
+            let (b, bi) = num(eval(r, consts)?, r.span)?;
+            let ints = ai && bi;
+            let v = match op {
+                BinOp::Add => a + b,
+                BinOp::Sub => a - b,
+                BinOp::Mul => a * b,
+                BinOp::Div => a / b,
+                BinOp::FloorDiv | BinOp::Mod if b == 0.0 => {
+                    return Err(err("division by zero", e.span, "here"))
+                }
+                BinOp::FloorDiv => (a / b).floor(),
+                BinOp::Mod => a.rem_euclid(b),
+            };
+            if !v.is_finite() {
+                return Err(err("the value is not finite", e.span, "here"));
+            }
+            Val::Num(v, ints && !matches!(op, BinOp::Div))
+        }
+        ExprKind::List(items) => Val::List(
+            items
+                .iter()
+                .map(|x| eval(x, consts))
+                .collect::<Result<_, _>>()?,
+        ),
+    })
+}
+
+fn as_f64(e: &Expr, consts: &HashMap<String, f64>) -> Result<f64, Diagnostic> {
+    match eval(e, consts)? {
+        Val::Num(v, _) => Ok(v),
+        _ => Err(err("expected a number", e.span, "not a number")),
+    }
+}
+
+fn as_nonneg(e: &Expr, consts: &HashMap<String, f64>) -> Result<f64, Diagnostic> {
+    let v = as_f64(e, consts)?;
+    if v.is_nan() || v < 0.0 {
+        return Err(err(
+            format!("expected a non-negative number, got {v}"),
+            e.span,
+            "negative",
+        ));
+    }
+    Ok(v)
+}
+
+fn as_count(e: &Expr, consts: &HashMap<String, f64>) -> Result<u64, Diagnostic> {
+    match eval(e, consts)? {
+        Val::Num(v, true) if (0.0..=1e12).contains(&v) => Ok(v as u64),
+        Val::Num(v, false) if v.fract() == 0.0 && (0.0..=1e12).contains(&v) => Ok(v as u64),
+        _ => Err(err(
+            "expected a whole number of steps (0 to 10^12)",
+            e.span,
+            "not a count",
+        )),
+    }
+}
+
+/// A call's arguments by name (positional ones are errors: recipes read better named).
+fn named_args<'a>(c: &'a Call, allowed: &[&str]) -> Result<Vec<(&'a str, &'a Expr)>, Diagnostic> {
+    let mut out: Vec<(&str, &Expr)> = Vec::new();
+    for a in c.args.iter().flatten() {
+        let Some(k) = &a.key else {
+            return Err(err(
+                format!("arguments of `{}` must be named", c.name.name),
+                a.span,
+                "positional argument",
+            )
+            .with_hint(format!("its arguments are {}", allowed.join(", "))));
+        };
+        if !allowed.contains(&k.name.as_str()) {
+            return Err(err(
+                format!("unknown argument `{}` for `{}`", k.name, c.name.name),
+                k.span,
+                "unknown",
+            )
+            .with_hint(if allowed.is_empty() {
+                format!("`{}` takes no arguments", c.name.name)
+            } else {
+                format!("its arguments are {}", allowed.join(", "))
+            }));
+        }
+        if out.iter().any(|(n, _)| *n == k.name) {
+            return Err(err(
+                format!("argument `{}` given twice", k.name),
+                k.span,
+                "again",
+            ));
+        }
+        out.push((&k.name, &a.value));
+    }
+    Ok(out)
+}
+
+/// A value written as `name` or `name(args)`, seen as a call.
+fn as_call(v: &TrainValue) -> Option<Call> {
+    match v {
+        TrainValue::Call(c) => Some(c.clone()),
+        TrainValue::Expr(Expr {
+            kind: ExprKind::Name(n),
+            span,
+        }) => Some(Call {
+            name: crate::syntax::ast::Ident {
+                name: n.clone(),
+                span: *span,
+            },
+            args: None,
+            span: *span,
+        }),
+        TrainValue::Expr(_) => None,
+    }
+}
+
+fn value_span(v: &TrainValue) -> Span {
+    match v {
+        TrainValue::Call(c) => c.span,
+        TrainValue::Expr(e) => e.span,
+    }
+}
+
+fn expect_call(v: &TrainValue, what: &str, kinds: &str) -> Result<Call, Diagnostic> {
+    as_call(v).ok_or_else(|| {
+        err(
+            format!("expected {what}"),
+            value_span(v),
+            format!("not {what}"),
+        )
+        .with_hint(format!("write one of {kinds}"))
+    })
+}
+
+fn expect_expr<'a>(v: &'a TrainValue, key: &str) -> Result<&'a Expr, Diagnostic> {
+    match v {
+        TrainValue::Expr(e) => Ok(e),
+        TrainValue::Call(c) => Err(err(
+            format!("`{key}` takes a value, not a call"),
+            c.span,
+            "a call",
+        )),
+    }
+}
+
+pub const KEYS: &[&str] = &[
+    "task",
+    "steps",
+    "optimizer",
+    "schedule",
+    "clip",
+    "noise",
+    "eval_every",
+    "seed",
+];
+
+/// Apply one `key = value` setting to `cfg`.
+pub fn apply_setting(
+    cfg: &mut TrainConfig,
+    key: &crate::syntax::ast::Ident,
+    value: &TrainValue,
+    consts: &HashMap<String, f64>,
+) -> Result<(), Diagnostic> {
+    match key.name.as_str() {
+        "task" => cfg.task = Some(task(value, consts)?),
+        "steps" => {
+            let e = expect_expr(value, "steps")?;
+            let n = as_count(e, consts)?;
+            if n == 0 {
+                return Err(err("steps must be at least 1", e.span, "zero"));
+            }
+            cfg.steps = n;
+        }
+        "eval_every" => {
+            let e = expect_expr(value, "eval_every")?;
+            cfg.eval_every = as_count(e, consts)?.max(1);
+        }
+        "seed" => cfg.seed = as_count(expect_expr(value, "seed")?, consts)?,
+        "clip" => {
+            let e = expect_expr(value, "clip")?;
+            cfg.optim.clip = match eval(e, consts)? {
+                Val::Name(n) if n == "none" => None,
+                Val::Num(v, _) if v > 0.0 => Some(v),
+                _ => {
+                    return Err(err(
+                        "clip must be a positive number (the largest global gradient norm) or \
+                         `none`",
+                        e.span,
+                        "here",
+                    ))
+                }
+            }
+        }
+        "optimizer" => {
+            let c = expect_call(value, "an optimizer", "sgd(...), adamw(...), lamb(...)")?;
+            optimizer(cfg, &c, consts)?;
+        }
+        "schedule" => {
+            let c = expect_call(
+                value,
+                "a schedule",
+                "constant(warmup = N), cosine(warmup = N)",
+            )?;
+            cfg.schedule = schedule(&c, consts)?;
+        }
+        "noise" => {
+            let c = expect_call(value, "gradient noise", "gradient_noise(eta = 0.01), none")?;
+            if c.name.name == "none" {
+                cfg.optim.noise = None;
+                return Ok(());
+            }
+            if c.name.name != "gradient_noise" {
+                return Err(err(
+                    format!("unknown noise `{}`", c.name.name),
+                    c.name.span,
+                    "unknown",
+                )
+                .with_hint("write gradient_noise(eta = 0.01, gamma = 0.55) or none"));
+            }
+            let mut n = GradNoise {
+                eta: 0.01,
+                gamma: 0.55,
+            };
+            for (k, e) in named_args(&c, &["eta", "gamma"])? {
+                match k {
+                    "eta" => n.eta = as_nonneg(e, consts)?,
+                    _ => n.gamma = as_nonneg(e, consts)?,
+                }
+            }
+            cfg.optim.noise = Some(n);
+        }
+        other => {
+            return Err(err(
+                format!("unknown setting `{other}` in the train section"),
+                key.span,
+                "unknown",
+            )
+            .with_hint(format!("the settings are {}", KEYS.join(", "))))
+        }
+    }
+    Ok(())
+}
+
+fn betas(e: &Expr, consts: &HashMap<String, f64>) -> Result<(f64, f64), Diagnostic> {
+    match eval(e, consts)? {
+        Val::List(v) if v.len() == 2 => match (&v[0], &v[1]) {
+            (Val::Num(a, _), Val::Num(b, _))
+                if (0.0..1.0).contains(a) && (0.0..1.0).contains(b) =>
+            {
+                Ok((*a, *b))
+            }
+            _ => Err(err("betas must be in [0, 1)", e.span, "here")),
+        },
+        _ => Err(err(
+            "betas is a list of two numbers, e.g. [0.9, 0.999]",
+            e.span,
+            "here",
+        )),
+    }
+}
+
+fn optimizer(
+    cfg: &mut TrainConfig,
+    c: &Call,
+    consts: &HashMap<String, f64>,
+) -> Result<(), Diagnostic> {
+    let o = &mut cfg.optim;
+    match c.name.name.as_str() {
+        "sgd" => {
+            let (mut momentum, mut nesterov) = (0.0, false);
+            o.lr = 0.1;
+            o.weight_decay = 0.0;
+            for (k, e) in named_args(c, &["lr", "momentum", "nesterov", "weight_decay"])? {
+                match k {
+                    "lr" => o.lr = as_nonneg(e, consts)?,
+                    "momentum" => momentum = as_nonneg(e, consts)?,
+                    "weight_decay" => o.weight_decay = as_nonneg(e, consts)?,
+                    _ => {
+                        nesterov = match eval(e, consts)? {
+                            Val::Bool(b) => b,
+                            _ => return Err(err("nesterov is true or false", e.span, "here")),
+                        }
+                    }
+                }
+            }
+            o.kind = OptimKind::Sgd { momentum, nesterov };
+            o.width_scaling = None;
+        }
+        "adamw" | "lamb" => {
+            let (mut b1, mut b2, mut eps) =
+                (0.9, 0.999, if c.name.name == "lamb" { 1e-6 } else { 1e-8 });
+            o.lr = 1e-3;
+            o.weight_decay = if c.name.name == "adamw" { 0.01 } else { 0.0 };
+            o.width_scaling = None;
+            let mut allowed = vec!["lr", "betas", "eps", "weight_decay"];
+            if c.name.name == "adamw" {
+                allowed.push("width_scaling");
+            }
+            for (k, e) in named_args(c, &allowed)? {
+                match k {
+                    "lr" => o.lr = as_nonneg(e, consts)?,
+                    "betas" => (b1, b2) = betas(e, consts)?,
+                    "eps" => eps = as_nonneg(e, consts)?,
+                    "weight_decay" => o.weight_decay = as_nonneg(e, consts)?,
+                    _ => {
+                        let w = as_f64(e, consts)?;
+                        if w.is_nan() || w <= 0.0 {
+                            return Err(err(
+                                "width_scaling is the base width (a positive number)",
+                                e.span,
+                                "here",
+                            ));
+                        }
+                        o.width_scaling = Some(w);
+                    }
+                }
+            }
+            o.kind = if c.name.name == "adamw" {
+                OptimKind::AdamW {
+                    beta1: b1,
+                    beta2: b2,
+                    eps,
+                }
+            } else {
+                OptimKind::Lamb {
+                    beta1: b1,
+                    beta2: b2,
+                    eps,
+                }
+            };
+        }
+        other => {
+            return Err(err(
+                format!("unknown optimizer `{other}`"),
+                c.name.span,
+                "unknown",
+            )
+            .with_hint("the optimizers are sgd, adamw and lamb"))
+        }
+    }
+    Ok(())
+}
+
+fn schedule(c: &Call, consts: &HashMap<String, f64>) -> Result<Schedule, Diagnostic> {
+    let name = c.name.name.as_str();
+    let allowed: &[&str] =
+        match name {
+            "constant" => &["warmup"],
+            "cosine" => &["warmup", "final"],
+            _ => return Err(
+                err(format!("unknown schedule `{name}`"), c.name.span, "unknown").with_hint(
+                    "the schedules are constant(warmup = N) and cosine(warmup = N, final = 0.0)",
+                ),
+            ),
+        };
+    let (mut warmup, mut fin) = (0, 0.0);
+    for (k, e) in named_args(c, allowed)? {
+        match k {
+            "warmup" => warmup = as_count(e, consts)?,
+            _ => {
+                fin = as_nonneg(e, consts)?;
+                if fin > 1.0 {
+                    return Err(err(
+                        "final is a fraction of the peak learning rate, in [0, 1]",
+                        e.span,
+                        "here",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(match name {
+        "constant" => Schedule::Constant { warmup },
+        _ => Schedule::Cosine {
+            warmup,
+            final_fraction: fin,
+        },
+    })
+}
+
+fn task(v: &TrainValue, consts: &HashMap<String, f64>) -> Result<TaskSpec, Diagnostic> {
+    let kinds = "modular_addition(p = 97), copy, reverse, char_lm, classification, regression";
+    let c = expect_call(v, "a task", kinds)?;
+    let name = c.name.name.as_str();
+    match name {
+        "modular_addition" => {
+            let (mut p, mut f) = (97usize, 0.5);
+            for (k, e) in named_args(&c, &["p", "train_fraction"])? {
+                match k {
+                    "p" => {
+                        let n = as_count(e, consts)?;
+                        if !(2..=1000).contains(&n) {
+                            return Err(err("p must be between 2 and 1000", e.span, "here"));
+                        }
+                        p = n as usize;
+                    }
+                    _ => {
+                        f = as_f64(e, consts)?;
+                        if !(f > 0.0 && f < 1.0) {
+                            return Err(err(
+                                "train_fraction must be between 0 and 1 (exclusive)",
+                                e.span,
+                                "here",
+                            ));
+                        }
+                    }
+                }
+            }
+            Ok(TaskSpec::ModularAddition {
+                p,
+                train_fraction: f,
+            })
+        }
+        "copy" | "reverse" | "classification" | "regression" | "char_lm" => {
+            named_args(&c, &[])?;
+            Ok(match name {
+                "copy" => TaskSpec::Copy,
+                "reverse" => TaskSpec::Reverse,
+                "classification" => TaskSpec::Classification,
+                "regression" => TaskSpec::Regression,
+                // The file comes from --data.
+                _ => TaskSpec::CharLm {
+                    path: String::new(),
+                },
+            })
+        }
+        other => Err(
+            err(format!("unknown task `{other}`"), c.name.span, "unknown")
+                .with_hint(format!("the tasks are {kinds}")),
+        ),
+    }
+}
+
+/// Apply a whole train section.
+pub fn apply_section(
+    cfg: &mut TrainConfig,
+    section: &TrainSection,
+    consts: &HashMap<String, f64>,
+) -> Vec<Diagnostic> {
+    section
+        .settings
+        .iter()
+        .filter_map(|s| apply_setting(cfg, &s.key, &s.value, consts).err())
+        .collect()
+}

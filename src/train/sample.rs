@@ -1,0 +1,108 @@
+//! `lamina sample`: text from a trained byte-level LM.
+//!
+//! The graph has a fixed `[batch, length]` input, so each new byte is one forward pass over
+//! the last `length` bytes (right-padded; a causal model's earlier logits do not see the
+//! padding) reading the logits at the last real position.
+
+use super::exec;
+use super::tasks::{self, Head, InputKind, ModelShape};
+use crate::cli::Backend;
+use crate::ir::Graph;
+use crate::tensor::Tensor;
+use anyhow::{anyhow, bail, Result};
+use rand::Rng;
+
+pub struct SampleOptions {
+    pub prompt: String,
+    pub bytes: usize,
+    /// 0 picks the most likely byte.
+    pub temperature: f64,
+    pub seed: u64,
+    pub backend: Backend,
+}
+
+/// Generate `opts.bytes` bytes after the prompt; returns only the new bytes.
+pub fn sample(g: &Graph, params: &[Tensor], opts: &SampleOptions) -> Result<Vec<u8>> {
+    let shape = ModelShape::of(g).map_err(|e| anyhow!(e))?;
+    let (InputKind::Tokens { length, vocab }, Head::Lm { .. }) = (&shape.kind, &shape.head) else {
+        bail!("sample needs a token model with an lm head (a language model)");
+    };
+    if *vocab < 256 {
+        bail!("sample generates bytes, so the model needs vocab = 256 (it has {vocab})");
+    }
+    if !(opts.temperature.is_finite() && opts.temperature >= 0.0) {
+        bail!("--temperature must be a non-negative number");
+    }
+    let mut fwd = g.clone();
+    fwd.outputs.retain(|o| o.name == "logits");
+    let mut ex = exec::executor(&fwd, opts.backend).map_err(|e| anyhow!(e))?;
+    let tok_i = g
+        .inputs
+        .iter()
+        .position(|i| i.name == "tokens")
+        .ok_or_else(|| anyhow!("the model has no tokens input"))?;
+    let mut ctx: Vec<u8> = opts.prompt.as_bytes().to_vec();
+    if ctx.is_empty() {
+        ctx.push(b'\n');
+    }
+    let mut rng = tasks::rng_for(opts.seed, 6, 0);
+    let mut out = Vec::new();
+    let b = shape.batch;
+    for _ in 0..opts.bytes {
+        let window = &ctx[ctx.len().saturating_sub(*length)..];
+        let pos = window.len() - 1;
+        let mut toks = vec![0.0; b * length];
+        for (i, &c) in window.iter().enumerate() {
+            toks[i] = c as f64;
+        }
+        let inputs: Vec<Tensor> = g
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(i, inp)| {
+                if i == tok_i {
+                    Tensor::i32(inp.ty.shape.clone(), toks.clone())
+                } else {
+                    Tensor::zeros(&inp.ty)
+                }
+            })
+            .collect();
+        let outs = ex.run(&inputs, params).map_err(|e| anyhow!(e))?;
+        let logits = &outs
+            .iter()
+            .find(|(n, _)| n == "logits")
+            .ok_or_else(|| anyhow!("no logits"))?
+            .1;
+        let v = *logits.shape.last().unwrap_or(&1);
+        let row = &logits.data[pos * v..pos * v + v.min(256)];
+        let next = if opts.temperature == 0.0 {
+            let mut best = 0;
+            for (i, x) in row.iter().enumerate() {
+                if *x > row[best] {
+                    best = i;
+                }
+            }
+            best
+        } else {
+            let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let w: Vec<f64> = row
+                .iter()
+                .map(|x| ((x - max) / opts.temperature).exp())
+                .collect();
+            let total: f64 = w.iter().sum();
+            let mut r = rng.gen::<f64>() * total;
+            let mut pick = w.len() - 1;
+            for (i, x) in w.iter().enumerate() {
+                if r < *x {
+                    pick = i;
+                    break;
+                }
+                r -= x;
+            }
+            pick
+        };
+        ctx.push(next as u8);
+        out.push(next as u8);
+    }
+    Ok(out)
+}

@@ -1,0 +1,544 @@
+//! `lamina train`: convergence, determinism, resume, NaN reports, optimizer updates as IR,
+//! and `compare`.
+
+use lamina::cli::Backend;
+use lamina::interp;
+use lamina::ir::{GraphBuilder, Init, Type};
+use lamina::tensor::Tensor;
+use lamina::train::optim::{self, GradNoise, OptimConfig, OptimKind};
+use lamina::train::{self, TrainOptions};
+use std::path::{Path, PathBuf};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("lamina-train-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A one-layer transformer on modular addition with p = 7 (49 pairs, 39 for training).
+const TINY: &str = "\
+p = 7
+input tokens(batch = 16, length = 3, vocab = p + 1)
+embed(dim = 32)
+block layer {
+    attn = attention(heads = 2)
+    ffn  = ffn(hidden = 64)
+}
+stack layer * 1
+head classifier(classes = p)
+train {
+    task       = modular_addition(p = p, train_fraction = 0.8)
+    steps      = 400
+    optimizer  = adamw(lr = 1e-2, weight_decay = 0.1)
+    schedule   = cosine(warmup = 10)
+    eval_every = 50
+}
+";
+
+fn write_model(dir: &Path, src: &str) -> PathBuf {
+    let p = dir.join("m.lam");
+    std::fs::write(&p, src).unwrap();
+    p
+}
+
+fn opts(out: &Path) -> TrainOptions {
+    TrainOptions {
+        out: Some(out.to_path_buf()),
+        quiet: true,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn tiny_model_reaches_a_low_loss() {
+    let d = tmp("converge");
+    let m = write_model(&d, TINY);
+    let s = train::train(&m, &opts(&d.join("run"))).unwrap();
+    assert_eq!(s.steps_done, 400);
+    let first = s.losses[0].1;
+    // Stated target: the mean training loss of the last 20 steps falls below 0.05
+    // (from ln 7 = 1.95 at the start).
+    assert!(first > 1.5, "first loss {first}");
+    assert!(s.final_loss() < 0.05, "final loss {}", s.final_loss());
+    for f in [
+        "log.jsonl",
+        "loss.svg",
+        "checkpoint.safetensors",
+        "final.safetensors",
+    ] {
+        assert!(d.join("run").join(f).exists(), "{f} missing");
+    }
+    let svg = std::fs::read_to_string(d.join("run/loss.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"));
+}
+
+fn final_weights(dir: &Path) -> Vec<(String, Tensor)> {
+    lamina::io::load_safetensors(&dir.join("final.safetensors")).unwrap()
+}
+
+#[test]
+fn same_seed_same_losses_bit_for_bit() {
+    let d = tmp("determinism");
+    let m = write_model(&d, TINY);
+    let mut o = opts(&d.join("a"));
+    o.settings.push(("steps".into(), "30".into()));
+    o.settings
+        .push(("optimizer".into(), "lamb(lr = 0.01)".into()));
+    o.settings
+        .push(("noise".into(), "gradient_noise(eta = 0.01)".into()));
+    let a = train::train(&m, &o).unwrap();
+    o.out = Some(d.join("b"));
+    let b = train::train(&m, &o).unwrap();
+    let bits = |s: &train::Summary| {
+        s.losses
+            .iter()
+            .map(|(_, l)| l.to_bits())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bits(&a), bits(&b));
+    assert_eq!(final_weights(&d.join("a")), final_weights(&d.join("b")));
+    // A different seed gives different losses.
+    o.out = Some(d.join("c"));
+    o.settings.push(("seed".into(), "1".into()));
+    let c = train::train(&m, &o).unwrap();
+    assert_ne!(bits(&a), bits(&c));
+}
+
+#[test]
+fn resume_is_bit_identical_to_an_uninterrupted_run() {
+    let d = tmp("resume");
+    let m = write_model(&d, TINY);
+    let mut o = opts(&d.join("full"));
+    o.settings.push(("steps".into(), "40".into()));
+    o.settings.push(("eval_every".into(), "10".into()));
+    o.settings.push(("clip".into(), "1.0".into()));
+    let full = train::train(&m, &o).unwrap();
+
+    let mut o1 = o.clone();
+    o1.out = Some(d.join("cut"));
+    o1.stop_after = Some(17);
+    let first = train::train(&m, &o1).unwrap();
+    assert!(first.interrupted);
+    assert_eq!(first.steps_done, 17);
+    assert!(!d.join("cut/final.safetensors").exists());
+
+    let mut o2 = o.clone();
+    o2.out = None;
+    o2.resume = Some(d.join("cut/checkpoint.safetensors"));
+    let second = train::train(&m, &o2).unwrap();
+    assert_eq!(second.steps_done, 40);
+    assert_eq!(second.out_dir, d.join("cut"));
+
+    let joined: Vec<u32> = first
+        .losses
+        .iter()
+        .chain(&second.losses)
+        .map(|(_, l)| l.to_bits())
+        .collect();
+    let whole: Vec<u32> = full.losses.iter().map(|(_, l)| l.to_bits()).collect();
+    assert_eq!(joined, whole);
+    assert_eq!(
+        final_weights(&d.join("full")),
+        final_weights(&d.join("cut"))
+    );
+    // The resumed log holds every step once.
+    let (curve, _) = train::read_log(&d.join("cut/log.jsonl"));
+    assert_eq!(curve.len(), 40);
+
+    // A checkpoint refuses a different recipe.
+    let mut o3 = o2.clone();
+    o3.lr = Some(0.5);
+    let e = train::train(&m, &o3).unwrap_err().to_string();
+    assert!(e.contains("different training recipe"), "{e}");
+}
+
+#[test]
+fn nan_is_caught_with_its_op_and_layer_and_keeps_the_checkpoint() {
+    let d = tmp("nan");
+    let m = write_model(&d, TINY);
+    let mut o = opts(&d.join("run"));
+    o.settings
+        .push(("optimizer".into(), "sgd(lr = 1e30)".into()));
+    o.settings.push(("eval_every".into(), "1".into()));
+    let e = train::train(&m, &o).unwrap_err();
+    let msg = e.to_string();
+    assert!(e.downcast_ref::<train::NonFiniteError>().is_some(), "{msg}");
+    assert!(msg.contains("non-finite value at step 2"), "{msg}");
+    assert!(msg.contains("first appears at node %"), "{msg}");
+    // The op and the layer scope are named.
+    assert!(msg.contains("` in `"), "{msg}");
+    assert!(msg.contains("still holds step 1"), "{msg}");
+    let ck = lamina::io::load_safetensors(&d.join("run/checkpoint.safetensors")).unwrap();
+    assert!(ck.iter().all(|(_, t)| t.data.iter().all(|v| v.is_finite())));
+}
+
+#[test]
+fn task_model_mismatch_is_a_clear_error() {
+    let d = tmp("mismatch");
+    let m = write_model(&d, &TINY.replace("p = p, ", "p = 11, "));
+    let e = train::train(&m, &opts(&d.join("run")))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("vocabulary of at least 12"), "{e}");
+}
+
+#[test]
+fn train_section_errors_point_into_the_file() {
+    let d = tmp("section");
+    let m = write_model(&d, &TINY.replace("eval_every = 50", "eval_evry = 50"));
+    let e = train::train(&m, &opts(&d.join("run")))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown setting `eval_evry`"), "{e}");
+    assert!(e.contains("m.lam:15"), "{e}");
+    let m = write_model(&d, &TINY.replace("adamw(", "adam("));
+    let e = train::train(&m, &opts(&d.join("run")))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown optimizer `adam`"), "{e}");
+    // Command-line settings are checked the same way.
+    let m = write_model(&d, TINY);
+    let mut o = opts(&d.join("run"));
+    o.settings
+        .push(("schedule".into(), "cosine(warmpu = 3)".into()));
+    let e = train::train(&m, &o).unwrap_err().to_string();
+    assert!(e.contains("unknown argument `warmpu`"), "{e}");
+}
+
+#[test]
+fn train_section_prints_in_the_ast() {
+    let m = lamina::syntax::parse(TINY).unwrap();
+    let text = lamina::syntax::print::print_ast(&m);
+    assert!(text.contains("  train\n    task = modular_addition(p = p, train_fraction = 0.8)\n"));
+    // `train` stays usable as a constant name.
+    assert!(lamina::syntax::parse("train = 3\n")
+        .unwrap()
+        .train
+        .is_none());
+    let e = lamina::syntax::parse("train {\n steps = 1\n steps = 2\n}\n").unwrap_err();
+    assert!(e[0].message.contains("set twice"));
+}
+
+// ---- optimizer updates against hand-computed references -------------------------------
+
+/// loss = sum(w * w * x) + sum(b * b): grad w = 2 w x, grad b = 2 b.
+fn tiny_joint() -> lamina::ir::Graph {
+    let mut g = GraphBuilder::new("t");
+    let x = g.input("x", Type::f32(vec![2, 3]));
+    let w = g.param("w", vec![2, 3], Init::Zeros, true).unwrap();
+    let b = g.param("b", vec![3], Init::Zeros, true).unwrap();
+    let ww = g.mul(w, w).unwrap();
+    let wwx = g.mul(ww, x).unwrap();
+    let s1 = g.reduce_sum(wwx, vec![0, 1], false).unwrap();
+    let bb = g.mul(b, b).unwrap();
+    let s2 = g.reduce_sum(bb, vec![0], false).unwrap();
+    let loss = g.add(s1, s2).unwrap();
+    g.output("loss", loss);
+    lamina::autodiff::differentiate(&g.finish()).unwrap()
+}
+
+struct Ref {
+    w: Vec<f64>,
+    b: Vec<f64>,
+}
+
+fn grads(r: &Ref, x: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    (
+        r.w.iter().zip(x).map(|(w, x)| 2.0 * w * x).collect(),
+        r.b.iter().map(|b| 2.0 * b).collect(),
+    )
+}
+
+/// Run the step graph `steps` times on both backends, returning the final `w` and `b`.
+fn run_steps(
+    cfg: &OptimConfig,
+    w0: &[f64],
+    b0: &[f64],
+    x: &[f64],
+    lrs: &[f64],
+    noise: &[Vec<f64>],
+) -> Vec<(Vec<f64>, Vec<f64>)> {
+    let step = optim::step_graph(&tiny_joint(), cfg).unwrap();
+    step.verify().unwrap();
+    let mut results = vec![];
+    for backend in [Backend::Interp, Backend::Jit] {
+        let mut ex = train::exec::executor(&step, backend).unwrap();
+        let mut params: Vec<Tensor> = step.params.iter().map(|p| Tensor::zeros(&p.ty())).collect();
+        params[0] = Tensor::f32(vec![2, 3], w0.to_vec());
+        params[1] = Tensor::f32(vec![3], b0.to_vec());
+        for (t, lr) in lrs.iter().enumerate() {
+            let sc = optim::scalars(cfg, t as u64 + 1, *lr);
+            let inputs: Vec<Tensor> = step
+                .inputs
+                .iter()
+                .map(|i| {
+                    if i.name == "x" {
+                        Tensor::f32(vec![2, 3], x.to_vec())
+                    } else if let Some((_, v)) = sc.iter().find(|(n, _)| *n == i.name) {
+                        Tensor::scalar(*v)
+                    } else if i.name == "noise.w" {
+                        Tensor::f32(vec![2, 3], noise[t][..6].to_vec())
+                    } else {
+                        Tensor::f32(vec![3], noise[t][6..].to_vec())
+                    }
+                })
+                .collect();
+            let outs = ex.run(&inputs, &params).unwrap();
+            for (name, v) in outs.into_iter().skip(1) {
+                let p = optim::written_param(&name).unwrap();
+                let i = step.param_index(p).unwrap();
+                params[i] = v;
+            }
+        }
+        results.push((params[0].data.clone(), params[1].data.clone()));
+    }
+    results
+}
+
+fn close(a: &[f64], b: &[f64], what: &str) {
+    for (x, y) in a.iter().zip(b) {
+        assert!(
+            (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+            "{what}: got {a:?}, expected {b:?}"
+        );
+    }
+}
+
+const W0: [f64; 6] = [0.5, -0.25, 1.0, 0.75, -1.5, 0.125];
+const B0: [f64; 3] = [0.0, 0.5, -2.0];
+const X: [f64; 6] = [1.0, 2.0, -1.0, 0.5, 0.25, 3.0];
+const LRS: [f64; 3] = [0.1, 0.05, 0.02];
+
+fn check(
+    cfg: &OptimConfig,
+    reference: impl Fn(&mut Ref, &[f64], &[f64], usize, f64),
+    noise: &[Vec<f64>],
+) {
+    let mut r = Ref {
+        w: W0.to_vec(),
+        b: B0.to_vec(),
+    };
+    for (t, lr) in LRS.iter().enumerate() {
+        let (mut gw, mut gb) = grads(&r, &X);
+        if let Some(c) = cfg.clip {
+            let n = (gw.iter().chain(&gb).map(|g| g * g).sum::<f64>()).sqrt();
+            let f = (c / (n + 1e-6)).min(1.0);
+            gw.iter_mut().chain(gb.iter_mut()).for_each(|g| *g *= f);
+        }
+        if let Some(nz) = cfg.noise {
+            let s = (nz.eta / (1.0 + (t + 1) as f64).powf(nz.gamma)).sqrt();
+            for (i, g) in gw.iter_mut().chain(gb.iter_mut()).enumerate() {
+                *g += s * noise[t][i];
+            }
+        }
+        reference(&mut r, &gw, &gb, t + 1, *lr);
+    }
+    for (w, b) in run_steps(cfg, &W0, &B0, &X, &LRS, noise) {
+        close(&w, &r.w, "w");
+        close(&b, &r.b, "b");
+    }
+}
+
+/// Per-tensor state for the references.
+#[derive(Default)]
+struct St {
+    a: Vec<f64>,
+    c: Vec<f64>,
+}
+
+#[test]
+fn sgd_momentum_matches_reference() {
+    let cfg = OptimConfig {
+        kind: OptimKind::Sgd {
+            momentum: 0.9,
+            nesterov: false,
+        },
+        weight_decay: 0.01,
+        ..Default::default()
+    };
+    let st = std::cell::RefCell::new([St::default(), St::default()]);
+    check(
+        &cfg,
+        |r, gw, gb, _t, lr| {
+            let mut st = st.borrow_mut();
+            for (k, (p, g)) in [(&mut r.w, gw), (&mut r.b, gb)].into_iter().enumerate() {
+                if st[k].a.is_empty() {
+                    st[k].a = vec![0.0; p.len()];
+                }
+                for i in 0..p.len() {
+                    let d = g[i] + 0.01 * p[i];
+                    st[k].a[i] = 0.9 * st[k].a[i] + d;
+                    p[i] -= lr * st[k].a[i];
+                }
+            }
+        },
+        &[],
+    );
+}
+
+fn adam_ref(lamb: bool, wd: f64) -> impl Fn(&mut Ref, &[f64], &[f64], usize, f64) {
+    let st = std::cell::RefCell::new([St::default(), St::default()]);
+    move |r, gw, gb, t, lr| {
+        let (b1, b2, eps): (f64, f64, f64) = (0.9, 0.999, 1e-8);
+        let mut st = st.borrow_mut();
+        for (k, (p, g)) in [(&mut r.w, gw), (&mut r.b, gb)].into_iter().enumerate() {
+            if st[k].a.is_empty() {
+                st[k].a = vec![0.0; p.len()];
+                st[k].c = vec![0.0; p.len()];
+            }
+            let mut u = vec![0.0; p.len()];
+            for i in 0..p.len() {
+                st[k].a[i] = b1 * st[k].a[i] + (1.0 - b1) * g[i];
+                st[k].c[i] = b2 * st[k].c[i] + (1.0 - b2) * g[i] * g[i];
+                let mh = st[k].a[i] / (1.0 - b1.powi(t as i32));
+                let vh = st[k].c[i] / (1.0 - b2.powi(t as i32));
+                u[i] = mh / (vh.sqrt() + eps) + wd * p[i];
+            }
+            let trust = if lamb {
+                let pn = p.iter().map(|x| x * x).sum::<f64>().sqrt();
+                let un = u.iter().map(|x| x * x).sum::<f64>().sqrt();
+                if pn > 0.0 && un > 0.0 {
+                    pn / un
+                } else {
+                    1.0
+                }
+            } else {
+                1.0
+            };
+            for i in 0..p.len() {
+                p[i] -= lr * trust * u[i];
+            }
+        }
+    }
+}
+
+#[test]
+fn adamw_matches_reference() {
+    let cfg = OptimConfig {
+        kind: OptimKind::AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        },
+        weight_decay: 0.1,
+        ..Default::default()
+    };
+    check(&cfg, adam_ref(false, 0.1), &[]);
+}
+
+#[test]
+fn lamb_matches_reference() {
+    let cfg = OptimConfig {
+        kind: OptimKind::Lamb {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        },
+        weight_decay: 0.01,
+        ..Default::default()
+    };
+    check(&cfg, adam_ref(true, 0.01), &[]);
+}
+
+#[test]
+fn clipping_and_noise_match_reference() {
+    let sgd = |r: &mut Ref, gw: &[f64], gb: &[f64], _t: usize, lr: f64| {
+        for (p, g) in [(&mut r.w, gw), (&mut r.b, gb)] {
+            for i in 0..p.len() {
+                p[i] -= lr * g[i];
+            }
+        }
+    };
+    let plain = OptimConfig {
+        kind: OptimKind::Sgd {
+            momentum: 0.0,
+            nesterov: false,
+        },
+        ..Default::default()
+    };
+    // No clipping, no noise: exactly SGD.
+    check(&plain, sgd, &[]);
+    // A clip below the gradient norm (about 7 here) scales every gradient.
+    let clipped = OptimConfig {
+        clip: Some(0.5),
+        ..plain.clone()
+    };
+    check(&clipped, sgd, &[]);
+    // A clip above the norm changes nothing.
+    check(
+        &OptimConfig {
+            clip: Some(100.0),
+            ..plain.clone()
+        },
+        sgd,
+        &[],
+    );
+    let noisy = OptimConfig {
+        noise: Some(GradNoise {
+            eta: 0.3,
+            gamma: 0.55,
+        }),
+        clip: Some(0.5),
+        ..plain
+    };
+    let noise: Vec<Vec<f64>> = (0..3)
+        .map(|t| (0..9).map(|i| ((i * 7 + t * 3) % 5) as f64 - 2.0).collect())
+        .collect();
+    check(&noisy, sgd, &noise);
+}
+
+#[test]
+fn step_graph_prints_and_names_its_state() {
+    let cfg = OptimConfig::default();
+    let step = optim::step_graph(&tiny_joint(), &cfg).unwrap();
+    let names: Vec<&str> = step.outputs.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "loss",
+            "new.optim.m.w",
+            "new.optim.v.w",
+            "new.w",
+            "new.optim.m.b",
+            "new.optim.v.b",
+            "new.b"
+        ]
+    );
+    assert!(step
+        .params
+        .iter()
+        .any(|p| p.name == "optim.v.b" && !p.trainable));
+    let text = lamina::ir::text::print(&step);
+    assert_eq!(lamina::ir::text::parse(&text).unwrap(), step);
+    // Interpreting and printing agree on the input list.
+    let inputs: Vec<&str> = step.inputs.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(inputs, ["x", "lr", "bias_correction1", "bias_correction2"]);
+    let _ = interp::Env {
+        inputs: &[],
+        params: &[],
+    };
+}
+
+#[test]
+fn compare_draws_one_plot_and_a_table() {
+    let d = tmp("compare");
+    let a = d.join("pre.lam");
+    let b = d.join("peri.lam");
+    std::fs::write(&a, TINY).unwrap();
+    std::fs::write(&b, TINY.replace("stack layer", "norm peri\nstack layer")).unwrap();
+    let mut o = opts(&d.join("cmp"));
+    o.settings.push(("steps".into(), "20".into()));
+    let (runs, svg) = train::compare(&[a, b], &o).unwrap();
+    assert_eq!(runs.len(), 2);
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(
+        text.matches("<polyline").count(),
+        4,
+        "train and held-out per model"
+    );
+    assert!(text.contains("pre train") && text.contains("peri train"));
+    let table = train::summary_table(&runs);
+    assert_eq!(table.lines().count(), 3);
+    assert!(table.contains("eval acc"));
+}
