@@ -10,6 +10,27 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
+/// Print to stdout; a closed pipe (`lamina ir ... | head`) ends the program quietly with
+/// success instead of panicking, as Unix tools do.
+macro_rules! out {
+    ($($arg:tt)*) => { emit(&format!($($arg)*)) };
+}
+macro_rules! outln {
+    ($($arg:tt)*) => { emit(&format!("{}\n", format!($($arg)*))) };
+}
+
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "lamina",
@@ -85,7 +106,7 @@ pub enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
-    /// Print a stage of the compilation: the AST, the tensor IR or the joint gradient IR.
+    /// Print a stage of the compilation: AST, IR, gradient IR, optimized IR, kernels, buffer plan or Cranelift IR.
     #[command(
         after_help = "Examples:\n  lamina ir examples/peri_ln.lam --stage ir\n  \
         lamina ir model.lam --stage grad --json -o model.grad.json\n  \
@@ -93,6 +114,7 @@ pub enum Command {
         lamina ir model.lam --expect model.ir --bless # accept the new IR"
     )]
     Ir {
+        /// The model file (.lam).
         file: PathBuf,
         /// Which stage to print.
         #[arg(long, value_enum, default_value_t = Stage::Ir)]
@@ -107,7 +129,7 @@ pub enum Command {
         #[arg(long, requires = "expect")]
         bless: bool,
         /// Write to a file instead of stdout.
-        #[arg(short, long, value_name = "FILE")]
+        #[arg(short, long, value_name = "FILE", conflicts_with = "expect")]
         output: Option<PathBuf>,
         #[command(flatten)]
         overrides: Overrides,
@@ -115,6 +137,7 @@ pub enum Command {
     /// List the parameters: name, shape, element count, trainable or frozen, and the total.
     #[command(after_help = "Example:\n  lamina params examples/hourglass.lam")]
     Params {
+        /// The model file (.lam).
         file: PathBuf,
         #[command(flatten)]
         overrides: Overrides,
@@ -124,9 +147,12 @@ pub enum Command {
         after_help = "Example:\n  lamina init examples/transformer.lam -o weights.safetensors --seed 1"
     )]
     Init {
+        /// The model file (.lam).
         file: PathBuf,
+        /// Where to write the weights (safetensors).
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
+        /// Seed of the random initialisation.
         #[arg(long, default_value_t = 0)]
         seed: u64,
         #[command(flatten)]
@@ -142,11 +168,15 @@ pub enum Command {
         and `grad.<parameter>` for every trainable parameter."
     )]
     Run {
+        /// The model file (.lam).
         file: PathBuf,
+        /// Weights to run with (safetensors, as written by `lamina init` or `lamina train`).
         #[arg(long, value_name = "FILE")]
         weights: Option<PathBuf>,
+        /// The batch (safetensors with `tokens`/`inputs` and `targets`).
         #[arg(long, value_name = "FILE")]
         batch: Option<PathBuf>,
+        /// Where to write `loss`, `logits` and the gradients (safetensors).
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
         /// Seed for the initial weights and the random batch when not given as files.
@@ -180,6 +210,7 @@ pub enum Command {
         after_help = "Example:\n  lamina sample examples/tiny_lm.lam --weights runs/tiny_lm-seed0/final.safetensors --prompt 'The '"
     )]
     Sample {
+        /// The model file (.lam).
         file: PathBuf,
         #[arg(long, value_name = "FILE")]
         weights: PathBuf,
@@ -300,9 +331,10 @@ pub struct BenchArgs {
     /// The model to benchmark (not needed with --peak).
     #[arg(required_unless_present = "peak")]
     pub file: Option<PathBuf>,
-    /// Timed training steps after two warm-up steps; the median is reported.
+    /// Timed training steps after two warm-up steps (at least 10); the median is reported.
     #[arg(long, default_value_t = 10)]
-    pub steps: usize,
+    #[arg(value_parser = clap::value_parser!(u64).range(10..))]
+    pub steps: u64,
     /// Measure this machine's single-core FMA peak with 128-bit and 256-bit vectors.
     #[arg(long)]
     pub peak: bool,
@@ -402,14 +434,17 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
                 return expect_text(&expected_path, &text, bless);
             }
             match output {
-                Some(path) => io::write_atomic(&path, text.as_bytes())?,
-                None => print!("{text}"),
+                Some(path) => {
+                    check_output_path(&path)?;
+                    io::write_atomic(&path, text.as_bytes())?
+                }
+                None => out!("{text}"),
             }
             Ok(0)
         }
         Command::Params { file, overrides } => {
             let compiled = compile(&file, &overrides, color)?;
-            print!("{}", params_table(&compiled));
+            out!("{}", params_table(&compiled));
             Ok(0)
         }
         Command::Init {
@@ -418,6 +453,7 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             seed,
             overrides,
         } => {
+            check_output_path(&output)?;
             let compiled = compile(&file, &overrides, color)?;
             let g = &compiled.forward;
             let params = io::init_params(g, seed);
@@ -441,8 +477,8 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             let mut opts = args.flags.options();
             opts.resume = args.resume.clone();
             let s = crate::train::train(&args.file, &opts)?;
-            print!("{}", crate::train::summary_table(std::slice::from_ref(&s)));
-            println!(
+            out!("{}", crate::train::summary_table(std::slice::from_ref(&s)));
+            outln!(
                 "task {}; wrote {}/{{log.jsonl, loss.svg, checkpoint.safetensors{}}}",
                 s.task,
                 s.out_dir.display(),
@@ -456,8 +492,8 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
         }
         Command::Compare { files, train } => {
             let (runs, svg) = crate::train::compare(&files, &train.options())?;
-            print!("{}", crate::train::summary_table(&runs));
-            println!("wrote {}", svg.display());
+            out!("{}", crate::train::summary_table(&runs));
+            outln!("wrote {}", svg.display());
             Ok(0)
         }
         Command::Sample {
@@ -483,7 +519,7 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
                     backend,
                 },
             )?;
-            println!("{prompt}{}", String::from_utf8_lossy(&out));
+            outln!("{prompt}{}", String::from_utf8_lossy(&out));
             Ok(0)
         }
         Command::Run {
@@ -515,7 +551,7 @@ fn cmd_check(files: &[PathBuf], overrides: &Overrides, color: bool) -> Result<i3
         match driver::compile_file(file, &overrides.set) {
             Ok(c) => {
                 let g = &c.forward;
-                println!(
+                outln!(
                     "ok  {}: model `{}`, {} parameters, {} IR nodes ({:.1} ms)",
                     file.display(),
                     g.name,
@@ -560,7 +596,7 @@ fn expect_text(path: &Path, actual: &str, bless: bool) -> Result<i32> {
         Some(expected) => {
             let diff = similar::TextDiff::from_lines(expected.as_str(), actual);
             let label = path.display().to_string();
-            print!(
+            out!(
                 "{}",
                 diff.unified_diff()
                     .context_radius(3)
@@ -723,13 +759,74 @@ fn load_batch(g: &crate::ir::Graph, path: &Path) -> Result<Vec<Tensor>> {
                 inp.ty
             );
         }
-        if inp.ty.dtype == crate::ir::DType::I32 && t.data.iter().any(|v| v.fract() != 0.0) {
-            bail!("{}: `{}` must hold integer ids", path.display(), inp.name);
+        if inp.ty.dtype == crate::ir::DType::I32 {
+            let input_index = out.len();
+            let bound = io::index_bound(g, input_index);
+            for (k, &v) in t.data.iter().enumerate() {
+                let in_range = bound.is_none_or(|b| v >= 0.0 && v < b as f64);
+                if v.fract() != 0.0 || !in_range {
+                    let at = unravel(k, &t.shape);
+                    let range = bound.map_or(String::new(), |b| format!(" (ids run from 0 to {})", b - 1));
+                    bail!(
+                        "{}: `{}`{at:?} = {v} is not a valid id{range}",
+                        path.display(),
+                        inp.name
+                    );
+                }
+            }
+        } else if let Some(k) = t.data.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "{}: `{}`{:?} = {} is not a finite number",
+                path.display(),
+                inp.name,
+                unravel(k, &t.shape),
+                t.data[k]
+            );
         }
         t.dtype = inp.ty.dtype;
         out.push(t);
     }
+    if !tensors.is_empty() {
+        let extra: Vec<_> = tensors.iter().map(|(n, _)| n.as_str()).take(5).collect();
+        eprintln!(
+            "warning: {} holds {} tensor(s) the model does not read: {}",
+            path.display(),
+            tensors.len(),
+            extra.join(", ")
+        );
+    }
     Ok(out)
+}
+
+/// The multi-index of flat element `k` of a row-major tensor.
+fn unravel(mut k: usize, shape: &[usize]) -> Vec<usize> {
+    let mut idx = vec![0; shape.len()];
+    for (i, &d) in shape.iter().enumerate().rev() {
+        if d > 0 {
+            idx[i] = k % d;
+            k /= d;
+        }
+    }
+    idx
+}
+
+/// Fail early, before any work, when an output file cannot be created where asked.
+fn check_output_path(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        bail!("{} is a directory; give a file name", path.display());
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        bail!(
+            "cannot write {}: the directory {} does not exist",
+            path.display(),
+            parent.display()
+        );
+    }
+    Ok(())
 }
 
 fn cmd_run(
@@ -741,6 +838,9 @@ fn cmd_run(
     backend: Backend,
 ) -> Result<i32> {
     let g = &c.forward;
+    if let Some(out) = out {
+        check_output_path(out)?;
+    }
     let params = match weights {
         Some(p) => load_weights(g, p)?,
         None => io::init_params(g, seed),
@@ -772,7 +872,7 @@ fn cmd_run(
         .find(|(n, _)| n == "loss")
         .map(|(_, t)| t.data[0])
         .ok_or_else(|| anyhow!("internal error: the graph has no loss output"))?;
-    println!("loss = {loss:.6}");
+    outln!("loss = {loss:.6}");
     eprintln!(
         "{} backend, {:.1} ms, {} gradients{}",
         backend.name(),
@@ -797,13 +897,13 @@ fn cmd_run(
 fn cmd_bench(args: &BenchArgs, color: bool) -> Result<i32> {
     if args.peak {
         let p = crate::bench::peak();
-        println!(
+        outln!(
             "single-core FMA peak, 128-bit vectors: {:6.1} GFLOP/s",
             p.fma128
         );
         match p.fma256 {
-            Some(v) => println!("single-core FMA peak, 256-bit vectors: {v:6.1} GFLOP/s"),
-            None => println!("single-core FMA peak, 256-bit vectors: not available (no AVX2+FMA)"),
+            Some(v) => outln!("single-core FMA peak, 256-bit vectors: {v:6.1} GFLOP/s"),
+            None => outln!("single-core FMA peak, 256-bit vectors: not available (no AVX2+FMA)"),
         }
         if args.file.is_none() {
             return Ok(0);
@@ -819,27 +919,27 @@ fn cmd_bench(args: &BenchArgs, color: bool) -> Result<i32> {
         .map_err(|e| anyhow!("internal error in autodiff: {e}"))?;
     let front_seconds = start.elapsed().as_secs_f64();
     let report =
-        crate::bench::bench_training(&joint, args.steps.max(10)).map_err(|e| anyhow!("{e}"))?;
+        crate::bench::bench_training(&joint, args.steps as usize).map_err(|e| anyhow!("{e}"))?;
     let g = &compiled.forward;
-    println!(
+    outln!(
         "model          {} ({} parameters)",
         g.name,
         group_digits(g.param_count())
     );
-    println!(
+    outln!(
         "compile        {:.1} ms (front end {:.1} ms, kernels and code {:.1} ms)",
         (front_seconds + report.compile_seconds) * 1e3,
         front_seconds * 1e3,
         report.compile_seconds * 1e3
     );
-    println!(
+    outln!(
         "step           {:.2} ms median of {} (forward, backward, SGD update)",
         report.median_step_seconds * 1e3,
         report.steps
     );
-    println!("tokens/s       {:.0}", report.tokens_per_second);
-    println!("matmul         {:.1} GFLOP/s", report.gflops);
-    println!(
+    outln!("tokens/s       {:.0}", report.tokens_per_second);
+    outln!("matmul         {:.1} GFLOP/s", report.gflops);
+    outln!(
         "peak arena     {} bytes ({:.1} MiB), {} kernels",
         group_digits(report.peak_arena_bytes),
         report.peak_arena_bytes as f64 / (1 << 20) as f64,
