@@ -22,7 +22,10 @@ macro_rules! outln {
 fn emit(text: &str) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
-    if let Err(e) = stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()) {
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush())
+    {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
@@ -766,7 +769,8 @@ fn load_batch(g: &crate::ir::Graph, path: &Path) -> Result<Vec<Tensor>> {
                 let in_range = bound.is_none_or(|b| v >= 0.0 && v < b as f64);
                 if v.fract() != 0.0 || !in_range {
                     let at = unravel(k, &t.shape);
-                    let range = bound.map_or(String::new(), |b| format!(" (ids run from 0 to {})", b - 1));
+                    let range =
+                        bound.map_or(String::new(), |b| format!(" (ids run from 0 to {})", b - 1));
                     bail!(
                         "{}: `{}`{at:?} = {v} is not a valid id{range}",
                         path.display(),
