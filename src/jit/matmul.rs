@@ -21,6 +21,9 @@ pub fn tile_rows(path: MatPath) -> usize {
     }
 }
 
+/// A loop body: `(builder, counter, carried values) -> next carried values`.
+type LoopBody<'a> = dyn FnMut(&mut FunctionBuilder, Value, &[Value]) -> Vec<Value> + 'a;
+
 fn args(vals: &[Value]) -> Vec<BlockArg> {
     vals.iter().map(|v| BlockArg::from(*v)).collect()
 }
@@ -35,7 +38,7 @@ impl Gen {
         to: Value,
         step: i64,
         carried: &[(Value, cranelift_codegen::ir::Type)],
-        body: &mut dyn FnMut(&mut FunctionBuilder, Value, &[Value]) -> Vec<Value>,
+        body: &mut LoopBody,
     ) -> Vec<Value> {
         let head = b.create_block();
         let lp = b.create_block();

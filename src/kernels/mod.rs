@@ -190,9 +190,14 @@ pub fn jit_form(mm: &MatMulKernel) -> Option<MatPath> {
     if mm.k == 0 || mm.c.cs != 1 {
         return None;
     }
-    if mm.b.cs == 1 && mm.m % 4 == 0 && mm.n % 8 == 0 {
+    if mm.b.cs == 1 && mm.m.is_multiple_of(4) && mm.n.is_multiple_of(8) {
         Some(MatPath::JitAxpy)
-    } else if mm.a.cs == 1 && mm.b.rs == 1 && mm.m % 2 == 0 && mm.n % 4 == 0 && mm.k % 4 == 0 {
+    } else if mm.a.cs == 1
+        && mm.b.rs == 1
+        && mm.m.is_multiple_of(2)
+        && mm.n.is_multiple_of(4)
+        && mm.k.is_multiple_of(4)
+    {
         Some(MatPath::JitDot)
     } else {
         None
