@@ -553,6 +553,23 @@ fn cmd_check(files: &[PathBuf], overrides: &Overrides, color: bool) -> Result<i3
         let start = std::time::Instant::now();
         match driver::compile_file(file, &overrides.set) {
             Ok(c) => {
+                // The training recipe is part of the file: check it too.
+                if c.module.train.is_some() {
+                    let source = std::fs::read_to_string(file).unwrap_or_default();
+                    let opts = crate::train::TrainOptions {
+                        overrides: overrides.set.clone(),
+                        ..Default::default()
+                    };
+                    let name = file.display().to_string();
+                    if let Err(e) = crate::train::resolve_config(&c, &name, &source, &opts) {
+                        failed += 1;
+                        match e.downcast_ref::<Rendered>() {
+                            Some(r) => eprint!("{}", r.0),
+                            None => eprintln!("error: {e:#}"),
+                        }
+                        continue;
+                    }
+                }
                 let g = &c.forward;
                 outln!(
                     "ok  {}: model `{}`, {} parameters, {} IR nodes ({:.1} ms)",

@@ -201,3 +201,32 @@ fn failed_run_leaves_no_output_file() {
         .collect();
     assert_eq!(leftovers.len(), 2, "no temporary files left: {leftovers:?}");
 }
+
+#[test]
+fn check_validates_the_train_section() {
+    let dir = scratch("train-section");
+    let bad = write(&dir, "bad.lam", &format!("{TINY}train {{\n    steps = -1\n}}\n"));
+    let out = lamina(&["check", s(&bad)]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.lam:") && err.contains("steps"), "{err}");
+    let good = write(&dir, "good.lam", &format!("{TINY}train {{\n    steps = 10\n}}\n"));
+    assert_eq!(lamina(&["check", s(&good)]).status.code(), Some(0));
+}
+
+#[test]
+fn closed_stdout_is_not_a_crash() {
+    let dir = scratch("pipe");
+    let model = write(&dir, "m.lam", TINY);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lamina"))
+        .args(["ir", s(&model), "--stage", "clif"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read nothing and close the pipe, as `| head -0` would; the CLIF text is far larger
+    // than a pipe buffer, so the writer must meet the closed pipe.
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
