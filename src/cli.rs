@@ -109,7 +109,7 @@ pub enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
-    /// Print a stage of the compilation: AST, IR, gradient IR, optimized IR, kernels, buffer plan or Cranelift IR.
+    /// Print a stage of the compilation: AST, IR, gradient IR, optimized IR, training step, kernels, buffer plan or Cranelift IR.
     #[command(
         after_help = "Examples:\n  lamina ir examples/peri_ln.lam --stage ir\n  \
         lamina ir model.lam --stage grad --json -o model.grad.json\n  \
@@ -415,9 +415,12 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             output,
             overrides,
         } => {
-            if json && !matches!(stage, Stage::Ast | Stage::Ir | Stage::Grad | Stage::Opt) {
+            if json && !matches!(
+                    stage,
+                    Stage::Ast | Stage::Ir | Stage::Grad | Stage::Opt | Stage::Step
+                ) {
                 bail!(
-                    "--json is available for the ast, ir, grad and opt stages; `{}` prints as text only",
+                    "--json is available for the ast, ir, grad, opt and step stages; `{}` prints as text only",
                     stage.name()
                 );
             }

@@ -27,6 +27,9 @@ pub enum Stage {
     Grad,
     /// The joint IR after the optimizing passes (canonicalize, const_fold, cse, simplify, dce).
     Opt,
+    /// A whole training step: the joint IR plus the optimizer's update of the file's
+    /// `train { }` recipe (state tensors as parameters, `new.<name>` outputs).
+    Step,
     /// The training step's kernels: fused loop nests and matmul calls.
     Kernels,
     /// The training step's buffer plan: arena offsets, lifetimes and peak bytes.
@@ -37,11 +40,12 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in pipeline order.
-    pub const ALL: [Stage; 7] = [
+    pub const ALL: [Stage; 8] = [
         Stage::Ast,
         Stage::Ir,
         Stage::Grad,
         Stage::Opt,
+        Stage::Step,
         Stage::Kernels,
         Stage::Plan,
         Stage::Clif,
@@ -52,6 +56,7 @@ impl Stage {
             Stage::Ir => "ir",
             Stage::Grad => "grad",
             Stage::Opt => "opt",
+            Stage::Step => "step",
             Stage::Kernels => "kernels",
             Stage::Plan => "plan",
             Stage::Clif => "clif",
@@ -157,6 +162,14 @@ impl Compiled {
         Ok(crate::passes::optimize(&self.joint()?))
     }
 
+    /// The training step graph with the optimizer of the file's `train { }` section (or the
+    /// default recipe).
+    pub fn step(&self) -> Result<Graph, String> {
+        let cfg = crate::train::resolve_config(self, "", "", &Default::default())
+            .map_err(|e| e.to_string())?;
+        crate::train::optim::step_graph(&self.joint()?, &cfg.optim)
+    }
+
     /// The deterministic text of one stage.
     pub fn stage_text(&self, stage: Stage) -> Result<String, String> {
         Ok(match stage {
@@ -164,6 +177,7 @@ impl Compiled {
             Stage::Ir => text::print(&self.forward),
             Stage::Grad => text::print(&self.joint()?),
             Stage::Opt => text::print(&self.optimized()?),
+            Stage::Step => text::print(&self.step()?),
             Stage::Kernels | Stage::Plan | Stage::Clif => {
                 crate::runtime::stage_text(&self.joint()?, stage.name())?
             }
@@ -177,6 +191,7 @@ impl Compiled {
             Stage::Ir => Ok(text::to_json(&self.forward)),
             Stage::Grad => Ok(text::to_json(&self.joint()?)),
             Stage::Opt => Ok(text::to_json(&self.optimized()?)),
+            Stage::Step => Ok(text::to_json(&self.step()?)),
             Stage::Kernels | Stage::Plan | Stage::Clif => Err(format!(
                 "the {} stage has no JSON form; use the text form",
                 stage.name()

@@ -1,5 +1,5 @@
 //! Every example at every stage: snapshot tests of the AST, the forward IR, the joint
-//! gradient IR and the optimized joint IR, plus the IR's text and JSON round trips.
+//! gradient IR, the optimized joint IR and the training step, plus the IR's text and JSON round trips.
 
 use lamina::driver::{compile_file, Stage};
 use lamina::ir::text;
@@ -33,6 +33,13 @@ fn grad() {
 fn opt() {
     insta::glob!("../examples", "*.lam", |path| {
         insta::assert_snapshot!(compile(path).stage_text(Stage::Opt).unwrap());
+    });
+}
+
+#[test]
+fn step() {
+    insta::glob!("../examples", "*.lam", |path| {
+        insta::assert_snapshot!(compile(path).stage_text(Stage::Step).unwrap());
     });
 }
 
