@@ -205,12 +205,20 @@ fn failed_run_leaves_no_output_file() {
 #[test]
 fn check_validates_the_train_section() {
     let dir = scratch("train-section");
-    let bad = write(&dir, "bad.lam", &format!("{TINY}train {{\n    steps = -1\n}}\n"));
+    let bad = write(
+        &dir,
+        "bad.lam",
+        &format!("{TINY}train {{\n    steps = -1\n}}\n"),
+    );
     let out = lamina(&["check", s(&bad)]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.lam:") && err.contains("steps"), "{err}");
-    let good = write(&dir, "good.lam", &format!("{TINY}train {{\n    steps = 10\n}}\n"));
+    let good = write(
+        &dir,
+        "good.lam",
+        &format!("{TINY}train {{\n    steps = 10\n}}\n"),
+    );
     assert_eq!(lamina(&["check", s(&good)]).status.code(), Some(0));
 }
 
@@ -229,4 +237,66 @@ fn closed_stdout_is_not_a_crash() {
     drop(child.stdout.take());
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status {status:?}");
+}
+
+#[test]
+fn train_char_lm_then_sample() {
+    let dir = scratch("sample");
+    let model = write(
+        &dir,
+        "lm.lam",
+        "input tokens(batch = 2, length = 8, vocab = 256)\nembed(dim = 8)\n\
+         block b { attn = attention(heads = 2)\n ffn = ffn(hidden = 16) }\nstack b * 1\n",
+    );
+    let text = write(&dir, "text.txt", &"the cat sat on the mat. ".repeat(40));
+    let run = dir.join("run");
+    let out = lamina(&[
+        "train",
+        s(&model),
+        "--task",
+        "char_lm",
+        "--data",
+        s(&text),
+        "--steps",
+        "20",
+        "--out",
+        s(&run),
+        "-q",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [
+        "log.jsonl",
+        "loss.svg",
+        "checkpoint.safetensors",
+        "final.safetensors",
+    ] {
+        assert!(run.join(f).exists(), "{f} written");
+    }
+    let weights = run.join("final.safetensors");
+    let args = [
+        "sample",
+        s(&model),
+        "--weights",
+        s(&weights),
+        "--prompt",
+        "the ",
+        "--length",
+        "12",
+    ];
+    let first = lamina(&args);
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let text = String::from_utf8_lossy(&first.stdout);
+    assert!(text.starts_with("the "), "the prompt comes first: {text:?}");
+    // Same seed, same text.
+    assert_eq!(first.stdout, lamina(&args).stdout);
 }
