@@ -215,8 +215,10 @@ pub enum Command {
     Sample {
         /// The model file (.lam).
         file: PathBuf,
+        /// Trained weights: a run's final.safetensors or checkpoint.safetensors.
         #[arg(long, value_name = "FILE")]
         weights: PathBuf,
+        /// Text the generation starts from.
         #[arg(long, default_value = "")]
         prompt: String,
         /// Bytes to generate.
@@ -225,6 +227,7 @@ pub enum Command {
         /// Softmax temperature; 0 takes the most likely byte.
         #[arg(long, default_value_t = 0.8)]
         temperature: f64,
+        /// Seed of the sampling.
         #[arg(long, default_value_t = 0)]
         seed: u64,
         #[arg(long, value_enum, default_value_t = Backend::Jit)]
@@ -252,6 +255,7 @@ pub struct TrainFlags {
     /// The task, e.g. `modular_addition(p = 23)`, `copy`, `reverse`, `char_lm`.
     #[arg(long)]
     pub task: Option<String>,
+    /// Training steps (replaces the recipe's).
     #[arg(long)]
     pub steps: Option<String>,
     /// Peak learning rate (replaces the optimizer's).
@@ -269,16 +273,19 @@ pub struct TrainFlags {
     /// `gradient_noise(eta = 0.01, gamma = 0.55)` or `none`.
     #[arg(long)]
     pub noise: Option<String>,
+    /// Evaluate on the held-out split every N steps.
     #[arg(long)]
     pub eval_every: Option<String>,
+    /// Seed of the initial weights, the batches and the noise.
     #[arg(long)]
     pub seed: Option<String>,
     /// A text file for the char_lm task (bytes; the last 10% held out).
     #[arg(long, value_name = "FILE")]
     pub data: Option<PathBuf>,
-    /// Output directory.
+    /// Output directory (default `runs/<model>-seed<N>`).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Where the step runs: generated code, or the reference interpreter (slow).
     #[arg(long, value_enum, default_value_t = Backend::Jit)]
     pub backend: Backend,
     /// No progress bar.
@@ -290,6 +297,7 @@ pub struct TrainFlags {
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
+    /// The model file (.lam).
     pub file: PathBuf,
     #[command(flatten)]
     pub flags: TrainFlags,
@@ -415,10 +423,12 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             output,
             overrides,
         } => {
-            if json && !matches!(
+            if json
+                && !matches!(
                     stage,
                     Stage::Ast | Stage::Ir | Stage::Grad | Stage::Opt | Stage::Step
-                ) {
+                )
+            {
                 bail!(
                     "--json is available for the ast, ir, grad, opt and step stages; `{}` prints as text only",
                     stage.name()
