@@ -331,6 +331,7 @@ pub fn matmul_table(
             a: mk(&mm.a, 0, mm.m, mm.k),
             b: mk(&mm.b, 1, mm.k, mm.n),
             c: mk(&mm.c, 2, mm.m, mm.n),
+            bias: None,
             ..mm.clone()
         };
         let buffers: Vec<BufInfo> = [

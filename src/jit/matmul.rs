@@ -120,10 +120,16 @@ impl Gen {
                         let crow = b.ins().iadd(pc, coff);
                         let cj = b.ins().imul_imm_s(jt, 32);
                         let cp = b.ins().iadd(crow, cj);
+                        let alpha = (mm.alpha != 1.0).then(|| self.math.splat(b, mm.alpha));
                         for r in 0..4 {
                             let o = (r * crs) as i32;
-                            b.ins().store(flags(), out[2 + 2 * r as usize], cp, o);
-                            b.ins().store(flags(), out[3 + 2 * r as usize], cp, o + 16);
+                            for h in 0..2 {
+                                let mut v = out[2 + 2 * r as usize + h];
+                                if let Some(al) = alpha {
+                                    v = b.ins().fmul(v, al);
+                                }
+                                b.ins().store(flags(), v, cp, o + 16 * h as i32);
+                            }
                         }
                         vec![]
                     });
@@ -167,6 +173,10 @@ impl Gen {
                                 for l in 1..4u8 {
                                     let x = b.ins().extractlane(v, l);
                                     s = b.ins().fadd(s, x);
+                                }
+                                if mm.alpha != 1.0 {
+                                    let al = b.ins().f32const(mm.alpha);
+                                    s = b.ins().fmul(s, al);
                                 }
                                 let o = (r as i64 * crs + 4 * j as i64) as i32;
                                 b.ins().store(flags(), s, cp, o);

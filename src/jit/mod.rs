@@ -350,7 +350,37 @@ struct RowState {
     /// Row pointer (bytes) of each access, by node index (loads) or store index.
     load_ptr: HashMap<usize, Value>,
     row_vals: HashMap<usize, Value>,
+    /// Costly column values needed in several passes: the stack row that holds them and
+    /// the pass that writes it (later passes read it instead of recomputing).
+    spill: HashMap<usize, (Value, usize)>,
+    pass: usize,
 }
+
+/// Column ops worth keeping in a scratch row rather than recomputing in a later pass.
+fn costly(e: &KExpr) -> bool {
+    use crate::ir::Op;
+    match e {
+        KExpr::Unary(op, _) => matches!(
+            op,
+            Op::Exp
+                | Op::Log
+                | Op::Tanh
+                | Op::Sigmoid
+                | Op::Gelu
+                | Op::GeluTanh
+                | Op::Silu
+                | Op::Rsqrt
+                | Op::Recip
+        ),
+        KExpr::Binary(op, _, _) => {
+            matches!(op, Op::Div | Op::GeluGrad | Op::GeluTanhGrad | Op::SiluGrad)
+        }
+        _ => false,
+    }
+}
+
+/// Largest scratch row (bytes) a loop kernel keeps on the stack.
+const SPILL_BYTES: usize = 1 << 15;
 
 impl Gen {
     /// The entry block: function parameters, and every buffer's address from the table.
@@ -545,6 +575,14 @@ impl Gen {
                 format!("internal error: row value v{n} used before it is computed")
             });
         }
+        let spill = st.spill.get(&n).copied();
+        if let Some((slot, first)) = spill {
+            if first < st.pass {
+                let v = self.load_col(b, slot, 1, pos, scalar);
+                memo.insert(n, v);
+                return Ok(v);
+            }
+        }
         let v = match &l.nodes[n].expr {
             KExpr::Load(a) => {
                 let ptr = st.load_ptr[&n];
@@ -596,6 +634,11 @@ impl Gen {
             }
             _ => return Err(format!("internal error: v{n} is not a column value")),
         };
+        if let Some((slot, first)) = spill {
+            if first == st.pass {
+                self.store_col(b, slot, 1, pos, v, scalar);
+            }
+        }
         memo.insert(n, v);
         Ok(v)
     }
@@ -643,7 +686,58 @@ impl Gen {
             base,
             load_ptr: HashMap::new(),
             row_vals: HashMap::new(),
+            spill: HashMap::new(),
+            pass: 0,
         };
+        // Column nodes each pass evaluates (reduction operands and stores, through column
+        // arguments); a costly one needed again in a later pass is kept in a stack row.
+        let mut first_pass: Vec<Option<usize>> = vec![None; n];
+        let mut reused = vec![false; n];
+        for pass in 0..npasses {
+            let mut seen = vec![false; n];
+            let mut stack: Vec<usize> = vec![];
+            for (i, node) in l.nodes.iter().enumerate() {
+                if let KExpr::RowSum(a) | KExpr::RowMax(a) = node.expr {
+                    if level[i] == pass + 1 {
+                        stack.push(a);
+                    }
+                }
+            }
+            for s in &l.stores {
+                if s.col && level[s.value] == pass {
+                    stack.push(s.value);
+                }
+            }
+            while let Some(i) = stack.pop() {
+                if seen[i] || l.nodes[i].kind != Kind::Col {
+                    continue;
+                }
+                seen[i] = true;
+                match first_pass[i] {
+                    None => first_pass[i] = Some(pass),
+                    Some(p) if p < pass => reused[i] = true,
+                    _ => {}
+                }
+                match &l.nodes[i].expr {
+                    KExpr::Unary(_, a) | KExpr::CausalMask { x: a, .. } => stack.push(*a),
+                    KExpr::Binary(_, x, y) => stack.extend([*x, *y]),
+                    _ => {}
+                }
+            }
+        }
+        let mut spill_bytes = 0;
+        for i in 0..n {
+            if reused[i] && costly(&l.nodes[i].expr) && spill_bytes + 4 * l.cols <= SPILL_BYTES {
+                spill_bytes += 4 * l.cols;
+                let slot = b.create_sized_stack_slot(cranelift_codegen::ir::StackSlotData::new(
+                    cranelift_codegen::ir::StackSlotKind::ExplicitSlot,
+                    4 * l.cols as u32,
+                    4,
+                ));
+                let addr = b.ins().stack_addr(I64, slot, 0);
+                st.spill.insert(i, (addr, first_pass[i].unwrap_or(0)));
+            }
+        }
         for (i, node) in l.nodes.iter().enumerate() {
             match &node.expr {
                 KExpr::Load(a) if node.kind == Kind::Col => {
@@ -663,6 +757,7 @@ impl Gen {
         }
 
         for pass in 0..npasses {
+            st.pass = pass;
             // Row values this pass may read.
             for (i, &lv) in level.iter().enumerate() {
                 if l.nodes[i].kind == Kind::Row

@@ -104,6 +104,12 @@ struct Builder<'g> {
     tables: HashMap<Vec<i32>, BufId>,
     index_inputs: Vec<(usize, usize)>,
     cur: u32,
+    /// Live users of each node (a graph output counts as a user `usize::MAX`).
+    users: Vec<Vec<usize>>,
+    /// `scale` nodes read only by matmuls: (argument, factor), folded into the GEMM's alpha.
+    scaled: HashMap<usize, (ValueId, f64)>,
+    /// Contiguous copies already made of a view (buffers are written once, so they stay valid).
+    copies: HashMap<(BufId, i64, Vec<usize>, Vec<i64>), View>,
 }
 
 type R<T> = Result<T, String>;
@@ -153,7 +159,20 @@ pub fn build_program(g: &Graph, opts: &BuildOptions) -> R<Program> {
         tables: HashMap::new(),
         index_inputs: vec![],
         cur: 0,
+        users: vec![vec![]; g.nodes.len()],
+        scaled: HashMap::new(),
+        copies: HashMap::new(),
     };
+    for (i, node) in g.nodes.iter().enumerate() {
+        if live[i] {
+            for a in &node.args {
+                b.users[a.index()].push(i);
+            }
+        }
+    }
+    for (_, v) in &wanted {
+        b.users[v.index()].push(usize::MAX);
+    }
     let inputs: Vec<BufId> = g
         .inputs
         .iter()
@@ -192,6 +211,11 @@ pub fn build_program(g: &Graph, opts: &BuildOptions) -> R<Program> {
             }
             Op::Param { index } => {
                 Val::View(View::contiguous(params[*index], 0, node.ty.shape.clone()))
+            }
+            Op::Scale { factor } if b.only_matmuls_read(i) => {
+                // No kernel: each reading GEMM scales its product instead.
+                b.scaled.insert(i, (node.args[0], *factor));
+                continue;
             }
             _ => b.lower(i)?,
         };
@@ -466,8 +490,18 @@ impl<'g> Builder<'g> {
         }
     }
 
-    /// Copy a view into a new contiguous buffer.
+    /// Copy a view into a new contiguous buffer (once per distinct view).
     fn copy_view(&mut self, v: &View) -> R<View> {
+        let key = (v.buf, v.offset, v.shape.clone(), v.strides.clone());
+        if let Some(c) = self.copies.get(&key) {
+            return Ok(c.clone());
+        }
+        let c = self.copy_view_new(v)?;
+        self.copies.insert(key, c.clone());
+        Ok(c)
+    }
+
+    fn copy_view_new(&mut self, v: &View) -> R<View> {
         let (rows, cols) = Self::domain(&v.shape);
         let numel = rows * cols;
         let dtype = self.buffers[v.buf.index()].dtype;
@@ -605,6 +639,10 @@ impl<'g> Builder<'g> {
             Op::Reshape { .. } | Op::Transpose { .. } | Op::Broadcast { .. } | Op::Slice { .. } => {
                 self.lower_view(i)
             }
+            Op::Add => match self.fold_bias(i)? {
+                Some(v) => Ok(v),
+                None => self.lower_fusable(i),
+            },
             op if op.is_elementwise_unary() || op.is_elementwise_binary() => self.lower_fusable(i),
             Op::ReduceSum { .. } | Op::Softmax | Op::LogSoftmax | Op::CausalMask { .. } => {
                 self.lower_fusable(i)
@@ -860,6 +898,15 @@ impl<'g> Builder<'g> {
         tb: bool,
         out: &[usize],
     ) -> R<Val> {
+        let mut alpha = 1.0f64;
+        let mut unscale = |v: ValueId| match self.scaled.get(&v.index()) {
+            Some(&(x, f)) => {
+                alpha *= f;
+                x
+            }
+            None => v,
+        };
+        let (a, b) = (unscale(a), unscale(b));
         let va = self.materialize(a)?;
         let vb = self.materialize(b)?;
         let r = out.len();
@@ -893,12 +940,29 @@ impl<'g> Builder<'g> {
         }
         let numel: usize = out.iter().product();
         let c = self.temp(numel, DType::F32, format!("%{}", self.cur));
-        let cv = View::contiguous(c, 0, out.to_vec());
+        let cv = match self.transposed_layout(self.cur as usize) {
+            // Written in the layout its transpose reads, so the transpose is contiguous.
+            Some(perm) => {
+                let tshape: Vec<usize> = perm.iter().map(|&p| out[p]).collect();
+                let tstrides = row_major(&tshape);
+                let mut strides = vec![0i64; r];
+                for (i, &p) in perm.iter().enumerate() {
+                    strides[p] = tstrides[i];
+                }
+                View {
+                    buf: c,
+                    offset: 0,
+                    shape: out.to_vec(),
+                    strides,
+                }
+            }
+            None => View::contiguous(c, 0, out.to_vec()),
+        };
         let oc = MatOperand {
             buf: c,
             offsets: batch_offsets(0, batch_shape, &cv.strides[..r - 2]),
-            rs: n as i64,
-            cs: 1,
+            rs: cv.strides[r - 2],
+            cs: cv.strides[r - 1],
         };
         let mut mm = MatMulKernel {
             m,
@@ -907,6 +971,8 @@ impl<'g> Builder<'g> {
             a: oa,
             b: ob,
             c: oc,
+            alpha: alpha as f32,
+            bias: None,
             path: MatPath::Gemm,
         };
         flatten_batch(&mut mm);
@@ -966,6 +1032,97 @@ impl<'g> Builder<'g> {
         })));
         self.producer.insert(p, slot);
         Ok(())
+    }
+
+    /// `add(matmul, broadcast(bias row))` whose sum only feeds matmuls (through views): the
+    /// bias goes into the GEMM (no kernel of its own). `None` when the pattern does not hold.
+    fn fold_bias(&mut self, i: usize) -> R<Option<Val>> {
+        let node = &self.g.nodes[i];
+        if !self.feeds_only_matmuls(i) {
+            return Ok(None);
+        }
+        for (m, bb) in [(node.args[0], node.args[1]), (node.args[1], node.args[0])] {
+            let (mn, bn) = (self.g.node(m), self.g.node(bb));
+            if !matches!(mn.op, Op::MatMul { .. })
+                || self.users[m.index()] != [i]
+                || !matches!(bn.op, Op::Broadcast { .. })
+            {
+                continue;
+            }
+            let row = &self.g.ty(bn.args[0]).shape;
+            let n = *node.ty.shape.last().unwrap_or(&0);
+            if row.last() != Some(&n) || row.iter().product::<usize>() != n {
+                continue;
+            }
+            let (Some(Val::View(mv)), Some(Val::View(bv))) = (
+                self.vals[m.index()].clone(),
+                self.vals[bn.args[0].index()].clone(),
+            ) else {
+                continue;
+            };
+            let Some(&slot) = self.producer.get(&mv.buf) else {
+                continue;
+            };
+            if self.producer.get(&bv.buf).is_some_and(|&s| s >= slot) {
+                continue;
+            }
+            let bias = Access {
+                buf: bv.buf,
+                offset: bv.offset,
+                rows: RowMap::Affine { stride: 0 },
+                col_stride: *bv.strides.last().unwrap_or(&1),
+            };
+            if let Some(Slot::Fixed(k)) = self.slots.get_mut(slot) {
+                if let KernelBody::MatMul(mm) = &mut k.body {
+                    if mm.c.buf == mv.buf && mm.bias.is_none() {
+                        mm.bias = Some(bias);
+                        mm.path = MatPath::Gemm;
+                        k.nodes.push(i as u32);
+                        return Ok(Some(Val::View(mv)));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether node `i` is read only by matmuls, directly or through reshapes and transposes.
+    fn feeds_only_matmuls(&self, i: usize) -> bool {
+        let u = &self.users[i];
+        !u.is_empty()
+            && u.iter().all(|&j| {
+                j != usize::MAX
+                    && match self.g.nodes[j].op {
+                        Op::MatMul { .. } => true,
+                        Op::Reshape { .. } | Op::Transpose { .. } => self.feeds_only_matmuls(j),
+                        Op::Scale { .. } => self.only_matmuls_read(j),
+                        _ => false,
+                    }
+            })
+    }
+
+    /// Whether every reader of node `i` is a matmul (and it is not an output).
+    fn only_matmuls_read(&self, i: usize) -> bool {
+        let u = &self.users[i];
+        !u.is_empty()
+            && u.iter()
+                .all(|&j| j != usize::MAX && matches!(self.g.nodes[j].op, Op::MatMul { .. }))
+    }
+
+    /// The permutation every reader of matmul `i` transposes it by, when they all agree and
+    /// it keeps the last axis last (so GEMM rows stay contiguous).
+    fn transposed_layout(&self, i: usize) -> Option<Vec<usize>> {
+        let mut perm: Option<&Vec<usize>> = None;
+        for &j in &self.users[i] {
+            match self.g.nodes.get(j).map(|n| &n.op) {
+                Some(Op::Transpose { perm: p }) if perm.is_none_or(|q| q == p) => perm = Some(p),
+                _ => return None,
+            }
+        }
+        let p = perm?;
+        let r = p.len();
+        let identity = p.iter().enumerate().all(|(i, &x)| i == x);
+        (r >= 3 && !identity && p[r - 1] == r - 1).then(|| p.clone())
     }
 
     // ---- fusion ----

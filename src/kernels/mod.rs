@@ -160,6 +160,11 @@ pub struct MatMulKernel {
     pub a: MatOperand,
     pub b: MatOperand,
     pub c: MatOperand,
+    /// `C = alpha * A B`: a `scale` of an operand folded into the product.
+    pub alpha: f32,
+    /// A row vector (`n` columns, row stride 0) added to every row of `C`: a bias folded
+    /// into the GEMM, which then accumulates onto it. Runs on the gemm path only.
+    pub bias: Option<Access>,
     /// Which implementation runs it (`matmul_path`).
     pub path: MatPath,
 }
@@ -210,6 +215,9 @@ pub fn jit_form(mm: &MatMulKernel) -> Option<MatPath> {
 /// microkernel is kept only for tiny products, where a call into gemm costs more than the
 /// arithmetic.
 pub fn matmul_path(mm: &MatMulKernel) -> MatPath {
+    if mm.bias.is_some() {
+        return MatPath::Gemm;
+    }
     match jit_form(mm) {
         Some(p) if mm.m * mm.n * mm.k <= JIT_MATMUL_MAX_MNK => p,
         _ => MatPath::Gemm,
@@ -447,6 +455,12 @@ pub fn check_program(p: &Program) -> Result<(), String> {
                             col_stride: op.cs,
                         };
                         check_access(&what("matmul operand"), &a, r, c, &p.buffers)?;
+                    }
+                }
+                if let Some(bias) = &mm.bias {
+                    check_access(&what("matmul bias"), bias, 1, mm.n, &p.buffers)?;
+                    if mm.path != MatPath::Gemm {
+                        return Err(format!("internal error: {} bias off gemm", what("matmul")));
                     }
                 }
             }

@@ -147,6 +147,16 @@ pub fn print_program(p: &Program) -> String {
                 let _ = writeln!(s, "  a = {}", operand(&mm.a));
                 let _ = writeln!(s, "  b = {}", operand(&mm.b));
                 let _ = writeln!(s, "  c = {}", operand(&mm.c));
+                if let Some(bias) = &mm.bias {
+                    let _ = writeln!(
+                        s,
+                        "  bias = {}[{} + c*{}]",
+                        bias.buf, bias.offset, bias.col_stride
+                    );
+                }
+                if mm.alpha != 1.0 {
+                    let _ = writeln!(s, "  alpha = {}", mm.alpha);
+                }
             }
             KernelBody::ScatterAdd {
                 ids,

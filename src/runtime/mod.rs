@@ -55,7 +55,8 @@ fn stores_disjoint(stores: &[Store]) -> bool {
 impl Executable {
     pub fn new(g: &Graph, opts: &BuildOptions) -> Result<Executable, String> {
         let t0 = Instant::now();
-        let program = kernels::build_program(g, opts)?;
+        let g = crate::passes::optimize(g);
+        let program = kernels::build_program(&g, opts)?;
         let mut exe = Executable::from_program(program)?;
         exe.compile_seconds = t0.elapsed().as_secs_f64();
         Ok(exe)
@@ -321,8 +322,21 @@ fn run_matmul(base: ArenaPtr, offsets: &[usize], mm: &MatMulKernel) {
     let ptr = |buf: kernels::BufId, off: i64| unsafe {
         base.get().add(offsets[buf.index()]).offset(off as isize)
     };
+    let bias = mm
+        .bias
+        .as_ref()
+        .map(|b| (ArenaPtr(ptr(b.buf, b.offset)), b.col_stride as isize));
     let one = |i: usize, par: gemm::Parallelism| unsafe {
         let c = ptr(mm.c.buf, mm.c.offsets[i]);
+        // The bias rows first; the GEMM then accumulates onto them.
+        if let Some((bp, bcs)) = bias {
+            for x in 0..mm.m as isize {
+                let row = c.offset(x * mm.c.rs as isize);
+                for y in 0..mm.n as isize {
+                    *row.offset(y * mm.c.cs as isize) = *bp.get().offset(y * bcs);
+                }
+            }
+        }
         if mm.k == 0 {
             for x in 0..mm.m {
                 for y in 0..mm.n {
@@ -338,15 +352,15 @@ fn run_matmul(base: ArenaPtr, offsets: &[usize], mm: &MatMulKernel) {
             c,
             mm.c.cs as isize,
             mm.c.rs as isize,
-            false,
+            bias.is_some(),
             ptr(mm.a.buf, mm.a.offsets[i]) as *const f32,
             mm.a.cs as isize,
             mm.a.rs as isize,
             ptr(mm.b.buf, mm.b.offsets[i]) as *const f32,
             mm.b.cs as isize,
             mm.b.rs as isize,
-            0.0,
-            1.0,
+            if bias.is_some() { 1.0 } else { 0.0 },
+            mm.alpha,
             false,
             false,
             false,
@@ -539,7 +553,8 @@ impl Trainer {
 /// `grad.*` outputs) get the SGD update kernels, as in a training step.
 pub fn stage_text(g: &Graph, stage: &str) -> Result<String, String> {
     let sgd = g.outputs.iter().any(|o| o.name.starts_with("grad."));
-    let program = kernels::build_program(g, &BuildOptions { outputs: None, sgd })?;
+    let g = crate::passes::optimize(g);
+    let program = kernels::build_program(&g, &BuildOptions { outputs: None, sgd })?;
     match stage {
         "kernels" => Ok(kernels::print_program(&program)),
         "plan" => Ok(print_plan(&program, &plan::plan(&program))),

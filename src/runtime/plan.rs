@@ -58,7 +58,12 @@ pub fn kernel_buffers(body: &KernelBody) -> Vec<BufId> {
             access_bufs(input, &mut v);
             access_bufs(out, &mut v);
         }
-        KernelBody::MatMul(mm) => v.extend([mm.a.buf, mm.b.buf, mm.c.buf]),
+        KernelBody::MatMul(mm) => {
+            v.extend([mm.a.buf, mm.b.buf, mm.c.buf]);
+            if let Some(bias) = &mm.bias {
+                access_bufs(bias, &mut v);
+            }
+        }
         KernelBody::ScatterAdd { ids, src, out, .. } => v.extend([*ids, *src, *out]),
     }
     v
