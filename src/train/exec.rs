@@ -50,12 +50,10 @@ impl Executor for Interp {
     }
 }
 
-/// Compile `g` for `backend`. The JIT gets the graph after the optimizing passes.
+/// Compile `g` for `backend` (the JIT runs the optimizing passes itself).
 pub fn executor(g: &Graph, backend: Backend) -> Result<Box<dyn Executor>, String> {
     match backend {
-        Backend::Jit => Ok(Box::new(Jit(runtime::compile_graph(
-            &crate::passes::optimize(g),
-        )?))),
+        Backend::Jit => Ok(Box::new(Jit(runtime::compile_graph(g)?))),
         Backend::Interp => Ok(Box::new(Interp(g.clone()))),
     }
 }

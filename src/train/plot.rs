@@ -41,7 +41,11 @@ fn esc(s: &str) -> String {
 pub fn svg(title: &str, series: &[Series]) -> String {
     // The legend sits right of the plot; its width follows the longest name (about 7 px a
     // character at 12 px) so long model names are not cut off.
-    let longest = series.iter().map(|s| s.name.chars().count()).max().unwrap_or(0);
+    let longest = series
+        .iter()
+        .map(|s| s.name.chars().count())
+        .max()
+        .unwrap_or(0);
     let (l, t, b) = (70.0, 40.0, 50.0);
     let r = (50.0 + 7.0 * longest as f64).max(180.0);
     let (w, h) = (l + 510.0 + r, 440.0);
