@@ -568,13 +568,12 @@ fn cmd_check(files: &[PathBuf], overrides: &Overrides, color: bool) -> Result<i3
             Ok(c) => {
                 // The training recipe is part of the file: check it too.
                 if c.module.train.is_some() {
-                    let source = std::fs::read_to_string(file).unwrap_or_default();
                     let opts = crate::train::TrainOptions {
                         overrides: overrides.set.clone(),
                         ..Default::default()
                     };
-                    let name = file.display().to_string();
-                    if let Err(e) = crate::train::resolve_config(&c, &name, &source, &opts) {
+                    if let Err(e) = crate::train::resolve_config(&c, &c.file_name, &c.source, &opts)
+                    {
                         failed += 1;
                         match e.downcast_ref::<Rendered>() {
                             Some(r) => eprint!("{}", r.0),

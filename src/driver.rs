@@ -69,6 +69,11 @@ impl Stage {
 pub struct Compiled {
     pub module: Module,
     pub forward: Graph,
+    /// The `--set` overrides it was compiled with (the `train { }` recipe reads constants).
+    pub overrides: Vec<Override>,
+    /// The file name and source text, for diagnostics of later stages (the recipe).
+    pub file_name: String,
+    pub source: String,
 }
 
 /// Diagnostics together with the source they point into, so they can be rendered.
@@ -115,7 +120,13 @@ pub fn compile_source(
     };
     let module = syntax::parse(source).map_err(fail)?;
     let forward = elab::elaborate(&module, &default_name(file_name), overrides).map_err(fail)?;
-    Ok(Compiled { module, forward })
+    Ok(Compiled {
+        module,
+        forward,
+        overrides: overrides.to_vec(),
+        file_name: file_name.to_string(),
+        source: source.to_string(),
+    })
 }
 
 /// Read and compile a model file; unreadable or non-UTF-8 files become diagnostics too.
@@ -165,7 +176,11 @@ impl Compiled {
     /// The training step graph with the optimizer of the file's `train { }` section (or the
     /// default recipe).
     pub fn step(&self) -> Result<Graph, String> {
-        let cfg = crate::train::resolve_config(self, "", "", &Default::default())
+        let opts = crate::train::TrainOptions {
+            overrides: self.overrides.clone(),
+            ..Default::default()
+        };
+        let cfg = crate::train::resolve_config(self, &self.file_name, &self.source, &opts)
             .map_err(|e| e.to_string())?;
         crate::train::optim::step_graph(&self.joint()?, &cfg.optim)
     }

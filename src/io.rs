@@ -155,18 +155,19 @@ pub fn parse_safetensors(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
     Ok(out)
 }
 
-/// A stable 64-bit hash (FNV-1a) so each parameter's init depends only on the seed and its
-/// name, not on which other parameters exist.
-fn name_hash(name: &str) -> u64 {
+/// A stable 64-bit hash (FNV-1a): seeds derived from names and counters stay the same across
+/// versions and platforms (each parameter's init depends only on the seed and its name).
+pub fn fnv(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h ^= b as u64;
+    for b in bytes {
+        h ^= *b as u64;
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h
 }
 
-fn normal(rng: &mut ChaCha8Rng) -> f64 {
+/// A standard normal sample.
+pub fn normal(rng: &mut ChaCha8Rng) -> f64 {
     // Box-Muller; u1 in (0, 1] so the log is finite.
     let u1: f64 = 1.0 - rng.gen::<f64>();
     let u2: f64 = rng.gen::<f64>();
@@ -179,7 +180,7 @@ pub fn init_params(g: &Graph, seed: u64) -> Vec<Tensor> {
         .iter()
         .map(|p| {
             let n: usize = p.shape.iter().product();
-            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ name_hash(&p.name));
+            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ fnv(p.name.as_bytes()));
             let data: Vec<f64> = match p.init {
                 Init::Zeros => vec![0.0; n],
                 Init::Ones => vec![1.0; n],
@@ -197,29 +198,31 @@ pub fn init_params(g: &Graph, seed: u64) -> Vec<Tensor> {
         .collect()
 }
 
-/// The number of classes an i32 input indexes: the rows of the table it is gathered from or
-/// the width of the one-hot it feeds. `None` if the graph never indexes with it.
+/// The number of classes an i32 input indexes: the smallest of the table rows it is gathered
+/// from, the one-hot widths and the scatter rows it feeds (through reshapes and other views).
+/// `None` if the graph never indexes with it.
 pub fn index_bound(g: &Graph, input_index: usize) -> Option<usize> {
-    let node = g
-        .nodes
-        .iter()
-        .position(|n| n.op == Op::Input { index: input_index })?;
-    let mut frontier = vec![node];
-    // Follow reshapes to the indexing op.
-    while let Some(v) = frontier.pop() {
-        for (j, n) in g.nodes.iter().enumerate() {
-            if !n.args.iter().any(|a| a.index() == v) {
-                continue;
-            }
-            match &n.op {
-                Op::Gather => return Some(g.ty(n.args[0]).shape[0]),
-                Op::OneHot { classes } => return Some(*classes),
-                Op::Reshape { .. } => frontier.push(j),
-                _ => {}
-            }
+    // One pass in topological order: which values are the ids (through views), and the
+    // smallest range of every op that indexes with them.
+    let mut is_ids = vec![false; g.nodes.len()];
+    let mut bound: Option<usize> = None;
+    let mut tighten = |b: usize| bound = Some(bound.map_or(b, |x| x.min(b)));
+    for (i, n) in g.nodes.iter().enumerate() {
+        let arg_is_ids = |k: usize| n.args.get(k).is_some_and(|a| is_ids[a.index()]);
+        match &n.op {
+            Op::Input { index } => is_ids[i] = *index == input_index,
+            Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::Broadcast { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. } => is_ids[i] = n.args.iter().any(|a| is_ids[a.index()]),
+            Op::Gather if arg_is_ids(1) => tighten(g.ty(n.args[0]).shape[0]),
+            Op::OneHot { classes } if arg_is_ids(0) => tighten(*classes),
+            Op::ScatterAdd { rows } if arg_is_ids(0) => tighten(*rows),
+            _ => {}
         }
     }
-    None
+    bound
 }
 
 /// A random batch of the graph's input shapes: ids uniform in their valid range, features

@@ -16,8 +16,8 @@ fn stage_small(path: &std::path::Path, stage: Stage) -> String {
             o.value = 1.0;
         }
     }
-    let compiled = compile_source(&src, &name, &overrides)
-        .unwrap_or_else(|e| panic!("{}", e.render(false)));
+    let compiled =
+        compile_source(&src, &name, &overrides).unwrap_or_else(|e| panic!("{}", e.render(false)));
     compiled.stage_text(stage).unwrap()
 }
 

@@ -20,15 +20,17 @@ fn bad_models() {
             .file_name()
             .and_then(|s| s.to_str())
             .unwrap_or("model.lam");
-        let rendered = match lamina::syntax::parse(&src) {
-            Err(diags) => format!(
-                "PARSE ERROR (the test should exercise elaboration)\n{}",
+        // A file that fails to parse, or elaborates cleanly, is a broken test case: fail
+        // rather than record it, so no snapshot update can accept it.
+        let module = lamina::syntax::parse(&src).unwrap_or_else(|diags| {
+            panic!(
+                "{name} should exercise elaboration but does not parse:\n{}",
                 lamina::diag::render(&diags, name, &src, false)
-            ),
-            Ok(module) => match lamina::elab::elaborate(&module, &stem(path), &[]) {
-                Ok(_) => "ELABORATED WITHOUT ERRORS (the test expects errors)".to_string(),
-                Err(diags) => lamina::diag::render(&diags, name, &src, false),
-            },
+            )
+        });
+        let rendered = match lamina::elab::elaborate(&module, &stem(path), &[]) {
+            Ok(_) => panic!("{name} elaborated without errors"),
+            Err(diags) => lamina::diag::render(&diags, name, &src, false),
         };
         insta::assert_snapshot!(rendered);
     });

@@ -297,6 +297,7 @@ fn run_steps(
 }
 
 fn close(a: &[f64], b: &[f64], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths differ");
     for (x, y) in a.iter().zip(b) {
         assert!(
             (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
@@ -455,9 +456,10 @@ fn clipping_and_noise_match_reference() {
             momentum: 0.0,
             nesterov: false,
         },
+        weight_decay: 0.0,
         ..Default::default()
     };
-    // No clipping, no noise: exactly SGD.
+    // No clipping, no noise, no decay: exactly SGD.
     check(&plain, sgd, &[]);
     // A clip below the gradient norm (about 7 here) scales every gradient.
     let clipped = OptimConfig {

@@ -28,11 +28,6 @@ pub fn print_ast(m: &Module) -> String {
     out
 }
 
-/// A call in source syntax (`adamw(lr = 0.001)`).
-pub fn call_text(c: &Call) -> String {
-    call(c)
-}
-
 fn item_text(out: &mut String, item: &Item) {
     let line = match item {
         Item::Model(name) => format!("model {}", name.name),

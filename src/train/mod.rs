@@ -358,7 +358,7 @@ pub fn train_compiled(c: &Compiled, mut cfg: TrainConfig, opts: &TrainOptions) -
     }
     let meta_config = serde_json::to_string(&stored)?;
     let meta_data = format!("{:016x}", task.fingerprint);
-    let meta_model = format!("{:016x}", tasks::fnv(text::print(forward).as_bytes()));
+    let meta_model = format!("{:016x}", crate::io::fnv(text::print(forward).as_bytes()));
 
     let mut start = 0u64;
     if let Some(ck) = &opts.resume {
@@ -523,7 +523,7 @@ pub fn train_compiled(c: &Compiled, mut cfg: TrainConfig, opts: &TrainOptions) -
                 inputs.push(Tensor::f32(
                     shape.clone(),
                     (0..n)
-                        .map(|_| tasks::normal(&mut noise_rng) as f32 as f64)
+                        .map(|_| crate::io::normal(&mut noise_rng) as f32 as f64)
                         .collect(),
                 ));
             }

@@ -86,7 +86,9 @@ impl Default for OptimConfig {
                 eps: 1e-8,
             },
             lr: 1e-3,
-            weight_decay: 0.0,
+            // The same as a written `adamw` (and PyTorch's AdamW): omitting the optimizer and
+            // writing `optimizer = adamw` are one recipe.
+            weight_decay: 0.01,
             clip: None,
             noise: None,
             width_scaling: None,
@@ -317,7 +319,8 @@ pub fn step_graph(joint: &Graph, cfg: &OptimConfig) -> Result<Graph, String> {
         new_outputs.push((format!("new.{pname}"), p_new));
     }
     let mut g = b.b.finish();
-    // Model params keep their order; `new.<model param>` first, then the state, as pushed.
+    // Outputs: `loss`, then per parameter its new state tensors and `new.<param>`, in the
+    // order they were pushed (parameter order).
     let mut outputs = vec![Output {
         name: "loss".into(),
         value: loss,

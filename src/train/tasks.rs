@@ -3,6 +3,7 @@
 //! The batch of step `t` is a pure function of `(seed, t)` (a ChaCha8 stream seeded with a
 //! hash of both), so a resumed run needs only the step and the seed.
 
+use crate::io::{fnv, normal};
 use crate::ir::{DType, Graph};
 use crate::tensor::Tensor;
 use rand::{Rng, SeedableRng};
@@ -137,16 +138,6 @@ impl TaskSpec {
     }
 }
 
-/// A stable 64-bit FNV-1a hash.
-pub fn fnv(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
 /// The RNG of stream `stream` at step `t` for `seed`.
 pub fn rng_for(seed: u64, stream: u64, t: u64) -> ChaCha8Rng {
     let mut key = Vec::with_capacity(24);
@@ -164,12 +155,6 @@ const STREAM_TEACHER: u64 = 4;
 pub const STREAM_NOISE: u64 = 5;
 /// Held-out examples for synthetic tasks.
 const EVAL_EXAMPLES: usize = 512;
-
-pub fn normal(rng: &mut ChaCha8Rng) -> f64 {
-    let u1: f64 = 1.0 - rng.gen::<f64>();
-    let u2: f64 = rng.gen::<f64>();
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-}
 
 /// One batch in the model's input order, and which rows are real (eval padding).
 pub struct Batch {
