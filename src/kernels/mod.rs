@@ -173,7 +173,8 @@ pub struct MatMulKernel {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MatPath {
     Gemm,
-    /// `C[i, j..j+8] += A[i, p] * B[p, j..j+8]` over 4x8 tiles (`B` and `C` rows contiguous).
+    /// `C[i, j..j+8] = alpha * sum_p A[i, p] * B[p, j..j+8]`, accumulated in registers over
+    /// 4x8 tiles (`B` and `C` rows contiguous).
     JitAxpy,
     /// `C[i, j] = A[i, :] . B[:, j]` over 2x4 tiles of 4-wide dot products (`A` rows and `B`
     /// columns contiguous).

@@ -5,7 +5,7 @@
 use crate::kernels::{Access, BufId, BufKind, KExpr, KernelBody, Program, RowMap};
 use std::fmt::Write;
 
-/// Buffers start on 64-byte boundaries.
+/// Buffers start at multiples of 16 elements (64 bytes) from the start of the arena.
 const ALIGN: usize = 16;
 
 #[derive(Clone, Debug, PartialEq)]

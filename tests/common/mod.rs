@@ -107,3 +107,27 @@ pub fn random_env(g: &Graph, seed: u64) -> (Vec<Tensor>, Vec<Tensor>) {
         .collect();
     (inputs, params)
 }
+
+/// `max |got - want| / max(max |want|, floor)`, the error of a tensor relative to its own
+/// scale. Any disagreement about NaN or infinity, and any length mismatch, is an infinite
+/// error (a plain `f64::max` fold would silently skip a NaN).
+pub fn max_rel_err(got: &[f64], want: &[f64], floor: f64) -> f64 {
+    if got.len() != want.len() {
+        return f64::INFINITY;
+    }
+    let scale = want
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(floor, |m, v| m.max(v.abs()));
+    let mut worst = 0.0f64;
+    for (x, y) in got.iter().zip(want) {
+        if x == y || (x.is_nan() && y.is_nan()) {
+            continue;
+        }
+        if !x.is_finite() || !y.is_finite() {
+            return f64::INFINITY;
+        }
+        worst = worst.max((x - y).abs() / scale);
+    }
+    worst
+}
