@@ -12,7 +12,8 @@ pub mod plan;
 use crate::ir::{DType, Graph};
 use crate::jit::{self, CompiledKernels};
 use crate::kernels::{
-    self, BufKind, BuildOptions, KernelBody, MatMulKernel, MatPath, Program, RowMap, Store,
+    self, BufKind, BuildOptions, KExpr, KernelBody, LoopKernel, MatMulKernel, MatPath, Program,
+    RowMap,
 };
 use crate::tensor::Tensor;
 pub use plan::{plan, print_plan, Plan};
@@ -45,11 +46,34 @@ impl ArenaPtr {
 /// Rows times columns above which a loop kernel is split across two threads.
 const PAR_ELEMS: usize = 1 << 15;
 
-fn stores_disjoint(stores: &[Store]) -> bool {
-    stores.iter().all(|s| match s.access.rows {
-        RowMap::Affine { stride } => stride != 0,
+/// Whether the rows of a loop kernel can run on two threads at once: every row writes its
+/// own elements and reads, of the buffers the kernel writes, only what that same row writes.
+/// - An affine store's rows are `|stride|` apart and span `cols * |col_stride|` (one element
+///   for a per-row store), so they are disjoint when the stride covers the span.
+/// - A table store comes from a strided view of distinct elements (a permutation of row
+///   offsets: the builder never stores through broadcast views), so its rows are disjoint too.
+/// - A store through token ids may repeat rows, so it never runs split.
+fn split_safe(l: &LoopKernel) -> bool {
+    let stores_disjoint = l.stores.iter().all(|s| {
+        let span = if s.col {
+            (l.cols as i64) * s.access.col_stride.abs()
+        } else {
+            1
+        };
+        match s.access.rows {
+            RowMap::Affine { stride } => stride != 0 && stride.abs() >= span.max(1),
+            RowMap::Table { .. } => true,
+            RowMap::Indirect { .. } => false,
+        }
+    });
+    let loads_own_rows = l.nodes.iter().all(|n| match &n.expr {
+        KExpr::Load(a) => l
+            .stores
+            .iter()
+            .all(|s| s.access.buf != a.buf || s.access == *a),
         _ => true,
-    })
+    });
+    stores_disjoint && loads_own_rows
 }
 
 impl Executable {
@@ -85,9 +109,7 @@ impl Executable {
             .kernels
             .iter()
             .map(|k| match &k.body {
-                KernelBody::Loop(l) => {
-                    l.rows >= 2 && l.rows * l.cols >= PAR_ELEMS && stores_disjoint(&l.stores)
-                }
+                KernelBody::Loop(l) => l.rows >= 2 && l.rows * l.cols >= PAR_ELEMS && split_safe(l),
                 KernelBody::ColReduce { rows, cols, .. } => *cols >= 32 && rows * cols >= PAR_ELEMS,
                 _ => false,
             })
