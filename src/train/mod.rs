@@ -307,11 +307,9 @@ fn fmt_num(v: f64) -> String {
 
 /// Compile a model file for training; diagnostics come back rendered.
 pub fn compile(path: &Path, overrides: &[Override]) -> Result<(Compiled, String)> {
-    let source =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let name = path.display().to_string();
-    let c = driver::compile_source(&source, &name, overrides)
-        .map_err(|e| crate::cli::Rendered(e.render(false)))?;
+    let c =
+        driver::compile_file(path, overrides).map_err(|e| crate::cli::Rendered(e.render(false)))?;
+    let source = c.source.clone();
     Ok((c, source))
 }
 
