@@ -523,7 +523,7 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             overrides,
         } => {
             let compiled = compile(&file, &overrides, color)?;
-            let params = crate::train::load_model_weights(&compiled.forward, &weights)?;
+            let (params, _) = io::load_weights(&compiled.forward, &weights)?;
             let out = crate::train::sample::sample(
                 &compiled.forward,
                 &params,
@@ -712,48 +712,13 @@ fn params_table(c: &Compiled) -> String {
 
 /// Load weights by name, checking that every parameter is present with the right shape.
 fn load_weights(g: &crate::ir::Graph, path: &Path) -> Result<Vec<Tensor>> {
-    let mut tensors = io::load_safetensors(path)?;
-    let mut params = Vec::with_capacity(g.params.len());
-    let mut missing = Vec::new();
-    for p in &g.params {
-        match tensors.iter().position(|(n, _)| *n == p.name) {
-            Some(i) => {
-                let (_, t) = tensors.swap_remove(i);
-                if t.shape != p.shape || t.dtype != crate::ir::DType::F32 {
-                    bail!(
-                        "{}: `{}` is {} but the model needs {}",
-                        path.display(),
-                        p.name,
-                        t.ty(),
-                        p.ty()
-                    );
-                }
-                params.push(t);
-            }
-            None => missing.push(p.name.clone()),
-        }
-    }
-    if !missing.is_empty() {
-        bail!(
-            "{} lacks {} parameter(s) of the model: {}{}",
-            path.display(),
-            missing.len(),
-            missing
-                .iter()
-                .take(5)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", "),
-            if missing.len() > 5 { ", ..." } else { "" }
-        );
-    }
-    if !tensors.is_empty() {
-        let extra: Vec<_> = tensors.iter().map(|(n, _)| n.as_str()).take(5).collect();
+    let (params, extra) = io::load_weights(g, path)?;
+    if !extra.is_empty() {
         eprintln!(
             "warning: {} holds {} tensor(s) the model does not use: {}",
             path.display(),
-            tensors.len(),
-            extra.join(", ")
+            extra.len(),
+            extra.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
         );
     }
     Ok(params)

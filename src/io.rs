@@ -250,3 +250,47 @@ pub fn random_batch(g: &Graph, seed: u64) -> Vec<Tensor> {
         })
         .collect()
 }
+
+/// The parameters of `g` from a weights file (by name; every parameter present with its
+/// shape), and the names of the file's tensors the model does not use (a checkpoint also
+/// holds optimizer state).
+pub fn load_weights(g: &Graph, path: &Path) -> Result<(Vec<Tensor>, Vec<String>)> {
+    let mut tensors = load_safetensors(path)?;
+    let mut params = Vec::with_capacity(g.params.len());
+    let mut missing = Vec::new();
+    for p in &g.params {
+        match tensors.iter().position(|(n, _)| *n == p.name) {
+            Some(i) => {
+                let (_, t) = tensors.swap_remove(i);
+                if t.shape != p.shape || t.dtype != DType::F32 {
+                    bail!(
+                        "{}: `{}` is {} but the model needs {}",
+                        path.display(),
+                        p.name,
+                        t.ty(),
+                        p.ty()
+                    );
+                }
+                params.push(t);
+            }
+            None => missing.push(p.name.clone()),
+        }
+    }
+    if !missing.is_empty() {
+        let shown = missing
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        bail!(
+            "{} lacks {} parameter(s) of the model: {shown}{}",
+            path.display(),
+            missing.len(),
+            if missing.len() > 5 { ", ..." } else { "" }
+        );
+    }
+    let mut extra: Vec<String> = tensors.into_iter().map(|(n, _)| n).collect();
+    extra.sort();
+    Ok((params, extra))
+}

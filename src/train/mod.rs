@@ -18,7 +18,7 @@ use crate::cli::Backend;
 use crate::diag::Diagnostic;
 use crate::driver::{self, CompileError, Compiled};
 use crate::elab::Override;
-use crate::ir::{text, DType, Graph};
+use crate::ir::{text, Graph};
 use crate::tensor::Tensor;
 use anyhow::{anyhow, bail, Context, Result};
 use config::TrainConfig;
@@ -697,32 +697,6 @@ fn non_finite(
         "  hint: lower the learning rate (now {lr:e}) or set `clip = 1.0` in the train section"
     );
     NonFiniteError(msg).into()
-}
-
-/// Read `(name, tensor)` weights for the graph's parameters (extra tensors such as optimizer
-/// state are ignored).
-pub fn load_model_weights(g: &Graph, path: &Path) -> Result<Vec<Tensor>> {
-    let tensors = crate::io::load_safetensors(path)?;
-    g.params
-        .iter()
-        .map(|p| {
-            let t = tensors
-                .iter()
-                .find(|(n, _)| *n == p.name)
-                .map(|(_, t)| t.clone())
-                .ok_or_else(|| anyhow!("{} has no `{}`", path.display(), p.name))?;
-            if t.shape != p.shape || t.dtype != DType::F32 {
-                bail!(
-                    "{}: `{}` is {} but the model needs {}",
-                    path.display(),
-                    p.name,
-                    t.ty(),
-                    p.ty()
-                );
-            }
-            Ok(t)
-        })
-        .collect()
 }
 
 /// The end-of-run table.
