@@ -1,9 +1,9 @@
 //! The library side of `lamina bench`: compile time, median step time, throughput and peak
 //! arena bytes of a compiled training step, and this machine's FMA peak for comparison.
 
+use crate::io::{init_params, random_batch};
 use crate::ir::{DType, Graph};
 use crate::runtime::Trainer;
-use crate::tensor::Tensor;
 use std::time::Instant;
 
 #[derive(Clone, Debug)]
@@ -21,57 +21,9 @@ pub struct BenchReport {
     pub kernels: usize,
 }
 
-/// Deterministic parameters and inputs (ids in range) for benchmarking a joint graph.
-pub fn synthetic_inputs(g: &Graph, index_bounds: &[(usize, usize)]) -> (Vec<Tensor>, Vec<Tensor>) {
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 11) as f64 / (1u64 << 53) as f64
-    };
-    let params = g
-        .params
-        .iter()
-        .map(|p| {
-            let n = p.shape.iter().product();
-            Tensor::f32(
-                p.shape.clone(),
-                (0..n).map(|_| (next() - 0.5) * 0.1).collect(),
-            )
-        })
-        .collect();
-    let inputs = g
-        .inputs
-        .iter()
-        .enumerate()
-        .map(|(i, inp)| {
-            let n = inp.ty.numel();
-            match inp.ty.dtype {
-                DType::I32 => {
-                    let bound = index_bounds
-                        .iter()
-                        .filter(|b| b.0 == i)
-                        .map(|b| b.1)
-                        .min()
-                        .unwrap_or(1);
-                    let data =
-                        (0..n).map(|_| ((next() * bound as f64) as usize).min(bound - 1) as f64);
-                    Tensor::i32(inp.ty.shape.clone(), data.collect())
-                }
-                DType::F32 => {
-                    Tensor::f32(inp.ty.shape.clone(), (0..n).map(|_| next() - 0.5).collect())
-                }
-            }
-        })
-        .collect();
-    (params, inputs)
-}
-
 /// Compile `joint` (autodiff's graph) and time `steps` training steps after 2 warm-up steps.
 pub fn bench_training(joint: &Graph, steps: usize) -> Result<BenchReport, String> {
-    let prog = crate::kernels::build_program(joint, &Default::default())?;
-    let (params, inputs) = synthetic_inputs(joint, &prog.index_inputs);
+    let (params, inputs) = (init_params(joint, 0), random_batch(joint, 0));
     let t0 = Instant::now();
     let mut trainer = Trainer::new(joint, params)?;
     let compile_seconds = t0.elapsed().as_secs_f64();
@@ -195,8 +147,7 @@ mod x86 {
 pub fn profile_training(joint: &Graph, steps: usize) -> Result<String, String> {
     use crate::kernels::KernelBody;
     use std::fmt::Write;
-    let prog = crate::kernels::build_program(joint, &Default::default())?;
-    let (params, inputs) = synthetic_inputs(joint, &prog.index_inputs);
+    let (params, inputs) = (init_params(joint, 0), random_batch(joint, 0));
     let mut trainer = Trainer::new(joint, params)?;
     trainer.step(&inputs, 1e-3)?;
     let mut runs = vec![];

@@ -421,12 +421,17 @@ fn examples_train_like_the_interpreter() {
         }
         let g = lamina::elab::elaborate(&m, "m", &ov).unwrap();
         let j = lamina::autodiff::differentiate(&g).unwrap();
-        let prog = build_program(&j, &BuildOptions::default()).unwrap();
-        let (params, inputs) = lamina::bench::synthetic_inputs(&j, &prog.index_inputs);
-        // Larger weights than the synthetic default so activations are not all linear.
+        // Weights spread around their inits (wider than a 0.02 embedding) so activations are
+        // not all linear; the same helper the gradient checks use.
+        let (inputs, params) = common::random_env(&j, 17);
         let params: Vec<Tensor> = params
             .into_iter()
-            .map(|t| Tensor::f32(t.shape.clone(), t.data.iter().map(|x| x * 10.0).collect()))
+            .map(|t| {
+                Tensor::f32(
+                    t.shape.clone(),
+                    t.data.iter().map(|&x| x as f32 as f64).collect(),
+                )
+            })
             .collect();
         let want = run(
             &j,
