@@ -300,3 +300,63 @@ fn train_char_lm_then_sample() {
     // Same seed, same text.
     assert_eq!(first.stdout, lamina(&args).stdout);
 }
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
+    let dir = scratch("ctrl-c");
+    // The copy task needs an even length.
+    let model = write(&dir, "m.lam", &TINY.replace("length = 5", "length = 6"));
+    let run = dir.join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lamina"))
+        .args([
+            "train",
+            s(&model),
+            "--task",
+            "copy",
+            "--steps",
+            "1000000",
+            "--out",
+            s(&run),
+        ])
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until training is under way (the log has steps), then interrupt as Ctrl-C does.
+    let log = run.join("log.jsonl");
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(&log).map_or(0, |l| l.lines().count()) < 20 {
+        if start.elapsed().as_secs() > 60 || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "training did not start: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    // 130 = 128 + SIGINT, the shell convention for a run stopped by Ctrl-C.
+    assert_eq!(out.status.code(), Some(130), "an orderly exit: {err}");
+    assert!(
+        err.contains("interrupted after step") && err.contains("--resume"),
+        "{err}"
+    );
+    let ckpt = lamina::io::load_safetensors(&run.join("checkpoint.safetensors")).unwrap();
+    assert!(
+        ckpt.iter().any(|(n, _)| n == "embed.weight"),
+        "weights are saved"
+    );
+    assert!(
+        !run.join("final.safetensors").exists(),
+        "the run did not finish"
+    );
+}
