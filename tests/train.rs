@@ -544,3 +544,64 @@ fn compare_draws_one_plot_and_a_table() {
     assert_eq!(table.lines().count(), 3);
     assert!(table.contains("eval acc"));
 }
+
+/// Parameters kept in the JIT arena across steps give the same bits as the host round
+/// trip, and a non-finite step writes nothing back.
+#[test]
+fn resident_jit_step_matches_host_round_trip() {
+    let cfg = OptimConfig {
+        kind: OptimKind::AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        },
+        weight_decay: 0.1,
+        ..Default::default()
+    };
+    let step = optim::step_graph(&tiny_joint(), &cfg).unwrap();
+    let mut params: Vec<Tensor> = step.params.iter().map(|p| Tensor::zeros(&p.ty())).collect();
+    params[0] = Tensor::f32(vec![2, 3], vec![0.5, -1.0, 0.25, 2.0, -0.75, 1.5]);
+    params[1] = Tensor::f32(vec![3], vec![0.3, -0.2, 0.1]);
+    let writeback: Vec<(usize, usize)> = step
+        .outputs
+        .iter()
+        .enumerate()
+        .skip(1)
+        .filter_map(|(o, out)| {
+            let p = optim::written_param(&out.name)?;
+            Some((o, step.param_index(p)?))
+        })
+        .collect();
+    let inputs = |t: u64, x: f64| -> Vec<Tensor> {
+        let sc = optim::scalars(&cfg, t + 1, 0.01);
+        step.inputs
+            .iter()
+            .map(|i| match sc.iter().find(|(n, _)| *n == i.name) {
+                Some((_, v)) => Tensor::scalar(*v as f32 as f64),
+                None => Tensor::f32(i.ty.shape.clone(), vec![x; i.ty.numel()]),
+            })
+            .collect()
+    };
+    let mut host = train::exec::executor(&step, Backend::Jit).unwrap();
+    let mut resident = train::exec::step_executor(&step, Backend::Jit, writeback).unwrap();
+    resident.load_params(params.clone()).unwrap();
+    for t in 0..5 {
+        let outs = host.run(&inputs(t, 1.5), &params).unwrap();
+        let r = resident.step(&inputs(t, 1.5)).unwrap();
+        assert_eq!(r.loss.to_bits(), outs[0].1.data[0].to_bits());
+        assert_eq!(r.non_finite, None);
+        for (name, v) in outs.into_iter().skip(1) {
+            let i = step
+                .param_index(optim::written_param(&name).unwrap())
+                .unwrap();
+            params[i] = v;
+        }
+        let got = resident.params();
+        for (a, b) in got.iter().zip(&params) {
+            assert_eq!(a, b, "step {t}");
+        }
+    }
+    let r = resident.step(&inputs(5, f64::INFINITY)).unwrap();
+    assert!(r.non_finite.is_some());
+    assert_eq!(resident.params(), params);
+}

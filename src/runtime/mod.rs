@@ -3,7 +3,9 @@
 //! two threads: loop kernels split their rows, GEMMs their batch (or use gemm's own threads).
 //!
 //! Public API:
-//! - `compile_graph(&Graph) -> CompiledGraph`: evaluates every graph output (no update).
+//! - `compile_graph(&Graph) -> CompiledGraph`: evaluates every graph output (no update);
+//!   `load_params` + `step(inputs, writeback)` keep parameters resident in the arena across
+//!   runs, copying chosen outputs into parameters; `params()` reads them back.
 //! - `Trainer::new(&joint_graph, params)`: a training step with the SGD update compiled in;
 //!   `step(inputs, lr)` returns the loss, `output(name)` reads any output of the last step.
 
@@ -451,6 +453,129 @@ impl CompiledGraph {
         self.exe.run(0.0);
         Ok(self.exe.outputs())
     }
+
+    /// Copy every parameter into the arena, where `step` keeps them between runs.
+    pub fn load_params(&mut self, params: &[Tensor]) -> Result<(), String> {
+        if params.len() != self.graph.params.len() {
+            return Err(format!(
+                "{} parameter(s) expected, got {}",
+                self.graph.params.len(),
+                params.len()
+            ));
+        }
+        for (i, t) in params.iter().enumerate() {
+            if t.ty() != self.graph.params[i].ty() {
+                return Err(format!(
+                    "parameter {} expects {}",
+                    self.graph.params[i].name,
+                    self.graph.params[i].ty()
+                ));
+            }
+            self.exe.set_param(i, t)?;
+        }
+        Ok(())
+    }
+
+    /// Run on the resident parameters, then copy output `o` into parameter `p` for each
+    /// `(o, p)` of `writeback`, arena to arena. When an f32 output is not finite nothing is
+    /// written back, so the arena still holds the parameters the step read.
+    pub fn step(
+        &mut self,
+        inputs: &[Tensor],
+        writeback: &[(usize, usize)],
+    ) -> Result<StepResult, String> {
+        let prog = &self.exe.program;
+        let region = |buf: kernels::BufId, extra: usize, len: usize| {
+            (self.exe.plan.offsets[buf.index()] + extra, len)
+        };
+        let mut copies = Vec::with_capacity(writeback.len());
+        for &(o, p) in writeback {
+            let out = prog
+                .outputs
+                .get(o)
+                .ok_or_else(|| format!("no output #{o}"))?;
+            let pb = *prog
+                .params
+                .get(p)
+                .ok_or_else(|| format!("no parameter #{p}"))?;
+            let n: usize = out.shape.iter().product();
+            if n != prog.buffers[pb.index()].len || out.dtype != DType::F32 {
+                return Err(format!(
+                    "output {} does not fit parameter {}",
+                    out.name, self.graph.params[p].name
+                ));
+            }
+            let staged = matches!(prog.buffers[out.buf.index()].kind, BufKind::Param(_));
+            copies.push((region(out.buf, out.offset, n), region(pb, 0, n).0, staged));
+        }
+        self.exe.set_inputs(&self.graph, inputs)?;
+        self.exe.run(0.0);
+        let prog = &self.exe.program;
+        let arena = &self.exe.arena;
+        let loss = prog
+            .outputs
+            .iter()
+            .find(|o| o.name == "loss")
+            .map(|o| arena[self.exe.plan.offsets[o.buf.index()] + o.offset])
+            .ok_or_else(|| "the step has no loss".to_string())?;
+        let non_finite = prog
+            .outputs
+            .iter()
+            .find(|o| {
+                let off = self.exe.plan.offsets[o.buf.index()] + o.offset;
+                let n: usize = o.shape.iter().product();
+                o.dtype == DType::F32 && arena[off..off + n].iter().any(|x| !x.is_finite())
+            })
+            .map(|o| o.name.clone());
+        if non_finite.is_none() {
+            // An output read straight from a parameter is staged first, so that no copy
+            // reads a parameter another copy has already overwritten.
+            let staged: Vec<Vec<f32>> = copies
+                .iter()
+                .filter(|c| c.2)
+                .map(|&((src, n), _, _)| self.exe.arena[src..src + n].to_vec())
+                .collect();
+            let mut staged = staged.into_iter();
+            for ((src, n), dst, st) in copies {
+                if st {
+                    let data = staged.next().unwrap_or_default();
+                    self.exe.arena[dst..dst + data.len()].copy_from_slice(&data);
+                } else {
+                    self.exe.arena.copy_within(src..src + n, dst);
+                }
+            }
+        }
+        Ok(StepResult { loss, non_finite })
+    }
+
+    /// The resident parameters, in graph order.
+    pub fn params(&self) -> Vec<Tensor> {
+        self.graph
+            .params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                Tensor::f32(
+                    p.shape.clone(),
+                    self.exe.param_data(i).iter().map(|&x| x as f64).collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Output `name` of the last run.
+    pub fn output(&self, name: &str) -> Option<Tensor> {
+        self.exe.output(name)
+    }
+}
+
+/// What `CompiledGraph::step` reports to the host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepResult {
+    pub loss: f32,
+    /// The first f32 output (graph order) holding a NaN or an infinity; nothing was
+    /// written back then.
+    pub non_finite: Option<String>,
 }
 
 /// A compiled training step: forward, backward and the SGD update of trainable parameters.

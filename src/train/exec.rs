@@ -1,7 +1,8 @@
 //! Executors: run a graph on given inputs and parameters, on the JIT or the interpreter.
 //!
-//! Parameters and optimizer state live on the host between steps as f32-valued tensors, so
-//! a checkpoint holds exactly what the next step reads and a resumed run is bit-identical.
+//! Parameters and optimizer state are f32 values between steps (in the JIT's arena, or as
+//! f32-valued host tensors for the interpreter), so a checkpoint holds exactly what the
+//! next step reads and a resumed run is bit-identical.
 
 use crate::cli::Backend;
 use crate::interp;
@@ -47,6 +48,109 @@ impl Executor for Interp {
             }
         }
         Ok(out)
+    }
+}
+
+/// What one training step reports to the host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepOutcome {
+    pub loss: f64,
+    /// The first output (graph order) that is not finite; the parameters were then left
+    /// as the step read them.
+    pub non_finite: Option<String>,
+}
+
+/// Runs a training step graph whose parameters (weights and optimizer state) live in the
+/// executor between steps: only the loss crosses to the host each step.
+pub trait StepExecutor {
+    fn load_params(&mut self, params: Vec<Tensor>) -> Result<(), String>;
+    /// One step; on success output `o` becomes parameter `p` for each writeback pair.
+    fn step(&mut self, inputs: &[Tensor]) -> Result<StepOutcome, String>;
+    /// The current parameters, in graph order.
+    fn params(&self) -> Vec<Tensor>;
+}
+
+/// The JIT keeps parameters in its f32 arena and writes outputs back arena to arena.
+struct JitStep {
+    graph: CompiledGraph,
+    writeback: Vec<(usize, usize)>,
+}
+
+impl StepExecutor for JitStep {
+    fn load_params(&mut self, params: Vec<Tensor>) -> Result<(), String> {
+        self.graph.load_params(&params)
+    }
+
+    fn step(&mut self, inputs: &[Tensor]) -> Result<StepOutcome, String> {
+        let r = self.graph.step(inputs, &self.writeback)?;
+        Ok(StepOutcome {
+            loss: r.loss as f64,
+            non_finite: r.non_finite,
+        })
+    }
+
+    fn params(&self) -> Vec<Tensor> {
+        self.graph.params()
+    }
+}
+
+/// The interpreter keeps parameters as host tensors.
+struct InterpStep {
+    exec: Interp,
+    params: Vec<Tensor>,
+    writeback: Vec<(usize, usize)>,
+}
+
+impl StepExecutor for InterpStep {
+    fn load_params(&mut self, params: Vec<Tensor>) -> Result<(), String> {
+        self.params = params;
+        Ok(())
+    }
+
+    fn step(&mut self, inputs: &[Tensor]) -> Result<StepOutcome, String> {
+        let outs = self.exec.run(inputs, &self.params)?;
+        let loss = outs
+            .iter()
+            .find(|(n, _)| n == "loss")
+            .map(|(_, l)| l.data[0])
+            .ok_or_else(|| "the step has no loss".to_string())?;
+        let non_finite = outs
+            .iter()
+            .find(|(_, v)| v.data.iter().any(|x| !x.is_finite()))
+            .map(|(n, _)| n.clone());
+        if non_finite.is_none() {
+            for &(o, p) in &self.writeback {
+                let (Some(slot), Some(out)) = (self.params.get_mut(p), outs.get(o)) else {
+                    return Err(format!("no output #{o} or parameter #{p}"));
+                };
+                *slot = out.1.clone();
+            }
+        }
+        Ok(StepOutcome { loss, non_finite })
+    }
+
+    fn params(&self) -> Vec<Tensor> {
+        self.params.clone()
+    }
+}
+
+/// Compile the step graph `g` for `backend`; `writeback` pairs (output index, parameter
+/// index) say which outputs replace which parameters after each step.
+pub fn step_executor(
+    g: &Graph,
+    backend: Backend,
+    writeback: Vec<(usize, usize)>,
+) -> Result<Box<dyn StepExecutor>, String> {
+    match backend {
+        Backend::Jit => Ok(Box::new(JitStep {
+            graph: runtime::compile_graph(g)?,
+            writeback,
+        })),
+        Backend::Interp => Ok(Box::new(InterpStep {
+            exec: Interp(g.clone()),
+            params: vec![],
+            writeback,
+        })),
     }
 }
 

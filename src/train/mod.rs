@@ -407,7 +407,23 @@ pub fn train_compiled(c: &Compiled, mut cfg: TrainConfig, opts: &TrainOptions) -
 
     let backend = opts.backend.unwrap_or(Backend::Jit);
     let t_compile = Instant::now();
-    let mut step_exec = exec::executor(&step_g, backend).map_err(|e| anyhow!(e))?;
+    // Output `new.X` replaces parameter X after each step (the loss, output 0, is skipped).
+    let writeback: Vec<(usize, usize)> = step_g
+        .outputs
+        .iter()
+        .enumerate()
+        .skip(1)
+        .filter_map(|(o, out)| {
+            optim::written_param(&out.name)
+                .and_then(|p| index.get(p))
+                .map(|&i| (o, i))
+        })
+        .collect();
+    if step_g.outputs.first().map(|o| o.name.as_str()) != Some("loss") {
+        bail!("internal error: the step has no loss");
+    }
+    let mut step_exec = exec::step_executor(&step_g, backend, writeback).map_err(|e| anyhow!(e))?;
+    step_exec.load_params(params).map_err(|e| anyhow!(e))?;
     let mut eval_graph = forward.clone();
     eval_graph.outputs.retain(|o| o.name == "logits");
     let mut eval_exec = exec::executor(&eval_graph, backend).map_err(|e| anyhow!(e))?;
@@ -503,7 +519,7 @@ pub fn train_compiled(c: &Compiled, mut cfg: TrainConfig, opts: &TrainOptions) -
     let mut t = start;
     while t < cfg.steps {
         if INTERRUPTED.load(Ordering::SeqCst) || opts.stop_after == Some(t) {
-            save_checkpoint(&ckpt_path, &step_g, &params, &meta(t))?;
+            save_checkpoint(&ckpt_path, &step_g, &step_exec.params(), &meta(t))?;
             interrupted = true;
             break;
         }
@@ -526,25 +542,21 @@ pub fn train_compiled(c: &Compiled, mut cfg: TrainConfig, opts: &TrainOptions) -
                 ));
             }
         }
-        let outs = step_exec.run(&inputs, &params).map_err(|e| anyhow!(e))?;
-        let loss = outs
-            .first()
-            .filter(|(n, _)| n == "loss")
-            .map(|(_, l)| l.data[0])
-            .ok_or_else(|| anyhow!("internal error: the step has no loss"))?;
+        // Only the loss and a finiteness flag come back; the parameters stay resident.
+        let out = step_exec.step(&inputs).map_err(|e| anyhow!(e))?;
+        let loss = out.loss;
         let bad = if !loss.is_finite() {
             Some("the loss".to_string())
         } else {
-            outs.iter()
-                .find(|(_, v)| v.data.iter().any(|x| !x.is_finite()))
-                .map(|(n, _)| format!("`{n}`"))
+            out.non_finite.map(|n| format!("`{n}`"))
         };
         if let Some(what) = bad {
             pb.abandon();
+            // Nothing was written back: these are the parameters the step read.
             return Err(non_finite(
                 &step_g,
                 &inputs,
-                &params,
+                &step_exec.params(),
                 t + 1,
                 loss,
                 &what,
@@ -552,11 +564,6 @@ pub fn train_compiled(c: &Compiled, mut cfg: TrainConfig, opts: &TrainOptions) -
                 &ckpt_path,
                 last_ckpt,
             ));
-        }
-        for (name, v) in outs.into_iter().skip(1) {
-            if let Some(&i) = optim::written_param(&name).and_then(|p| index.get(p)) {
-                params[i] = v;
-            }
         }
         let dt = ts.elapsed().as_secs_f64();
         train_seconds += dt;
@@ -566,6 +573,7 @@ pub fn train_compiled(c: &Compiled, mut cfg: TrainConfig, opts: &TrainOptions) -
             "step": t, "loss": loss as f32, "lr": lr, "tokens_per_s": (tokens / dt).round()
         }))?;
         if t.is_multiple_of(cfg.eval_every) || t == cfg.steps {
+            let params = step_exec.params();
             let e = run_eval(&mut eval_exec, &params)?;
             evals.push((t, e));
             log.line(serde_json::json!({
@@ -600,6 +608,7 @@ pub fn train_compiled(c: &Compiled, mut cfg: TrainConfig, opts: &TrainOptions) -
     }
     pb.finish_and_clear();
     if !interrupted {
+        let params = step_exec.params();
         let model: Vec<(String, Tensor)> = step_g.params[..n_model]
             .iter()
             .zip(&params)
