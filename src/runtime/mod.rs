@@ -138,6 +138,25 @@ impl Executable {
     }
 
     /// Set parameter `i` (converted to f32).
+    /// Copy every parameter of `g` (this executable's graph) into the arena, checking the
+    /// count and each type.
+    pub fn set_params(&mut self, g: &Graph, params: &[Tensor]) -> Result<(), String> {
+        if params.len() != g.params.len() {
+            return Err(format!(
+                "{} parameter(s) expected, got {}",
+                g.params.len(),
+                params.len()
+            ));
+        }
+        for (i, (t, p)) in params.iter().zip(&g.params).enumerate() {
+            if t.ty() != p.ty() {
+                return Err(format!("parameter {} expects {}", p.name, p.ty()));
+            }
+            self.set_param(i, t)?;
+        }
+        Ok(())
+    }
+
     pub fn set_param(&mut self, i: usize, t: &Tensor) -> Result<(), String> {
         let buf = *self
             .program
@@ -432,23 +451,7 @@ impl CompiledGraph {
         inputs: &[Tensor],
         params: &[Tensor],
     ) -> Result<Vec<(String, Tensor)>, String> {
-        if params.len() != self.graph.params.len() {
-            return Err(format!(
-                "{} parameter(s) expected, got {}",
-                self.graph.params.len(),
-                params.len()
-            ));
-        }
-        for (i, t) in params.iter().enumerate() {
-            if t.ty() != self.graph.params[i].ty() {
-                return Err(format!(
-                    "parameter {} expects {}",
-                    self.graph.params[i].name,
-                    self.graph.params[i].ty()
-                ));
-            }
-            self.exe.set_param(i, t)?;
-        }
+        self.exe.set_params(&self.graph, params)?;
         self.exe.set_inputs(&self.graph, inputs)?;
         self.exe.run(0.0);
         Ok(self.exe.outputs())
@@ -456,24 +459,7 @@ impl CompiledGraph {
 
     /// Copy every parameter into the arena, where `step` keeps them between runs.
     pub fn load_params(&mut self, params: &[Tensor]) -> Result<(), String> {
-        if params.len() != self.graph.params.len() {
-            return Err(format!(
-                "{} parameter(s) expected, got {}",
-                self.graph.params.len(),
-                params.len()
-            ));
-        }
-        for (i, t) in params.iter().enumerate() {
-            if t.ty() != self.graph.params[i].ty() {
-                return Err(format!(
-                    "parameter {} expects {}",
-                    self.graph.params[i].name,
-                    self.graph.params[i].ty()
-                ));
-            }
-            self.exe.set_param(i, t)?;
-        }
-        Ok(())
+        self.exe.set_params(&self.graph, params)
     }
 
     /// Run on the resident parameters, then copy output `o` into parameter `p` for each
@@ -595,23 +581,7 @@ impl Trainer {
                 sgd: true,
             },
         )?;
-        if params.len() != joint.params.len() {
-            return Err(format!(
-                "{} parameter(s) expected, got {}",
-                joint.params.len(),
-                params.len()
-            ));
-        }
-        for (i, t) in params.iter().enumerate() {
-            if t.ty() != joint.params[i].ty() {
-                return Err(format!(
-                    "parameter {} expects {}",
-                    joint.params[i].name,
-                    joint.params[i].ty()
-                ));
-            }
-            step.set_param(i, t)?;
-        }
+        step.set_params(joint, &params)?;
         Ok(Trainer {
             graph: joint.clone(),
             step,
