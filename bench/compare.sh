@@ -5,11 +5,22 @@
 # shows the median over repetitions of each one's median step, and the ratio torch / lamina
 # (above 1: lamina is faster).
 #
-# Usage: bench/compare.sh [REPS] [MODEL ...]   e.g. bench/compare.sh 3 s_pre_ln m_pre_ln
-# Needs python3 with torch importable (pip install torch); builds lamina in release mode.
+# Both run the same optimizer: AdamW by default (lamina's default recipe; PyTorch's fused
+# AdamW), or SGD with OPTIMIZER=sgd.
+#
+# Usage: [OPTIMIZER=adamw|sgd] bench/compare.sh [REPS] [MODEL ...]   e.g. bench/compare.sh 3 s_pre_ln
+# Needs python3 with torch importable (pip install torch, or PYTHON=path/to/python); builds
+# lamina in release mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 reps=${1:-3}
+optimizer=${OPTIMIZER:-adamw}
+python=${PYTHON:-python3}
+case "$optimizer" in
+    adamw) lamina_opt=(--optimizer 'adamw(lr = 0.001, weight_decay = 0.01)') ;;
+    sgd) lamina_opt=(--optimizer 'sgd(lr = 0.001)') ;;
+    *) echo "OPTIMIZER must be adamw or sgd" >&2; exit 2 ;;
+esac
 shift || true
 models=("$@")
 if [ ${#models[@]} -eq 0 ]; then
@@ -34,7 +45,7 @@ for m in "${models[@]}"; do
     esac
     : > "$tmp/l_step"; : > "$tmp/l_comp"; : > "$tmp/l_rss"; : > "$tmp/t_step"; : > "$tmp/t_rss"
     for _ in $(seq "$reps"); do
-        /usr/bin/time -v "$bin" bench "examples/bench/$m.lam" --steps 10 > "$tmp/l_out" 2> "$tmp/l_time"
+        /usr/bin/time -v "$bin" bench "examples/bench/$m.lam" --steps 10 "${lamina_opt[@]}" > "$tmp/l_out" 2> "$tmp/l_time"
         awk '/^step/ {print $2}' "$tmp/l_out" >> "$tmp/l_step"
         awk '/^compile/ {print $2}' "$tmp/l_out" >> "$tmp/l_comp"
         awk '/Maximum resident/ {print $6}' "$tmp/l_time" >> "$tmp/l_rss"
@@ -43,7 +54,7 @@ for m in "${models[@]}"; do
         tokens=$(awk -v s="$step" '/^tokens/ {print $2 * s / 1000}' "$tmp/l_out")
         gflop=$(awk -v s="$step" '/^matmul/ {print $2 * s / 1000}' "$tmp/l_out")
         arena=$(awk '/^peak arena/ {print $3}' "$tmp/l_out")
-        python3 bench/torch_step.py "$size" "$variant" 2> /dev/null > "$tmp/t_out"
+        "$python" bench/torch_step.py --optimizer "$optimizer" "$size" "$variant" 2> /dev/null > "$tmp/t_out"
         awk '{print $6}' "$tmp/t_out" >> "$tmp/t_step"
         awk '{print $8}' "$tmp/t_out" >> "$tmp/t_rss"
     done

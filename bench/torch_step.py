@@ -1,5 +1,7 @@
 """PyTorch eager reference for `lamina bench`: median training-step time (forward, backward,
-SGD) of the brief's byte-level causal LM at sizes S, M, L in three block layouts, on 2 threads.
+optimizer update) of the brief's byte-level causal LM at sizes S, M, L in three block layouts,
+on 2 threads. The optimizer is AdamW (lr 1e-3, weight decay 0.01: lamina's default recipe) in
+PyTorch's fastest CPU mode, fused, or SGD (lr 1e-3) with `--optimizer sgd`.
 
 The models match examples/bench/*.lam: embedding + learned positions, L blocks, final
 LayerNorm, untied head, vocab 256, Linear layers with biases, exact GELU, causal attention.
@@ -7,7 +9,7 @@ LayerNorm, untied head, vocab 256, Linear layers with biases, exact GELU, causal
 - macaron: x = x + 0.5 ffn0(LN(x)); x = x + attn(LN(x)); x = x + 0.5 ffn1(LN(x))
 - peri:    x = x + LN_out(attn(LN_in(x))); x = x + LN_out(ffn(LN_in(x)))
 
-Usage: python3 bench/torch_step.py [SIZE VARIANT ...]   e.g. `S pre M macaron`
+Usage: python3 bench/torch_step.py [--optimizer adamw|sgd] [SIZE VARIANT ...]   e.g. `S pre M macaron`
 Prints one line per model: `torch <version> <size> <variant> median_ms <ms> peak_rss_kb <kb>`.
 Run it in the same session as `lamina bench` and compare ratios: the numbers are noisy.
 """
@@ -94,11 +96,20 @@ class LM(nn.Module):
         return self.head(self.ln(x))
 
 
-def bench(size, variant, steps=10):
+def make_optimizer(name, params):
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=1e-3)
+    try:
+        return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, fused=True)
+    except (RuntimeError, TypeError):  # a build without the fused CPU kernel
+        return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, foreach=True)
+
+
+def bench(size, variant, optimizer="adamw", steps=10):
     t, d, h, ffn, layers, batch = SIZES[size]
     torch.manual_seed(0)
     model = LM(t, d, h, ffn, layers, variant)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    opt = make_optimizer(optimizer, list(model.parameters()))
     tok = torch.randint(0, 256, (batch, t))
     tgt = torch.randint(0, 256, (batch, t))
 
@@ -121,12 +132,16 @@ def bench(size, variant, steps=10):
 
 if __name__ == "__main__":
     torch.set_num_threads(2)
-    args = sys.argv[1:] or ["S", "pre", "M", "pre"]
+    args = sys.argv[1:]
+    optimizer = "adamw"
+    if args[:1] == ["--optimizer"] and len(args) >= 2 and args[1] in ("adamw", "sgd"):
+        optimizer, args = args[1], args[2:]
+    args = args or ["S", "pre", "M", "pre"]
     if len(args) % 2 or any(s not in SIZES for s in args[::2]) or any(
         v not in ("pre", "macaron", "peri") for v in args[1::2]
     ):
-        sys.exit("usage: torch_step.py [S|M|L pre|macaron|peri ...]")
+        sys.exit("usage: torch_step.py [--optimizer adamw|sgd] [S|M|L pre|macaron|peri ...]")
     for size, variant in zip(args[::2], args[1::2]):
-        ms = bench(size, variant) * 1e3
+        ms = bench(size, variant, optimizer) * 1e3
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(f"torch {torch.__version__} {size} {variant} median_ms {ms:.1f} peak_rss_kb {rss}", flush=True)

@@ -3,12 +3,17 @@
 
 use crate::io::{init_params, random_batch};
 use crate::ir::{DType, Graph};
-use crate::runtime::Trainer;
+use crate::kernels::Program;
+use crate::runtime::compile_graph;
+use crate::train::optim::OptimConfig;
+use crate::train::step::TrainingStep;
 use std::time::Instant;
 
 #[derive(Clone, Debug)]
 pub struct BenchReport {
-    /// Kernel building, planning and Cranelift compilation of the step (seconds).
+    /// The optimizer whose update the timed step applies (`adamw`, `sgd`, `lamb`).
+    pub optimizer: &'static str,
+    /// Step graph, kernel building, planning and Cranelift compilation (seconds).
     pub compile_seconds: f64,
     /// Median wall time of one step (seconds) over `steps` steps after warm-up.
     pub median_step_seconds: f64,
@@ -19,32 +24,52 @@ pub struct BenchReport {
     pub gflops: f64,
     pub peak_arena_bytes: usize,
     pub kernels: usize,
+    /// Per-kernel times as text, when asked for (`LAMINA_PROFILE=1`).
+    pub profile: Option<String>,
 }
 
-/// Compile `joint` (autodiff's graph) and time `steps` training steps after 2 warm-up steps.
-pub fn bench_training(joint: &Graph, steps: usize) -> Result<BenchReport, String> {
-    let (params, inputs) = (init_params(joint, 0), random_batch(joint, 0));
+/// Compile the training step of `joint` (autodiff's graph) under `optim`, exactly as
+/// `lamina train` runs it on the JIT, and time `steps` steps after 2 warm-up steps.
+pub fn bench_step(
+    joint: &Graph,
+    optim: &OptimConfig,
+    steps: usize,
+    profile: bool,
+) -> Result<BenchReport, String> {
     let t0 = Instant::now();
-    let mut trainer = Trainer::new(joint, params)?;
+    let step = TrainingStep::new(joint, optim, 0)?;
+    let mut compiled = compile_graph(&step.graph)?;
     let compile_seconds = t0.elapsed().as_secs_f64();
-    for _ in 0..2 {
-        trainer.step(&inputs, 1e-3)?;
+    compiled.load_params(&init_params(&step.graph, 0))?;
+    let batch = random_batch(joint, 0);
+    let mut run = |t: u64| -> Result<f64, String> {
+        let start = Instant::now();
+        let inputs = step.inputs(batch.clone(), t, optim.lr);
+        compiled.step(&inputs, &step.writeback)?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    for t in 0..2 {
+        run(t)?;
     }
     let steps = steps.max(1);
-    let mut times = Vec::with_capacity(steps);
-    for _ in 0..steps {
-        let t = Instant::now();
-        trainer.step(&inputs, 1e-3)?;
-        times.push(t.elapsed().as_secs_f64());
-    }
+    let mut times = (0..steps as u64)
+        .map(|t| run(t + 2))
+        .collect::<Result<Vec<f64>, String>>()?;
     times.sort_by(f64::total_cmp);
-    if std::env::var_os("LAMINA_PROFILE").is_some() {
-        eprint!("{}", profile_training(joint, steps)?);
-    }
     let median = times[times.len() / 2];
-    let exe = trainer.executable();
+    let profile = if profile {
+        let inputs = step.inputs(batch.clone(), 0, optim.lr);
+        let runs = (0..steps)
+            .map(|_| compiled.profile(&inputs))
+            .collect::<Result<Vec<_>, String>>()?;
+        Some(profile_text(&compiled.exe.program, &runs))
+    } else {
+        None
+    };
+    let exe = &compiled.exe;
     let tokens = joint.inputs.first().map(|i| i.ty.numel()).unwrap_or(0) as f64;
     Ok(BenchReport {
+        optimizer: optim.kind.name(),
         compile_seconds,
         median_step_seconds: median,
         steps,
@@ -52,6 +77,7 @@ pub fn bench_training(joint: &Graph, steps: usize) -> Result<BenchReport, String
         gflops: exe.program.matmul_flops() / median / 1e9,
         peak_arena_bytes: exe.peak_bytes(),
         kernels: exe.program.kernel_count(),
+        profile,
     })
 }
 
@@ -142,20 +168,12 @@ mod x86 {
     }
 }
 
-/// Per-kernel time of a training step (median of `steps` runs), largest first, as text:
-/// one line per kernel with its kind, shape and scope. For tuning (`LAMINA_PROFILE=1`).
-pub fn profile_training(joint: &Graph, steps: usize) -> Result<String, String> {
+/// Per-kernel time of a step (median over `runs`, each a list of seconds per kernel),
+/// largest first, as text: one line per kernel with its kind, shape and scope.
+fn profile_text(program: &Program, runs: &[Vec<f64>]) -> String {
     use crate::kernels::KernelBody;
     use std::fmt::Write;
-    let (params, inputs) = (init_params(joint, 0), random_batch(joint, 0));
-    let mut trainer = Trainer::new(joint, params)?;
-    trainer.step(&inputs, 1e-3)?;
-    let mut runs = vec![];
-    for _ in 0..steps.max(1) {
-        runs.push(trainer.step_profiled(&inputs, 1e-3)?);
-    }
-    let exe = trainer.executable();
-    let nk = exe.program.kernels.len();
+    let nk = program.kernels.len();
     let mut med: Vec<(f64, usize)> = (0..nk)
         .map(|k| {
             let mut t: Vec<f64> = runs.iter().map(|r| r[k]).collect();
@@ -172,9 +190,7 @@ pub fn profile_training(joint: &Graph, steps: usize) -> Result<String, String> {
         KernelBody::ScatterAdd { .. } => "scatter_add",
     };
     for &(t, k) in &med {
-        let e = by_kind
-            .entry(kind(&exe.program.kernels[k].body))
-            .or_default();
+        let e = by_kind.entry(kind(&program.kernels[k].body)).or_default();
         e.0 += t;
         e.1 += 1;
     }
@@ -185,7 +201,7 @@ pub fn profile_training(joint: &Graph, steps: usize) -> Result<String, String> {
         let _ = writeln!(s, "  {k:12} {:8.2} ms  {n} kernels", t * 1e3);
     }
     for &(t, k) in med.iter().take(40) {
-        let kern = &exe.program.kernels[k];
+        let kern = &program.kernels[k];
         let what = match &kern.body {
             KernelBody::Loop(l) => format!(
                 "loop {}x{} nodes={} stores={}",
@@ -210,7 +226,7 @@ pub fn profile_training(joint: &Graph, steps: usize) -> Result<String, String> {
         };
         let _ = writeln!(s, "  k{k:<4} {:7.3} ms  {what}  [{}]", t * 1e3, kern.scope);
     }
-    Ok(s)
+    s
 }
 
 /// One row of the matmul table: a GEMM shape and the median time of each implementation.
@@ -319,11 +335,11 @@ pub fn matmul_table(
                 index_inputs: vec![],
             };
             let mut exe = Executable::from_program(prog)?;
-            exe.run(0.0);
+            exe.run();
             let mut t: Vec<f64> = (0..reps.max(1))
                 .map(|_| {
                     let s = Instant::now();
-                    exe.run(0.0);
+                    exe.run();
                     s.elapsed().as_secs_f64()
                 })
                 .collect();

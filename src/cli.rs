@@ -1,10 +1,12 @@
 //! The `lamina` command line.
 
+use crate::diag::Rendered;
 use crate::driver::{self, Compiled, Stage};
 use crate::elab::Override;
 use crate::interp;
 use crate::io;
 use crate::tensor::Tensor;
+use crate::train::exec::Backend;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
@@ -120,8 +122,8 @@ pub enum Command {
         /// The model file (.lam).
         file: PathBuf,
         /// Which stage to print.
-        #[arg(long, value_enum, default_value_t = Stage::Ir)]
-        stage: Stage,
+        #[arg(long, value_enum, default_value_t = StageArg(Stage::Ir))]
+        stage: StageArg,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -185,17 +187,21 @@ pub enum Command {
         /// Seed for the initial weights and the random batch when not given as files.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        #[arg(long, value_enum, default_value_t = Backend::Jit)]
-        backend: Backend,
+        #[arg(long, value_enum, default_value_t = BackendArg::Jit)]
+        backend: BackendArg,
         #[command(flatten)]
         overrides: Overrides,
     },
-    /// Benchmark a training step (forward, backward, SGD update) on generated code.
+    /// Benchmark the training step `lamina train` runs (forward, backward, the recipe's optimizer update) on generated code.
     #[command(
         after_help = "Examples:\n  lamina bench examples/bench/s_pre_ln.lam\n  \
+        lamina bench examples/bench/m_pre_ln.lam --optimizer 'sgd(lr = 0.001)'\n  \
         lamina bench examples/transformer.lam --set d=256 --steps 20\n  lamina bench --peak\n\n\
-        Reports the compile time (source text to ready-to-run code), the median step time, tokens \
-        per second, the achieved matmul GFLOP/s and the peak arena bytes."
+        Times the step of the file's `train { }` recipe (AdamW when it names none), the same \
+        compiled step that `lamina train` runs, on a random batch. Reports the optimizer timed, \
+        the compile time (source text to ready-to-run code), the median step time, tokens per \
+        second, the achieved matmul GFLOP/s and the peak arena bytes. LAMINA_PROFILE=1 adds \
+        per-kernel times."
     )]
     Bench(BenchArgs),
     /// Train a model on a built-in task or a text file, with its `train { }` recipe.
@@ -230,8 +236,8 @@ pub enum Command {
         /// Seed of the sampling.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        #[arg(long, value_enum, default_value_t = Backend::Jit)]
-        backend: Backend,
+        #[arg(long, value_enum, default_value_t = BackendArg::Jit)]
+        backend: BackendArg,
         #[command(flatten)]
         overrides: Overrides,
     },
@@ -286,8 +292,8 @@ pub struct TrainFlags {
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Where the step runs: generated code, or the reference interpreter (slow).
-    #[arg(long, value_enum, default_value_t = Backend::Jit)]
-    pub backend: Backend,
+    #[arg(long, value_enum, default_value_t = BackendArg::Jit)]
+    pub backend: BackendArg,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
@@ -330,7 +336,7 @@ impl TrainFlags {
             data: self.data.clone(),
             out: self.out.clone(),
             resume: None,
-            backend: Some(self.backend),
+            backend: Some(self.backend.into()),
             quiet: self.quiet,
             stop_after: None,
         }
@@ -349,36 +355,60 @@ pub struct BenchArgs {
     /// Measure this machine's single-core FMA peak with 128-bit and 256-bit vectors.
     #[arg(long)]
     pub peak: bool,
+    /// The optimizer of the timed step, replacing the recipe's: `sgd`, `adamw`, `lamb`, or a
+    /// call such as `sgd(lr = 0.001)`.
+    #[arg(long)]
+    pub optimizer: Option<String>,
     #[command(flatten)]
     pub overrides: Overrides,
 }
 
+/// `--stage`: the library's stages, named and described once there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StageArg(pub Stage);
+
+impl ValueEnum for StageArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        const ALL: [StageArg; Stage::ALL.len()] = {
+            let mut out = [StageArg(Stage::Ast); Stage::ALL.len()];
+            let mut i = 0;
+            while i < out.len() {
+                out[i] = StageArg(Stage::ALL[i]);
+                i += 1;
+            }
+            out
+        };
+        &ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.0.name()).help(self.0.about()))
+    }
+}
+
+impl std::fmt::Display for StageArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.name())
+    }
+}
+
+/// `--backend`: which executor runs the graph.
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum Backend {
+pub enum BackendArg {
     /// Native code generated with Cranelift (f32).
     Jit,
     /// The reference interpreter (f64): slow, and the oracle the JIT is tested against.
     Interp,
 }
 
-impl Backend {
-    fn name(self) -> &'static str {
-        match self {
-            Backend::Jit => "jit",
-            Backend::Interp => "interp",
+impl From<BackendArg> for Backend {
+    fn from(b: BackendArg) -> Backend {
+        match b {
+            BackendArg::Jit => Backend::Jit,
+            BackendArg::Interp => Backend::Interp,
         }
     }
 }
-
-/// An error whose text is already rendered (diagnostics); printed as is.
-#[derive(Debug)]
-pub struct Rendered(pub String);
-impl std::fmt::Display for Rendered {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for Rendered {}
 
 fn use_color(choice: ColorChoice) -> bool {
     match choice {
@@ -423,12 +453,8 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             output,
             overrides,
         } => {
-            if json
-                && !matches!(
-                    stage,
-                    Stage::Ast | Stage::Ir | Stage::Grad | Stage::Opt | Stage::Step
-                )
-            {
+            let stage = stage.0;
+            if json && !stage.has_json() {
                 bail!(
                     "--json is available for the ast, ir, grad, opt and step stages; `{}` prints as text only",
                     stage.name()
@@ -532,7 +558,7 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
                     bytes: length,
                     temperature,
                     seed,
-                    backend,
+                    backend: backend.into(),
                 },
             )?;
             outln!("{prompt}{}", String::from_utf8_lossy(&out));
@@ -554,7 +580,7 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
                 batch.as_deref(),
                 out.as_deref(),
                 seed,
-                backend,
+                backend.into(),
             )
         }
     }
@@ -912,12 +938,27 @@ fn cmd_bench(args: &BenchArgs, color: bool) -> Result<i32> {
     };
     let start = std::time::Instant::now();
     let compiled = compile(file, &args.overrides, color)?;
+    let opts = crate::train::TrainOptions {
+        overrides: args.overrides.set.clone(),
+        settings: args
+            .optimizer
+            .iter()
+            .map(|o| ("optimizer".to_string(), o.clone()))
+            .collect(),
+        ..Default::default()
+    };
+    let cfg =
+        crate::train::resolve_config(&compiled, &compiled.file_name, &compiled.source, &opts)?;
     let joint = compiled
         .joint()
         .map_err(|e| anyhow!("internal error in autodiff: {e}"))?;
     let front_seconds = start.elapsed().as_secs_f64();
-    let report =
-        crate::bench::bench_training(&joint, args.steps as usize).map_err(|e| anyhow!("{e}"))?;
+    let profile = std::env::var_os("LAMINA_PROFILE").is_some();
+    let report = crate::bench::bench_step(&joint, &cfg.optim, args.steps as usize, profile)
+        .map_err(|e| anyhow!("{e}"))?;
+    if let Some(p) = &report.profile {
+        eprint!("{p}");
+    }
     let g = &compiled.forward;
     outln!(
         "model          {} ({} parameters)",
@@ -925,15 +966,16 @@ fn cmd_bench(args: &BenchArgs, color: bool) -> Result<i32> {
         group_digits(g.param_count())
     );
     outln!(
-        "compile        {:.1} ms (front end {:.1} ms, kernels and code {:.1} ms)",
+        "compile        {:.1} ms (front end {:.1} ms, step, kernels and code {:.1} ms)",
         (front_seconds + report.compile_seconds) * 1e3,
         front_seconds * 1e3,
         report.compile_seconds * 1e3
     );
     outln!(
-        "step           {:.2} ms median of {} (forward, backward, SGD update)",
+        "step           {:.2} ms median of {} (forward, backward, {} update)",
         report.median_step_seconds * 1e3,
-        report.steps
+        report.steps,
+        report.optimizer
     );
     outln!("tokens/s       {:.0}", report.tokens_per_second);
     outln!("matmul         {:.1} GFLOP/s", report.gflops);

@@ -4,7 +4,34 @@
 //! user-input path panics. Rendering (ariadne) happens only at the edge, in the CLI or
 //! in tests.
 
-use crate::syntax::ast::Span;
+use serde::Serialize;
+
+/// A byte range into the source text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Default)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Span {
+    /// No place in the source: for problems with a command-line override or an unreadable
+    /// file. Rendered without a location or excerpt.
+    pub const NONE: Span = Span {
+        start: usize::MAX,
+        end: usize::MAX,
+    };
+
+    pub fn new(start: usize, end: usize) -> Self {
+        Span { start, end }
+    }
+    pub fn is_none(self) -> bool {
+        self == Span::NONE
+    }
+    /// The smallest span covering both.
+    pub fn to(self, other: Span) -> Span {
+        Span::new(self.start.min(other.start), self.end.max(other.end))
+    }
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Diagnostic {
@@ -231,3 +258,16 @@ fn plain(d: &Diagnostic, file_name: &str, src: &str) -> String {
     }
     out
 }
+
+/// Diagnostics already rendered to text (with their source lines), carried as an error
+/// through code that does not know the source.
+#[derive(Debug)]
+pub struct Rendered(pub String);
+
+impl std::fmt::Display for Rendered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Rendered {}

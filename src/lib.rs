@@ -11,6 +11,7 @@ pub mod cli;
 pub mod diag;
 pub mod driver;
 pub mod elab;
+pub mod front;
 pub mod interp;
 pub mod io;
 pub mod ir;

@@ -1,10 +1,10 @@
 //! `lamina train`: convergence, determinism, resume, NaN reports, optimizer updates as IR,
 //! and `compare`.
 
-use lamina::cli::Backend;
 use lamina::interp;
-use lamina::ir::{GraphBuilder, Init, Type};
+use lamina::ir::{GraphBuilder, Init, OutputRole, Type};
 use lamina::tensor::Tensor;
+use lamina::train::exec::Backend;
 use lamina::train::optim::{self, GradNoise, OptimConfig, OptimKind};
 use lamina::train::{self, TrainOptions};
 use std::path::{Path, PathBuf};
@@ -286,7 +286,9 @@ fn run_steps(
                 .collect();
             let outs = ex.run(&inputs, &params).unwrap();
             for (name, v) in outs.into_iter().skip(1) {
-                let p = optim::written_param(&name).unwrap();
+                let OutputRole::Update(p) = OutputRole::of(&name) else {
+                    panic!("{name} is not an update")
+                };
                 let i = step.param_index(p).unwrap();
                 params[i] = v;
             }
@@ -568,7 +570,9 @@ fn resident_jit_step_matches_host_round_trip() {
         .enumerate()
         .skip(1)
         .filter_map(|(o, out)| {
-            let p = optim::written_param(&out.name)?;
+            let OutputRole::Update(p) = out.role() else {
+                return None;
+            };
             Some((o, step.param_index(p)?))
         })
         .collect();
@@ -592,7 +596,10 @@ fn resident_jit_step_matches_host_round_trip() {
         assert_eq!(r.non_finite, None);
         for (name, v) in outs.into_iter().skip(1) {
             let i = step
-                .param_index(optim::written_param(&name).unwrap())
+                .param_index(match OutputRole::of(&name) {
+                    OutputRole::Update(p) => p,
+                    _ => panic!("{name} is not an update"),
+                })
                 .unwrap();
             params[i] = v;
         }

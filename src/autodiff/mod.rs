@@ -11,7 +11,7 @@
 
 mod vjp;
 
-use crate::ir::{DType, Graph, GraphBuilder, Op, Phase, ValueId};
+use crate::ir::{DType, Graph, GraphBuilder, Op, OutputRole, Phase, ValueId};
 
 /// The joint forward+backward graph of `forward`, whose outputs must include a scalar
 /// f32 `loss`.
@@ -24,9 +24,9 @@ pub fn differentiate(forward: &Graph) -> Result<Graph, String> {
 fn joint(forward: &Graph, prune: bool) -> Result<Graph, String> {
     forward.verify()?;
     let loss = forward
-        .output("loss")
+        .output_with(OutputRole::Loss)
         .ok_or_else(|| "the graph has no `loss` output to differentiate".to_string())?;
-    if forward.nodes.iter().any(|n| n.phase == Phase::Backward) {
+    if forward.nodes.iter().any(|n| n.phase != Phase::Forward) {
         return Err("the graph already contains backward nodes".into());
     }
     let loss_ty = forward.ty(loss);
@@ -85,7 +85,7 @@ fn joint(forward: &Graph, prune: bool) -> Result<Graph, String> {
             c if c.is_empty() => b.full(0.0, param.shape.clone())?,
             c => sum_contributions(&mut b, c)?,
         };
-        b.output(format!("grad.{}", param.name), g);
+        b.output(OutputRole::Grad(&param.name).name(), g);
     }
 
     let mut g = b.finish();

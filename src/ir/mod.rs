@@ -135,7 +135,23 @@ pub struct Input {
 pub enum Phase {
     #[default]
     Forward,
+    /// The gradient computation appended by autodiff.
     Backward,
+    /// The optimizer's update of parameters and state, appended after the backward pass.
+    Update,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 3] = [Phase::Forward, Phase::Backward, Phase::Update];
+
+    /// The phase's name in the text form.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Forward => "forward",
+            Phase::Backward => "backward",
+            Phase::Update => "update",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -149,11 +165,62 @@ pub struct Node {
     pub phase: Phase,
 }
 
-/// A named graph result: `loss`, `logits`, `grad.<param>`.
+/// A named graph result: `loss`, `logits`, `grad.<param>`, `new.<param>`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Output {
     pub name: String,
     pub value: ValueId,
+}
+
+/// What an output is for. The output's name is its text form, and this is the one place
+/// that reads it: later stages ask for a role, never compare names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputRole<'a> {
+    /// The scalar training loss.
+    Loss,
+    /// The model's prediction.
+    Logits,
+    /// The gradient of the loss with respect to the named parameter.
+    Grad(&'a str),
+    /// The new value of the named parameter (or optimizer state) after a training step:
+    /// an executor writes it back into that parameter.
+    Update(&'a str),
+    /// Anything else a graph chooses to expose.
+    Other,
+}
+
+impl<'a> OutputRole<'a> {
+    /// The output name of a role.
+    pub fn name(self) -> String {
+        match self {
+            OutputRole::Loss => "loss".into(),
+            OutputRole::Logits => "logits".into(),
+            OutputRole::Grad(p) => format!("grad.{p}"),
+            OutputRole::Update(p) => format!("new.{p}"),
+            OutputRole::Other => String::new(),
+        }
+    }
+
+    /// The role of an output named `name`.
+    pub fn of(name: &'a str) -> OutputRole<'a> {
+        if name == "loss" {
+            OutputRole::Loss
+        } else if name == "logits" {
+            OutputRole::Logits
+        } else if let Some(p) = name.strip_prefix("grad.") {
+            OutputRole::Grad(p)
+        } else if let Some(p) = name.strip_prefix("new.") {
+            OutputRole::Update(p)
+        } else {
+            OutputRole::Other
+        }
+    }
+}
+
+impl Output {
+    pub fn role(&self) -> OutputRole<'_> {
+        OutputRole::of(&self.name)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
@@ -174,6 +241,14 @@ impl Graph {
     pub fn ty(&self, v: ValueId) -> &Type {
         &self.nodes[v.index()].ty
     }
+    /// The value of the first output with `role`.
+    pub fn output_with(&self, role: OutputRole) -> Option<ValueId> {
+        self.outputs
+            .iter()
+            .find(|o| o.role() == role)
+            .map(|o| o.value)
+    }
+
     pub fn output(&self, name: &str) -> Option<ValueId> {
         self.outputs
             .iter()

@@ -75,7 +75,7 @@ pub fn print(g: &Graph) -> String {
     for (i, n) in g.nodes.iter().enumerate() {
         if n.phase != phase {
             phase = n.phase;
-            let _ = writeln!(out, "{}:", phase_name(phase));
+            let _ = writeln!(out, "{}:", phase.name());
         }
         let mut line = format!("  %{i} = {}", op_text(&n.op, g, &input_names, &param_names));
         for (k, a) in n.args.iter().enumerate() {
@@ -112,13 +112,6 @@ pub fn print(g: &Graph) -> String {
     }
     out.push_str("}\n");
     out
-}
-
-fn phase_name(p: Phase) -> &'static str {
-    match p {
-        Phase::Forward => "forward",
-        Phase::Backward => "backward",
-    }
 }
 
 /// Names that occur exactly once, so `input NAME` / `param NAME` is unambiguous.
@@ -693,13 +686,12 @@ impl Parser {
                             trainable,
                         });
                     }
-                    "forward" | "backward" => {
+                    "forward" | "backward" | "update" => {
                         self.bump();
-                        phase = if w == "forward" {
-                            Phase::Forward
-                        } else {
-                            Phase::Backward
-                        };
+                        phase = Phase::ALL
+                            .into_iter()
+                            .find(|p| p.name() == w)
+                            .unwrap_or_default();
                         self.expect_punct(':')?;
                         self.end_line()?;
                     }

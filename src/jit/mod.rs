@@ -1,7 +1,7 @@
 //! Cranelift code generation for loop and column-reduction kernels.
 //!
 //! Every generated function has the signature
-//! `fn(base: *mut u8, begin: i64, end: i64, lr: f32, bufs: *const i64)`: `base` is the arena,
+//! `fn(base: *mut u8, begin: i64, end: i64, bufs: *const i64)`: `base` is the arena,
 //! `bufs[i]` the byte offset of the kernel's `i`-th buffer (in order of first use), and
 //! `begin..end` the range of rows (loop kernels) or columns (column reductions) to process,
 //! so the runtime can split a kernel across threads. Because buffer addresses are arguments,
@@ -32,8 +32,8 @@ use cranelift_module::{default_libcall_names, Linkage, Module};
 use math::Math;
 use std::collections::HashMap;
 
-/// A compiled kernel: `(arena, begin, end, lr, buffer byte offsets)`.
-pub type KernelFn = unsafe extern "C" fn(*mut u8, i64, i64, f32, *const i64);
+/// A compiled kernel: `(arena, begin, end, buffer byte offsets)`.
+pub type KernelFn = unsafe extern "C" fn(*mut u8, i64, i64, *const i64);
 
 /// Code generation choices that change the emitted CLIF.
 #[derive(Clone, Copy, Debug)]
@@ -81,11 +81,10 @@ unsafe impl Sync for CompiledKernels {}
 
 fn signature(call_conv: CallConv) -> Signature {
     let mut sig = Signature::new(call_conv);
-    sig.params.push(AbiParam::new(I64));
-    sig.params.push(AbiParam::new(I64));
-    sig.params.push(AbiParam::new(I64));
-    sig.params.push(AbiParam::new(F32));
-    sig.params.push(AbiParam::new(I64));
+    // arena base, begin, end, buffer offset table
+    for _ in 0..4 {
+        sig.params.push(AbiParam::new(I64));
+    }
     sig
 }
 
@@ -389,7 +388,7 @@ impl Gen {
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
         let params = b.block_params(entry).to_vec();
-        let (base, table) = (params[0], params[4]);
+        let (base, table) = (params[0], params[3]);
         self.bufs = (0..nbufs)
             .map(|i| {
                 let off = b.ins().load(I64, flags(), table, 8 * i as i32);
@@ -523,7 +522,6 @@ impl Gen {
         l: &LoopKernel,
         st: &mut RowState,
         n: usize,
-        lr: Value,
     ) -> Result<Value, String> {
         if let Some(&v) = st.row_vals.get(&n) {
             return Ok(v);
@@ -535,14 +533,13 @@ impl Gen {
                 b.ins().splat(F32X4, s)
             }
             KExpr::Const(c) => self.math.splat(b, *c),
-            KExpr::Lr => b.ins().splat(F32X4, lr),
             KExpr::Unary(op, a) => {
-                let x = self.row_val(b, l, st, *a, lr)?;
+                let x = self.row_val(b, l, st, *a)?;
                 self.math.unary(b, op, x)
             }
             KExpr::Binary(op, x, y) => {
-                let x = self.row_val(b, l, st, *x, lr)?;
-                let y = self.row_val(b, l, st, *y, lr)?;
+                let x = self.row_val(b, l, st, *x)?;
+                let y = self.row_val(b, l, st, *y)?;
                 self.math.binary(b, op, x, y)
             }
             _ => {
@@ -649,7 +646,7 @@ impl Gen {
         let mut level = vec![0usize; n];
         for i in 0..n {
             level[i] = match &l.nodes[i].expr {
-                KExpr::Load(_) | KExpr::Const(_) | KExpr::Lr | KExpr::OneHot { .. } => 0,
+                KExpr::Load(_) | KExpr::Const(_) | KExpr::OneHot { .. } => 0,
                 KExpr::Unary(_, a) => level[*a],
                 KExpr::Binary(_, x, y) => level[*x].max(level[*y]),
                 KExpr::CausalMask { x, .. } => level[*x],
@@ -669,7 +666,7 @@ impl Gen {
         }
 
         let params = self.entry(b, kernel_buf_count(l));
-        let (base, begin, end, lr) = (params[0], params[1], params[2], params[3]);
+        let (base, begin, end) = (params[0], params[1], params[2]);
         let head = b.create_block();
         b.append_block_param(head, I64);
         let body = b.create_block();
@@ -764,7 +761,7 @@ impl Gen {
                     && lv <= pass
                     && !matches!(l.nodes[i].expr, KExpr::RowSum(_) | KExpr::RowMax(_))
                 {
-                    self.row_val(b, l, &mut st, i, lr)?;
+                    self.row_val(b, l, &mut st, i)?;
                 }
             }
             let reds: Vec<(usize, usize, bool)> = (0..n)
@@ -791,7 +788,7 @@ impl Gen {
                     continue;
                 }
                 if l.stores.iter().any(|s| !s.col && s.value == i) {
-                    self.row_val(b, l, &mut st, i, lr)?;
+                    self.row_val(b, l, &mut st, i)?;
                 }
             }
         }

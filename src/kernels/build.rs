@@ -21,8 +21,6 @@ use std::collections::HashMap;
 pub struct BuildOptions {
     /// Compute only these outputs (all graph outputs when `None`).
     pub outputs: Option<Vec<String>>,
-    /// Append `p -= lr * grad.<p>` for every trainable parameter with a gradient output.
-    pub sgd: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -233,20 +231,6 @@ pub fn build_program(g: &Graph, opts: &BuildOptions) -> R<Program> {
             shape: view.shape,
             dtype,
         });
-    }
-    if opts.sgd {
-        for (pi, p) in g.params.iter().enumerate() {
-            if !p.trainable {
-                continue;
-            }
-            let Some(out) = outputs
-                .iter()
-                .find(|o| o.name == format!("grad.{}", p.name))
-            else {
-                continue;
-            };
-            b.sgd_kernel(params[pi], out.buf, out.offset, &p.shape)?;
-        }
     }
     let Builder {
         buffers,
@@ -979,59 +963,6 @@ impl<'g> Builder<'g> {
         mm.path = matmul_path(&mm);
         self.push_fixed(KernelBody::MatMul(mm), &[c]);
         Ok(Val::View(cv))
-    }
-
-    fn sgd_kernel(&mut self, p: BufId, g: BufId, g_off: usize, shape: &[usize]) -> R<()> {
-        let (rows, cols) = Self::domain(shape);
-        let acc = |buf, offset| Access {
-            buf,
-            offset,
-            rows: RowMap::Affine {
-                stride: cols as i64,
-            },
-            col_stride: 1,
-        };
-        let nodes = vec![
-            KNode {
-                expr: KExpr::Load(acc(p, 0)),
-                kind: Kind::Col,
-            },
-            KNode {
-                expr: KExpr::Load(acc(g, g_off as i64)),
-                kind: Kind::Col,
-            },
-            KNode {
-                expr: KExpr::Lr,
-                kind: Kind::Row,
-            },
-            KNode {
-                expr: KExpr::Binary(Op::Mul, 2, 1),
-                kind: Kind::Col,
-            },
-            KNode {
-                expr: KExpr::Binary(Op::Sub, 0, 3),
-                kind: Kind::Col,
-            },
-        ];
-        let l = LoopKernel {
-            rows,
-            cols,
-            nodes,
-            stores: vec![Store {
-                value: 4,
-                col: true,
-                access: acc(p, 0),
-            }],
-        };
-        self.cur = u32::MAX;
-        let slot = self.slots.len();
-        self.slots.push(Slot::Fixed(Box::new(Kernel {
-            nodes: vec![],
-            scope: "sgd".into(),
-            body: KernelBody::Loop(l),
-        })));
-        self.producer.insert(p, slot);
-        Ok(())
     }
 
     /// `add(matmul, broadcast(bias row))` whose sum only feeds matmuls (through views): the

@@ -40,7 +40,7 @@ impl std::fmt::Display for BufId {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum BufKind {
-    /// Parameter `i` (persistent, updated in place by the SGD kernels).
+    /// Parameter `i` (persistent between runs).
     Param(usize),
     /// Graph input `i`, copied in before each run.
     Input(usize),
@@ -99,8 +99,6 @@ pub enum KExpr {
     /// A load through an access (a `Row` load ignores `c`).
     Load(Access),
     Const(f32),
-    /// The learning rate passed to the step.
-    Lr,
     /// An elementwise unary IR op.
     Unary(Op, usize),
     /// An elementwise binary IR op.
@@ -408,7 +406,7 @@ pub fn check_program(p: &Program) -> Result<(), String> {
                         KExpr::Unary(_, a) | KExpr::RowSum(a) | KExpr::RowMax(a) => vec![*a],
                         KExpr::CausalMask { x, .. } => vec![*x],
                         KExpr::Binary(_, a, b) => vec![*a, *b],
-                        KExpr::Const(_) | KExpr::Lr => vec![],
+                        KExpr::Const(_) => vec![],
                     };
                     if args.iter().any(|&a| a >= i) {
                         return Err(format!(

@@ -29,7 +29,6 @@ fn expr(e: &KExpr) -> String {
     match e {
         KExpr::Load(a) => format!("load {}", access(a)),
         KExpr::Const(v) => format!("const {v:?}"),
-        KExpr::Lr => "lr".into(),
         KExpr::Unary(op, a) => match op {
             Op::Scale { factor } => format!("scale v{a}, {factor:?}"),
             Op::AddScalar { value } => format!("add_scalar v{a}, {value:?}"),

@@ -6,12 +6,10 @@
 //! - `compile_graph(&Graph) -> CompiledGraph`: evaluates every graph output (no update);
 //!   `load_params` + `step(inputs, writeback)` keep parameters resident in the arena across
 //!   runs, copying chosen outputs into parameters; `params()` reads them back.
-//! - `Trainer::new(&joint_graph, params)`: a training step with the SGD update compiled in;
-//!   `step(inputs, lr)` returns the loss, `output(name)` reads any output of the last step.
 
 pub mod plan;
 
-use crate::ir::{DType, Graph};
+use crate::ir::{DType, Graph, OutputRole};
 use crate::jit::{self, CompiledKernels};
 use crate::kernels::{
     self, BufKind, BuildOptions, KExpr, KernelBody, LoopKernel, MatMulKernel, MatPath, Program,
@@ -238,24 +236,24 @@ impl Executable {
     }
 
     /// Run every kernel once.
-    pub fn run(&mut self, lr: f32) {
+    pub fn run(&mut self) {
         for k in 0..self.program.kernels.len() {
-            self.run_kernel(k, lr);
+            self.run_kernel(k);
         }
     }
 
     /// Run every kernel once, timing each (seconds per kernel).
-    pub fn run_profiled(&mut self, lr: f32) -> Vec<f64> {
+    pub fn run_profiled(&mut self) -> Vec<f64> {
         (0..self.program.kernels.len())
             .map(|k| {
                 let t = Instant::now();
-                self.run_kernel(k, lr);
+                self.run_kernel(k);
                 t.elapsed().as_secs_f64()
             })
             .collect()
     }
 
-    fn run_kernel(&mut self, k: usize, lr: f32) {
+    fn run_kernel(&mut self, k: usize) {
         let base = ArenaPtr(self.arena.as_mut_ptr());
         let kernel = &self.program.kernels[k];
         {
@@ -265,19 +263,19 @@ impl Executable {
                     let bufs = ArenaPtr(self.code.bufs[k].as_ptr() as *mut f32);
                     let n = l.rows as i64;
                     split_run(self.parallel[k], n, 1, |a, z| unsafe {
-                        f(base.get() as *mut u8, a, z, lr, bufs.get() as *const i64)
+                        f(base.get() as *mut u8, a, z, bufs.get() as *const i64)
                     });
                 }
                 KernelBody::ColReduce { cols, .. } => {
                     let f = self.code.fns[k].expect("column reductions are compiled");
                     let bufs = ArenaPtr(self.code.bufs[k].as_ptr() as *mut f32);
                     split_run(self.parallel[k], *cols as i64, 16, |a, z| unsafe {
-                        f(base.get() as *mut u8, a, z, lr, bufs.get() as *const i64)
+                        f(base.get() as *mut u8, a, z, bufs.get() as *const i64)
                     });
                 }
                 KernelBody::MatMul(mm) if mm.path != MatPath::Gemm => {
                     let f = self.code.fns[k].expect("generated matmuls are compiled");
-                    run_jit_matmul(base, f, &self.code.bufs[k], mm, lr)
+                    run_jit_matmul(base, f, &self.code.bufs[k], mm)
                 }
                 KernelBody::MatMul(mm) => run_matmul(base, &self.plan.offsets, mm),
                 KernelBody::ScatterAdd {
@@ -339,12 +337,12 @@ fn split_run(par: bool, n: i64, align: i64, f: impl Fn(i64, i64) + Sync) {
 }
 
 /// A generated GEMM: batch items split across two threads, or the row tiles of one item.
-fn run_jit_matmul(base: ArenaPtr, f: jit::KernelFn, bufs: &[i64], mm: &MatMulKernel, lr: f32) {
+fn run_jit_matmul(base: ArenaPtr, f: jit::KernelFn, bufs: &[i64], mm: &MatMulKernel) {
     let batch = mm.c.offsets.len();
     let tiles = (mm.m / jit::matmul::tile_rows(mm.path)) as i64;
     let flops = mm.m * mm.n * mm.k;
     let item = |i: usize, a: i64, z: i64| unsafe {
-        f(base.get() as *mut u8, a, z, lr, bufs[3 * i..].as_ptr())
+        f(base.get() as *mut u8, a, z, bufs[3 * i..].as_ptr())
     };
     let par = batch * flops >= 1 << 17;
     if batch == 1 {
@@ -453,7 +451,7 @@ impl CompiledGraph {
     ) -> Result<Vec<(String, Tensor)>, String> {
         self.exe.set_params(&self.graph, params)?;
         self.exe.set_inputs(&self.graph, inputs)?;
-        self.exe.run(0.0);
+        self.exe.run();
         Ok(self.exe.outputs())
     }
 
@@ -495,13 +493,13 @@ impl CompiledGraph {
             copies.push((region(out.buf, out.offset, n), region(pb, 0, n).0, staged));
         }
         self.exe.set_inputs(&self.graph, inputs)?;
-        self.exe.run(0.0);
+        self.exe.run();
         let prog = &self.exe.program;
         let arena = &self.exe.arena;
         let loss = prog
             .outputs
             .iter()
-            .find(|o| o.name == "loss")
+            .find(|o| OutputRole::of(&o.name) == OutputRole::Loss)
             .map(|o| arena[self.exe.plan.offsets[o.buf.index()] + o.offset])
             .ok_or_else(|| "the step has no loss".to_string())?;
         let non_finite = prog
@@ -534,6 +532,13 @@ impl CompiledGraph {
         Ok(StepResult { loss, non_finite })
     }
 
+    /// Run once on the resident parameters without writing anything back, timing each
+    /// kernel (seconds, in kernel order).
+    pub fn profile(&mut self, inputs: &[Tensor]) -> Result<Vec<f64>, String> {
+        self.exe.set_inputs(&self.graph, inputs)?;
+        Ok(self.exe.run_profiled())
+    }
+
     /// The resident parameters, in graph order.
     pub fn params(&self) -> Vec<Tensor> {
         self.graph
@@ -564,114 +569,11 @@ pub struct StepResult {
     pub non_finite: Option<String>,
 }
 
-/// A compiled training step: forward, backward and the SGD update of trainable parameters.
-pub struct Trainer {
-    graph: Graph,
-    step: Executable,
-    forward: Option<Executable>,
-}
-
-impl Trainer {
-    /// `joint` is autodiff's forward+backward graph (outputs `loss`, `logits`, `grad.<p>`).
-    pub fn new(joint: &Graph, params: Vec<Tensor>) -> Result<Trainer, String> {
-        let mut step = Executable::new(
-            joint,
-            &BuildOptions {
-                outputs: None,
-                sgd: true,
-            },
-        )?;
-        step.set_params(joint, &params)?;
-        Ok(Trainer {
-            graph: joint.clone(),
-            step,
-            forward: None,
-        })
-    }
-
-    /// Seconds spent compiling the step.
-    pub fn compile_seconds(&self) -> f64 {
-        self.step.compile_seconds
-    }
-
-    pub fn executable(&self) -> &Executable {
-        &self.step
-    }
-
-    /// One training step; returns the loss (NaN when the graph has no `loss` output).
-    pub fn step(&mut self, inputs: &[Tensor], lr: f32) -> Result<f32, String> {
-        self.step.set_inputs(&self.graph, inputs)?;
-        self.step.run(lr);
-        Ok(self
-            .step
-            .output("loss")
-            .map(|t| t.data[0] as f32)
-            .unwrap_or(f32::NAN))
-    }
-
-    /// One training step timing each kernel (seconds per kernel, in kernel order).
-    pub fn step_profiled(&mut self, inputs: &[Tensor], lr: f32) -> Result<Vec<f64>, String> {
-        self.step.set_inputs(&self.graph, inputs)?;
-        Ok(self.step.run_profiled(lr))
-    }
-
-    /// Output `name` (`loss`, `logits`, `grad.<p>`) of the last step, computed before the update.
-    pub fn output(&self, name: &str) -> Option<Tensor> {
-        self.step.output(name)
-    }
-
-    /// Evaluate `loss` and `logits` (whichever exist) without updating.
-    pub fn forward(&mut self, inputs: &[Tensor]) -> Result<Vec<(String, Tensor)>, String> {
-        if self.forward.is_none() {
-            let names: Vec<String> = ["loss", "logits"]
-                .iter()
-                .filter(|n| self.graph.output(n).is_some())
-                .map(|n| n.to_string())
-                .collect();
-            self.forward = Some(Executable::new(
-                &self.graph,
-                &BuildOptions {
-                    outputs: Some(names),
-                    sgd: false,
-                },
-            )?);
-        }
-        let fwd = self.forward.as_mut().expect("built above");
-        for i in 0..self.graph.params.len() {
-            let (a, b) = (
-                self.step.plan.offsets[self.step.program.params[i].index()],
-                fwd.plan.offsets[fwd.program.params[i].index()],
-            );
-            let n = self.step.program.buffers[self.step.program.params[i].index()].len;
-            fwd.arena[b..b + n].copy_from_slice(&self.step.arena[a..a + n]);
-        }
-        fwd.set_inputs(&self.graph, inputs)?;
-        fwd.run(0.0);
-        Ok(fwd.outputs())
-    }
-
-    /// Current parameter values, in graph order.
-    pub fn params(&self) -> Vec<Tensor> {
-        self.graph
-            .params
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                Tensor::f32(
-                    p.shape.clone(),
-                    self.step.param_data(i).iter().map(|&x| x as f64).collect(),
-                )
-            })
-            .collect()
-    }
-}
-
-/// Text of a back-end stage for `lamina ir --stage kernels|plan|clif`. Joint graphs (with
-/// `grad.*` outputs) get the SGD update kernels, as in a training step.
+/// Text of a back-end stage for `lamina ir --stage kernels|plan|clif` of any graph (the
+/// CLI passes the training step's).
 pub fn stage_text(g: &Graph, stage: &str) -> Result<String, String> {
-    let sgd = g.outputs.iter().any(|o| o.name.starts_with("grad."));
     let g = crate::passes::optimize(g);
-    let program = kernels::build_program(&g, &BuildOptions { outputs: None, sgd })?;
+    let program = kernels::build_program(&g, &BuildOptions::default())?;
     match stage {
         "kernels" => Ok(kernels::print_program(&program)),
         "plan" => Ok(print_plan(&program, &plan::plan(&program))),

@@ -7,32 +7,7 @@
 
 use serde::Serialize;
 
-/// A byte range into the source text.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Default)]
-pub struct Span {
-    pub start: usize,
-    pub end: usize,
-}
-
-impl Span {
-    /// No place in the source: for problems with a command-line override or an unreadable
-    /// file. Rendered without a location or excerpt.
-    pub const NONE: Span = Span {
-        start: usize::MAX,
-        end: usize::MAX,
-    };
-
-    pub fn new(start: usize, end: usize) -> Self {
-        Span { start, end }
-    }
-    pub fn is_none(self) -> bool {
-        self == Span::NONE
-    }
-    /// The smallest span covering both.
-    pub fn to(self, other: Span) -> Span {
-        Span::new(self.start.min(other.start), self.end.max(other.end))
-    }
-}
+pub use crate::diag::Span;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Ident {

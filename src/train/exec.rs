@@ -4,11 +4,28 @@
 //! f32-valued host tensors for the interpreter), so a checkpoint holds exactly what the
 //! next step reads and a resumed run is bit-identical.
 
-use crate::cli::Backend;
 use crate::interp;
-use crate::ir::{Graph, Op};
+use crate::ir::{Graph, Op, OutputRole};
 use crate::runtime::{self, CompiledGraph};
 use crate::tensor::Tensor;
+
+/// Which executor runs a graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Generated code (f32).
+    Jit,
+    /// The reference interpreter (f64).
+    Interp,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Jit => "jit",
+            Backend::Interp => "interp",
+        }
+    }
+}
 
 pub trait Executor {
     /// Every output of the graph, in graph order.
@@ -111,7 +128,7 @@ impl StepExecutor for InterpStep {
         let outs = self.exec.run(inputs, &self.params)?;
         let loss = outs
             .iter()
-            .find(|(n, _)| n == "loss")
+            .find(|(n, _)| OutputRole::of(n) == OutputRole::Loss)
             .map(|(_, l)| l.data[0])
             .ok_or_else(|| "the step has no loss".to_string())?;
         let non_finite = outs
@@ -168,7 +185,7 @@ pub struct NonFinite {
     pub node: usize,
     pub op: String,
     pub scope: String,
-    pub backward: bool,
+    pub phase: crate::ir::Phase,
     /// What was found: "NaN", "inf", or the interpreter's error.
     pub what: String,
 }
@@ -183,7 +200,7 @@ pub fn first_non_finite(g: &Graph, inputs: &[Tensor], params: &[Tensor]) -> Opti
             node: i,
             op: node.op.name().to_string(),
             scope: node.scope.clone(),
-            backward: node.phase == crate::ir::Phase::Backward,
+            phase: node.phase,
             what,
         };
         let value = match &node.op {

@@ -12,16 +12,17 @@ pub mod exec;
 pub mod optim;
 pub mod plot;
 pub mod sample;
+pub mod step;
 pub mod tasks;
 
-use crate::cli::Backend;
 use crate::diag::Diagnostic;
-use crate::driver::{self, CompileError, Compiled};
 use crate::elab::Override;
+use crate::front::{self, CompileError, Compiled};
 use crate::ir::{text, Graph};
 use crate::tensor::Tensor;
 use anyhow::{anyhow, bail, Context, Result};
 use config::TrainConfig;
+use exec::Backend;
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -113,7 +114,7 @@ fn install_ctrlc() {
 }
 
 fn rendered(file_name: &str, source: &str, diagnostics: Vec<Diagnostic>) -> anyhow::Error {
-    crate::cli::Rendered(
+    crate::diag::Rendered(
         CompileError {
             file_name: file_name.to_string(),
             source: source.to_string(),
@@ -308,7 +309,7 @@ fn fmt_num(v: f64) -> String {
 /// Compile a model file for training; diagnostics come back rendered.
 pub fn compile(path: &Path, overrides: &[Override]) -> Result<(Compiled, String)> {
     let c =
-        driver::compile_file(path, overrides).map_err(|e| crate::cli::Rendered(e.render(false)))?;
+        front::compile_file(path, overrides).map_err(|e| crate::diag::Rendered(e.render(false)))?;
     let source = c.source.clone();
     Ok((c, source))
 }
@@ -344,9 +345,10 @@ pub fn train_compiled(c: &Compiled, mut cfg: TrainConfig, opts: &TrainOptions) -
     let joint = c
         .joint()
         .map_err(|e| anyhow!("internal error in autodiff: {e}"))?;
-    let step_g = optim::step_graph(&joint, &cfg.optim).map_err(|e| anyhow!(e))?;
-    let index = model_names(&step_g);
-    let mut params = crate::io::init_params(&step_g, cfg.seed);
+    let step = step::TrainingStep::new(&joint, &cfg.optim, cfg.seed).map_err(|e| anyhow!(e))?;
+    let step_g = &step.graph;
+    let index = model_names(step_g);
+    let mut params = crate::io::init_params(step_g, cfg.seed);
     let n_model = forward.params.len();
 
     // The config as stored, with the data file reduced to its fingerprint.
@@ -407,29 +409,14 @@ pub fn train_compiled(c: &Compiled, mut cfg: TrainConfig, opts: &TrainOptions) -
 
     let backend = opts.backend.unwrap_or(Backend::Jit);
     let t_compile = Instant::now();
-    // Output `new.X` replaces parameter X after each step (the loss, output 0, is skipped).
-    let writeback: Vec<(usize, usize)> = step_g
-        .outputs
-        .iter()
-        .enumerate()
-        .skip(1)
-        .filter_map(|(o, out)| {
-            optim::written_param(&out.name)
-                .and_then(|p| index.get(p))
-                .map(|&i| (o, i))
-        })
-        .collect();
-    if step_g.outputs.first().map(|o| o.name.as_str()) != Some("loss") {
-        bail!("internal error: the step has no loss");
-    }
-    let mut step_exec = exec::step_executor(&step_g, backend, writeback).map_err(|e| anyhow!(e))?;
+    let mut step_exec =
+        exec::step_executor(step_g, backend, step.writeback.clone()).map_err(|e| anyhow!(e))?;
     step_exec.load_params(params).map_err(|e| anyhow!(e))?;
     let mut eval_graph = forward.clone();
     eval_graph.outputs.retain(|o| o.name == "logits");
     let mut eval_exec = exec::executor(&eval_graph, backend).map_err(|e| anyhow!(e))?;
     let compile_seconds = t_compile.elapsed().as_secs_f64();
     let eval_batches = task.eval_batches();
-    let n_model_inputs = forward.inputs.len();
 
     if !opts.quiet {
         eprintln!(
@@ -441,10 +428,7 @@ pub fn train_compiled(c: &Compiled, mut cfg: TrainConfig, opts: &TrainOptions) -
             cfg.steps,
             cfg.optim.kind.name(),
             cfg.optim.lr,
-            match backend {
-                Backend::Jit => "jit",
-                Backend::Interp => "interp",
-            },
+            backend.name(),
             cfg.seed,
             compile_seconds,
             out_dir.display()
@@ -509,39 +493,16 @@ pub fn train_compiled(c: &Compiled, mut cfg: TrainConfig, opts: &TrainOptions) -
     } else {
         None
     };
-    let extra: Vec<(usize, String, Vec<usize>)> = step_g
-        .inputs
-        .iter()
-        .enumerate()
-        .skip(n_model_inputs)
-        .map(|(i, inp)| (i, inp.name.clone(), inp.ty.shape.clone()))
-        .collect();
     let mut t = start;
     while t < cfg.steps {
         if INTERRUPTED.load(Ordering::SeqCst) || opts.stop_after == Some(t) {
-            save_checkpoint(&ckpt_path, &step_g, &step_exec.params(), &meta(t))?;
+            save_checkpoint(&ckpt_path, step_g, &step_exec.params(), &meta(t))?;
             interrupted = true;
             break;
         }
         let ts = Instant::now();
-        let batch = task.batch(t);
         let lr = cfg.schedule.lr(cfg.optim.lr, t, cfg.steps);
-        let scalars = optim::scalars(&cfg.optim, t + 1, lr);
-        let mut inputs = batch.inputs;
-        let mut noise_rng = tasks::rng_for(cfg.seed, tasks::STREAM_NOISE, t);
-        for (_, name, shape) in &extra {
-            if let Some((_, v)) = scalars.iter().find(|(n, _)| n == name) {
-                inputs.push(Tensor::scalar(*v as f32 as f64));
-            } else {
-                let n: usize = shape.iter().product();
-                inputs.push(Tensor::f32(
-                    shape.clone(),
-                    (0..n)
-                        .map(|_| crate::io::normal(&mut noise_rng) as f32 as f64)
-                        .collect(),
-                ));
-            }
-        }
+        let inputs = step.inputs(task.batch(t).inputs, t, lr);
         // Only the loss and a finiteness flag come back; the parameters stay resident.
         let out = step_exec.step(&inputs).map_err(|e| anyhow!(e))?;
         let loss = out.loss;
@@ -554,7 +515,7 @@ pub fn train_compiled(c: &Compiled, mut cfg: TrainConfig, opts: &TrainOptions) -
             pb.abandon();
             // Nothing was written back: these are the parameters the step read.
             return Err(non_finite(
-                &step_g,
+                step_g,
                 &inputs,
                 &step_exec.params(),
                 t + 1,
@@ -579,7 +540,7 @@ pub fn train_compiled(c: &Compiled, mut cfg: TrainConfig, opts: &TrainOptions) -
             log.line(serde_json::json!({
                 "step": t, "eval_loss": e.loss, "eval_accuracy": e.accuracy
             }))?;
-            save_checkpoint(&ckpt_path, &step_g, &params, &meta(t))?;
+            save_checkpoint(&ckpt_path, step_g, &params, &meta(t))?;
             last_ckpt = Some(t);
         }
         if t.is_multiple_of(10) || t == cfg.steps {
@@ -683,7 +644,7 @@ fn non_finite(
                 } else {
                     format!("`{}`", nf.scope)
                 },
-                if nf.backward { "backward" } else { "forward" },
+                nf.phase.name(),
                 nf.what
             );
             msg += "  see it with: lamina ir FILE --stage grad (node numbers are those of the \

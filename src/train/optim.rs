@@ -14,7 +14,7 @@
 //! - LAMB's "trust ratio is 1 when a norm is 0" uses `nz(x) = x / (x + 1e-30)`, which is 0
 //!   at 0 and 1 (after f32 rounding) for any norm above ~1e-22.
 
-use crate::ir::{Graph, GraphBuilder, Init, Op, Output, Phase, Type, ValueId};
+use crate::ir::{Graph, GraphBuilder, Init, Op, Output, OutputRole, Phase, Type, ValueId};
 use serde::{Deserialize, Serialize};
 
 /// The name of the scheduled learning-rate input.
@@ -117,7 +117,7 @@ fn updated_params(joint: &Graph) -> Vec<(usize, ValueId)> {
         .iter()
         .enumerate()
         .filter(|(_, p)| p.trainable)
-        .filter_map(|(i, p)| joint.output(&format!("grad.{}", p.name)).map(|g| (i, g)))
+        .filter_map(|(i, p)| joint.output_with(OutputRole::Grad(&p.name)).map(|g| (i, g)))
         .collect()
 }
 
@@ -149,12 +149,12 @@ impl B {
 pub fn step_graph(joint: &Graph, cfg: &OptimConfig) -> Result<Graph, String> {
     let updated = updated_params(joint);
     let loss = joint
-        .output("loss")
+        .output_with(OutputRole::Loss)
         .ok_or("the joint graph has no loss output")?;
     let mut b = B {
         b: GraphBuilder::from_graph(joint.clone()),
     };
-    b.b.set_phase(Phase::Backward);
+    b.b.set_phase(Phase::Update);
     b.b.set_scope("optim");
     let scalar = Type::f32(Vec::<usize>::new());
     let lr = b.b.input(LR, scalar.clone());
@@ -254,7 +254,7 @@ pub fn step_graph(joint: &Graph, cfg: &OptimConfig) -> Result<Graph, String> {
                     let buf = state(&mut b, "momentum")?;
                     let mb = b.b.scale(buf, *momentum)?;
                     let buf_new = b.b.add(mb, d)?;
-                    new_outputs.push((format!("new.optim.momentum.{pname}"), buf_new));
+                    new_outputs.push((update(&format!("optim.momentum.{pname}")), buf_new));
                     if *nesterov {
                         let mb2 = b.b.scale(buf_new, *momentum)?;
                         b.b.add(d, mb2)?
@@ -279,8 +279,8 @@ pub fn step_graph(joint: &Graph, cfg: &OptimConfig) -> Result<Graph, String> {
                 let gg = b.b.mul(g, g)?;
                 let g2 = b.b.scale(gg, 1.0 - beta2)?;
                 let v_new = b.b.add(v1, g2)?;
-                new_outputs.push((format!("new.optim.m.{pname}"), m_new));
-                new_outputs.push((format!("new.optim.v.{pname}"), v_new));
+                new_outputs.push((update(&format!("optim.m.{pname}")), m_new));
+                new_outputs.push((update(&format!("optim.v.{pname}")), v_new));
                 let c1 = b.bcast(bc1, &shape)?;
                 let c2 = b.bcast(bc2, &shape)?;
                 let m_hat = b.b.mul(m_new, c1)?;
@@ -316,13 +316,13 @@ pub fn step_graph(joint: &Graph, cfg: &OptimConfig) -> Result<Graph, String> {
         };
         let delta = b.b.mul(lr_p, step)?;
         let p_new = b.b.sub(p, delta)?;
-        new_outputs.push((format!("new.{pname}"), p_new));
+        new_outputs.push((update(&pname), p_new));
     }
     let mut g = b.b.finish();
     // Outputs: `loss`, then per parameter its new state tensors and `new.<param>`, in the
     // order they were pushed (parameter order).
     let mut outputs = vec![Output {
-        name: "loss".into(),
+        name: OutputRole::Loss.name(),
         value: loss,
     }];
     outputs.extend(
@@ -336,7 +336,7 @@ pub fn step_graph(joint: &Graph, cfg: &OptimConfig) -> Result<Graph, String> {
     Ok(g)
 }
 
-/// The name of the parameter an output `new.X` writes back into (`X`).
-pub fn written_param(output: &str) -> Option<&str> {
-    output.strip_prefix("new.")
+/// The output name that writes back into parameter `param`.
+fn update(param: &str) -> String {
+    OutputRole::Update(param).name()
 }

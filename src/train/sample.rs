@@ -6,9 +6,9 @@
 
 use super::exec;
 use super::tasks::{self, Head, InputKind, ModelShape};
-use crate::cli::Backend;
 use crate::ir::Graph;
 use crate::tensor::Tensor;
+use crate::train::exec::Backend;
 use anyhow::{anyhow, bail, Result};
 use rand::Rng;
 

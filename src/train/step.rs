@@ -1,0 +1,77 @@
+//! The training step users run, as one value: the step graph of a recipe (forward,
+//! backward and the optimizer's update, `optim::step_graph`), which outputs replace which
+//! parameters after a step, and the host-side inputs of step `t` (the batch, the scheduled
+//! learning rate and other scalars, gradient noise). `lamina train` and `lamina bench` both
+//! run exactly this.
+
+use super::optim::{self, OptimConfig};
+use super::tasks;
+use crate::ir::{Graph, OutputRole};
+use crate::tensor::Tensor;
+
+/// A step graph with what an executor needs to run it step after step.
+#[derive(Clone, Debug)]
+pub struct TrainingStep {
+    pub graph: Graph,
+    /// `(output index, parameter index)`: output `new.X` replaces parameter `X`.
+    pub writeback: Vec<(usize, usize)>,
+    /// Inputs of the step graph after the model's own: host scalars or noise tensors.
+    extra: Vec<(String, Vec<usize>)>,
+    optim: OptimConfig,
+    seed: u64,
+}
+
+impl TrainingStep {
+    /// The step of `joint` (autodiff's graph of a model with `model_inputs` inputs) under
+    /// `optim`; `seed` draws the gradient noise of each step.
+    pub fn new(joint: &Graph, optim: &OptimConfig, seed: u64) -> Result<TrainingStep, String> {
+        let graph = optim::step_graph(joint, optim)?;
+        let writeback = graph
+            .outputs
+            .iter()
+            .enumerate()
+            .filter_map(|(o, out)| match out.role() {
+                OutputRole::Update(p) => graph.param_index(p).map(|i| (o, i)),
+                _ => None,
+            })
+            .collect();
+        let extra = graph.inputs[joint.inputs.len()..]
+            .iter()
+            .map(|inp| (inp.name.clone(), inp.ty.shape.clone()))
+            .collect();
+        Ok(TrainingStep {
+            graph,
+            writeback,
+            extra,
+            optim: optim.clone(),
+            seed,
+        })
+    }
+
+    /// The inputs of step `t` (0-based): the model's batch, then the scalars of the
+    /// scheduled learning rate `lr` and the noise of `(seed, t)`.
+    pub fn inputs(&self, batch: Vec<Tensor>, t: u64, lr: f64) -> Vec<Tensor> {
+        let scalars = optim::scalars(&self.optim, t + 1, lr);
+        let mut inputs = batch;
+        let mut noise_rng = tasks::rng_for(self.seed, tasks::STREAM_NOISE, t);
+        for (name, shape) in &self.extra {
+            if let Some((_, v)) = scalars.iter().find(|(n, _)| n == name) {
+                inputs.push(Tensor::scalar(*v as f32 as f64));
+            } else {
+                let n: usize = shape.iter().product();
+                inputs.push(Tensor::f32(
+                    shape.clone(),
+                    (0..n)
+                        .map(|_| crate::io::normal(&mut noise_rng) as f32 as f64)
+                        .collect(),
+                ));
+            }
+        }
+        inputs
+    }
+
+    /// The optimizer this step applies.
+    pub fn optim(&self) -> &OptimConfig {
+        &self.optim
+    }
+}
