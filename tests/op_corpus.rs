@@ -2,8 +2,9 @@
 //! modes, in `tests/ops/<op>.ir` or `tests/ops/<op>_<variant>.ir`.
 //!
 //! Every file runs through five checks:
-//! 1. text: the file is `parse`d; `parse(print(g)) == g`, printing again gives the same
-//!    text, and the file's graph (below its header) is exactly `print(g)`;
+//! 1. text: the file is `parse`d; `parse(print(g)) == g` (a NaN constant equal to a NaN),
+//!    printing again gives the same text, and the file's graph (below its header) is exactly
+//!    `print(g)`;
 //! 2. jit: every output of the JIT (`compile_graph`) against the interpreter (f64), each
 //!    output measured against its own largest entry;
 //! 3. grad: `loss = sum_o sum(o * w_o)` over the f32 outputs, with fixed random weights `w_o`
@@ -36,7 +37,7 @@
 use lamina::autodiff::differentiate;
 use lamina::interp::{run, Env};
 use lamina::ir::text::{parse, print};
-use lamina::ir::{DType, Graph, GraphBuilder, Type, ValueId};
+use lamina::ir::{DType, Graph, GraphBuilder, Init, Op, Type, ValueId};
 use lamina::passes::try_optimize;
 use lamina::runtime::compile_graph;
 use lamina::tensor::Tensor;
@@ -48,7 +49,14 @@ use std::path::{Path, PathBuf};
 /// Disagreements found by the corpus and not fixed yet, as (file, check). A listed case is
 /// reported but does not fail the test; a listed case that passes does, so that the entry is
 /// removed once the bug is fixed. Keep this list short, each entry with the reason.
-const KNOWN_FAILURES: &[(&str, &str)] = &[];
+const KNOWN_FAILURES: &[(&str, &str)] = &[
+    // reduce_sum of a tensor with no elements to a non-empty result: the interpreter gives
+    // zeros, `build_program` fails with "internal error: view [5, 0] has no last-axis access"
+    // (src/kernels/build.rs; to a scalar it is "cannot read [0, 5] as 0x0"). Model files
+    // cannot produce it (sizes are at least 1); parsed IR can.
+    ("reduce_sum_empty.ir", "jit"),
+    ("reduce_sum_empty.ir", "jit-grad"),
+];
 
 const DEFAULT_JIT_TOL: f64 = 1e-4;
 const DEFAULT_GRAD_TOL: f64 = 1e-6;
@@ -421,10 +429,42 @@ fn compare_outputs(
 // Checks
 // ------------------------------------------------------------------------------------------
 
+/// `g` with every NaN constant replaced by 0, and where the NaNs were.
+fn without_nans(g: &Graph) -> (Graph, Vec<usize>) {
+    let mut g = g.clone();
+    let mut at = Vec::new();
+    let mut clear = |k: usize, v: &mut f64| {
+        if v.is_nan() {
+            *v = 0.0;
+            at.push(k);
+        }
+    };
+    for (k, p) in g.params.iter_mut().enumerate() {
+        if let Init::Const(v) | Init::Normal { std: v } | Init::Uniform { bound: v } = &mut p.init {
+            clear(k, v);
+        }
+    }
+    let offset = g.params.len();
+    for (k, n) in g.nodes.iter_mut().enumerate() {
+        if let Op::Full { value: v, .. } | Op::Scale { factor: v } | Op::AddScalar { value: v } =
+            &mut n.op
+        {
+            clear(offset + k, v);
+        }
+    }
+    (g, at)
+}
+
+/// Graph equality in which a NaN constant equals a NaN constant (`PartialEq` says it never
+/// does).
+fn same_graph(a: &Graph, b: &Graph) -> bool {
+    a == b || without_nans(a) == without_nans(b)
+}
+
 fn check_text(c: &Case) -> Result<(), String> {
     let printed = print(&c.graph);
     let back = parse(&printed).map_err(|e| format!("the printed graph does not parse: {e}"))?;
-    if back != c.graph {
+    if !same_graph(&back, &c.graph) {
         return Err("parse(print(g)) differs from g".into());
     }
     if print(&back) != printed {
