@@ -25,7 +25,7 @@
 //! ; input NAME: ids LO..HI           i32 input, integers uniform in LO..HI (end excluded)
 //! ; jit: TOL                         check 2's relative tolerance (default 1e-4)
 //! ; grad: TOL                        check 3's relative tolerance (default 1e-6)
-//! ; grad: none                       no gradient (checks 3 and 5 skipped)
+//! ; grad: none                       no gradient (checks 3 and 5 skipped; see below)
 //! ; loss: NAME, NAME                 the outputs the loss is made from (default: every f32 one)
 //! ```
 //!
@@ -33,6 +33,10 @@
 //! graph has no trainable parameter or `differentiate` refuses it, so it cannot hide a
 //! gradient that exists. f32 values are rounded to f32 so the JIT and the interpreter read the
 //! same numbers; the seed of a file is a hash of its name.
+//!
+//! A failure names the file, the check and the worst element. Known disagreements are listed
+//! in `KNOWN_FAILURES`; `every_op_has_a_corpus_file` fails for an op (read from `Op::name` in
+//! src/ir/ops.rs) that no file is named after.
 
 use lamina::autodiff::differentiate;
 use lamina::interp::{run, Env};
