@@ -16,6 +16,7 @@
 
 use crate::ir::ops::MaskFill;
 use crate::ir::{infer_type, DType, Graph, Op, Type};
+use crate::ir::{BinaryOp, UnaryOp, ViewOp};
 use crate::tensor::Tensor;
 
 /// Leaf values, in graph order: `inputs[i]` feeds `g.inputs[i]`, `params[i]` feeds `g.params[i]`.
@@ -256,33 +257,33 @@ pub fn apply(op: &Op, args: &[&Tensor]) -> Result<Tensor, String> {
         )),
         Op::Full { value, shape } => Ok(f32_tensor(
             shape.clone(),
-            vec![*value; shape.iter().product()],
+            vec![value.get(); shape.iter().product()],
         )),
         Op::Sinusoidal { len, dim } => Ok(sinusoidal(*len, *dim)),
 
-        Op::Neg => unary(&|x| -x),
-        Op::Exp => unary(&f64::exp),
-        Op::Log => unary(&f64::ln),
-        Op::Sqrt => unary(&f64::sqrt),
-        Op::Rsqrt => unary(&|x| 1.0 / x.sqrt()),
-        Op::Recip => unary(&|x| 1.0 / x),
-        Op::Tanh => unary(&f64::tanh),
-        Op::Sigmoid => unary(&sigmoid),
-        Op::Relu => unary(&relu),
-        Op::Gelu => unary(&gelu),
-        Op::GeluTanh => unary(&gelu_tanh),
-        Op::Silu => unary(&silu),
-        Op::Scale { factor } => unary(&|x| factor * x),
-        Op::AddScalar { value } => unary(&|x| x + value),
+        Op::Unary(UnaryOp::Neg) => unary(&|x| -x),
+        Op::Unary(UnaryOp::Exp) => unary(&f64::exp),
+        Op::Unary(UnaryOp::Log) => unary(&f64::ln),
+        Op::Unary(UnaryOp::Sqrt) => unary(&f64::sqrt),
+        Op::Unary(UnaryOp::Rsqrt) => unary(&|x| 1.0 / x.sqrt()),
+        Op::Unary(UnaryOp::Recip) => unary(&|x| 1.0 / x),
+        Op::Unary(UnaryOp::Tanh) => unary(&f64::tanh),
+        Op::Unary(UnaryOp::Sigmoid) => unary(&sigmoid),
+        Op::Unary(UnaryOp::Relu) => unary(&relu),
+        Op::Unary(UnaryOp::Gelu) => unary(&gelu),
+        Op::Unary(UnaryOp::GeluTanh) => unary(&gelu_tanh),
+        Op::Unary(UnaryOp::Silu) => unary(&silu),
+        Op::Unary(UnaryOp::Scale { factor }) => unary(&|x| factor.get() * x),
+        Op::Unary(UnaryOp::AddScalar { value }) => unary(&|x| x + value.get()),
 
-        Op::Add => binary(&|x, y| x + y),
-        Op::Sub => binary(&|x, y| x - y),
-        Op::Mul => binary(&|x, y| x * y),
-        Op::Div => binary(&|x, y| x / y),
-        Op::ReluGrad => binary(&|x, dy| if x > 0.0 { dy } else { 0.0 }),
-        Op::GeluGrad => binary(&|x, dy| dy * gelu_grad(x)),
-        Op::GeluTanhGrad => binary(&|x, dy| dy * gelu_tanh_grad(x)),
-        Op::SiluGrad => binary(&|x, dy| dy * silu_grad(x)),
+        Op::Binary(BinaryOp::Add) => binary(&|x, y| x + y),
+        Op::Binary(BinaryOp::Sub) => binary(&|x, y| x - y),
+        Op::Binary(BinaryOp::Mul) => binary(&|x, y| x * y),
+        Op::Binary(BinaryOp::Div) => binary(&|x, y| x / y),
+        Op::Binary(BinaryOp::ReluGrad) => binary(&|x, dy| if x > 0.0 { dy } else { 0.0 }),
+        Op::Binary(BinaryOp::GeluGrad) => binary(&|x, dy| dy * gelu_grad(x)),
+        Op::Binary(BinaryOp::GeluTanhGrad) => binary(&|x, dy| dy * gelu_tanh_grad(x)),
+        Op::Binary(BinaryOp::SiluGrad) => binary(&|x, dy| dy * silu_grad(x)),
 
         Op::ReduceSum { axes, keep_dims } => {
             let x = arg(args, 0, op)?;
@@ -291,7 +292,7 @@ pub fn apply(op: &Op, args: &[&Tensor]) -> Result<Tensor, String> {
         Op::Softmax => softmax_rows(arg(args, 0, op)?, false),
         Op::LogSoftmax => softmax_rows(arg(args, 0, op)?, true),
 
-        Op::Reshape { shape } => {
+        Op::View(ViewOp::Reshape { shape }) => {
             let x = arg(args, 0, op)?;
             Ok(Tensor {
                 dtype: x.dtype,
@@ -299,7 +300,7 @@ pub fn apply(op: &Op, args: &[&Tensor]) -> Result<Tensor, String> {
                 data: x.data.clone(),
             })
         }
-        Op::Transpose { perm } => {
+        Op::View(ViewOp::Transpose { perm }) => {
             let x = arg(args, 0, op)?;
             let s = strides(&x.shape);
             let out_shape: Vec<usize> = perm.iter().map(|&p| x.shape[p]).collect();
@@ -311,7 +312,7 @@ pub fn apply(op: &Op, args: &[&Tensor]) -> Result<Tensor, String> {
                 data,
             })
         }
-        Op::Broadcast { shape } => {
+        Op::View(ViewOp::Broadcast { shape }) => {
             let x = arg(args, 0, op)?;
             let s = strides(&x.shape);
             let off = shape.len() - x.shape.len();
@@ -328,7 +329,7 @@ pub fn apply(op: &Op, args: &[&Tensor]) -> Result<Tensor, String> {
                 data,
             })
         }
-        Op::Slice { axis, start, end } => {
+        Op::View(ViewOp::Slice { axis, start, end }) => {
             let x = arg(args, 0, op)?;
             let s = strides(&x.shape);
             let mut out_shape = x.shape.clone();
@@ -889,13 +890,13 @@ mod tests {
     #[test]
     fn apply_rejects_bad_arguments() {
         let x = Tensor::f32(vec![2], vec![1.0, 2.0]);
-        assert!(apply(&Op::Add, &[&x]).is_err());
+        assert!(apply(&Op::Binary(BinaryOp::Add), &[&x]).is_err());
         assert!(apply(&Op::Input { index: 0 }, &[]).is_err());
         let bad = Tensor {
             dtype: DType::F32,
             shape: vec![3],
             data: vec![1.0],
         };
-        assert!(apply(&Op::Neg, &[&bad]).is_err());
+        assert!(apply(&Op::Unary(UnaryOp::Neg), &[&bad]).is_err());
     }
 }

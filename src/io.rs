@@ -211,11 +211,7 @@ pub fn index_bound(g: &Graph, input_index: usize) -> Option<usize> {
         let arg_is_ids = |k: usize| n.args.get(k).is_some_and(|a| is_ids[a.index()]);
         match &n.op {
             Op::Input { index } => is_ids[i] = *index == input_index,
-            Op::Reshape { .. }
-            | Op::Transpose { .. }
-            | Op::Broadcast { .. }
-            | Op::Slice { .. }
-            | Op::Concat { .. } => is_ids[i] = n.args.iter().any(|a| is_ids[a.index()]),
+            Op::View(_) | Op::Concat { .. } => is_ids[i] = n.args.iter().any(|a| is_ids[a.index()]),
             Op::Gather if arg_is_ids(1) => tighten(g.ty(n.args[0]).shape[0]),
             Op::OneHot { classes } if arg_is_ids(0) => tighten(*classes),
             Op::ScatterAdd { rows } if arg_is_ids(0) => tighten(*rows),

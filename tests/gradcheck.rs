@@ -16,6 +16,7 @@ use lamina::autodiff::differentiate;
 use lamina::interp::{run, Env};
 use lamina::ir::ops::MaskFill;
 use lamina::ir::{Graph, GraphBuilder, Init, Op, Phase, Type, ValueId};
+use lamina::ir::{UnaryOp, ViewOp};
 use lamina::tensor::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -240,18 +241,18 @@ fn matmul_case(s: &mut Setup, a_shape: &[usize], b_shape: &[usize], ta: bool, tb
 fn reduce_case(s: &mut Setup, axes: &[usize], keep: bool) -> R {
     let x = s.p(&[3, 5, 7])?;
     // tanh first, so the gradient reaching the reduction is not constant along its axes.
-    let t = s.b.unary(Op::Tanh, x)?;
+    let t = s.b.unary(Op::Unary(UnaryOp::Tanh), x)?;
     let r = s.b.reduce_sum(t, axes.to_vec(), keep)?;
     // Scaled down so the sigmoid is not saturated (finite differences stay well conditioned).
     let r = s.b.scale(r, 0.1)?;
-    s.b.unary(Op::Sigmoid, r)
+    s.b.unary(Op::Unary(UnaryOp::Sigmoid), r)
 }
 
 fn broadcast_case(s: &mut Setup, from: &[usize], to: &[usize]) -> R {
     let x = s.p(from)?;
     let y = s.b.broadcast(x, to.to_vec())?;
     // A nonlinearity after the broadcast, so every copy gets a different gradient.
-    s.b.unary(Op::Tanh, y)
+    s.b.unary(Op::Unary(UnaryOp::Tanh), y)
 }
 
 macro_rules! cases {
@@ -269,22 +270,22 @@ macro_rules! cases {
 
 cases! {
     // ---- elementwise unary ----
-    neg => |s| { let x = s.p(&[3, 5])?; unary(s, Op::Neg, x) };
-    exp => |s| { let x = s.p(&[3, 5])?; unary(s, Op::Exp, x) };
-    log => |s| { let x = s.p_range(&[3, 5], 0.3, 2.0)?; unary(s, Op::Log, x) };
-    sqrt => |s| { let x = s.p_range(&[3, 5], 0.3, 2.0)?; unary(s, Op::Sqrt, x) };
-    rsqrt => |s| { let x = s.p_range(&[3, 5], 0.3, 2.0)?; unary(s, Op::Rsqrt, x) };
-    recip => |s| { let x = s.p_away(&[3, 5])?; unary(s, Op::Recip, x) };
-    tanh => |s| { let x = s.p_range(&[5, 7], -2.0, 2.0)?; unary(s, Op::Tanh, x) };
-    sigmoid => |s| { let x = s.p_range(&[5, 7], -3.0, 3.0)?; unary(s, Op::Sigmoid, x) };
-    relu => |s| { let x = s.p_away(&[5, 7])?; unary(s, Op::Relu, x) };
-    gelu => |s| { let x = s.p_range(&[5, 7], -3.0, 3.0)?; unary(s, Op::Gelu, x) };
-    gelu_tanh => |s| { let x = s.p_range(&[5, 7], -3.0, 3.0)?; unary(s, Op::GeluTanh, x) };
-    silu => |s| { let x = s.p_range(&[5, 7], -3.0, 3.0)?; unary(s, Op::Silu, x) };
-    scale => |s| { let x = s.p(&[3, 5])?; unary(s, Op::Scale { factor: -1.7 }, x) };
+    neg => |s| { let x = s.p(&[3, 5])?; unary(s, Op::Unary(UnaryOp::Neg), x) };
+    exp => |s| { let x = s.p(&[3, 5])?; unary(s, Op::Unary(UnaryOp::Exp), x) };
+    log => |s| { let x = s.p_range(&[3, 5], 0.3, 2.0)?; unary(s, Op::Unary(UnaryOp::Log), x) };
+    sqrt => |s| { let x = s.p_range(&[3, 5], 0.3, 2.0)?; unary(s, Op::Unary(UnaryOp::Sqrt), x) };
+    rsqrt => |s| { let x = s.p_range(&[3, 5], 0.3, 2.0)?; unary(s, Op::Unary(UnaryOp::Rsqrt), x) };
+    recip => |s| { let x = s.p_away(&[3, 5])?; unary(s, Op::Unary(UnaryOp::Recip), x) };
+    tanh => |s| { let x = s.p_range(&[5, 7], -2.0, 2.0)?; unary(s, Op::Unary(UnaryOp::Tanh), x) };
+    sigmoid => |s| { let x = s.p_range(&[5, 7], -3.0, 3.0)?; unary(s, Op::Unary(UnaryOp::Sigmoid), x) };
+    relu => |s| { let x = s.p_away(&[5, 7])?; unary(s, Op::Unary(UnaryOp::Relu), x) };
+    gelu => |s| { let x = s.p_range(&[5, 7], -3.0, 3.0)?; unary(s, Op::Unary(UnaryOp::Gelu), x) };
+    gelu_tanh => |s| { let x = s.p_range(&[5, 7], -3.0, 3.0)?; unary(s, Op::Unary(UnaryOp::GeluTanh), x) };
+    silu => |s| { let x = s.p_range(&[5, 7], -3.0, 3.0)?; unary(s, Op::Unary(UnaryOp::Silu), x) };
+    scale => |s| { let x = s.p(&[3, 5])?; unary(s, Op::scale(-1.7), x) };
     add_scalar => |s| {
         let x = s.p(&[3, 5])?;
-        let y = unary(s, Op::AddScalar { value: 0.6 }, x)?;
+        let y = unary(s, Op::add_scalar(0.6), x)?;
         s.b.mul(y, y)
     };
 
@@ -321,39 +322,39 @@ cases! {
     reshape => |s| {
         let x = s.p(&[3, 5, 7])?;
         let y = s.b.reshape(x, vec![15, 7])?;
-        let y = s.b.unary(Op::Tanh, y)?;
+        let y = s.b.unary(Op::Unary(UnaryOp::Tanh), y)?;
         s.b.reshape(y, vec![7, 15])
     };
-    transpose_2d => |s| { let x = s.p(&[3, 5])?; let t = s.b.transpose(x, vec![1, 0])?; unary(s, Op::Tanh, t) };
-    transpose_3d => |s| { let x = s.p(&[3, 5, 7])?; let t = s.b.transpose(x, vec![2, 0, 1])?; unary(s, Op::Tanh, t) };
+    transpose_2d => |s| { let x = s.p(&[3, 5])?; let t = s.b.transpose(x, vec![1, 0])?; unary(s, Op::Unary(UnaryOp::Tanh), t) };
+    transpose_3d => |s| { let x = s.p(&[3, 5, 7])?; let t = s.b.transpose(x, vec![2, 0, 1])?; unary(s, Op::Unary(UnaryOp::Tanh), t) };
     transpose_4d => |s| { let x = s.p(&[2, 3, 5, 7])?; s.b.transpose(x, vec![0, 2, 1, 3]) };
     broadcast_from_scalar => |s| broadcast_case(s, &[], &[3, 5]);
     broadcast_from_1n => |s| broadcast_case(s, &[1, 5], &[3, 5]);
     broadcast_from_n => |s| broadcast_case(s, &[5], &[2, 3, 5]);
     broadcast_from_col => |s| broadcast_case(s, &[3, 1], &[2, 3, 5]);
     broadcast_from_1_1 => |s| broadcast_case(s, &[1, 1], &[3, 7]);
-    slice_middle => |s| { let x = s.p(&[3, 7])?; s.b.push(Op::Slice { axis: 1, start: 2, end: 5 }, &[x]) };
-    slice_start => |s| { let x = s.p(&[3, 7])?; s.b.push(Op::Slice { axis: 1, start: 0, end: 3 }, &[x]) };
-    slice_end => |s| { let x = s.p(&[5, 3])?; s.b.push(Op::Slice { axis: 0, start: 2, end: 5 }, &[x]) };
-    slice_whole => |s| { let x = s.p(&[5, 3])?; s.b.push(Op::Slice { axis: 0, start: 0, end: 5 }, &[x]) };
+    slice_middle => |s| { let x = s.p(&[3, 7])?; s.b.push(Op::View(ViewOp::Slice { axis: 1, start: 2, end: 5 }), &[x]) };
+    slice_start => |s| { let x = s.p(&[3, 7])?; s.b.push(Op::View(ViewOp::Slice { axis: 1, start: 0, end: 3 }), &[x]) };
+    slice_end => |s| { let x = s.p(&[5, 3])?; s.b.push(Op::View(ViewOp::Slice { axis: 0, start: 2, end: 5 }), &[x]) };
+    slice_whole => |s| { let x = s.p(&[5, 3])?; s.b.push(Op::View(ViewOp::Slice { axis: 0, start: 0, end: 5 }), &[x]) };
     slice_rank3 => |s| {
         let x = s.p(&[2, 5, 3])?;
-        let a = s.b.push(Op::Slice { axis: 1, start: 1, end: 4 }, &[x])?;
-        let b = s.b.push(Op::Slice { axis: 1, start: 2, end: 5 }, &[x])?;
+        let a = s.b.push(Op::View(ViewOp::Slice { axis: 1, start: 1, end: 4 }), &[x])?;
+        let b = s.b.push(Op::View(ViewOp::Slice { axis: 1, start: 2, end: 5 }), &[x])?;
         s.b.mul(a, b)
     };
     concat_axis0 => |s| {
         let a = s.p(&[3, 5])?;
         let b = s.p(&[2, 5])?;
         let y = s.b.push(Op::Concat { axis: 0 }, &[a, b])?;
-        unary(s, Op::Tanh, y)
+        unary(s, Op::Unary(UnaryOp::Tanh), y)
     };
     concat_axis1_three => |s| {
         let a = s.p(&[3, 2])?;
         let b = s.input(&[3, 1]);
         let c = s.p(&[3, 5])?;
         let y = s.b.push(Op::Concat { axis: 1 }, &[a, b, c, a])?;
-        unary(s, Op::Tanh, y)
+        unary(s, Op::Unary(UnaryOp::Tanh), y)
     };
     concat_single => |s| { let a = s.p(&[3, 5])?; s.b.push(Op::Concat { axis: 1 }, &[a]) };
 
@@ -384,13 +385,13 @@ cases! {
         let table = s.p(&[11, 3])?;
         let ids = s.ids(&[3, 7], 11);
         let g = s.b.push(Op::Gather, &[table, ids])?;
-        unary(s, Op::Tanh, g)
+        unary(s, Op::Unary(UnaryOp::Tanh), g)
     };
     scatter_add => |s| {
         let src = s.p(&[2, 5, 3])?;
         let ids = s.ids_data(&[2, 5], vec![0.0, 4.0, 4.0, 6.0, 0.0, 2.0, 4.0, 1.0, 1.0, 3.0]);
         let y = s.b.push(Op::ScatterAdd { rows: 7 }, &[ids, src])?;
-        unary(s, Op::Tanh, y)
+        unary(s, Op::Unary(UnaryOp::Tanh), y)
     };
     one_hot_times_param => |s| {
         let ids = s.ids(&[3, 5], 7);
@@ -407,7 +408,7 @@ cases! {
         let f = s.b.full(0.3, vec![5, 4])?;
         let y = s.b.add(x, pe)?;
         let y = s.b.mul(y, f)?;
-        unary(s, Op::Tanh, y)
+        unary(s, Op::Unary(UnaryOp::Tanh), y)
     };
 
     // ---- composites ----
@@ -424,7 +425,7 @@ cases! {
         let var = s.b.reduce_sum(sq, vec![1], true)?;
         let var = s.b.scale(var, 1.0 / d as f64)?;
         let var = s.b.add_scalar(var, 1e-5)?;
-        let inv = s.b.unary(Op::Rsqrt, var)?;
+        let inv = s.b.unary(Op::Unary(UnaryOp::Rsqrt), var)?;
         let inv = s.b.broadcast(inv, vec![n, d])?;
         let y = s.b.mul(xc, inv)?;
         let wb = s.b.broadcast(w, vec![n, d])?;
@@ -470,7 +471,7 @@ cases! {
         let x = s.input(&[3, 5]);
         let w = s.p(&[5, 5])?;
         let h = s.b.linear(x, w, None)?;
-        let h = s.b.unary(Op::Tanh, h)?;
+        let h = s.b.unary(Op::Unary(UnaryOp::Tanh), h)?;
         s.b.linear(h, w, None)
     };
     frozen_and_trainable => |s| {
@@ -480,13 +481,13 @@ cases! {
         s.params.push(Tensor::f32(vec![7, 5], data));
         let w = s.p(&[7, 7])?;
         let u = s.b.linear(x, lift, None)?;
-        let u = s.b.unary(Op::Gelu, u)?;
+        let u = s.b.unary(Op::Unary(UnaryOp::Gelu), u)?;
         s.b.linear(u, w, None)
     };
     unused_trainable_param => |s| {
         let x = s.p(&[3, 5])?;
         let _unused = s.p(&[2, 2])?;
-        unary(s, Op::Exp, x)
+        unary(s, Op::Unary(UnaryOp::Exp), x)
     };
 }
 
@@ -519,7 +520,7 @@ fn two_layers(shared: bool, x: &Tensor, w: &Tensor, out_w: &Tensor) -> Case {
     let mut h = xv;
     for wl in [w0, w1] {
         let t = b.linear(h, wl, None).unwrap();
-        h = b.unary(Op::Tanh, t).unwrap();
+        h = b.unary(Op::Unary(UnaryOp::Tanh), t).unwrap();
     }
     let m = b.mul(h, ow).unwrap();
     let loss = b.reduce_sum(m, vec![0, 1], false).unwrap();
@@ -594,7 +595,7 @@ fn frozen_graph(frozen_a: bool) -> Case {
     let bv = b.param("down", vec![5, 7], Init::Zeros, true).unwrap();
     params.push(bw);
     let u = b.linear(xv, av, None).unwrap();
-    let u = b.unary(Op::Gelu, u).unwrap();
+    let u = b.unary(Op::Unary(UnaryOp::Gelu), u).unwrap();
     let y = b.linear(u, bv, None).unwrap();
     let owv = b.input("w", ow.ty());
     inputs.push(ow);

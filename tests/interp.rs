@@ -2,6 +2,7 @@
 
 use lamina::interp::{self, eval, run, Env};
 use lamina::ir::ops::MaskFill;
+use lamina::ir::{BinaryOp, UnaryOp, ViewOp};
 use lamina::ir::{Graph, GraphBuilder, Init, Op, Type, ValueId};
 use lamina::tensor::Tensor;
 use rand::{Rng, SeedableRng};
@@ -196,7 +197,7 @@ fn layer_norm_from_primitives_by_hand() {
     let var = b.reduce_sum(c2, vec![1], true).unwrap();
     let var = b.scale(var, 1.0 / d as f64).unwrap();
     let var = b.add_scalar(var, 1e-5).unwrap();
-    let r = b.unary(Op::Rsqrt, var).unwrap();
+    let r = b.unary(Op::Unary(UnaryOp::Rsqrt), var).unwrap();
     let r = b.broadcast(r, vec![1, d]).unwrap();
     let n = b.mul(c, r).unwrap();
     let gb = b.broadcast(gamma, vec![1, d]).unwrap();
@@ -306,7 +307,7 @@ fn broadcast_and_reduce_sum_are_adjoint() {
     for (from, to, axes) in cases {
         let x = random(&mut r, from);
         let y = random(&mut r, to);
-        let bx = apply_op(Op::Broadcast { shape: to.to_vec() }, &[&x]);
+        let bx = apply_op(Op::View(ViewOp::Broadcast { shape: to.to_vec() }), &[&x]);
         let ry = apply_op(
             Op::ReduceSum {
                 axes: axes.to_vec(),
@@ -315,9 +316,9 @@ fn broadcast_and_reduce_sum_are_adjoint() {
             &[&y],
         );
         let ry = apply_op(
-            Op::Reshape {
+            Op::View(ViewOp::Reshape {
                 shape: from.to_vec(),
-            },
+            }),
             &[&ry],
         );
         let (lhs, rhs) = (dot(&bx.data, &y.data), dot(&x.data, &ry.data));
@@ -367,9 +368,9 @@ fn transpose_then_inverse_is_identity() {
     let x = random(&mut r, &shape);
     for perm in [[0, 1, 3, 2], [3, 2, 1, 0], [1, 3, 0, 2], [2, 0, 3, 1]] {
         let y = apply_op(
-            Op::Transpose {
+            Op::View(ViewOp::Transpose {
                 perm: perm.to_vec(),
-            },
+            }),
             &[&x],
         );
         let want: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
@@ -389,7 +390,7 @@ fn transpose_then_inverse_is_identity() {
         for (a, &p) in perm.iter().enumerate() {
             inv[p] = a;
         }
-        let z = apply_op(Op::Transpose { perm: inv.to_vec() }, &[&y]);
+        let z = apply_op(Op::View(ViewOp::Transpose { perm: inv.to_vec() }), &[&y]);
         assert_eq!(z, x);
     }
 }
@@ -489,19 +490,19 @@ fn slice_and_concat_round_trip() {
         let n = x.shape[axis];
         let cut = n / 3 + 1;
         let a = apply_op(
-            Op::Slice {
+            Op::View(ViewOp::Slice {
                 axis,
                 start: 0,
                 end: cut,
-            },
+            }),
             &[&x],
         );
         let b = apply_op(
-            Op::Slice {
+            Op::View(ViewOp::Slice {
                 axis,
                 start: cut,
                 end: n,
-            },
+            }),
             &[&x],
         );
         let y = apply_op(Op::Concat { axis }, &[&a, &b]);
@@ -509,11 +510,11 @@ fn slice_and_concat_round_trip() {
     }
     // Slice picks the right elements: s[1, 1, 3] = x[1, 3, 3].
     let s = apply_op(
-        Op::Slice {
+        Op::View(ViewOp::Slice {
             axis: 1,
             start: 2,
             end: 4,
-        },
+        }),
         &[&x],
     );
     assert_eq!(s.shape, vec![3, 2, 5]);
@@ -608,37 +609,41 @@ fn elementwise_ops_on_odd_shapes() {
             );
         }
     };
-    check(Op::Neg, &[&x], &|v| -v[0]);
-    check(Op::Exp, &[&x], &|v| v[0].exp());
-    check(Op::Tanh, &[&x], &|v| v[0].tanh());
-    check(Op::Sigmoid, &[&x], &|v| 1.0 / (1.0 + (-v[0]).exp()));
-    check(Op::Relu, &[&x], &|v| v[0].max(0.0));
-    check(Op::Silu, &[&x], &|v| v[0] / (1.0 + (-v[0]).exp()));
-    check(Op::Gelu, &[&x], &|v| {
+    check(Op::Unary(UnaryOp::Neg), &[&x], &|v| -v[0]);
+    check(Op::Unary(UnaryOp::Exp), &[&x], &|v| v[0].exp());
+    check(Op::Unary(UnaryOp::Tanh), &[&x], &|v| v[0].tanh());
+    check(Op::Unary(UnaryOp::Sigmoid), &[&x], &|v| {
+        1.0 / (1.0 + (-v[0]).exp())
+    });
+    check(Op::Unary(UnaryOp::Relu), &[&x], &|v| v[0].max(0.0));
+    check(Op::Unary(UnaryOp::Silu), &[&x], &|v| {
+        v[0] / (1.0 + (-v[0]).exp())
+    });
+    check(Op::Unary(UnaryOp::Gelu), &[&x], &|v| {
         0.5 * v[0] * (1.0 + interp::erf(v[0] / 2f64.sqrt()))
     });
-    check(Op::GeluTanh, &[&x], &|v| {
+    check(Op::Unary(UnaryOp::GeluTanh), &[&x], &|v| {
         let u = (2.0 / std::f64::consts::PI).sqrt() * (v[0] + 0.044715 * v[0].powi(3));
         0.5 * v[0] * (1.0 + u.tanh())
     });
-    check(Op::Scale { factor: -1.5 }, &[&x], &|v| -1.5 * v[0]);
-    check(Op::AddScalar { value: 0.25 }, &[&x], &|v| v[0] + 0.25);
-    check(Op::Add, &[&x, &y], &|v| v[0] + v[1]);
-    check(Op::Sub, &[&x, &y], &|v| v[0] - v[1]);
-    check(Op::Mul, &[&x, &y], &|v| v[0] * v[1]);
-    check(Op::Div, &[&x, &y], &|v| v[0] / v[1]);
-    check(Op::ReluGrad, &[&x, &y], &|v| {
+    check(Op::scale(-1.5), &[&x], &|v| -1.5 * v[0]);
+    check(Op::add_scalar(0.25), &[&x], &|v| v[0] + 0.25);
+    check(Op::Binary(BinaryOp::Add), &[&x, &y], &|v| v[0] + v[1]);
+    check(Op::Binary(BinaryOp::Sub), &[&x, &y], &|v| v[0] - v[1]);
+    check(Op::Binary(BinaryOp::Mul), &[&x, &y], &|v| v[0] * v[1]);
+    check(Op::Binary(BinaryOp::Div), &[&x, &y], &|v| v[0] / v[1]);
+    check(Op::Binary(BinaryOp::ReluGrad), &[&x, &y], &|v| {
         if v[0] > 0.0 {
             v[1]
         } else {
             0.0
         }
     });
-    let pos = apply_op(Op::Exp, &[&x]);
-    check(Op::Log, &[&pos], &|v| v[0].ln());
-    check(Op::Sqrt, &[&pos], &|v| v[0].sqrt());
-    check(Op::Rsqrt, &[&pos], &|v| 1.0 / v[0].sqrt());
-    check(Op::Recip, &[&pos], &|v| 1.0 / v[0]);
+    let pos = apply_op(Op::Unary(UnaryOp::Exp), &[&x]);
+    check(Op::Unary(UnaryOp::Log), &[&pos], &|v| v[0].ln());
+    check(Op::Unary(UnaryOp::Sqrt), &[&pos], &|v| v[0].sqrt());
+    check(Op::Unary(UnaryOp::Rsqrt), &[&pos], &|v| 1.0 / v[0].sqrt());
+    check(Op::Unary(UnaryOp::Recip), &[&pos], &|v| 1.0 / v[0]);
 }
 
 #[test]
@@ -650,10 +655,13 @@ fn activation_grads_match_central_differences() {
     let shift = |d: f64| Tensor::f32(x.shape.clone(), x.data.iter().map(|v| v + d).collect());
     let (xp, xm) = (shift(h), shift(-h));
     for (f, df) in [
-        (Op::Gelu, Op::GeluGrad),
-        (Op::GeluTanh, Op::GeluTanhGrad),
-        (Op::Silu, Op::SiluGrad),
-        (Op::Relu, Op::ReluGrad),
+        (Op::Unary(UnaryOp::Gelu), Op::Binary(BinaryOp::GeluGrad)),
+        (
+            Op::Unary(UnaryOp::GeluTanh),
+            Op::Binary(BinaryOp::GeluTanhGrad),
+        ),
+        (Op::Unary(UnaryOp::Silu), Op::Binary(BinaryOp::SiluGrad)),
+        (Op::Unary(UnaryOp::Relu), Op::Binary(BinaryOp::ReluGrad)),
     ] {
         let g = apply_op(df.clone(), &[&x, &dy]);
         let (fp, fm) = (apply_op(f.clone(), &[&xp]), apply_op(f.clone(), &[&xm]));
@@ -670,7 +678,10 @@ fn activation_grads_match_central_differences() {
     // relu'(0) = 0 by convention.
     let z = Tensor::f32(vec![1], vec![0.0]);
     let one = Tensor::f32(vec![1], vec![1.0]);
-    assert_eq!(apply_op(Op::ReluGrad, &[&z, &one]).data, vec![0.0]);
+    assert_eq!(
+        apply_op(Op::Binary(BinaryOp::ReluGrad), &[&z, &one]).data,
+        vec![0.0]
+    );
 }
 
 #[test]
@@ -703,7 +714,7 @@ fn full_and_reshape_and_i32_shape_ops() {
 fn eval_returns_every_node_value() {
     let mut b = GraphBuilder::new("e");
     let x = b.input("x", Type::f32(vec![2]));
-    let y = b.unary(Op::Neg, x).unwrap();
+    let y = b.unary(Op::Unary(UnaryOp::Neg), x).unwrap();
     let z = b.add(x, y).unwrap();
     b.output("z", z);
     let g = b.finish();

@@ -4,6 +4,7 @@
 mod common;
 use lamina::interp::{run, Env};
 use lamina::ir::ops::MaskFill;
+use lamina::ir::{BinaryOp, UnaryOp, ViewOp};
 use lamina::ir::{Graph, GraphBuilder, Init, Op, Type, ValueId};
 use lamina::kernels::{build_program, BuildOptions};
 use lamina::runtime::compile_graph;
@@ -80,16 +81,16 @@ fn kernels(g: &Graph) -> usize {
 #[test]
 fn unary_ops_match_interpreter() {
     let ops = [
-        Op::Neg,
-        Op::Exp,
-        Op::Tanh,
-        Op::Sigmoid,
-        Op::Relu,
-        Op::Gelu,
-        Op::GeluTanh,
-        Op::Silu,
-        Op::Scale { factor: -1.5 },
-        Op::AddScalar { value: 0.25 },
+        Op::Unary(UnaryOp::Neg),
+        Op::Unary(UnaryOp::Exp),
+        Op::Unary(UnaryOp::Tanh),
+        Op::Unary(UnaryOp::Sigmoid),
+        Op::Unary(UnaryOp::Relu),
+        Op::Unary(UnaryOp::Gelu),
+        Op::Unary(UnaryOp::GeluTanh),
+        Op::Unary(UnaryOp::Silu),
+        Op::scale(-1.5),
+        Op::add_scalar(0.25),
     ];
     for shape in [&[3usize, 7][..], &[2, 37], &[5]] {
         for op in &ops {
@@ -99,7 +100,12 @@ fn unary_ops_match_interpreter() {
             });
             check(&g, &[], &params_for(&g, -5.0, 5.0));
         }
-        for op in [Op::Log, Op::Sqrt, Op::Rsqrt, Op::Recip] {
+        for op in [
+            Op::Unary(UnaryOp::Log),
+            Op::Unary(UnaryOp::Sqrt),
+            Op::Unary(UnaryOp::Rsqrt),
+            Op::Unary(UnaryOp::Recip),
+        ] {
             let g = graph(&[shape], |b, x| {
                 let y = b.unary(op.clone(), x[0]).unwrap();
                 b.output("y", y);
@@ -112,14 +118,14 @@ fn unary_ops_match_interpreter() {
 #[test]
 fn binary_ops_match_interpreter() {
     let ops = [
-        Op::Add,
-        Op::Sub,
-        Op::Mul,
-        Op::Div,
-        Op::ReluGrad,
-        Op::GeluGrad,
-        Op::GeluTanhGrad,
-        Op::SiluGrad,
+        Op::Binary(BinaryOp::Add),
+        Op::Binary(BinaryOp::Sub),
+        Op::Binary(BinaryOp::Mul),
+        Op::Binary(BinaryOp::Div),
+        Op::Binary(BinaryOp::ReluGrad),
+        Op::Binary(BinaryOp::GeluGrad),
+        Op::Binary(BinaryOp::GeluTanhGrad),
+        Op::Binary(BinaryOp::SiluGrad),
     ];
     for shape in [&[3usize, 5][..], &[4, 19]] {
         for op in &ops {
@@ -128,7 +134,7 @@ fn binary_ops_match_interpreter() {
                 b.output("y", y);
             });
             let mut p = params_for(&g, -4.0, 4.0);
-            if *op == Op::Div {
+            if *op == Op::Binary(BinaryOp::Div) {
                 p[1] = random(shape, 0.5, 3.0, &mut rng());
             }
             check(&g, &[], &p);
@@ -257,11 +263,11 @@ fn views_and_concat_match_interpreter() {
         let y = b.mul(y, col).unwrap();
         let s = b
             .push(
-                Op::Slice {
+                Op::View(ViewOp::Slice {
                     axis: 1,
                     start: 1,
                     end: 4,
-                },
+                }),
                 &[y],
             )
             .unwrap();
@@ -318,7 +324,7 @@ fn layer_norm(b: &mut GraphBuilder, x: ValueId, w: ValueId, bias: ValueId) -> Va
     let vs = b.reduce_sum(sq, vec![last], true).unwrap();
     let var = b.scale(vs, 1.0 / d as f64).unwrap();
     let ve = b.add_scalar(var, 1e-5).unwrap();
-    let rstd = b.unary(Op::Rsqrt, ve).unwrap();
+    let rstd = b.unary(Op::Unary(UnaryOp::Rsqrt), ve).unwrap();
     let rb = b.broadcast(rstd, shape.clone()).unwrap();
     let xn = b.mul(xc, rb).unwrap();
     let wb = b.broadcast(w, shape.clone()).unwrap();
@@ -341,7 +347,7 @@ fn layer_norm_is_one_kernel() {
 fn bias_activation_residual_fuse_after_matmul() {
     let g = graph(&[&[6, 9], &[13, 9], &[13], &[6, 13]], |b, x| {
         let h = b.linear(x[0], x[1], Some(x[2])).unwrap();
-        let h = b.unary(Op::Gelu, h).unwrap();
+        let h = b.unary(Op::Unary(UnaryOp::Gelu), h).unwrap();
         let h = b.scale(h, 0.5).unwrap();
         let y = b.add(h, x[3]).unwrap();
         b.output("y", y);

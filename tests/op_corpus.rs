@@ -35,12 +35,13 @@
 //! same numbers; the seed of a file is a hash of its name.
 //!
 //! A failure names the file, the check and the worst element. Known disagreements are listed
-//! in `KNOWN_FAILURES`; `every_op_has_a_corpus_file` fails for an op (read from `Op::name` in
-//! src/ir/ops.rs) that no file is named after.
+//! in `KNOWN_FAILURES`; `every_op_has_a_corpus_file` fails for an op (from `Op::every_kind`)
+//! that no file is named after.
 
 use lamina::autodiff::differentiate;
 use lamina::interp::{run, Env};
 use lamina::ir::text::{parse, print};
+use lamina::ir::UnaryOp;
 use lamina::ir::{DType, Graph, GraphBuilder, Init, Op, Type, ValueId};
 use lamina::passes::try_optimize;
 use lamina::runtime::compile_graph;
@@ -450,10 +451,11 @@ fn without_nans(g: &Graph) -> (Graph, Vec<usize>) {
     }
     let offset = g.params.len();
     for (k, n) in g.nodes.iter_mut().enumerate() {
-        if let Op::Full { value: v, .. } | Op::Scale { factor: v } | Op::AddScalar { value: v } =
-            &mut n.op
+        if let Op::Full { value: v, .. }
+        | Op::Unary(UnaryOp::Scale { factor: v })
+        | Op::Unary(UnaryOp::AddScalar { value: v }) = &mut n.op
         {
-            clear(offset + k, v);
+            clear(offset + k, &mut v.0);
         }
     }
     (g, at)
@@ -735,31 +737,12 @@ fn op_corpus() {
 // Coverage
 // ------------------------------------------------------------------------------------------
 
-/// Every op name, read from the `name()` match of `src/ir/ops.rs` (the library has no list
-/// of all ops).
+/// Every op name: one op of every kind, as the library lists them.
 fn op_names() -> Vec<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/ir/ops.rs");
-    let src = std::fs::read_to_string(&path).expect("src/ir/ops.rs");
-    let start = src
-        .find("pub fn name(&self)")
-        .expect("src/ir/ops.rs has `pub fn name(&self)`");
-    let body = &src[start..];
-    let end = body[1..]
-        .find("\n    pub fn ")
-        .map_or(body.len(), |e| e + 1);
-    let names: Vec<String> = body[..end]
-        .lines()
-        .filter_map(|l| {
-            let (_, rhs) = l.split_once("=> \"")?;
-            Some(rhs.split('"').next()?.to_string())
-        })
-        .collect();
-    assert!(
-        names.len() >= 30,
-        "found only {} op names in Op::name in src/ir/ops.rs: {names:?}",
-        names.len()
-    );
-    names
+    lamina::ir::Op::every_kind()
+        .iter()
+        .map(|op| op.name().to_string())
+        .collect()
 }
 
 /// The op a corpus file is about: the longest op name that is its stem or a `_` prefix of

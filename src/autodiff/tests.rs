@@ -3,6 +3,7 @@
 use super::{differentiate, joint};
 use crate::interp::{run, Env};
 use crate::ir::ops::MaskFill;
+use crate::ir::{BinaryOp, UnaryOp};
 use crate::ir::{Graph, GraphBuilder, Init, Op, Phase, Type};
 use crate::tensor::Tensor;
 
@@ -40,7 +41,7 @@ fn model() -> Graph {
         let a = b.matmul(p, h, false, false).unwrap();
         h = b.add(h, a).unwrap();
         b.set_scope(format!("blocks.{i}.ffn"));
-        let g = b.unary(Op::Gelu, h).unwrap();
+        let g = b.unary(Op::Unary(UnaryOp::Gelu), h).unwrap();
         h = b.add(h, g).unwrap();
     }
     b.set_scope("");
@@ -110,7 +111,10 @@ fn joint_graph_layout() {
         .nodes
         .iter()
         .any(|n| matches!(n.op, Op::ScatterAdd { rows: 5 })));
-    assert!(g.nodes.iter().any(|n| n.op == Op::GeluGrad));
+    assert!(g
+        .nodes
+        .iter()
+        .any(|n| n.op == Op::Binary(BinaryOp::GeluGrad)));
     assert!(g.nodes.iter().any(|n| n.op
         == Op::CausalMask {
             fill: MaskFill::Zero
@@ -134,7 +138,7 @@ fn seed_and_joint_graph_evaluate() {
         .iter()
         .filter(|n| {
             n.op == Op::Full {
-                value: 1.0,
+                value: crate::ir::F64(1.0),
                 shape: vec![],
             }
         })
@@ -198,7 +202,7 @@ fn gradient_into_a_derivative_op_is_an_error() {
     let mut b = GraphBuilder::new("m");
     let w = b.param("w", vec![3], Init::Zeros, true).unwrap();
     let d = b.full(1.0, vec![3]).unwrap();
-    let r = b.push(Op::ReluGrad, &[w, d]).unwrap();
+    let r = b.push(Op::Binary(BinaryOp::ReluGrad), &[w, d]).unwrap();
     let loss = b.reduce_sum(r, vec![0], false).unwrap();
     b.output("loss", loss);
     let err = differentiate(&b.finish()).unwrap_err();
@@ -225,7 +229,7 @@ fn unrelated_and_frozen_params() {
     let w = b.param("w", vec![3], Init::Zeros, true).unwrap();
     let unused = b.param("unused", vec![2], Init::Zeros, true).unwrap();
     let frozen = b.param("frozen", vec![3], Init::Zeros, false).unwrap();
-    let _ = b.unary(Op::Exp, unused).unwrap();
+    let _ = b.unary(Op::Unary(UnaryOp::Exp), unused).unwrap();
     let y = b.mul(w, frozen).unwrap();
     let loss = b.reduce_sum(y, vec![0], false).unwrap();
     b.output("loss", loss);
@@ -238,7 +242,7 @@ fn unrelated_and_frozen_params() {
     assert_eq!(
         gu.op,
         Op::Full {
-            value: 0.0,
+            value: crate::ir::F64(0.0),
             shape: vec![2]
         }
     );

@@ -6,6 +6,7 @@
 //! forward values (inputs or the output `y`) freely; those become the graph's saved values.
 
 use crate::ir::ops::MaskFill;
+use crate::ir::{BinaryOp, UnaryOp, ViewOp};
 use crate::ir::{GraphBuilder, Op, ValueId};
 
 type Grads = Result<Vec<Option<ValueId>>, String>;
@@ -30,68 +31,85 @@ pub(super) fn vjp(b: &mut GraphBuilder, y: ValueId, dy: ValueId, wants: &[bool])
         // Leaves have no arguments.
         Op::Input { .. } | Op::Param { .. } | Op::Full { .. } | Op::Sinusoidal { .. } => vec![],
         // dx = -dy
-        Op::Neg => vec![only_if!(0, b.unary(Op::Neg, dy)?)],
+        Op::Unary(UnaryOp::Neg) => vec![only_if!(0, b.unary(Op::Unary(UnaryOp::Neg), dy)?)],
         // dx = dy * y
-        Op::Exp => vec![only_if!(0, b.mul(dy, y)?)],
+        Op::Unary(UnaryOp::Exp) => vec![only_if!(0, b.mul(dy, y)?)],
         // dx = dy / x
-        Op::Log => vec![only_if!(0, b.div(dy, x(0))?)],
+        Op::Unary(UnaryOp::Log) => vec![only_if!(0, b.div(dy, x(0))?)],
         // dx = dy / (2 y)
-        Op::Sqrt => vec![only_if!(0, {
+        Op::Unary(UnaryOp::Sqrt) => vec![only_if!(0, {
             let q = b.div(dy, y)?;
             b.scale(q, 0.5)?
         })],
         // dx = -0.5 * dy * y^3
-        Op::Rsqrt => vec![only_if!(0, {
+        Op::Unary(UnaryOp::Rsqrt) => vec![only_if!(0, {
             let y2 = b.mul(y, y)?;
             let y3 = b.mul(y2, y)?;
             let t = b.mul(dy, y3)?;
             b.scale(t, -0.5)?
         })],
         // dx = -dy * y^2
-        Op::Recip => vec![only_if!(0, {
+        Op::Unary(UnaryOp::Recip) => vec![only_if!(0, {
             let y2 = b.mul(y, y)?;
             let t = b.mul(dy, y2)?;
-            b.unary(Op::Neg, t)?
+            b.unary(Op::Unary(UnaryOp::Neg), t)?
         })],
         // dx = dy * (1 - y^2)
-        Op::Tanh => vec![only_if!(0, {
+        Op::Unary(UnaryOp::Tanh) => vec![only_if!(0, {
             let y2 = b.mul(y, y)?;
-            let n = b.unary(Op::Neg, y2)?;
+            let n = b.unary(Op::Unary(UnaryOp::Neg), y2)?;
             let d = b.add_scalar(n, 1.0)?;
             b.mul(dy, d)?
         })],
         // dx = dy * y * (1 - y)
-        Op::Sigmoid => vec![only_if!(0, {
-            let n = b.unary(Op::Neg, y)?;
+        Op::Unary(UnaryOp::Sigmoid) => vec![only_if!(0, {
+            let n = b.unary(Op::Unary(UnaryOp::Neg), y)?;
             let one_minus = b.add_scalar(n, 1.0)?;
             let d = b.mul(y, one_minus)?;
             b.mul(dy, d)?
         })],
         // dx = dy * relu'(x)
-        Op::Relu => vec![only_if!(0, b.push(Op::ReluGrad, &[x(0), dy])?)],
+        Op::Unary(UnaryOp::Relu) => vec![only_if!(
+            0,
+            b.push(Op::Binary(BinaryOp::ReluGrad), &[x(0), dy])?
+        )],
         // dx = dy * gelu'(x)
-        Op::Gelu => vec![only_if!(0, b.push(Op::GeluGrad, &[x(0), dy])?)],
+        Op::Unary(UnaryOp::Gelu) => vec![only_if!(
+            0,
+            b.push(Op::Binary(BinaryOp::GeluGrad), &[x(0), dy])?
+        )],
         // dx = dy * gelu_tanh'(x)
-        Op::GeluTanh => vec![only_if!(0, b.push(Op::GeluTanhGrad, &[x(0), dy])?)],
+        Op::Unary(UnaryOp::GeluTanh) => vec![only_if!(
+            0,
+            b.push(Op::Binary(BinaryOp::GeluTanhGrad), &[x(0), dy])?
+        )],
         // dx = dy * silu'(x)
-        Op::Silu => vec![only_if!(0, b.push(Op::SiluGrad, &[x(0), dy])?)],
+        Op::Unary(UnaryOp::Silu) => vec![only_if!(
+            0,
+            b.push(Op::Binary(BinaryOp::SiluGrad), &[x(0), dy])?
+        )],
         // dx = factor * dy
-        Op::Scale { factor } => vec![only_if!(0, b.scale(dy, *factor)?)],
+        Op::Unary(UnaryOp::Scale { factor }) => vec![only_if!(0, b.scale(dy, factor.get())?)],
         // dx = dy
-        Op::AddScalar { .. } => vec![only_if!(0, dy)],
+        Op::Unary(UnaryOp::AddScalar { .. }) => vec![only_if!(0, dy)],
         // da = dy, db = dy
-        Op::Add => vec![only_if!(0, dy), only_if!(1, dy)],
+        Op::Binary(BinaryOp::Add) => vec![only_if!(0, dy), only_if!(1, dy)],
         // da = dy, db = -dy
-        Op::Sub => vec![only_if!(0, dy), only_if!(1, b.unary(Op::Neg, dy)?)],
+        Op::Binary(BinaryOp::Sub) => vec![
+            only_if!(0, dy),
+            only_if!(1, b.unary(Op::Unary(UnaryOp::Neg), dy)?),
+        ],
         // da = dy * b, db = dy * a
-        Op::Mul => vec![only_if!(0, b.mul(dy, x(1))?), only_if!(1, b.mul(dy, x(0))?)],
+        Op::Binary(BinaryOp::Mul) => {
+            vec![only_if!(0, b.mul(dy, x(1))?), only_if!(1, b.mul(dy, x(0))?)]
+        }
         // da = dy / b, db = -(dy / b) * y
-        Op::Div => {
+        Op::Binary(BinaryOp::Div) => {
             if want(0) || want(1) {
                 let da = b.div(dy, x(1))?;
                 let db = only_if!(1, {
                     let t = b.mul(da, y)?;
-                    b.unary(Op::Neg, t)?
+                    b.unary(Op::Unary(UnaryOp::Neg), t)?
                 });
                 vec![only_if!(0, da), db]
             } else {
@@ -99,7 +117,10 @@ pub(super) fn vjp(b: &mut GraphBuilder, y: ValueId, dy: ValueId, wants: &[bool])
             }
         }
         // Derivative ops are emitted by this pass and are not differentiated again.
-        Op::ReluGrad | Op::GeluGrad | Op::GeluTanhGrad | Op::SiluGrad => {
+        Op::Binary(BinaryOp::ReluGrad)
+        | Op::Binary(BinaryOp::GeluGrad)
+        | Op::Binary(BinaryOp::GeluTanhGrad)
+        | Op::Binary(BinaryOp::SiluGrad) => {
             return Err(format!(
                 "{y}: cannot differentiate {} (second derivatives are not supported)",
                 node.op.name()
@@ -130,17 +151,17 @@ pub(super) fn vjp(b: &mut GraphBuilder, y: ValueId, dy: ValueId, wants: &[bool])
             let last = shape.len() - 1;
             let s = b.reduce_sum(dy, vec![last], true)?;
             let sb = b.broadcast(s, shape.clone())?;
-            let p = b.unary(Op::Exp, y)?;
+            let p = b.unary(Op::Unary(UnaryOp::Exp), y)?;
             let t = b.mul(p, sb)?;
             b.sub(dy, t)?
         })],
         // dx = reshape(dy, shape(x))
-        Op::Reshape { .. } => vec![only_if!(0, {
+        Op::View(ViewOp::Reshape { .. }) => vec![only_if!(0, {
             let xs = b.shape(x(0));
             b.reshape(dy, xs)?
         })],
         // dx = transpose(dy, perm^-1)
-        Op::Transpose { perm } => vec![only_if!(0, {
+        Op::View(ViewOp::Transpose { perm }) => vec![only_if!(0, {
             let mut inv = vec![0; perm.len()];
             for (i, &p) in perm.iter().enumerate() {
                 inv[p] = i;
@@ -152,7 +173,7 @@ pub(super) fn vjp(b: &mut GraphBuilder, y: ValueId, dy: ValueId, wants: &[bool])
             }
         })],
         // dx = reshape(reduce_sum(dy, expanded axes), shape(x))
-        Op::Broadcast { shape: to } => vec![only_if!(0, {
+        Op::View(ViewOp::Broadcast { shape: to }) => vec![only_if!(0, {
             let xs = b.shape(x(0));
             let off = to.len() - xs.len();
             let axes: Vec<usize> = (0..to.len())
@@ -166,7 +187,7 @@ pub(super) fn vjp(b: &mut GraphBuilder, y: ValueId, dy: ValueId, wants: &[bool])
             b.reshape(r, xs)?
         })],
         // dx = concat(zeros, dy, zeros) along the axis
-        Op::Slice { axis, start, end } => vec![only_if!(0, {
+        Op::View(ViewOp::Slice { axis, start, end }) => vec![only_if!(0, {
             let xs = b.shape(x(0));
             let mut parts = Vec::new();
             if *start > 0 {
@@ -199,11 +220,11 @@ pub(super) fn vjp(b: &mut GraphBuilder, y: ValueId, dy: ValueId, wants: &[bool])
                         dy
                     } else {
                         b.push(
-                            Op::Slice {
+                            Op::View(ViewOp::Slice {
                                 axis: *axis,
                                 start,
                                 end,
-                            },
+                            }),
                             &[dy],
                         )?
                     }

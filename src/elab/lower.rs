@@ -9,6 +9,7 @@ use super::resolve::{
 };
 use crate::diag::Diagnostics;
 use crate::ir::ops::MaskFill;
+use crate::ir::UnaryOp;
 use crate::ir::{Graph, GraphBuilder, Init, Op, Type, ValueId};
 
 type R<T> = Result<T, String>;
@@ -287,10 +288,10 @@ impl Lower {
             } => {
                 let h = self.linear(x, &format!("{name}.w1"), w, hidden, bias, true)?;
                 let op = match act {
-                    Act::Relu => Op::Relu,
-                    Act::Gelu => Op::Gelu,
-                    Act::GeluTanh => Op::GeluTanh,
-                    Act::Silu => Op::Silu,
+                    Act::Relu => Op::Unary(UnaryOp::Relu),
+                    Act::Gelu => Op::Unary(UnaryOp::Gelu),
+                    Act::GeluTanh => Op::Unary(UnaryOp::GeluTanh),
+                    Act::Silu => Op::Unary(UnaryOp::Silu),
                 };
                 let mut a = self.g.unary(op, h)?;
                 if glu {
@@ -393,7 +394,7 @@ impl Lower {
         let ss = self.g.reduce_sum(sq, vec![last], true)?;
         let ms = self.g.scale(ss, inv)?;
         let me = self.g.add_scalar(ms, eps)?;
-        let r = self.g.unary(Op::Rsqrt, me)?;
+        let r = self.g.unary(Op::Unary(UnaryOp::Rsqrt), me)?;
         let rb = self.g.broadcast(r, shape.clone())?;
         let y = self.g.mul(centered, rb)?;
         let wb = self.g.broadcast(weight, shape.clone())?;

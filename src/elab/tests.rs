@@ -2,6 +2,7 @@
 
 use super::resolve::{Norm, NormKind, NormSettings, Placement, DEFAULT_NORM};
 use super::{constants, elaborate, Override};
+use crate::ir::UnaryOp;
 use crate::ir::{Graph, Init, Op};
 use crate::syntax::parse;
 
@@ -179,7 +180,7 @@ fn norm_inheritance_in_a_model() {
         .nodes
         .iter()
         .filter_map(|n| match n.op {
-            Op::AddScalar { value } => Some(value),
+            Op::Unary(UnaryOp::AddScalar { value }) => Some(value.get()),
             _ => None,
         })
         .collect();
@@ -230,7 +231,7 @@ fn macaron_names_repeated_sublayers() {
     let halves = g
         .nodes
         .iter()
-        .filter(|n| matches!(n.op, Op::Scale { factor } if factor == 0.5))
+        .filter(|n| matches!(n.op, Op::Unary(UnaryOp::Scale { factor }) if factor.get() == 0.5))
         .count();
     assert_eq!(halves, 2);
 }

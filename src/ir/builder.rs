@@ -4,6 +4,7 @@
 //! elaboration) let an inconsistent model through its own checks, so callers turn it into
 //! an internal-error diagnostic rather than a panic.
 
+use super::ops::{BinaryOp, UnaryOp, ViewOp, F64};
 use super::{infer_type, Graph, Init, Input, Node, Op, Output, Param, Phase, Type, ValueId};
 use std::collections::HashMap;
 
@@ -133,28 +134,39 @@ impl GraphBuilder {
 
     // ---- conveniences ----
     pub fn full(&mut self, value: f64, shape: Vec<usize>) -> BuildResult {
-        self.push(Op::Full { value, shape }, &[])
+        self.push(
+            Op::Full {
+                value: F64(value),
+                shape,
+            },
+            &[],
+        )
     }
     pub fn unary(&mut self, op: Op, x: ValueId) -> BuildResult {
         self.push(op, &[x])
     }
     pub fn add(&mut self, a: ValueId, b: ValueId) -> BuildResult {
-        self.push(Op::Add, &[a, b])
+        self.push(Op::Binary(BinaryOp::Add), &[a, b])
     }
     pub fn sub(&mut self, a: ValueId, b: ValueId) -> BuildResult {
-        self.push(Op::Sub, &[a, b])
+        self.push(Op::Binary(BinaryOp::Sub), &[a, b])
     }
     pub fn mul(&mut self, a: ValueId, b: ValueId) -> BuildResult {
-        self.push(Op::Mul, &[a, b])
+        self.push(Op::Binary(BinaryOp::Mul), &[a, b])
     }
     pub fn div(&mut self, a: ValueId, b: ValueId) -> BuildResult {
-        self.push(Op::Div, &[a, b])
+        self.push(Op::Binary(BinaryOp::Div), &[a, b])
     }
     pub fn scale(&mut self, x: ValueId, factor: f64) -> BuildResult {
-        self.push(Op::Scale { factor }, &[x])
+        self.push(
+            Op::Unary(UnaryOp::Scale {
+                factor: F64(factor),
+            }),
+            &[x],
+        )
     }
     pub fn add_scalar(&mut self, x: ValueId, value: f64) -> BuildResult {
-        self.push(Op::AddScalar { value }, &[x])
+        self.push(Op::Unary(UnaryOp::AddScalar { value: F64(value) }), &[x])
     }
     pub fn reduce_sum(&mut self, x: ValueId, axes: Vec<usize>, keep_dims: bool) -> BuildResult {
         self.push(Op::ReduceSum { axes, keep_dims }, &[x])
@@ -163,17 +175,17 @@ impl GraphBuilder {
         if self.shape(x) == shape {
             return Ok(x);
         }
-        self.push(Op::Reshape { shape }, &[x])
+        self.push(Op::View(ViewOp::Reshape { shape }), &[x])
     }
     pub fn transpose(&mut self, x: ValueId, perm: Vec<usize>) -> BuildResult {
-        self.push(Op::Transpose { perm }, &[x])
+        self.push(Op::View(ViewOp::Transpose { perm }), &[x])
     }
     /// Broadcast to `shape`; a no-op when the shape already matches.
     pub fn broadcast(&mut self, x: ValueId, shape: Vec<usize>) -> BuildResult {
         if self.shape(x) == shape {
             return Ok(x);
         }
-        self.push(Op::Broadcast { shape }, &[x])
+        self.push(Op::View(ViewOp::Broadcast { shape }), &[x])
     }
     pub fn matmul(&mut self, a: ValueId, b: ValueId, ta: bool, tb: bool) -> BuildResult {
         self.push(Op::MatMul { ta, tb }, &[a, b])

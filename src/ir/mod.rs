@@ -14,7 +14,7 @@ pub mod text;
 use serde::{Deserialize, Serialize};
 
 pub use builder::GraphBuilder;
-pub use ops::{infer_type, MaskFill, Op};
+pub use ops::{infer_type, BinaryOp, MaskFill, Op, UnaryOp, ViewOp, F64};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum DType {

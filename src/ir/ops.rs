@@ -22,29 +22,74 @@ pub enum MaskFill {
     Zero,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Op {
-    // ---- leaves ----
-    /// Graph input number `index`.
-    Input {
-        index: usize,
-    },
-    /// Parameter number `index`.
-    Param {
-        index: usize,
-    },
-    /// A tensor with every element equal to `value`.
-    Full {
-        value: f64,
-        shape: Vec<usize>,
-    },
-    /// Sinusoidal position table `[len, dim]` (Vaswani et al.): sin on even, cos on odd columns.
-    Sinusoidal {
-        len: usize,
-        dim: usize,
-    },
+/// A float attribute, compared and hashed by its bit pattern: ops are `Eq + Hash`, so passes
+/// compare graphs structurally, and a NaN constant equals itself. In JSON a non-finite value
+/// is the string `"inf"`, `"-inf"` or `"NaN"` (JSON numbers cannot hold it).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct F64(pub f64);
 
-    // ---- elementwise unary (f32 -> f32, same shape) ----
+impl Serialize for F64 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            v if v.is_finite() => s.serialize_f64(v),
+            v if v.is_nan() => s.serialize_str("NaN"),
+            v if v > 0.0 => s.serialize_str("inf"),
+            _ => s.serialize_str("-inf"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for F64 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<F64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Number(f64),
+            Text(String),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Number(v) => Ok(F64(v)),
+            Repr::Text(t) => match t.as_str() {
+                "inf" => Ok(F64(f64::INFINITY)),
+                "-inf" => Ok(F64(f64::NEG_INFINITY)),
+                "NaN" => Ok(F64(f64::NAN)),
+                _ => Err(serde::de::Error::custom(format!(
+                    "expected a number, \"inf\", \"-inf\" or \"NaN\", found {t:?}"
+                ))),
+            },
+        }
+    }
+}
+
+impl F64 {
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+impl PartialEq for F64 {
+    fn eq(&self, other: &F64) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for F64 {}
+
+impl std::hash::Hash for F64 {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.0.to_bits().hash(h)
+    }
+}
+
+impl From<f64> for F64 {
+    fn from(v: f64) -> F64 {
+        F64(v)
+    }
+}
+
+/// Elementwise ops of one f32 operand (same shape out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum UnaryOp {
     Neg,
     Exp,
     Log,
@@ -61,14 +106,54 @@ pub enum Op {
     Silu,
     /// `factor * x`.
     Scale {
-        factor: f64,
+        factor: F64,
     },
     /// `x + value`.
     AddScalar {
-        value: f64,
+        value: F64,
     },
+}
 
-    // ---- elementwise binary (same shapes) ----
+impl UnaryOp {
+    /// The ops without attributes, each once.
+    pub const PLAIN: [UnaryOp; 12] = [
+        UnaryOp::Neg,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Rsqrt,
+        UnaryOp::Recip,
+        UnaryOp::Tanh,
+        UnaryOp::Sigmoid,
+        UnaryOp::Relu,
+        UnaryOp::Gelu,
+        UnaryOp::GeluTanh,
+        UnaryOp::Silu,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Rsqrt => "rsqrt",
+            UnaryOp::Recip => "recip",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::Relu => "relu",
+            UnaryOp::Gelu => "gelu",
+            UnaryOp::GeluTanh => "gelu_tanh",
+            UnaryOp::Silu => "silu",
+            UnaryOp::Scale { .. } => "scale",
+            UnaryOp::AddScalar { .. } => "add_scalar",
+        }
+    }
+}
+
+/// Elementwise ops of two f32 operands of equal shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BinaryOp {
     Add,
     Sub,
     Mul,
@@ -81,6 +166,103 @@ pub enum Op {
     GeluTanhGrad,
     /// `(x, dy) -> dy * silu'(x)`.
     SiluGrad,
+}
+
+impl BinaryOp {
+    pub const ALL: [BinaryOp; 8] = [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::ReluGrad,
+        BinaryOp::GeluGrad,
+        BinaryOp::GeluTanhGrad,
+        BinaryOp::SiluGrad,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+            BinaryOp::ReluGrad => "relu_grad",
+            BinaryOp::GeluGrad => "gelu_grad",
+            BinaryOp::GeluTanhGrad => "gelu_tanh_grad",
+            BinaryOp::SiluGrad => "silu_grad",
+        }
+    }
+
+    /// `f(a, b) == f(b, a)`: canonicalization may order the arguments.
+    pub fn is_commutative(self) -> bool {
+        match self {
+            BinaryOp::Add | BinaryOp::Mul => true,
+            BinaryOp::Sub
+            | BinaryOp::Div
+            | BinaryOp::ReluGrad
+            | BinaryOp::GeluGrad
+            | BinaryOp::GeluTanhGrad
+            | BinaryOp::SiluGrad => false,
+        }
+    }
+}
+
+/// Ops that only re-index their one operand: no arithmetic, so kernels fold them into
+/// access maps.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ViewOp {
+    /// Same elements, new shape (equal element count).
+    Reshape { shape: Vec<usize> },
+    /// Permute axes: output axis i is input axis `perm[i]`.
+    Transpose { perm: Vec<usize> },
+    /// NumPy broadcast to `shape`: dims aligned from the right, size-1 or missing dims expand.
+    Broadcast { shape: Vec<usize> },
+    /// Elements `start..end` along `axis`.
+    Slice {
+        axis: usize,
+        start: usize,
+        end: usize,
+    },
+}
+
+impl ViewOp {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ViewOp::Reshape { .. } => "reshape",
+            ViewOp::Transpose { .. } => "transpose",
+            ViewOp::Broadcast { .. } => "broadcast",
+            ViewOp::Slice { .. } => "slice",
+        }
+    }
+}
+
+/// The op set, by family: leaves, elementwise (unary, binary), reductions over axes or the
+/// last axis, views, and the contractions and indexing ops.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Op {
+    // ---- leaves ----
+    /// Graph input number `index`.
+    Input {
+        index: usize,
+    },
+    /// Parameter number `index`.
+    Param {
+        index: usize,
+    },
+    /// A tensor with every element equal to `value`.
+    Full {
+        value: F64,
+        shape: Vec<usize>,
+    },
+    /// Sinusoidal position table `[len, dim]` (Vaswani et al.): sin on even, cos on odd columns.
+    Sinusoidal {
+        len: usize,
+        dim: usize,
+    },
+
+    // ---- elementwise ----
+    Unary(UnaryOp),
+    Binary(BinaryOp),
 
     // ---- reductions ----
     /// Sum over `axes` (ascending, distinct); kept as size-1 dims when `keep_dims`.
@@ -94,24 +276,7 @@ pub enum Op {
     LogSoftmax,
 
     // ---- shape ----
-    /// Same elements, new shape (equal element count).
-    Reshape {
-        shape: Vec<usize>,
-    },
-    /// Permute axes: output axis i is input axis `perm[i]`.
-    Transpose {
-        perm: Vec<usize>,
-    },
-    /// NumPy broadcast to `shape`: dims aligned from the right, size-1 or missing dims expand.
-    Broadcast {
-        shape: Vec<usize>,
-    },
-    /// Elements `start..end` along `axis`.
-    Slice {
-        axis: usize,
-        start: usize,
-        end: usize,
-    },
+    View(ViewOp),
     /// Concatenate the arguments along `axis`.
     Concat {
         axis: usize,
@@ -149,35 +314,12 @@ impl Op {
             Op::Param { .. } => "param",
             Op::Full { .. } => "full",
             Op::Sinusoidal { .. } => "sinusoidal",
-            Op::Neg => "neg",
-            Op::Exp => "exp",
-            Op::Log => "log",
-            Op::Sqrt => "sqrt",
-            Op::Rsqrt => "rsqrt",
-            Op::Recip => "recip",
-            Op::Tanh => "tanh",
-            Op::Sigmoid => "sigmoid",
-            Op::Relu => "relu",
-            Op::Gelu => "gelu",
-            Op::GeluTanh => "gelu_tanh",
-            Op::Silu => "silu",
-            Op::Scale { .. } => "scale",
-            Op::AddScalar { .. } => "add_scalar",
-            Op::Add => "add",
-            Op::Sub => "sub",
-            Op::Mul => "mul",
-            Op::Div => "div",
-            Op::ReluGrad => "relu_grad",
-            Op::GeluGrad => "gelu_grad",
-            Op::GeluTanhGrad => "gelu_tanh_grad",
-            Op::SiluGrad => "silu_grad",
+            Op::Unary(u) => u.name(),
+            Op::Binary(b) => b.name(),
             Op::ReduceSum { .. } => "reduce_sum",
             Op::Softmax => "softmax",
             Op::LogSoftmax => "log_softmax",
-            Op::Reshape { .. } => "reshape",
-            Op::Transpose { .. } => "transpose",
-            Op::Broadcast { .. } => "broadcast",
-            Op::Slice { .. } => "slice",
+            Op::View(v) => v.name(),
             Op::Concat { .. } => "concat",
             Op::MatMul { .. } => "matmul",
             Op::Gather => "gather",
@@ -187,38 +329,62 @@ impl Op {
         }
     }
 
-    pub fn is_elementwise_unary(&self) -> bool {
-        matches!(
-            self,
-            Op::Neg
-                | Op::Exp
-                | Op::Log
-                | Op::Sqrt
-                | Op::Rsqrt
-                | Op::Recip
-                | Op::Tanh
-                | Op::Sigmoid
-                | Op::Relu
-                | Op::Gelu
-                | Op::GeluTanh
-                | Op::Silu
-                | Op::Scale { .. }
-                | Op::AddScalar { .. }
-        )
+    /// One op of every kind (attributes arbitrary): the list of op names the text form,
+    /// the conformance corpus and the docs go by.
+    pub fn every_kind() -> Vec<Op> {
+        let mut all = vec![
+            Op::Input { index: 0 },
+            Op::Param { index: 0 },
+            Op::Full {
+                value: F64(0.0),
+                shape: vec![],
+            },
+            Op::Sinusoidal { len: 1, dim: 2 },
+        ];
+        all.extend(UnaryOp::PLAIN.map(Op::Unary));
+        all.push(Op::Unary(UnaryOp::Scale { factor: F64(1.0) }));
+        all.push(Op::Unary(UnaryOp::AddScalar { value: F64(0.0) }));
+        all.extend(BinaryOp::ALL.map(Op::Binary));
+        all.extend([
+            Op::ReduceSum {
+                axes: vec![0],
+                keep_dims: false,
+            },
+            Op::Softmax,
+            Op::LogSoftmax,
+            Op::View(ViewOp::Reshape { shape: vec![] }),
+            Op::View(ViewOp::Transpose { perm: vec![] }),
+            Op::View(ViewOp::Broadcast { shape: vec![] }),
+            Op::View(ViewOp::Slice {
+                axis: 0,
+                start: 0,
+                end: 1,
+            }),
+            Op::Concat { axis: 0 },
+            Op::MatMul {
+                ta: false,
+                tb: false,
+            },
+            Op::Gather,
+            Op::ScatterAdd { rows: 1 },
+            Op::OneHot { classes: 1 },
+            Op::CausalMask {
+                fill: MaskFill::NegInf,
+            },
+        ]);
+        all
     }
 
-    pub fn is_elementwise_binary(&self) -> bool {
-        matches!(
-            self,
-            Op::Add
-                | Op::Sub
-                | Op::Mul
-                | Op::Div
-                | Op::ReluGrad
-                | Op::GeluGrad
-                | Op::GeluTanhGrad
-                | Op::SiluGrad
-        )
+    /// `factor * x`.
+    pub fn scale(factor: f64) -> Op {
+        Op::Unary(UnaryOp::Scale {
+            factor: F64(factor),
+        })
+    }
+
+    /// `x + value`.
+    pub fn add_scalar(value: f64) -> Op {
+        Op::Unary(UnaryOp::AddScalar { value: F64(value) })
     }
 
     pub fn is_leaf(&self) -> bool {
@@ -226,6 +392,26 @@ impl Op {
             self,
             Op::Input { .. } | Op::Param { .. } | Op::Full { .. } | Op::Sinusoidal { .. }
         )
+    }
+
+    /// Elementwise ops of one operand.
+    pub fn unary(&self) -> Option<UnaryOp> {
+        match self {
+            Op::Unary(u) => Some(*u),
+            _ => None,
+        }
+    }
+
+    /// Elementwise ops of two operands.
+    pub fn binary(&self) -> Option<BinaryOp> {
+        match self {
+            Op::Binary(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    pub fn is_view(&self) -> bool {
+        matches!(self, Op::View(_))
     }
 }
 
@@ -280,12 +466,12 @@ pub fn infer_type(op: &Op, args: &[&Type]) -> Result<Type, String> {
             expect_arity(op, args, 0)?;
             Ok(Type::f32(vec![*len, *dim]))
         }
-        op if op.is_elementwise_unary() => {
+        Op::Unary(_) => {
             expect_arity(op, args, 1)?;
             expect_f32(op, args[0])?;
             Ok(args[0].clone())
         }
-        op if op.is_elementwise_binary() => {
+        Op::Binary(_) => {
             expect_arity(op, args, 2)?;
             expect_f32(op, args[0])?;
             expect_f32(op, args[1])?;
@@ -328,120 +514,9 @@ pub fn infer_type(op: &Op, args: &[&Type]) -> Result<Type, String> {
             }
             Ok(args[0].clone())
         }
-        Op::Reshape { shape } => {
-            expect_arity(op, args, 1)?;
-            let n: usize = shape.iter().product();
-            if n != args[0].numel() {
-                return Err(format!(
-                    "reshape from {} to {shape:?} changes the element count",
-                    args[0]
-                ));
-            }
-            Ok(Type {
-                dtype: args[0].dtype,
-                shape: shape.clone(),
-            })
-        }
-        Op::Transpose { perm } => {
-            expect_arity(op, args, 1)?;
-            let r = args[0].rank();
-            let mut seen = vec![false; r];
-            if perm.len() != r {
-                return Err(format!("transpose perm {perm:?} does not match rank {r}"));
-            }
-            for &p in perm {
-                if p >= r || seen[p] {
-                    return Err(format!("transpose perm {perm:?} is not a permutation"));
-                }
-                seen[p] = true;
-            }
-            let shape = perm.iter().map(|&p| args[0].shape[p]).collect();
-            Ok(Type {
-                dtype: args[0].dtype,
-                shape,
-            })
-        }
-        Op::Broadcast { shape } => {
-            expect_arity(op, args, 1)?;
-            if !broadcasts_to(&args[0].shape, shape) {
-                return Err(format!("cannot broadcast {} to {shape:?}", args[0]));
-            }
-            Ok(Type {
-                dtype: args[0].dtype,
-                shape: shape.clone(),
-            })
-        }
-        Op::Slice { axis, start, end } => {
-            expect_arity(op, args, 1)?;
-            let t = args[0];
-            if *axis >= t.rank() || start >= end || *end > t.shape[*axis] {
-                return Err(format!(
-                    "slice axis {axis} {start}..{end} out of range for {t}"
-                ));
-            }
-            let mut shape = t.shape.clone();
-            shape[*axis] = end - start;
-            Ok(Type {
-                dtype: t.dtype,
-                shape,
-            })
-        }
-        Op::Concat { axis } => {
-            if args.is_empty() {
-                return Err("concat needs at least one argument".into());
-            }
-            let first = args[0];
-            if *axis >= first.rank() {
-                return Err(format!("concat axis {axis} out of range for {first}"));
-            }
-            let mut shape = first.shape.clone();
-            shape[*axis] = 0;
-            for t in args {
-                let same_other = t.rank() == first.rank()
-                    && t.dtype == first.dtype
-                    && (0..t.rank()).all(|i| i == *axis || t.shape[i] == first.shape[i]);
-                if !same_other {
-                    return Err(format!("concat of {first} and {t} along axis {axis}"));
-                }
-                shape[*axis] += t.shape[*axis];
-            }
-            Ok(Type {
-                dtype: first.dtype,
-                shape,
-            })
-        }
-        Op::MatMul { ta, tb } => {
-            expect_arity(op, args, 2)?;
-            let (a, b) = (args[0], args[1]);
-            expect_f32(op, a)?;
-            expect_f32(op, b)?;
-            if a.rank() < 2 || b.rank() < 2 {
-                return Err(format!("matmul needs rank >= 2, got {a} and {b}"));
-            }
-            let (ra, rb) = (a.rank(), b.rank());
-            let (m, ka) = if *ta {
-                (a.shape[ra - 1], a.shape[ra - 2])
-            } else {
-                (a.shape[ra - 2], a.shape[ra - 1])
-            };
-            let (kb, n) = if *tb {
-                (b.shape[rb - 1], b.shape[rb - 2])
-            } else {
-                (b.shape[rb - 2], b.shape[rb - 1])
-            };
-            if ka != kb {
-                return Err(format!(
-                    "matmul inner dims differ: {a} and {b} (ta={ta}, tb={tb})"
-                ));
-            }
-            if rb != 2 && a.shape[..ra - 2] != b.shape[..rb - 2] {
-                return Err(format!("matmul batch dims differ: {a} and {b}"));
-            }
-            let mut shape = a.shape[..ra - 2].to_vec();
-            shape.push(m);
-            shape.push(n);
-            Ok(Type::f32(shape))
-        }
+        Op::View(v) => view_type(op, v, args),
+        Op::Concat { axis } => concat_type(args, *axis),
+        Op::MatMul { ta, tb } => matmul_type(op, args, *ta, *tb),
         Op::Gather => {
             expect_arity(op, args, 2)?;
             let (table, ids) = (args[0], args[1]);
@@ -481,6 +556,129 @@ pub fn infer_type(op: &Op, args: &[&Type]) -> Result<Type, String> {
             }
             Ok(t.clone())
         }
-        _ => unreachable!("every op is covered above"),
     }
+}
+
+/// The shape rule of the view ops.
+fn view_type(op: &Op, v: &ViewOp, args: &[&Type]) -> Result<Type, String> {
+    match v {
+        ViewOp::Reshape { shape } => {
+            expect_arity(op, args, 1)?;
+            let n: usize = shape.iter().product();
+            if n != args[0].numel() {
+                return Err(format!(
+                    "reshape from {} to {shape:?} changes the element count",
+                    args[0]
+                ));
+            }
+            Ok(Type {
+                dtype: args[0].dtype,
+                shape: shape.clone(),
+            })
+        }
+        ViewOp::Transpose { perm } => {
+            expect_arity(op, args, 1)?;
+            let r = args[0].rank();
+            let mut seen = vec![false; r];
+            if perm.len() != r {
+                return Err(format!("transpose perm {perm:?} does not match rank {r}"));
+            }
+            for &p in perm {
+                if p >= r || seen[p] {
+                    return Err(format!("transpose perm {perm:?} is not a permutation"));
+                }
+                seen[p] = true;
+            }
+            let shape = perm.iter().map(|&p| args[0].shape[p]).collect();
+            Ok(Type {
+                dtype: args[0].dtype,
+                shape,
+            })
+        }
+        ViewOp::Broadcast { shape } => {
+            expect_arity(op, args, 1)?;
+            if !broadcasts_to(&args[0].shape, shape) {
+                return Err(format!("cannot broadcast {} to {shape:?}", args[0]));
+            }
+            Ok(Type {
+                dtype: args[0].dtype,
+                shape: shape.clone(),
+            })
+        }
+        ViewOp::Slice { axis, start, end } => {
+            expect_arity(op, args, 1)?;
+            let t = args[0];
+            if *axis >= t.rank() || start >= end || *end > t.shape[*axis] {
+                return Err(format!(
+                    "slice axis {axis} {start}..{end} out of range for {t}"
+                ));
+            }
+            let mut shape = t.shape.clone();
+            shape[*axis] = end - start;
+            Ok(Type {
+                dtype: t.dtype,
+                shape,
+            })
+        }
+    }
+}
+
+/// The shape rule of `matmul`.
+fn matmul_type(op: &Op, args: &[&Type], ta: bool, tb: bool) -> Result<Type, String> {
+    expect_arity(op, args, 2)?;
+    let (a, b) = (args[0], args[1]);
+    expect_f32(op, a)?;
+    expect_f32(op, b)?;
+    if a.rank() < 2 || b.rank() < 2 {
+        return Err(format!("matmul needs rank >= 2, got {a} and {b}"));
+    }
+    let (ra, rb) = (a.rank(), b.rank());
+    let (m, ka) = if ta {
+        (a.shape[ra - 1], a.shape[ra - 2])
+    } else {
+        (a.shape[ra - 2], a.shape[ra - 1])
+    };
+    let (kb, n) = if tb {
+        (b.shape[rb - 1], b.shape[rb - 2])
+    } else {
+        (b.shape[rb - 2], b.shape[rb - 1])
+    };
+    if ka != kb {
+        return Err(format!(
+            "matmul inner dims differ: {a} and {b} (ta={ta}, tb={tb})"
+        ));
+    }
+    if rb != 2 && a.shape[..ra - 2] != b.shape[..rb - 2] {
+        return Err(format!("matmul batch dims differ: {a} and {b}"));
+    }
+    let mut shape = a.shape[..ra - 2].to_vec();
+    shape.push(m);
+    shape.push(n);
+    Ok(Type::f32(shape))
+}
+
+/// The shape rule of `concat`.
+fn concat_type(args: &[&Type], axis: usize) -> Result<Type, String> {
+    if args.is_empty() {
+        return Err("concat needs at least one argument".into());
+    }
+    let first = args[0];
+    if axis >= first.rank() {
+        return Err(format!("concat axis {axis} out of range for {first}"));
+    }
+    let mut shape = first.shape.clone();
+    shape[axis] = 0;
+    for t in args {
+        let same_other = t.rank() == first.rank()
+            && t.dtype == first.dtype
+            && (0..t.rank()).all(|i| i == axis || t.shape[i] == first.shape[i]);
+        if !same_other {
+            return Err(format!("concat of {first} and {t} along axis {axis}"));
+        }
+        shape[axis] += t.shape[axis];
+    }
+    Ok(Type {
+        dtype: first.dtype,
+        shape,
+    })
 }

@@ -33,6 +33,7 @@
 //! can overflow on a parsed graph.
 
 use super::ops::MaskFill;
+use super::ops::{UnaryOp, ViewOp, F64};
 use super::{DType, Graph, Init, Input, Node, Op, Output, Param, Phase, Type, ValueId};
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -197,20 +198,26 @@ fn op_text(
             _ => format!("{name} #{index}"),
         },
         Op::Full { value, shape } => {
-            format!("{name}[{}, shape={}]", float_text(*value), list_text(shape))
+            format!(
+                "{name}[{}, shape={}]",
+                float_text(value.get()),
+                list_text(shape)
+            )
         }
         Op::Sinusoidal { len, dim } => format!("{name}[len={len}, dim={dim}]"),
-        Op::Scale { factor } => format!("{name}[{}]", float_text(*factor)),
-        Op::AddScalar { value } => format!("{name}[{}]", float_text(*value)),
+        Op::Unary(UnaryOp::Scale { factor }) => format!("{name}[{}]", float_text(factor.get())),
+        Op::Unary(UnaryOp::AddScalar { value }) => format!("{name}[{}]", float_text(value.get())),
         Op::ReduceSum { axes, keep_dims } => {
             let keep = if *keep_dims { ", keep" } else { "" };
             format!("{name}[axes={}{keep}]", list_text(axes))
         }
-        Op::Reshape { shape } | Op::Broadcast { shape } => {
+        Op::View(ViewOp::Reshape { shape }) | Op::View(ViewOp::Broadcast { shape }) => {
             format!("{name}[shape={}]", list_text(shape))
         }
-        Op::Transpose { perm } => format!("{name}[perm={}]", list_text(perm)),
-        Op::Slice { axis, start, end } => format!("{name}[axis={axis}, {start}..{end}]"),
+        Op::View(ViewOp::Transpose { perm }) => format!("{name}[perm={}]", list_text(perm)),
+        Op::View(ViewOp::Slice { axis, start, end }) => {
+            format!("{name}[axis={axis}, {start}..{end}]")
+        }
         Op::Concat { axis } => format!("{name}[axis={axis}]"),
         Op::MatMul { ta, tb } => match (ta, tb) {
             (false, false) => name.to_string(),
@@ -224,61 +231,26 @@ fn op_text(
             MaskFill::NegInf => format!("{name}[-inf]"),
             MaskFill::Zero => format!("{name}[0]"),
         },
-        // Listed one by one so that a new op with attributes cannot slip through.
-        Op::Neg
-        | Op::Exp
-        | Op::Log
-        | Op::Sqrt
-        | Op::Rsqrt
-        | Op::Recip
-        | Op::Tanh
-        | Op::Sigmoid
-        | Op::Relu
-        | Op::Gelu
-        | Op::GeluTanh
-        | Op::Silu
-        | Op::Add
-        | Op::Sub
-        | Op::Mul
-        | Op::Div
-        | Op::ReluGrad
-        | Op::GeluGrad
-        | Op::GeluTanhGrad
-        | Op::SiluGrad
+        // Every op without attributes; an op that gains attributes is a compile error here.
+        Op::Unary(
+            UnaryOp::Neg
+            | UnaryOp::Exp
+            | UnaryOp::Log
+            | UnaryOp::Sqrt
+            | UnaryOp::Rsqrt
+            | UnaryOp::Recip
+            | UnaryOp::Tanh
+            | UnaryOp::Sigmoid
+            | UnaryOp::Relu
+            | UnaryOp::Gelu
+            | UnaryOp::GeluTanh
+            | UnaryOp::Silu,
+        )
+        | Op::Binary(_)
         | Op::Softmax
         | Op::LogSoftmax
         | Op::Gather => name.to_string(),
     }
-}
-
-/// The op without attributes printed as `name`.
-fn simple_op(name: &str) -> Option<Op> {
-    let all = [
-        Op::Neg,
-        Op::Exp,
-        Op::Log,
-        Op::Sqrt,
-        Op::Rsqrt,
-        Op::Recip,
-        Op::Tanh,
-        Op::Sigmoid,
-        Op::Relu,
-        Op::Gelu,
-        Op::GeluTanh,
-        Op::Silu,
-        Op::Add,
-        Op::Sub,
-        Op::Mul,
-        Op::Div,
-        Op::ReluGrad,
-        Op::GeluGrad,
-        Op::GeluTanhGrad,
-        Op::SiluGrad,
-        Op::Softmax,
-        Op::LogSoftmax,
-        Op::Gather,
-    ];
-    all.into_iter().find(|op| op.name() == name)
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1007,52 +979,64 @@ fn build_op(name: &str, tok: &Token, items: Vec<Attr>) -> PResult<Op> {
         op_tok: tok,
         items,
     };
-    let op = match name {
-        "full" => {
-            let value = a.float()?;
+    // The op's kind by its name (names are defined once, in `ops`); then its attributes.
+    let kind = Op::every_kind()
+        .into_iter()
+        .find(|k| k.name() == name)
+        .ok_or_else(|| at(tok, format!("unknown op `{name}`")))?;
+    let op = match kind {
+        Op::Input { .. } | Op::Param { .. } => {
+            return Err(at(tok, format!("{name} takes a name or #index")))
+        }
+        Op::Full { .. } => {
+            let value = F64(a.float()?);
             Op::Full {
                 value,
                 shape: a.shape("shape")?,
             }
         }
-        "sinusoidal" => Op::Sinusoidal {
+        Op::Sinusoidal { .. } => Op::Sinusoidal {
             len: a.int("len")?,
             dim: a.int("dim")?,
         },
-        "scale" => Op::Scale { factor: a.float()? },
-        "add_scalar" => Op::AddScalar { value: a.float()? },
-        "reduce_sum" => Op::ReduceSum {
+        Op::Unary(UnaryOp::Scale { .. }) => Op::Unary(UnaryOp::Scale {
+            factor: F64(a.float()?),
+        }),
+        Op::Unary(UnaryOp::AddScalar { .. }) => Op::Unary(UnaryOp::AddScalar {
+            value: F64(a.float()?),
+        }),
+        Op::ReduceSum { .. } => Op::ReduceSum {
             axes: a.list("axes")?,
             keep_dims: a.flag("keep"),
         },
-        "reshape" => Op::Reshape {
+        Op::View(ViewOp::Reshape { .. }) => Op::View(ViewOp::Reshape {
             shape: a.shape("shape")?,
-        },
-        "transpose" => Op::Transpose {
+        }),
+        Op::View(ViewOp::Transpose { .. }) => Op::View(ViewOp::Transpose {
             perm: a.list("perm")?,
-        },
-        "broadcast" => Op::Broadcast {
+        }),
+        Op::View(ViewOp::Broadcast { .. }) => Op::View(ViewOp::Broadcast {
             shape: a.shape("shape")?,
-        },
-        "slice" => {
+        }),
+        Op::View(ViewOp::Slice { .. }) => {
             let axis = a.int("axis")?;
             let (start, end) = a.range()?;
-            Op::Slice { axis, start, end }
+            Op::View(ViewOp::Slice { axis, start, end })
         }
-        "concat" => Op::Concat {
+        Op::Concat { .. } => Op::Concat {
             axis: a.int("axis")?,
         },
-        "matmul" => Op::MatMul {
+        Op::MatMul { .. } => Op::MatMul {
             ta: a.flag("ta"),
             tb: a.flag("tb"),
         },
-        "scatter_add" => Op::ScatterAdd {
+        Op::ScatterAdd { .. } => Op::ScatterAdd {
             rows: a.int("rows")?,
         },
-        "one_hot" => Op::OneHot {
+        Op::OneHot { .. } => Op::OneHot {
             classes: a.int("classes")?,
         },
-        "causal_mask" => {
+        Op::CausalMask { .. } => {
             let (w, t) = a.positional("a fill (-inf or 0)")?;
             let fill = match w.as_str() {
                 "-inf" => MaskFill::NegInf,
@@ -1066,7 +1050,8 @@ fn build_op(name: &str, tok: &Token, items: Vec<Attr>) -> PResult<Op> {
             };
             Op::CausalMask { fill }
         }
-        _ => simple_op(name).ok_or_else(|| at(tok, format!("unknown op `{name}`")))?,
+        // No attributes.
+        op @ (Op::Unary(_) | Op::Binary(_) | Op::Softmax | Op::LogSoftmax | Op::Gather) => op,
     };
     a.finish()?;
     Ok(op)
@@ -1145,9 +1130,9 @@ fn check_graph(g: &Graph) -> Result<(), (Option<usize>, String)> {
         let node_err = |e: String| (Some(i), format!("%{i}: {e}"));
         check_shape(&n.ty.shape).map_err(node_err)?;
         match &n.op {
-            Op::Full { shape, .. } | Op::Reshape { shape } | Op::Broadcast { shape } => {
-                check_shape(shape).map_err(node_err)?
-            }
+            Op::Full { shape, .. }
+            | Op::View(ViewOp::Reshape { shape })
+            | Op::View(ViewOp::Broadcast { shape }) => check_shape(shape).map_err(node_err)?,
             Op::Input { .. } | Op::Param { .. } if !n.args.is_empty() => {
                 return Err(node_err(format!("{} takes no arguments", n.op.name())));
             }
@@ -1237,15 +1222,6 @@ fn init_float(init: &Init) -> Option<f64> {
     }
 }
 
-fn op_float(op: &Op) -> Option<f64> {
-    match op {
-        Op::Full { value: v, .. } | Op::Scale { factor: v } | Op::AddScalar { value: v } => {
-            Some(*v)
-        }
-        _ => None,
-    }
-}
-
 /// Pretty JSON (serde's layout of `Graph`, fields in declaration order). Non-finite floats,
 /// which JSON cannot hold, are written as the strings `"inf"`, `"-inf"` and `"NaN"`.
 pub fn to_json(g: &Graph) -> String {
@@ -1254,7 +1230,6 @@ pub fn to_json(g: &Graph) -> String {
         .params
         .iter()
         .filter_map(|p| init_float(&p.init))
-        .chain(g.nodes.iter().filter_map(|n| op_float(&n.op)))
         .filter(|v| !v.is_finite())
         .collect();
     let fmt = NonFiniteFormatter {
@@ -1293,7 +1268,6 @@ pub fn from_json(s: &str) -> Result<Graph, String> {
     use serde_json::Value;
     let mut v: Value = serde_json::from_str(s).map_err(|e| format!("invalid JSON: {e}"))?;
     let mut init_patches = Vec::new();
-    let mut op_patches = Vec::new();
     if let Some(params) = v.get_mut("params").and_then(Value::as_array_mut) {
         for (i, p) in params.iter_mut().enumerate() {
             let Some(init) = p.get_mut("init") else {
@@ -1309,35 +1283,12 @@ pub fn from_json(s: &str) -> Result<Graph, String> {
             }
         }
     }
-    if let Some(nodes) = v.get_mut("nodes").and_then(Value::as_array_mut) {
-        for (i, n) in nodes.iter_mut().enumerate() {
-            let Some(op) = n.get_mut("op") else { continue };
-            let found = take_non_finite(op.get_mut("Full").and_then(|x| x.get_mut("value")))
-                .or_else(|| take_non_finite(op.get_mut("Scale").and_then(|x| x.get_mut("factor"))))
-                .or_else(|| {
-                    take_non_finite(op.get_mut("AddScalar").and_then(|x| x.get_mut("value")))
-                });
-            if let Some(f) = found {
-                op_patches.push((i, f));
-            }
-        }
-    }
     let mut g: Graph = serde_json::from_value(v).map_err(|e| format!("invalid graph JSON: {e}"))?;
     for (i, f) in init_patches {
         if let Some(p) = g.params.get_mut(i) {
             match &mut p.init {
                 Init::Const(v) | Init::Normal { std: v } | Init::Uniform { bound: v } => *v = f,
                 Init::Zeros | Init::Ones => {}
-            }
-        }
-    }
-    for (i, f) in op_patches {
-        if let Some(n) = g.nodes.get_mut(i) {
-            match &mut n.op {
-                Op::Full { value: v, .. }
-                | Op::Scale { factor: v }
-                | Op::AddScalar { value: v } => *v = f,
-                _ => {}
             }
         }
     }
@@ -1436,17 +1387,12 @@ mod tests {
     }
 
     #[test]
-    fn every_simple_op_name_parses_back() {
-        for name in [
-            "neg",
-            "gelu_tanh",
-            "silu_grad",
-            "log_softmax",
-            "gather",
-            "div",
-        ] {
-            assert_eq!(simple_op(name).map(|o| o.name()), Some(name));
+    fn every_op_name_is_known_to_the_parser() {
+        for kind in Op::every_kind() {
+            let found = Op::every_kind()
+                .into_iter()
+                .filter(|k| k.name() == kind.name());
+            assert_eq!(found.count(), 1, "{} is not a unique name", kind.name());
         }
-        assert_eq!(simple_op("matmul"), None);
     }
 }

@@ -2,11 +2,10 @@
 //! a rational erf for exact GELU. Everything is vector code; the scalar tail
 //! runs the same code on a vector whose lane 0 matters.
 
+use crate::ir::{BinaryOp, UnaryOp};
 use cranelift_codegen::ir::types::{F32, F32X4, I32, I32X4};
 use cranelift_codegen::ir::{condcodes::FloatCC, Endianness, InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::FunctionBuilder;
-
-use crate::ir::Op;
 
 pub struct Math {
     pub fma: bool,
@@ -254,29 +253,29 @@ impl Math {
         self.madd(b, e, half, half)
     }
 
-    pub fn unary(&self, b: &mut FunctionBuilder, op: &Op, x: Value) -> Value {
+    pub fn unary(&self, b: &mut FunctionBuilder, op: &UnaryOp, x: Value) -> Value {
         match op {
-            Op::Neg => b.ins().fneg(x),
-            Op::Exp => self.exp(b, x),
-            Op::Log => self.log(b, x),
-            Op::Sqrt => b.ins().sqrt(x),
-            Op::Rsqrt => {
+            UnaryOp::Neg => b.ins().fneg(x),
+            UnaryOp::Exp => self.exp(b, x),
+            UnaryOp::Log => self.log(b, x),
+            UnaryOp::Sqrt => b.ins().sqrt(x),
+            UnaryOp::Rsqrt => {
                 let s = b.ins().sqrt(x);
                 self.recip(b, s)
             }
-            Op::Recip => self.recip(b, x),
-            Op::Tanh => self.tanh(b, x),
-            Op::Sigmoid => self.sigmoid(b, x),
-            Op::Relu => {
+            UnaryOp::Recip => self.recip(b, x),
+            UnaryOp::Tanh => self.tanh(b, x),
+            UnaryOp::Sigmoid => self.sigmoid(b, x),
+            UnaryOp::Relu => {
                 let zero = self.splat(b, 0.0);
                 let gt = b.ins().fcmp(FloatCC::GreaterThan, x, zero);
                 self.keep(b, gt, x)
             }
-            Op::Gelu => {
+            UnaryOp::Gelu => {
                 let p = self.phi_cdf(b, x);
                 b.ins().fmul(x, p)
             }
-            Op::GeluTanh => {
+            UnaryOp::GeluTanh => {
                 let t = self.gelu_tanh_t(b, x);
                 let one = self.splat(b, 1.0);
                 let half = self.splat(b, 0.5);
@@ -284,21 +283,17 @@ impl Math {
                 let tp = b.ins().fadd(t, one);
                 b.ins().fmul(hx, tp)
             }
-            Op::Silu => {
+            UnaryOp::Silu => {
                 let s = self.sigmoid(b, x);
                 b.ins().fmul(x, s)
             }
-            Op::Scale { factor } => {
-                let f = self.splat(b, *factor as f32);
+            UnaryOp::Scale { factor } => {
+                let f = self.splat(b, factor.get() as f32);
                 b.ins().fmul(x, f)
             }
-            Op::AddScalar { value } => {
-                let f = self.splat(b, *value as f32);
+            UnaryOp::AddScalar { value } => {
+                let f = self.splat(b, value.get() as f32);
                 b.ins().fadd(x, f)
-            }
-            _ => {
-                // Only elementwise unary ops reach here (checked when kernels are built).
-                x
             }
         }
     }
@@ -313,18 +308,18 @@ impl Math {
         self.tanh(b, u)
     }
 
-    pub fn binary(&self, b: &mut FunctionBuilder, op: &Op, x: Value, y: Value) -> Value {
+    pub fn binary(&self, b: &mut FunctionBuilder, op: &BinaryOp, x: Value, y: Value) -> Value {
         match op {
-            Op::Add => b.ins().fadd(x, y),
-            Op::Sub => b.ins().fsub(x, y),
-            Op::Mul => b.ins().fmul(x, y),
-            Op::Div => b.ins().fdiv(x, y),
-            Op::ReluGrad => {
+            BinaryOp::Add => b.ins().fadd(x, y),
+            BinaryOp::Sub => b.ins().fsub(x, y),
+            BinaryOp::Mul => b.ins().fmul(x, y),
+            BinaryOp::Div => b.ins().fdiv(x, y),
+            BinaryOp::ReluGrad => {
                 let zero = self.splat(b, 0.0);
                 let gt = b.ins().fcmp(FloatCC::GreaterThan, x, zero);
                 self.keep(b, gt, y)
             }
-            Op::GeluGrad => {
+            BinaryOp::GeluGrad => {
                 // Phi(x) + x phi(x)
                 let p = self.phi_cdf(b, x);
                 let mh = self.splat(b, -0.5);
@@ -336,7 +331,7 @@ impl Math {
                 let g = self.madd(b, x, pdf, p);
                 b.ins().fmul(g, y)
             }
-            Op::GeluTanhGrad => {
+            BinaryOp::GeluTanhGrad => {
                 let t = self.gelu_tanh_t(b, x);
                 let one = self.splat(b, 1.0);
                 let half = self.splat(b, 0.5);
@@ -354,7 +349,7 @@ impl Math {
                 let g = self.madd(b, opt, half, a);
                 b.ins().fmul(g, y)
             }
-            Op::SiluGrad => {
+            BinaryOp::SiluGrad => {
                 let s = self.sigmoid(b, x);
                 let one = self.splat(b, 1.0);
                 let oms = b.ins().fsub(one, s);
@@ -362,7 +357,6 @@ impl Math {
                 let g = b.ins().fmul(s, t);
                 b.ins().fmul(g, y)
             }
-            _ => x,
         }
     }
 

@@ -16,6 +16,7 @@
 pub mod math;
 pub mod matmul;
 
+use crate::ir::{BinaryOp, UnaryOp};
 use crate::kernels::{
     Access, BufId, KExpr, KernelBody, Kind, LoopKernel, MatPath, Program, RowMap,
 };
@@ -357,24 +358,35 @@ struct RowState {
 
 /// Column ops worth keeping in a scratch row rather than recomputing in a later pass.
 fn costly(e: &KExpr) -> bool {
-    use crate::ir::Op;
     match e {
-        KExpr::Unary(op, _) => matches!(
-            op,
-            Op::Exp
-                | Op::Log
-                | Op::Tanh
-                | Op::Sigmoid
-                | Op::Gelu
-                | Op::GeluTanh
-                | Op::Silu
-                | Op::Rsqrt
-                | Op::Recip
-        ),
-        KExpr::Binary(op, _, _) => {
-            matches!(op, Op::Div | Op::GeluGrad | Op::GeluTanhGrad | Op::SiluGrad)
-        }
-        _ => false,
+        KExpr::Unary(op, _) => match op {
+            UnaryOp::Exp
+            | UnaryOp::Log
+            | UnaryOp::Tanh
+            | UnaryOp::Sigmoid
+            | UnaryOp::Gelu
+            | UnaryOp::GeluTanh
+            | UnaryOp::Silu
+            | UnaryOp::Rsqrt
+            | UnaryOp::Recip => true,
+            UnaryOp::Neg
+            | UnaryOp::Sqrt
+            | UnaryOp::Relu
+            | UnaryOp::Scale { .. }
+            | UnaryOp::AddScalar { .. } => false,
+        },
+        KExpr::Binary(op, _, _) => match op {
+            BinaryOp::Div | BinaryOp::GeluGrad | BinaryOp::GeluTanhGrad | BinaryOp::SiluGrad => {
+                true
+            }
+            BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::ReluGrad => false,
+        },
+        KExpr::Load(_)
+        | KExpr::Const(_)
+        | KExpr::RowSum(_)
+        | KExpr::RowMax(_)
+        | KExpr::OneHot { .. }
+        | KExpr::CausalMask { .. } => false,
     }
 }
 
@@ -591,8 +603,8 @@ impl Gen {
             }
             KExpr::Binary(op, x, y) => {
                 // a * b + c as one fma
-                if *op == crate::ir::Op::Add && self.math.fma {
-                    if let KExpr::Binary(crate::ir::Op::Mul, p, q) = &l.nodes[*x].expr {
+                if *op == BinaryOp::Add && self.math.fma {
+                    if let KExpr::Binary(BinaryOp::Mul, p, q) = &l.nodes[*x].expr {
                         if !memo.contains_key(x) && l.nodes[*x].kind == Kind::Col {
                             let p = self.col_val(b, l, st, *p, pos, scalar, memo)?;
                             let q = self.col_val(b, l, st, *q, pos, scalar, memo)?;

@@ -13,6 +13,7 @@
 
 use super::*;
 use crate::ir::ops::MaskFill;
+use crate::ir::{BinaryOp, UnaryOp, ViewOp};
 use crate::ir::{Graph, Op, ValueId};
 use std::collections::HashMap;
 
@@ -210,9 +211,9 @@ pub fn build_program(g: &Graph, opts: &BuildOptions) -> R<Program> {
             Op::Param { index } => {
                 Val::View(View::contiguous(params[*index], 0, node.ty.shape.clone()))
             }
-            Op::Scale { factor } if b.only_matmuls_read(i) => {
+            Op::Unary(UnaryOp::Scale { factor }) if b.only_matmuls_read(i) => {
                 // No kernel: each reading GEMM scales its product instead.
-                b.scaled.insert(i, (node.args[0], *factor));
+                b.scaled.insert(i, (node.args[0], factor.get()));
                 continue;
             }
             _ => b.lower(i)?,
@@ -607,7 +608,7 @@ impl<'g> Builder<'g> {
         match &node.op {
             Op::Input { .. } | Op::Param { .. } => ierr("leaf lowered twice"),
             Op::Full { value, .. } => Ok(Val::Const {
-                value: *value,
+                value: value.get(),
                 shape,
             }),
             Op::Sinusoidal { len, dim } => {
@@ -620,17 +621,17 @@ impl<'g> Builder<'g> {
                 );
                 Ok(Val::View(View::contiguous(b, 0, shape)))
             }
-            Op::Reshape { .. } | Op::Transpose { .. } | Op::Broadcast { .. } | Op::Slice { .. } => {
-                self.lower_view(i)
-            }
-            Op::Add => match self.fold_bias(i)? {
+            Op::View(_) => self.lower_view(i),
+            Op::Binary(BinaryOp::Add) => match self.fold_bias(i)? {
                 Some(v) => Ok(v),
                 None => self.lower_fusable(i),
             },
-            op if op.is_elementwise_unary() || op.is_elementwise_binary() => self.lower_fusable(i),
-            Op::ReduceSum { .. } | Op::Softmax | Op::LogSoftmax | Op::CausalMask { .. } => {
-                self.lower_fusable(i)
-            }
+            Op::Unary(_)
+            | Op::Binary(_)
+            | Op::ReduceSum { .. }
+            | Op::Softmax
+            | Op::LogSoftmax
+            | Op::CausalMask { .. } => self.lower_fusable(i),
             Op::MatMul { ta, tb } => self.lower_matmul(args[0], args[1], *ta, *tb, &shape),
             Op::Gather => {
                 let table = self.materialize(args[0])?;
@@ -744,7 +745,6 @@ impl<'g> Builder<'g> {
                 }
                 Ok(Val::View(full))
             }
-            op => ierr(format!("no lowering for {}", op.name())),
         }
     }
 
@@ -767,14 +767,7 @@ impl<'g> Builder<'g> {
                     self.index_inputs.push((*index, bound));
                     return;
                 }
-                Op::Reshape { .. }
-                | Op::Transpose { .. }
-                | Op::Broadcast { .. }
-                | Op::Slice { .. }
-                    if !n.args.is_empty() =>
-                {
-                    v = n.args[0]
-                }
+                Op::View(_) if !n.args.is_empty() => v = n.args[0],
                 Op::Concat { .. } => {
                     for a in n.args.clone() {
                         self.note_index(a, bound);
@@ -807,9 +800,9 @@ impl<'g> Builder<'g> {
         {
             let grp = &self.groups[group];
             let fused = match &node.op {
-                Op::Reshape { .. } => Some(kind),
-                Op::Broadcast { .. } if in_shape == out_shape => Some(kind),
-                Op::Broadcast { .. } => {
+                Op::View(ViewOp::Reshape { .. }) => Some(kind),
+                Op::View(ViewOp::Broadcast { .. }) if in_shape == out_shape => Some(kind),
+                Op::View(ViewOp::Broadcast { .. }) => {
                     let r = out_shape.len();
                     let splat = kind == Kind::Row
                         && r >= 1
@@ -832,20 +825,20 @@ impl<'g> Builder<'g> {
         }
         let v = self.materialize(arg)?;
         let view = match &node.op {
-            Op::Reshape { shape } => reshape_view(&v, shape).map_or_else(
+            Op::View(ViewOp::Reshape { shape }) => reshape_view(&v, shape).map_or_else(
                 || {
                     let c = self.copy_view(&v)?;
                     Ok::<View, String>(View::contiguous(c.buf, c.offset, shape.clone()))
                 },
                 Ok,
             )?,
-            Op::Transpose { perm } => View {
+            Op::View(ViewOp::Transpose { perm }) => View {
                 buf: v.buf,
                 offset: v.offset,
                 shape: perm.iter().map(|&p| v.shape[p]).collect(),
                 strides: perm.iter().map(|&p| v.strides[p]).collect(),
             },
-            Op::Broadcast { shape } => {
+            Op::View(ViewOp::Broadcast { shape }) => {
                 let off = shape.len() - v.shape.len();
                 let strides = (0..shape.len())
                     .map(|d| {
@@ -863,7 +856,7 @@ impl<'g> Builder<'g> {
                     strides,
                 }
             }
-            Op::Slice { axis, start, end } => {
+            Op::View(ViewOp::Slice { axis, start, end }) => {
                 let mut s = v.clone();
                 s.offset += *start as i64 * s.strides[*axis];
                 s.shape[*axis] = end - start;
@@ -976,7 +969,7 @@ impl<'g> Builder<'g> {
             let (mn, bn) = (self.g.node(m), self.g.node(bb));
             if !matches!(mn.op, Op::MatMul { .. })
                 || self.users[m.index()] != [i]
-                || !matches!(bn.op, Op::Broadcast { .. })
+                || !matches!(bn.op, Op::View(ViewOp::Broadcast { .. }))
             {
                 continue;
             }
@@ -1025,8 +1018,10 @@ impl<'g> Builder<'g> {
                 j != usize::MAX
                     && match self.g.nodes[j].op {
                         Op::MatMul { .. } => true,
-                        Op::Reshape { .. } | Op::Transpose { .. } => self.feeds_only_matmuls(j),
-                        Op::Scale { .. } => self.only_matmuls_read(j),
+                        Op::View(ViewOp::Reshape { .. }) | Op::View(ViewOp::Transpose { .. }) => {
+                            self.feeds_only_matmuls(j)
+                        }
+                        Op::Unary(UnaryOp::Scale { .. }) => self.only_matmuls_read(j),
                         _ => false,
                     }
             })
@@ -1046,7 +1041,9 @@ impl<'g> Builder<'g> {
         let mut perm: Option<&Vec<usize>> = None;
         for &j in &self.users[i] {
             match self.g.nodes.get(j).map(|n| &n.op) {
-                Some(Op::Transpose { perm: p }) if perm.is_none_or(|q| q == p) => perm = Some(p),
+                Some(Op::View(ViewOp::Transpose { perm: p })) if perm.is_none_or(|q| q == p) => {
+                    perm = Some(p)
+                }
                 _ => return None,
             }
         }
@@ -1140,7 +1137,7 @@ impl<'g> Builder<'g> {
             .map(|a| self.g.ty(*a).shape.clone())
             .unwrap_or_default();
         let kind = match &node.op {
-            op if op.is_elementwise_unary() || op.is_elementwise_binary() => {
+            Op::Unary(_) | Op::Binary(_) => {
                 if any_col && numel == rows * cols {
                     Some(Kind::Col)
                 } else if !any_col && numel == rows {
@@ -1251,12 +1248,8 @@ impl<'g> Builder<'g> {
         }
         self.note_ir(gi);
         let n = match &node.op {
-            op if op.is_elementwise_unary() => {
-                self.add_node(gi, KExpr::Unary(op.clone(), an[0]), kind)
-            }
-            op if op.is_elementwise_binary() => {
-                self.add_node(gi, KExpr::Binary(op.clone(), an[0], an[1]), kind)
-            }
+            Op::Unary(op) => self.add_node(gi, KExpr::Unary(*op, an[0]), kind),
+            Op::Binary(op) => self.add_node(gi, KExpr::Binary(*op, an[0], an[1]), kind),
             Op::ReduceSum { .. } => {
                 if arg_kind == Kind::Row {
                     an[0]
@@ -1266,19 +1259,19 @@ impl<'g> Builder<'g> {
             }
             Op::Softmax => {
                 let m = self.add_node(gi, KExpr::RowMax(an[0]), Kind::Row);
-                let d = self.add_node(gi, KExpr::Binary(Op::Sub, an[0], m), Kind::Col);
-                let e = self.add_node(gi, KExpr::Unary(Op::Exp, d), Kind::Col);
+                let d = self.add_node(gi, KExpr::Binary(BinaryOp::Sub, an[0], m), Kind::Col);
+                let e = self.add_node(gi, KExpr::Unary(UnaryOp::Exp, d), Kind::Col);
                 let s = self.add_node(gi, KExpr::RowSum(e), Kind::Row);
-                let r = self.add_node(gi, KExpr::Unary(Op::Recip, s), Kind::Row);
-                self.add_node(gi, KExpr::Binary(Op::Mul, e, r), Kind::Col)
+                let r = self.add_node(gi, KExpr::Unary(UnaryOp::Recip, s), Kind::Row);
+                self.add_node(gi, KExpr::Binary(BinaryOp::Mul, e, r), Kind::Col)
             }
             Op::LogSoftmax => {
                 let m = self.add_node(gi, KExpr::RowMax(an[0]), Kind::Row);
-                let d = self.add_node(gi, KExpr::Binary(Op::Sub, an[0], m), Kind::Col);
-                let e = self.add_node(gi, KExpr::Unary(Op::Exp, d), Kind::Col);
+                let d = self.add_node(gi, KExpr::Binary(BinaryOp::Sub, an[0], m), Kind::Col);
+                let e = self.add_node(gi, KExpr::Unary(UnaryOp::Exp, d), Kind::Col);
                 let s = self.add_node(gi, KExpr::RowSum(e), Kind::Row);
-                let l = self.add_node(gi, KExpr::Unary(Op::Log, s), Kind::Row);
-                self.add_node(gi, KExpr::Binary(Op::Sub, d, l), Kind::Col)
+                let l = self.add_node(gi, KExpr::Unary(UnaryOp::Log, s), Kind::Row);
+                self.add_node(gi, KExpr::Binary(BinaryOp::Sub, d, l), Kind::Col)
             }
             Op::CausalMask { fill } => {
                 let f = match fill {

@@ -20,7 +20,7 @@ mod print;
 pub use build::{build_program, BuildOptions};
 pub use print::print_program;
 
-use crate::ir::{DType, Op};
+use crate::ir::{BinaryOp, DType, UnaryOp};
 
 /// Index of a buffer in `Program::buffers`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -100,9 +100,9 @@ pub enum KExpr {
     Load(Access),
     Const(f32),
     /// An elementwise unary IR op.
-    Unary(Op, usize),
+    Unary(UnaryOp, usize),
     /// An elementwise binary IR op.
-    Binary(Op, usize, usize),
+    Binary(BinaryOp, usize, usize),
     RowSum(usize),
     RowMax(usize),
     /// Entries with `c > r % cols` become `fill`.

@@ -1,6 +1,7 @@
 //! The deterministic text form of a kernel program (`lamina ir --stage kernels`).
 
 use super::*;
+use crate::ir::UnaryOp;
 use std::fmt::Write;
 
 fn access(a: &Access) -> String {
@@ -30,8 +31,8 @@ fn expr(e: &KExpr) -> String {
         KExpr::Load(a) => format!("load {}", access(a)),
         KExpr::Const(v) => format!("const {v:?}"),
         KExpr::Unary(op, a) => match op {
-            Op::Scale { factor } => format!("scale v{a}, {factor:?}"),
-            Op::AddScalar { value } => format!("add_scalar v{a}, {value:?}"),
+            UnaryOp::Scale { factor } => format!("scale v{a}, {:?}", factor.get()),
+            UnaryOp::AddScalar { value } => format!("add_scalar v{a}, {:?}", value.get()),
             op => format!("{} v{a}", op.name()),
         },
         KExpr::Binary(op, a, b) => format!("{} v{a}, v{b}", op.name()),

@@ -17,7 +17,7 @@
 use super::{rewrite, Action, Rewriter};
 use crate::interp::apply;
 use crate::ir::ops::MaskFill;
-use crate::ir::{DType, Graph, Op, ValueId};
+use crate::ir::{DType, Graph, Op, ValueId, F64};
 use crate::tensor::Tensor;
 use std::collections::HashMap;
 
@@ -61,7 +61,7 @@ pub fn const_fold(g: &Graph) -> Result<Graph, String> {
             Some(Const::Splat(value)) => {
                 let v = rw.emit(
                     Op::Full {
-                        value,
+                        value: F64(value),
                         shape: n.ty.shape.clone(),
                     },
                     &[],
@@ -79,7 +79,7 @@ pub fn const_fold(g: &Graph) -> Result<Graph, String> {
 
 fn const_of(rw: &Rewriter, dense: &HashMap<ValueId, Tensor>, v: ValueId) -> Option<Const> {
     if let Op::Full { value, .. } = rw.node(v).op {
-        return Some(Const::Splat(value));
+        return Some(Const::Splat(value.get()));
     }
     dense.get(&v).map(|t| Const::Dense(t.clone()))
 }
@@ -136,15 +136,13 @@ fn evaluate_splats(op: &Op, s: &[f64], shapes: &[Vec<usize>], shape: &[usize]) -
     let one = |v: f64| Tensor::f32(vec![], vec![v]);
     let numel = |sh: &[usize]| sh.iter().product::<usize>();
     match op {
-        op if op.is_elementwise_unary() || op.is_elementwise_binary() => {
+        Op::Unary(_) | Op::Binary(_) => {
             let ts: Vec<Tensor> = s.iter().map(|&v| one(v)).collect();
             let refs: Vec<&Tensor> = ts.iter().collect();
             let t = apply(op, &refs).ok()?;
             Some(Const::Splat(*t.data.first()?))
         }
-        Op::Reshape { .. } | Op::Transpose { .. } | Op::Broadcast { .. } | Op::Slice { .. } => {
-            Some(Const::Splat(*s.first()?))
-        }
+        Op::View(_) => Some(Const::Splat(*s.first()?)),
         Op::Concat { .. } => {
             let first = s.first()?;
             s.iter()
@@ -177,7 +175,14 @@ fn evaluate_splats(op: &Op, s: &[f64], shapes: &[Vec<usize>], shape: &[usize]) -
             };
             (f.to_bits() == s.first()?.to_bits()).then_some(Const::Splat(f))
         }
-        _ => None,
+        // Leaves are not folded; the indexing ops are evaluated densely.
+        Op::Input { .. }
+        | Op::Param { .. }
+        | Op::Full { .. }
+        | Op::Sinusoidal { .. }
+        | Op::Gather
+        | Op::ScatterAdd { .. }
+        | Op::OneHot { .. } => None,
     }
 }
 

@@ -25,7 +25,8 @@
 mod fold;
 mod simplify;
 
-use crate::ir::{infer_type, text, Graph, Node, Op, Phase, Type, ValueId};
+use crate::ir::BinaryOp;
+use crate::ir::{infer_type, Graph, Node, Op, Phase, Type, ValueId};
 use std::collections::HashMap;
 
 pub use fold::const_fold;
@@ -75,14 +76,10 @@ pub fn try_optimize(g: &Graph) -> Result<Graph, String> {
     Ok(cur)
 }
 
-/// Whether a round changed nothing. Structural equality is cheap and decides almost every
-/// case; only when it says "different" for graphs of the same size is the text compared,
-/// because `PartialEq` never equals a graph holding a NaN constant.
+/// Whether a round changed nothing: structural equality (float attributes compare by their
+/// bits, so a graph holding a NaN constant equals itself).
 fn unchanged(a: &Graph, b: &Graph) -> bool {
-    if a.nodes.len() != b.nodes.len() {
-        return false;
-    }
-    a == b || text::print(a) == text::print(b)
+    a == b
 }
 
 // ------------------------------------------------------------------------------------------
@@ -228,10 +225,8 @@ pub(crate) fn use_counts(g: &Graph) -> Vec<usize> {
 pub(crate) fn splat_value(g: &Graph, v: ValueId) -> Option<f64> {
     let n = g.node(v);
     match &n.op {
-        Op::Full { value, .. } => Some(*value),
-        Op::Broadcast { .. } | Op::Reshape { .. } | Op::Transpose { .. } | Op::Slice { .. } => {
-            splat_value(g, n.args[0])
-        }
+        Op::Full { value, .. } => Some(value.get()),
+        Op::View(_) => splat_value(g, n.args[0]),
         _ => None,
     }
 }
@@ -245,80 +240,20 @@ pub(crate) fn splat_value(g: &Graph, v: ValueId) -> Option<f64> {
 /// this is exact.
 pub fn canonicalize(g: &Graph) -> Result<Graph, String> {
     rewrite(g, |_, _, n| {
-        if matches!(n.op, Op::Add | Op::Mul) && n.args.len() == 2 && n.args[0] > n.args[1] {
+        let commutative = n.op.binary().is_some_and(BinaryOp::is_commutative);
+        if commutative && n.args.len() == 2 && n.args[0] > n.args[1] {
             n.args.swap(0, 1);
         }
         Ok(Action::Keep)
     })
 }
 
-/// Hashable identity of an op with its attributes; floats by their bits, so `-0.0` and
-/// `0.0` differ and a NaN equals only the same NaN.
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct OpKey(&'static str, Vec<u64>);
-
-fn op_key(op: &Op) -> OpKey {
-    let list = |xs: &[usize]| -> Vec<u64> {
-        let mut v = vec![xs.len() as u64];
-        v.extend(xs.iter().map(|&x| x as u64));
-        v
-    };
-    let attrs: Vec<u64> = match op {
-        Op::Input { index } | Op::Param { index } => vec![*index as u64],
-        Op::Full { value, shape } => {
-            let mut v = vec![value.to_bits()];
-            v.extend(list(shape));
-            v
-        }
-        Op::Sinusoidal { len, dim } => vec![*len as u64, *dim as u64],
-        Op::Scale { factor } => vec![factor.to_bits()],
-        Op::AddScalar { value } => vec![value.to_bits()],
-        Op::ReduceSum { axes, keep_dims } => {
-            let mut v = vec![*keep_dims as u64];
-            v.extend(list(axes));
-            v
-        }
-        Op::Reshape { shape } | Op::Broadcast { shape } => list(shape),
-        Op::Transpose { perm } => list(perm),
-        Op::Slice { axis, start, end } => vec![*axis as u64, *start as u64, *end as u64],
-        Op::Concat { axis } => vec![*axis as u64],
-        Op::MatMul { ta, tb } => vec![*ta as u64, *tb as u64],
-        Op::ScatterAdd { rows } => vec![*rows as u64],
-        Op::OneHot { classes } => vec![*classes as u64],
-        Op::CausalMask { fill } => vec![*fill as u64],
-        Op::Neg
-        | Op::Exp
-        | Op::Log
-        | Op::Sqrt
-        | Op::Rsqrt
-        | Op::Recip
-        | Op::Tanh
-        | Op::Sigmoid
-        | Op::Relu
-        | Op::Gelu
-        | Op::GeluTanh
-        | Op::Silu
-        | Op::Add
-        | Op::Sub
-        | Op::Mul
-        | Op::Div
-        | Op::ReluGrad
-        | Op::GeluGrad
-        | Op::GeluTanhGrad
-        | Op::SiluGrad
-        | Op::Softmax
-        | Op::LogSoftmax
-        | Op::Gather => vec![],
-    };
-    OpKey(op.name(), attrs)
-}
-
 /// Common subexpression elimination: a node equal to an earlier one (same op, attributes
 /// and args) is replaced by it. Every op is pure, so this is exact.
 pub fn cse(g: &Graph) -> Result<Graph, String> {
-    let mut seen: HashMap<(OpKey, Vec<ValueId>), ValueId> = HashMap::new();
+    let mut seen: HashMap<(Op, Vec<ValueId>), ValueId> = HashMap::new();
     rewrite(g, |rw, _, n| {
-        let key = (op_key(&n.op), n.args.clone());
+        let key = (n.op.clone(), n.args.clone());
         if let Some(&v) = seen.get(&key) {
             return Ok(Action::Replace(v));
         }

@@ -27,6 +27,7 @@
 
 use super::{rewrite, splat_value, use_counts, Action, Rewriter};
 use crate::ir::{infer_type, Graph, Node, Op, Phase, Type, ValueId};
+use crate::ir::{BinaryOp, UnaryOp, ViewOp};
 
 /// Local algebraic identities, then scales sunk into matmuls.
 pub fn simplify(g: &Graph) -> Result<Graph, String> {
@@ -62,82 +63,84 @@ fn exact_reciprocal(c: f64) -> Option<f64> {
 fn local(rw: &mut Rewriter, n: &Node) -> Result<Action, String> {
     let arg = |k: usize| n.args[k];
     match &n.op {
-        Op::Scale { factor } => {
-            let x = arg(0);
-            if *factor == 1.0 {
+        Op::Unary(UnaryOp::Scale { factor }) => {
+            let (x, factor) = (arg(0), factor.get());
+            if factor == 1.0 {
                 return Ok(Action::Replace(x));
             }
             match rw.node(x).op.clone() {
-                Op::Scale { factor: inner } => {
+                Op::Unary(UnaryOp::Scale { factor: inner }) => {
                     let y = rw.node(x).args[0];
-                    let f = factor * inner;
+                    let f = factor * inner.get();
                     if f == 1.0 {
                         return Ok(Action::Replace(y));
                     }
-                    replace_with(rw, Op::Scale { factor: f }, &[y])
+                    replace_with(rw, Op::scale(f), &[y])
                 }
-                Op::Neg => {
+                Op::Unary(UnaryOp::Neg) => {
                     let y = rw.node(x).args[0];
-                    replace_with(rw, Op::Scale { factor: -factor }, &[y])
+                    replace_with(rw, Op::scale(-factor), &[y])
                 }
                 _ => Ok(Action::Keep),
             }
         }
-        Op::AddScalar { value } if *value == 0.0 => Ok(Action::Replace(arg(0))),
-        Op::Neg => {
+        Op::Unary(UnaryOp::AddScalar { value }) if value.get() == 0.0 => {
+            Ok(Action::Replace(arg(0)))
+        }
+        Op::Unary(UnaryOp::Neg) => {
             let x = arg(0);
             match rw.node(x).op.clone() {
-                Op::Neg => Ok(Action::Replace(rw.node(x).args[0])),
-                Op::Scale { factor } => {
+                Op::Unary(UnaryOp::Neg) => Ok(Action::Replace(rw.node(x).args[0])),
+                Op::Unary(UnaryOp::Scale { factor }) => {
                     let y = rw.node(x).args[0];
-                    replace_with(rw, Op::Scale { factor: -factor }, &[y])
+                    replace_with(rw, Op::scale(-factor.get()), &[y])
                 }
                 _ => Ok(Action::Keep),
             }
         }
-        Op::Reshape { shape } => {
+        Op::View(ViewOp::Reshape { shape }) => {
             let x = arg(0);
             if rw.ty(x).shape == *shape {
                 return Ok(Action::Replace(x));
             }
-            if let Op::Reshape { .. } = rw.node(x).op {
+            if let Op::View(ViewOp::Reshape { .. }) = rw.node(x).op {
                 let y = rw.node(x).args[0];
                 if rw.ty(y).shape == *shape {
                     return Ok(Action::Replace(y));
                 }
                 return replace_with(
                     rw,
-                    Op::Reshape {
+                    Op::View(ViewOp::Reshape {
                         shape: shape.clone(),
-                    },
+                    }),
                     &[y],
                 );
             }
             Ok(Action::Keep)
         }
-        Op::Transpose { perm } => {
+        Op::View(ViewOp::Transpose { perm }) => {
             let x = arg(0);
             let identity = |p: &[usize]| p.iter().enumerate().all(|(i, &q)| i == q);
             if identity(perm) {
                 return Ok(Action::Replace(x));
             }
-            if let Op::Transpose { perm: inner } = &rw.node(x).op {
+            if let Op::View(ViewOp::Transpose { perm: inner }) = &rw.node(x).op {
                 // Output axis i reads inner axis perm[i], which reads input axis inner[perm[i]].
                 let composed: Vec<usize> = perm.iter().map(|&p| inner[p]).collect();
                 let y = rw.node(x).args[0];
                 if identity(&composed) {
                     return Ok(Action::Replace(y));
                 }
-                return replace_with(rw, Op::Transpose { perm: composed }, &[y]);
+                return replace_with(rw, Op::View(ViewOp::Transpose { perm: composed }), &[y]);
             }
             Ok(Action::Keep)
         }
-        Op::Broadcast { shape } => {
+        Op::View(ViewOp::Broadcast { shape }) => {
             let x = arg(0);
             if rw.ty(x).shape == *shape {
                 return Ok(Action::Replace(x));
             }
-            if let Op::Broadcast { .. } = rw.node(x).op {
+            if let Op::View(ViewOp::Broadcast { .. }) = rw.node(x).op {
                 // Broadcasting is transitive: the inner source broadcasts to `shape` directly.
                 let y = rw.node(x).args[0];
                 if rw.ty(y).shape == *shape {
@@ -145,15 +148,18 @@ fn local(rw: &mut Rewriter, n: &Node) -> Result<Action, String> {
                 }
                 return replace_with(
                     rw,
-                    Op::Broadcast {
+                    Op::View(ViewOp::Broadcast {
                         shape: shape.clone(),
-                    },
+                    }),
                     &[y],
                 );
             }
             Ok(Action::Keep)
         }
-        Op::Add | Op::Sub | Op::Mul | Op::Div => binary(rw, &n.op, arg(0), arg(1)),
+        Op::Binary(BinaryOp::Add)
+        | Op::Binary(BinaryOp::Sub)
+        | Op::Binary(BinaryOp::Mul)
+        | Op::Binary(BinaryOp::Div) => binary(rw, &n.op, arg(0), arg(1)),
         _ => Ok(Action::Keep),
     }
 }
@@ -162,19 +168,29 @@ fn local(rw: &mut Rewriter, n: &Node) -> Result<Action, String> {
 fn binary(rw: &mut Rewriter, op: &Op, a: ValueId, b: ValueId) -> Result<Action, String> {
     let (sa, sb) = (splat_value(&rw.out, a), splat_value(&rw.out, b));
     match (op, sa, sb) {
-        (Op::Add, _, Some(c)) | (Op::Sub, _, Some(c)) if c == 0.0 => Ok(Action::Replace(a)),
-        (Op::Add, Some(0.0), _) => Ok(Action::Replace(b)),
-        (Op::Add, None, None) if a == b => replace_with(rw, Op::Scale { factor: 2.0 }, &[a]),
-        (Op::Add, _, Some(c)) => replace_with(rw, Op::AddScalar { value: c }, &[a]),
-        (Op::Add, Some(c), _) => replace_with(rw, Op::AddScalar { value: c }, &[b]),
-        (Op::Sub, _, Some(c)) => replace_with(rw, Op::AddScalar { value: -c }, &[a]),
-        (Op::Sub, Some(0.0), _) => replace_with(rw, Op::Neg, &[b]),
-        (Op::Mul, _, Some(c)) | (Op::Div, _, Some(c)) if c == 1.0 => Ok(Action::Replace(a)),
-        (Op::Mul, Some(1.0), _) => Ok(Action::Replace(b)),
-        (Op::Mul, _, Some(c)) => replace_with(rw, Op::Scale { factor: c }, &[a]),
-        (Op::Mul, Some(c), _) => replace_with(rw, Op::Scale { factor: c }, &[b]),
-        (Op::Div, _, Some(c)) => match exact_reciprocal(c) {
-            Some(r) => replace_with(rw, Op::Scale { factor: r }, &[a]),
+        (Op::Binary(BinaryOp::Add), _, Some(c)) | (Op::Binary(BinaryOp::Sub), _, Some(c))
+            if c == 0.0 =>
+        {
+            Ok(Action::Replace(a))
+        }
+        (Op::Binary(BinaryOp::Add), Some(0.0), _) => Ok(Action::Replace(b)),
+        (Op::Binary(BinaryOp::Add), None, None) if a == b => replace_with(rw, Op::scale(2.0), &[a]),
+        (Op::Binary(BinaryOp::Add), _, Some(c)) => replace_with(rw, Op::add_scalar(c), &[a]),
+        (Op::Binary(BinaryOp::Add), Some(c), _) => replace_with(rw, Op::add_scalar(c), &[b]),
+        (Op::Binary(BinaryOp::Sub), _, Some(c)) => replace_with(rw, Op::add_scalar(-c), &[a]),
+        (Op::Binary(BinaryOp::Sub), Some(0.0), _) => {
+            replace_with(rw, Op::Unary(UnaryOp::Neg), &[b])
+        }
+        (Op::Binary(BinaryOp::Mul), _, Some(c)) | (Op::Binary(BinaryOp::Div), _, Some(c))
+            if c == 1.0 =>
+        {
+            Ok(Action::Replace(a))
+        }
+        (Op::Binary(BinaryOp::Mul), Some(1.0), _) => Ok(Action::Replace(b)),
+        (Op::Binary(BinaryOp::Mul), _, Some(c)) => replace_with(rw, Op::scale(c), &[a]),
+        (Op::Binary(BinaryOp::Mul), Some(c), _) => replace_with(rw, Op::scale(c), &[b]),
+        (Op::Binary(BinaryOp::Div), _, Some(c)) => match exact_reciprocal(c) {
+            Some(r) => replace_with(rw, Op::scale(r), &[a]),
             None => Ok(Action::Keep),
         },
         _ => Ok(Action::Keep),
@@ -187,9 +203,10 @@ fn sink_scales(g: &Graph) -> Result<Graph, String> {
     let uses = use_counts(g);
     let single = |v: ValueId| uses[v.index()] == 1;
     rewrite(g, |rw, i, n| {
-        let Op::Scale { factor } = n.op else {
+        let Op::Unary(UnaryOp::Scale { factor }) = n.op else {
             return Ok(Action::Keep);
         };
+        let factor = factor.get();
         // Only scale nodes are replaced in this sweep, so every other node of `g` has an
         // identical copy in the output, and `g`'s use counts describe it.
         let (old_x, x) = (g.nodes[i].args[0], n.args[0]);
@@ -202,13 +219,13 @@ fn sink_scales(g: &Graph) -> Result<Graph, String> {
                 Some(v) => Ok(Action::Replace(v)),
                 None => Ok(Action::Keep),
             },
-            Op::Add => {
+            Op::Binary(BinaryOp::Add) => {
                 let old = &g.node(old_x).args;
                 let new = rw.node(x).args.clone();
                 for k in 0..2 {
                     let (m, r) = (new[k], new[1 - k]);
                     let is_mm = matches!(g.node(old[k]).op, Op::MatMul { .. }) && single(old[k]);
-                    let Op::Broadcast { shape } = rw.node(r).op.clone() else {
+                    let Op::View(ViewOp::Broadcast { shape }) = rw.node(r).op.clone() else {
                         continue;
                     };
                     if !is_mm || old[0] == old[1] || !can_scale(rw, m, limit) {
@@ -218,10 +235,10 @@ fn sink_scales(g: &Graph) -> Result<Graph, String> {
                         continue;
                     };
                     let bias = rw.node(r).args[0];
-                    let sb = rw.emit(Op::Scale { factor }, &[bias])?;
-                    let rb = rw.emit(Op::Broadcast { shape }, &[sb])?;
+                    let sb = rw.emit(Op::scale(factor), &[bias])?;
+                    let rb = rw.emit(Op::View(ViewOp::Broadcast { shape }), &[sb])?;
                     let args = if k == 0 { [mm, rb] } else { [rb, mm] };
-                    return Ok(Action::Replace(rw.emit(Op::Add, &args)?));
+                    return Ok(Action::Replace(rw.emit(Op::Binary(BinaryOp::Add), &args)?));
                 }
                 Ok(Action::Keep)
             }
@@ -259,6 +276,6 @@ fn scaled_matmul(
     };
     let node = rw.node(mm).clone();
     let mut args = node.args.clone();
-    args[k] = rw.emit(Op::Scale { factor }, &[args[k]])?;
+    args[k] = rw.emit(Op::scale(factor), &[args[k]])?;
     Ok(Some(rw.emit(node.op, &args)?))
 }

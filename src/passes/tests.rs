@@ -1,6 +1,7 @@
 //! Unit tests of the pass driver; the passes' effects are tested as text in tests/passes.rs.
 
 use super::*;
+use crate::ir::text;
 use crate::ir::{GraphBuilder, Type};
 
 fn small() -> Graph {

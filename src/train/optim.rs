@@ -14,6 +14,7 @@
 //! - LAMB's "trust ratio is 1 when a norm is 0" uses `nz(x) = x / (x + 1e-30)`, which is 0
 //!   at 0 and 1 (after f32 rounding) for any norm above ~1e-22.
 
+use crate::ir::UnaryOp;
 use crate::ir::{Graph, GraphBuilder, Init, Op, Output, OutputRole, Phase, Type, ValueId};
 use serde::{Deserialize, Serialize};
 
@@ -184,14 +185,14 @@ pub fn step_graph(joint: &Graph, cfg: &OptimConfig) -> Result<Graph, String> {
             });
         }
         if let Some(total) = total {
-            let n = b.b.unary(Op::Sqrt, total)?;
+            let n = b.b.unary(Op::Unary(UnaryOp::Sqrt), total)?;
             let n = b.b.add_scalar(n, 1e-6)?;
-            let inv = b.b.unary(Op::Recip, n)?;
+            let inv = b.b.unary(Op::Unary(UnaryOp::Recip), n)?;
             let ratio = b.b.scale(inv, c)?;
             // min(1, r) = 1 - relu(1 - r)
             let one_minus = b.b.scale(ratio, -1.0)?;
             let one_minus = b.b.add_scalar(one_minus, 1.0)?;
-            let r = b.b.unary(Op::Relu, one_minus)?;
+            let r = b.b.unary(Op::Unary(UnaryOp::Relu), one_minus)?;
             let r = b.b.scale(r, -1.0)?;
             let factor = b.b.add_scalar(r, 1.0)?;
             for g in grads.iter_mut() {
@@ -285,7 +286,7 @@ pub fn step_graph(joint: &Graph, cfg: &OptimConfig) -> Result<Graph, String> {
                 let c2 = b.bcast(bc2, &shape)?;
                 let m_hat = b.b.mul(m_new, c1)?;
                 let v_hat = b.b.mul(v_new, c2)?;
-                let root = b.b.unary(Op::Sqrt, v_hat)?;
+                let root = b.b.unary(Op::Unary(UnaryOp::Sqrt), v_hat)?;
                 let denom = b.b.add_scalar(root, *eps)?;
                 let mut u = b.b.div(m_hat, denom)?;
                 if wd != 0.0 {
@@ -294,9 +295,9 @@ pub fn step_graph(joint: &Graph, cfg: &OptimConfig) -> Result<Graph, String> {
                 }
                 if matches!(cfg.kind, OptimKind::Lamb { .. }) {
                     let ps = b.sum_sq(p)?;
-                    let pn = b.b.unary(Op::Sqrt, ps)?;
+                    let pn = b.b.unary(Op::Unary(UnaryOp::Sqrt), ps)?;
                     let us = b.sum_sq(u)?;
-                    let un = b.b.unary(Op::Sqrt, us)?;
+                    let un = b.b.unary(Op::Unary(UnaryOp::Sqrt), us)?;
                     // trust = 1 + nz(pn) nz(un) (pn / (un + 1 - nz(un)) - 1)
                     let zp = b.nonzero(pn)?;
                     let zu = b.nonzero(un)?;
