@@ -887,7 +887,12 @@ static HINT_RULES: &[HintRule] = &[
             s.has(Want::Value)
                 && s.prev_text() == Some("*")
                 && s.first.as_ref().is_some_and(|(w, sp)| {
-                    w == "stack" && s.src[sp.end..s.pos].matches('*').count() == 1
+                    // The error can be on the first word itself, after a `*` on an
+                    // earlier line; then this range would run backwards.
+                    w == "stack"
+                        && s.src
+                            .get(sp.end..s.pos)
+                            .is_some_and(|between| between.matches('*').count() == 1)
                 })
         },
         phrase: |_, d| d.hint = Some("give the number of layers, e.g. `stack layer * 4`".into()),
@@ -1793,6 +1798,17 @@ final_norm layernorm
 head lm(tied = true)
 loss cross_entropy
 ";
+
+    #[test]
+    fn keyword_at_line_start_after_an_operator() {
+        // Inside brackets the value after `*` may be on the next line, where `stack` is
+        // the line's first word.
+        let d = err("x = (2 *\nstack)\n");
+        assert_eq!(
+            d.hint.as_deref(),
+            Some("`stack` is a keyword, so it cannot be used as a value")
+        );
+    }
 
     #[test]
     fn spec_example_prints() {
