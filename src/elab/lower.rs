@@ -36,9 +36,44 @@ const EMBED_STD: f64 = 0.02;
 
 impl Lower {
     fn model(&mut self, p: &Plan) -> R<()> {
-        let d = self.d;
-        // Inputs first, so their order is stable: tokens/inputs, then targets.
-        let (x0, targets, tokens_len) = match p.input {
+        let (x0, targets) = self.inputs(p);
+        self.g.set_scope("embed");
+        let (mut x, embed_table) = self.embedding(p, x0)?;
+
+        for layer in &p.layers {
+            let block = p
+                .blocks
+                .get(layer.block)
+                .ok_or("layer refers to a missing block")?;
+            let prefix = format!("blocks.{}", layer.weights);
+            let run = if layer.run == 0 {
+                String::new()
+            } else {
+                format!(".run{}", layer.run)
+            };
+            for u in &block.units {
+                x = self.unit(x, u, &prefix, &run)?;
+            }
+        }
+
+        if let Some((kind, eps)) = p.final_norm {
+            self.g.set_scope("final_norm");
+            x = self.norm(x, "final_norm", kind, eps)?;
+        }
+        self.g.set_scope("head");
+        let logits = self.head(p, x, embed_table)?;
+        self.g.set_scope("loss");
+        let loss = self.loss(p.loss, logits, targets)?;
+        self.g.set_scope("");
+        self.g.output("loss", loss);
+        self.g.output("logits", logits);
+        Ok(())
+    }
+
+    /// The model's inputs and its targets, in a stable order: tokens or inputs, then
+    /// targets.
+    fn inputs(&mut self, p: &Plan) -> (ValueId, ValueId) {
+        match p.input {
             InputPlan::Tokens { batch, length, .. } => {
                 let tokens = self.g.input("tokens", Type::i32(vec![batch, length]));
                 let tty = match p.head {
@@ -47,7 +82,7 @@ impl Lower {
                     Head::Linear { out } => Type::f32(vec![batch, out]),
                 };
                 let targets = self.g.input("targets", tty);
-                (tokens, targets, Some(length))
+                (tokens, targets)
             }
             InputPlan::Features { batch, width } => {
                 let inputs = self.g.input("inputs", Type::f32(vec![batch, width]));
@@ -56,14 +91,15 @@ impl Lower {
                     _ => Type::i32(vec![batch]),
                 };
                 let targets = self.g.input("targets", tty);
-                (inputs, targets, None)
+                (inputs, targets)
             }
-        };
+        }
+    }
 
-        // Embedding.
-        self.g.set_scope("embed");
-        let mut embed_table = None;
-        let mut x = match p.input {
+    /// The residual stream at the first layer, and the token table (for a tied head).
+    fn embedding(&mut self, p: &Plan, x0: ValueId) -> R<(ValueId, Option<ValueId>)> {
+        let d = self.d;
+        match p.input {
             InputPlan::Tokens {
                 batch,
                 length,
@@ -75,10 +111,9 @@ impl Lower {
                     Init::Normal { std: EMBED_STD },
                     true,
                 )?;
-                embed_table = Some(table);
                 let x = self.g.push(Op::Gather, &[table, x0])?;
                 let shape = vec![batch, length, d];
-                match p.positions {
+                let x = match p.positions {
                     Positions::Learned => {
                         let pos = self.g.param(
                             "pos.weight",
@@ -101,41 +136,27 @@ impl Lower {
                         self.g.add(x, pb)?
                     }
                     Positions::None => x,
-                }
+                };
+                Ok((x, Some(table)))
             }
             InputPlan::Features { width, .. } => {
-                if p.feature_embed {
+                let x = if p.feature_embed {
                     self.linear(x0, "embed", width, d, true, true)?
                 } else {
                     x0
-                }
+                };
+                Ok((x, None))
             }
+        }
+    }
+
+    /// The logits: per position for an lm head, pooled over the sequence otherwise.
+    fn head(&mut self, p: &Plan, x: ValueId, embed_table: Option<ValueId>) -> R<ValueId> {
+        let d = self.d;
+        let tokens_len = match p.input {
+            InputPlan::Tokens { length, .. } => Some(length),
+            InputPlan::Features { .. } => None,
         };
-
-        // Layers.
-        for layer in &p.layers {
-            let block = p
-                .blocks
-                .get(layer.block)
-                .ok_or("layer refers to a missing block")?;
-            let prefix = format!("blocks.{}", layer.weights);
-            let run = if layer.run == 0 {
-                String::new()
-            } else {
-                format!(".run{}", layer.run)
-            };
-            for u in &block.units {
-                x = self.unit(x, u, &prefix, &run)?;
-            }
-        }
-
-        if let Some((kind, eps)) = p.final_norm {
-            self.g.set_scope("final_norm");
-            x = self.norm(x, "final_norm", kind, eps)?;
-        }
-
-        // Head.
-        self.g.set_scope("head");
         let pooled = |l: &mut Lower, x: ValueId| -> R<ValueId> {
             match tokens_len {
                 // Mean over the sequence: [B, T, d] -> [B, d].
@@ -146,30 +167,31 @@ impl Lower {
                 None => Ok(x),
             }
         };
-        let logits = match p.head {
+        match p.head {
             Head::Lm { tied: true } => {
                 let table = embed_table.ok_or("tied head without a token embedding")?;
-                self.g.matmul(x, table, false, true)?
+                self.g.matmul(x, table, false, true)
             }
             Head::Lm { tied: false } => {
                 let InputPlan::Tokens { vocab, .. } = p.input else {
                     return Err("lm head on a features input".into());
                 };
-                self.linear(x, "head", d, vocab, false, true)?
+                self.linear(x, "head", d, vocab, false, true)
             }
             Head::Classifier { classes } => {
                 let xp = pooled(self, x)?;
-                self.linear(xp, "head", d, classes, true, true)?
+                self.linear(xp, "head", d, classes, true, true)
             }
             Head::Linear { out } => {
                 let xp = pooled(self, x)?;
-                self.linear(xp, "head", d, out, true, true)?
+                self.linear(xp, "head", d, out, true, true)
             }
-        };
+        }
+    }
 
-        // Loss.
-        self.g.set_scope("loss");
-        let loss = match p.loss {
+    /// The scalar loss, a mean over the batch (and positions).
+    fn loss(&mut self, loss: Loss, logits: ValueId, targets: ValueId) -> R<ValueId> {
+        match loss {
             Loss::CrossEntropy => {
                 let shape = self.g.shape(logits);
                 let (classes, lead) = shape.split_last().ok_or("scalar logits")?;
@@ -180,7 +202,7 @@ impl Lower {
                 let oh = self.g.push(Op::OneHot { classes: *classes }, &[t])?;
                 let m = self.g.mul(ls, oh)?;
                 let s = self.g.reduce_sum(m, vec![0, 1], false)?;
-                self.g.scale(s, -1.0 / n as f64)?
+                self.g.scale(s, -1.0 / n as f64)
             }
             Loss::Mse => {
                 let diff = self.g.sub(logits, targets)?;
@@ -188,13 +210,9 @@ impl Lower {
                 let rank = self.g.ty(sq).rank();
                 let n = self.g.ty(sq).numel();
                 let s = self.g.reduce_sum(sq, (0..rank).collect(), false)?;
-                self.g.scale(s, 1.0 / n as f64)?
+                self.g.scale(s, 1.0 / n as f64)
             }
-        };
-        self.g.set_scope("");
-        self.g.output("loss", loss);
-        self.g.output("logits", logits);
-        Ok(())
+        }
     }
 
     /// One residual step (or a parallel group) of a layer.

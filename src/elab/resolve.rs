@@ -11,6 +11,7 @@ use super::{
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::syntax::ast::{
     Block, BlockItem, Call, Expr, ExprKind, Ident, Item, Module, NormSpec, Scheme, Span, Stack,
+    Step, Sublayer,
 };
 use std::collections::HashMap;
 
@@ -225,6 +226,109 @@ fn err(msg: impl Into<String>, span: Span, label: impl Into<String>) -> Diagnost
     Diagnostic::new(msg, span, label)
 }
 
+// ---------------------------------------------------------------- block pieces
+
+/// A block's statements, each kind at most once.
+struct BlockItems<'b> {
+    norm: Option<(NormSettings, Span)>,
+    skip: Option<(Skip, Span)>,
+    scheme: Option<&'b Scheme>,
+    scheme_span: Span,
+    subs: Vec<SublayerDef<'b>>,
+}
+
+/// A sublayer line, resolved as far as it goes on its own.
+struct SublayerDef<'b> {
+    name: &'b Ident,
+    /// `None` when its call is wrong (reported).
+    sub: Option<Sub>,
+    norm: Option<NormSettings>,
+    norm_span: Option<Span>,
+    /// Its own skip clause; `Some(None)` when that clause is wrong (reported).
+    skip: Option<Option<Skip>>,
+    skip_span: Option<Span>,
+    span: Span,
+}
+
+/// One step of a scheme: the sublayer (by index) and its coefficient.
+struct SchemeStep {
+    sublayer: usize,
+    coef: f64,
+}
+
+/// A scheme step made into a branch, remembering its coefficient and sublayer.
+struct ScheduledBranch {
+    branch: Branch,
+    coef: f64,
+    sublayer: usize,
+}
+
+/// The scheme's steps as branches with their final norms. A sublayer used k > 1 times
+/// gets one branch per use, named `<name>.0`, `<name>.1`, ...
+fn number_branches(
+    subs: &[SublayerDef],
+    steps: &[SchemeStep],
+    block_norm: NormSettings,
+) -> Option<Vec<ScheduledBranch>> {
+    let mut count = vec![0usize; subs.len()];
+    for st in steps {
+        count[st.sublayer] += 1;
+    }
+    let mut seen = vec![0usize; subs.len()];
+    let mut branches = Vec::new();
+    for &SchemeStep { sublayer: i, coef } in steps {
+        let s = &subs[i];
+        let name = if count[i] > 1 {
+            format!("{}.{}", s.name.name, seen[i])
+        } else {
+            s.name.name.clone()
+        };
+        seen[i] += 1;
+        let norm = s.norm.unwrap_or_default().over(block_norm).finish();
+        let sub = s.sub.clone()?;
+        branches.push(ScheduledBranch {
+            branch: Branch {
+                name,
+                sub,
+                norm,
+                span: s.span,
+            },
+            coef,
+            sublayer: i,
+        });
+    }
+    Some(branches)
+}
+
+/// A sequential scheme: one unit per branch, under the sublayer's own skip if it has one.
+fn sequential_units(
+    subs: &[SublayerDef],
+    branches: Vec<ScheduledBranch>,
+    block_skip: Skip,
+) -> Option<Vec<Unit>> {
+    let mut units = Vec::new();
+    for ScheduledBranch {
+        branch,
+        coef,
+        sublayer,
+    } in branches
+    {
+        let skip = match subs[sublayer].skip {
+            Some(Some(sk)) => sk,
+            Some(None) => return None,
+            None => block_skip,
+        };
+        units.push(Unit {
+            name: Some(branch.name.clone()),
+            coef,
+            norm: branch.norm,
+            skip,
+            branches: vec![branch],
+        });
+    }
+    Some(units)
+}
+
 // ---------------------------------------------------------------- the resolver
 
 struct Resolver<'a> {
@@ -264,6 +368,20 @@ impl<'a, T> Once<'a, T> {
     }
 }
 
+/// A module's top-level statements by kind.
+struct TopLevel<'m> {
+    model: Once<'m, Ident>,
+    input: Once<'m, Call>,
+    embed: Once<'m, Call>,
+    norm: Once<'m, NormSpec>,
+    skip: Once<'m, Call>,
+    final_norm: Once<'m, Call>,
+    head: Once<'m, Call>,
+    loss: Once<'m, Call>,
+    blocks: Vec<&'m Block>,
+    stacks: Vec<&'m Stack>,
+}
+
 pub(crate) fn resolve(
     m: &Module,
     default_name: &str,
@@ -301,47 +419,7 @@ impl Resolver<'_> {
     }
 
     fn module(&mut self, m: &Module, default_name: &str) -> Option<Plan> {
-        let mut model = Once::<Ident>::new("model");
-        let mut input = Once::<Call>::new("input");
-        let mut embed = Once::<Call>::new("embed");
-        let mut norm = Once::<NormSpec>::new("norm");
-        let mut skip = Once::<Call>::new("skip");
-        let mut final_norm = Once::<Call>::new("final_norm");
-        let mut head = Once::<Call>::new("head");
-        let mut loss = Once::<Call>::new("loss");
-        let mut blocks: Vec<&Block> = Vec::new();
-        let mut stacks: Vec<&Stack> = Vec::new();
-        let d = &mut self.diags;
-        for item in &m.items {
-            match item {
-                Item::Model(id) => model.set(id, id.span, d),
-                Item::Const { .. } => {}
-                Item::Input(c) => input.set(c, c.span, d),
-                Item::Embed(c) => embed.set(c, c.span, d),
-                Item::Norm(n) => norm.set(n, n.span, d),
-                Item::Skip(c) => skip.set(c, c.span, d),
-                Item::Block(b) => {
-                    if let Some(first) = blocks.iter().find(|f| f.name.name == b.name.name) {
-                        d.push(
-                            err(
-                                format!("block `{}` is defined twice", b.name.name),
-                                b.name.span,
-                                "second definition",
-                            )
-                            .with_note(first.name.span, "first defined here")
-                            .with_hint("rename one of them"),
-                        );
-                    } else {
-                        blocks.push(b);
-                    }
-                }
-                Item::Stack(s) => stacks.push(s),
-                Item::FinalNorm(c) => final_norm.set(c, c.span, d),
-                Item::Head(c) => head.set(c, c.span, d),
-                Item::Loss(c) => loss.set(c, c.span, d),
-            }
-        }
-
+        let top = self.top_level(m);
         if m.items.is_empty() {
             self.diags.push(
                 err(
@@ -355,16 +433,18 @@ impl Resolver<'_> {
         }
 
         // Model-wide defaults.
-        let model_norm = norm
+        let model_norm = top
+            .norm
             .get()
             .and_then(|n| self.norm_spec(n))
             .unwrap_or_default();
-        let model_skip = match skip.get() {
+        let model_skip = match top.skip.get() {
             Some(c) => self.skip(c),
             None => Some(Skip::Residual),
         };
 
-        let input_plan = match input.get() {
+        let input_span = top.input.span().unwrap_or_default();
+        let input_plan = match top.input.get() {
             Some(c) => self.input(c),
             None => {
                 self.diags.push(
@@ -374,87 +454,147 @@ impl Resolver<'_> {
                 None
             }
         };
-        let embedding = match (input_plan, embed.get()) {
-            (Some(inp), e) => self.embed(inp, e, input.span().unwrap_or_default()),
-            (None, Some(e)) => {
-                // Still check the embed statement's own arguments.
-                let _ = self.embed(
-                    InputPlan::Tokens {
-                        batch: 1,
-                        length: 1,
-                        vocab: 1,
-                    },
-                    Some(e),
-                    e.span,
-                );
-                None
-            }
-            (None, None) => None,
-        };
+        let embedding = self.model_embed(input_plan, top.embed.get(), input_span);
 
         // Blocks, each on its own.
         let mut plans: Vec<Option<BlockPlan>> = Vec::new();
-        for b in &blocks {
+        for b in &top.blocks {
             // A broken model-level skip was reported; still check the blocks themselves.
             let p = self.block(b, model_norm, model_skip.unwrap_or(Skip::Residual));
             plans.push(p);
         }
 
-        // Depth.
+        let layers = self.layers(&top.stacks, &top.blocks, &plans);
+        let final_norm = self.model_final_norm(top.final_norm.get(), model_norm.finish());
+        let head_loss = match input_plan {
+            Some(inp) => self.head_loss(inp, top.head.get(), top.loss.get(), input_span),
+            None => None,
+        };
+
+        // Shapes and limits of everything that resolved, so an error in one block does
+        // not hide a size error in another.
+        if let (Some(inp), Some((d, positions, _, d_span))) = (input_plan, embedding) {
+            let shapes = Shapes {
+                input: inp,
+                d,
+                positions,
+                head: head_loss.map(|h| h.0),
+            };
+            let ok_blocks: Vec<&BlockPlan> = plans.iter().flatten().collect();
+            self.check_sizes(&shapes, &ok_blocks, d_span, top.head.span(), input_span);
+        }
+
+        let plans: Vec<BlockPlan> = plans.into_iter().collect::<Option<_>>()?;
+        let final_norm = final_norm?;
+        model_skip?;
+        let layers = layers?;
+        let input_plan = input_plan?;
+        let (d_model, positions, feature_embed, _) = embedding?;
+        let (head_plan, loss_plan) = head_loss?;
+        Some(Plan {
+            name: top
+                .model
+                .get()
+                .map(|i| i.name.clone())
+                .unwrap_or_else(|| default_name.to_string()),
+            input: input_plan,
+            d: d_model,
+            positions,
+            feature_embed,
+            blocks: plans,
+            layers,
+            final_norm,
+            head: head_plan,
+            loss: loss_plan,
+            stack_span: top.stacks.first().map(|s| s.span).unwrap_or_default(),
+        })
+    }
+
+    /// The top-level statements by kind; a second singleton or a second block of the
+    /// same name is reported and left out.
+    fn top_level<'m>(&mut self, m: &'m Module) -> TopLevel<'m> {
+        let mut top = TopLevel {
+            model: Once::new("model"),
+            input: Once::new("input"),
+            embed: Once::new("embed"),
+            norm: Once::new("norm"),
+            skip: Once::new("skip"),
+            final_norm: Once::new("final_norm"),
+            head: Once::new("head"),
+            loss: Once::new("loss"),
+            blocks: Vec::new(),
+            stacks: Vec::new(),
+        };
+        let d = &mut self.diags;
+        for item in &m.items {
+            match item {
+                Item::Model(id) => top.model.set(id, id.span, d),
+                Item::Const { .. } => {}
+                Item::Input(c) => top.input.set(c, c.span, d),
+                Item::Embed(c) => top.embed.set(c, c.span, d),
+                Item::Norm(n) => top.norm.set(n, n.span, d),
+                Item::Skip(c) => top.skip.set(c, c.span, d),
+                Item::Block(b) => {
+                    if let Some(first) = top.blocks.iter().find(|f| f.name.name == b.name.name) {
+                        d.push(
+                            err(
+                                format!("block `{}` is defined twice", b.name.name),
+                                b.name.span,
+                                "second definition",
+                            )
+                            .with_note(first.name.span, "first defined here")
+                            .with_hint("rename one of them"),
+                        );
+                    } else {
+                        top.blocks.push(b);
+                    }
+                }
+                Item::Stack(s) => top.stacks.push(s),
+                Item::FinalNorm(c) => top.final_norm.set(c, c.span, d),
+                Item::Head(c) => top.head.set(c, c.span, d),
+                Item::Loss(c) => top.loss.set(c, c.span, d),
+            }
+        }
+        top
+    }
+
+    /// The executed layers of all `stack` statements in order, within the depth limits;
+    /// `None` when a stack is wrong, a limit is passed or there is no stack at all.
+    fn layers(
+        &mut self,
+        stacks: &[&Stack],
+        blocks: &[&Block],
+        plans: &[Option<BlockPlan>],
+    ) -> Option<Vec<LayerRun>> {
         let mut layers = Vec::new();
         let mut next_weights = 0usize;
         let mut executed = 0usize;
         let mut executed_steps = 0usize;
         let mut runs: HashMap<usize, usize> = HashMap::new();
         let mut depth_ok = true;
-        for s in &stacks {
-            match self.stack(s, &blocks, &plans, &mut next_weights) {
-                Some(seq) => {
-                    executed += seq.len();
-                    executed_steps += seq
-                        .iter()
-                        .filter_map(|(block, _)| plans.get(*block).and_then(|p| p.as_ref()))
-                        .map(|p| p.units.iter().map(|u| u.branches.len()).sum::<usize>())
-                        .sum::<usize>();
-                    if executed_steps > MAX_STEPS && executed <= MAX_LAYERS {
-                        self.diags.push(
-                            err(
-                                format!(
-                                    "the model would execute {executed_steps} sublayer steps; the limit is {MAX_STEPS}"
-                                ),
-                                s.span,
-                                "this stack goes past the limit",
-                            )
-                            .with_hint(format!(
-                                "at most {MAX_STEPS} sublayer steps can be executed in total: use fewer layers or shorter blocks"
-                            )),
-                        );
-                        depth_ok = false;
-                        break;
-                    }
-                    if executed > MAX_LAYERS {
-                        self.diags.push(
-                            err(
-                                format!("the model would execute {executed} layers; the limit is {MAX_LAYERS}"),
-                                s.span,
-                                "this stack goes past the limit",
-                            )
-                            .with_hint(format!("at most {MAX_LAYERS} layers can be executed in total")),
-                        );
-                        depth_ok = false;
-                        break;
-                    }
-                    for (block, weights) in seq {
-                        let run = runs.entry(weights).or_insert(0);
-                        layers.push(LayerRun {
-                            block,
-                            weights,
-                            run: *run,
-                        });
-                        *run += 1;
-                    }
-                }
-                None => depth_ok = false,
+        for s in stacks {
+            let Some(seq) = self.stack(s, blocks, plans, &mut next_weights) else {
+                depth_ok = false;
+                continue;
+            };
+            executed += seq.len();
+            executed_steps += seq
+                .iter()
+                .filter_map(|(block, _)| plans.get(*block).and_then(|p| p.as_ref()))
+                .map(|p| p.units.iter().map(|u| u.branches.len()).sum::<usize>())
+                .sum::<usize>();
+            if self.over_depth_limit(s, executed, executed_steps) {
+                depth_ok = false;
+                break;
+            }
+            for (block, weights) in seq {
+                let run = runs.entry(weights).or_insert(0);
+                layers.push(LayerRun {
+                    block,
+                    weights,
+                    run: *run,
+                });
+                *run += 1;
             }
         }
         if stacks.is_empty() {
@@ -475,71 +615,56 @@ impl Resolver<'_> {
             self.diags.push(d);
             depth_ok = false;
         }
+        depth_ok.then_some(layers)
+    }
 
-        // Final norm: present by default under pre/peri placement.
-        let model_full = model_norm.finish();
-        let final_norm = match final_norm.get() {
+    /// Whether the stacks so far, ending with `s`, execute too many steps or layers
+    /// (reported at `s`).
+    fn over_depth_limit(&mut self, s: &Stack, executed: usize, executed_steps: usize) -> bool {
+        if executed_steps > MAX_STEPS && executed <= MAX_LAYERS {
+            self.diags.push(
+                err(
+                    format!(
+                        "the model would execute {executed_steps} sublayer steps; the limit is {MAX_STEPS}"
+                    ),
+                    s.span,
+                    "this stack goes past the limit",
+                )
+                .with_hint(format!(
+                    "at most {MAX_STEPS} sublayer steps can be executed in total: use fewer layers or shorter blocks"
+                )),
+            );
+            return true;
+        }
+        if executed > MAX_LAYERS {
+            self.diags.push(
+                err(
+                    format!("the model would execute {executed} layers; the limit is {MAX_LAYERS}"),
+                    s.span,
+                    "this stack goes past the limit",
+                )
+                .with_hint(format!(
+                    "at most {MAX_LAYERS} layers can be executed in total"
+                )),
+            );
+            return true;
+        }
+        false
+    }
+
+    /// The final norm: as written, or by default present under pre and peri placement.
+    fn model_final_norm(
+        &mut self,
+        c: Option<&Call>,
+        model_norm: Norm,
+    ) -> Option<Option<(NormKind, f64)>> {
+        match c {
             Some(c) => self.final_norm(c),
-            None => Some(match model_full.placement {
-                Placement::Pre | Placement::Peri => Some((model_full.kind, model_full.eps)),
+            None => Some(match model_norm.placement {
+                Placement::Pre | Placement::Peri => Some((model_norm.kind, model_norm.eps)),
                 Placement::Post | Placement::None => None,
             }),
-        };
-
-        let head_loss = match input_plan {
-            Some(inp) => self.head_loss(
-                inp,
-                head.get(),
-                loss.get(),
-                input.span().unwrap_or_default(),
-            ),
-            None => None,
-        };
-
-        // Shapes and limits of everything that resolved, so an error in one block does
-        // not hide a size error in another.
-        if let (Some(inp), Some((d, positions, _, d_span))) = (input_plan, embedding) {
-            let shapes = Shapes {
-                input: inp,
-                d,
-                positions,
-                head: head_loss.map(|h| h.0),
-            };
-            let ok_blocks: Vec<&BlockPlan> = plans.iter().flatten().collect();
-            self.check_sizes(
-                &shapes,
-                &ok_blocks,
-                d_span,
-                head.span(),
-                input.span().unwrap_or_default(),
-            );
         }
-
-        let plans: Vec<BlockPlan> = plans.into_iter().collect::<Option<_>>()?;
-        let final_norm = final_norm?;
-        model_skip?;
-        if !depth_ok {
-            return None;
-        }
-        let input_plan = input_plan?;
-        let (d_model, positions, feature_embed, _) = embedding?;
-        let (head_plan, loss_plan) = head_loss?;
-        Some(Plan {
-            name: model
-                .get()
-                .map(|i| i.name.clone())
-                .unwrap_or_else(|| default_name.to_string()),
-            input: input_plan,
-            d: d_model,
-            positions,
-            feature_embed,
-            blocks: plans,
-            layers,
-            final_norm,
-            head: head_plan,
-            loss: loss_plan,
-            stack_span: stacks.first().map(|s| s.span).unwrap_or_default(),
-        })
     }
 
     // ------------------------------------------------------------ input and embedding
@@ -596,6 +721,29 @@ impl Resolver<'_> {
                 );
                 None
             }
+        }
+    }
+
+    /// `embed` against the model's input; without a usable input, the embed statement's
+    /// own arguments are still checked.
+    fn model_embed(
+        &mut self,
+        input: Option<InputPlan>,
+        e: Option<&Call>,
+        input_span: Span,
+    ) -> Option<(usize, Positions, bool, Span)> {
+        match (input, e) {
+            (Some(inp), e) => self.embed(inp, e, input_span),
+            (None, Some(e)) => {
+                let any_input = InputPlan::Tokens {
+                    batch: 1,
+                    length: 1,
+                    vocab: 1,
+                };
+                let _ = self.embed(any_input, Some(e), e.span);
+                None
+            }
+            (None, None) => None,
         }
     }
 
@@ -861,6 +1009,7 @@ impl Resolver<'_> {
 
     // ------------------------------------------------------------ blocks
 
+    /// One block's units; `None` when anything in the block is wrong (all of it reported).
     fn block(
         &mut self,
         b: &Block,
@@ -868,23 +1017,52 @@ impl Resolver<'_> {
         model_skip: Skip,
     ) -> Option<BlockPlan> {
         let before = self.diags.len();
-        let mut block_norm: Option<(NormSettings, Span)> = None;
-        let mut block_skip: Option<(Skip, Span)> = None;
-        let mut scheme: Option<&Scheme> = None;
-        let mut scheme_span = Span::default();
-        // (name ident, resolved sublayer, sublayer norm, sublayer skip, has own placement/skip span)
-        struct Sl<'s> {
-            name: &'s Ident,
-            sub: Option<Sub>,
-            norm: Option<NormSettings>,
-            norm_span: Option<Span>,
-            skip: Option<Option<Skip>>,
-            skip_span: Option<Span>,
-            span: Span,
+        self.check_settings_come_first(b);
+        let items = self.block_items(b);
+        if items.subs.is_empty() {
+            self.diags.push(
+                err(
+                    format!("block `{}` has no sublayers", b.name.name),
+                    b.name.span,
+                    "empty block",
+                )
+                .with_hint("add one, e.g. `ffn = ffn(hidden = 512)`"),
+            );
+            return None;
         }
-        let mut subs: Vec<Sl> = Vec::new();
-        // A block's `norm`/`skip` comes before its sublayers: written after one (on its own
-        // line) it reads as that sublayer's clause but would apply to the whole block.
+        let (steps, parallel) = self.scheme_steps(b, &items);
+        if let Some(steps) = &steps {
+            self.check_every_sublayer_used(&items, steps);
+        }
+        if self.diags.len() > before {
+            return None;
+        }
+        let steps = steps?;
+
+        let block_norm = items
+            .norm
+            .map(|(s, _)| s)
+            .unwrap_or_default()
+            .over(model_norm);
+        let block_skip = items.skip.map(|(s, _)| s).unwrap_or(model_skip);
+        let branches = number_branches(&items.subs, &steps, block_norm)?;
+        let units = if parallel {
+            vec![self.parallel_unit(&items.subs, branches, block_norm, block_skip)?]
+        } else {
+            sequential_units(&items.subs, branches, block_skip)?
+        };
+        if self.too_many_steps(b, &units) {
+            return None;
+        }
+        Some(BlockPlan {
+            name: b.name.name.clone(),
+            units,
+        })
+    }
+
+    /// A block's `norm`/`skip` comes before its sublayers: written after one (on its own
+    /// line) it reads as that sublayer's clause but would apply to the whole block.
+    fn check_settings_come_first(&mut self, b: &Block) {
         let mut last_sublayer: Option<&Ident> = None;
         for item in &b.items {
             match (item, last_sublayer) {
@@ -912,13 +1090,26 @@ impl Resolver<'_> {
                 _ => {}
             }
         }
+    }
+
+    /// The block's statements by kind; a second `norm`, `skip`, scheme or same-named
+    /// sublayer is reported and left out.
+    fn block_items<'b>(&mut self, b: &'b Block) -> BlockItems<'b> {
+        let mut items = BlockItems {
+            norm: None,
+            skip: None,
+            scheme: None,
+            scheme_span: Span::default(),
+            subs: Vec::new(),
+        };
+        let block = &b.name.name;
         for item in &b.items {
             match item {
                 BlockItem::Norm(n) => {
-                    if let Some((_, first)) = block_norm {
+                    if let Some((_, first)) = items.norm {
                         self.diags.push(
                             err(
-                                format!("block `{}` has two `norm` statements", b.name.name),
+                                format!("block `{block}` has two `norm` statements"),
                                 n.span,
                                 "second one",
                             )
@@ -927,13 +1118,13 @@ impl Resolver<'_> {
                         continue;
                     }
                     let s = self.norm_spec(n).unwrap_or_default();
-                    block_norm = Some((s, n.span));
+                    items.norm = Some((s, n.span));
                 }
                 BlockItem::Skip(c) => {
-                    if let Some((_, first)) = block_skip {
+                    if let Some((_, first)) = items.skip {
                         self.diags.push(
                             err(
-                                format!("block `{}` has two `skip` statements", b.name.name),
+                                format!("block `{block}` has two `skip` statements"),
                                 c.span,
                                 "second one",
                             )
@@ -942,7 +1133,7 @@ impl Resolver<'_> {
                         continue;
                     }
                     if let Some(s) = self.skip(c) {
-                        block_skip = Some((s, c.span));
+                        items.skip = Some((s, c.span));
                     }
                 }
                 BlockItem::Scheme(s) => {
@@ -950,27 +1141,27 @@ impl Resolver<'_> {
                         Scheme::Named(c) => c.span,
                         Scheme::Steps { span, .. } => *span,
                     };
-                    if scheme.is_some() {
+                    if items.scheme.is_some() {
                         self.diags.push(
                             err(
-                                format!("block `{}` has two schemes", b.name.name),
+                                format!("block `{block}` has two schemes"),
                                 span,
                                 "second scheme",
                             )
-                            .with_note(scheme_span, "first scheme here"),
+                            .with_note(items.scheme_span, "first scheme here"),
                         );
                         continue;
                     }
-                    scheme = Some(s);
-                    scheme_span = span;
+                    items.scheme = Some(s);
+                    items.scheme_span = span;
                 }
                 BlockItem::Sublayer(sl) => {
-                    if let Some(first) = subs.iter().find(|f| f.name.name == sl.name.name) {
+                    if let Some(first) = items.subs.iter().find(|f| f.name.name == sl.name.name) {
                         self.diags.push(
                             err(
                                 format!(
-                                    "sublayer `{}` is defined twice in block `{}`",
-                                    sl.name.name, b.name.name
+                                    "sublayer `{}` is defined twice in block `{block}`",
+                                    sl.name.name
                                 ),
                                 sl.name.span,
                                 "second definition",
@@ -982,80 +1173,53 @@ impl Resolver<'_> {
                         );
                         continue;
                     }
-                    let sub = self.sublayer(&sl.call);
-                    let norm = sl
-                        .norm
-                        .as_ref()
-                        .map(|n| self.norm_spec(n).unwrap_or_default());
-                    let skip = sl.skip.as_ref().map(|c| self.skip(c));
-                    subs.push(Sl {
-                        name: &sl.name,
-                        sub,
-                        norm,
-                        norm_span: sl.norm.as_ref().map(|n| n.span),
-                        skip,
-                        skip_span: sl.skip.as_ref().map(|c| c.span),
-                        span: sl.call.span,
-                    });
+                    let def = self.sublayer_def(sl);
+                    items.subs.push(def);
                 }
             }
         }
-        if subs.is_empty() {
-            self.diags.push(
-                err(
-                    format!("block `{}` has no sublayers", b.name.name),
-                    b.name.span,
-                    "empty block",
-                )
-                .with_hint("add one, e.g. `ffn = ffn(hidden = 512)`"),
-            );
-            return None;
-        }
-        let names: Vec<&str> = subs.iter().map(|s| s.name.name.as_str()).collect();
+        items
+    }
 
-        // The scheme as (sublayer index, coefficient) steps, plus whether it is parallel.
-        let mut parallel = false;
-        let steps: Option<Vec<(usize, f64, Span)>> = match scheme {
-            None => Some(
-                subs.iter()
-                    .enumerate()
-                    .map(|(i, s)| (i, 1.0, s.name.span))
-                    .collect(),
-            ),
-            Some(Scheme::Steps { steps, span }) => {
-                if steps.is_empty() {
-                    self.diags.push(
-                        err("the scheme has no steps", *span, "empty list").with_hint(format!(
-                            "list the sublayers to run, e.g. `scheme [{}]`",
-                            names.join(", ")
-                        )),
-                    );
-                    None
-                } else {
-                    let mut out = Vec::new();
-                    let mut ok = true;
-                    for st in steps {
-                        let idx = self.sublayer_ref(
-                            &st.sublayer.name,
-                            st.sublayer.span,
-                            &names,
-                            &b.name.name,
-                        );
-                        let coef = match &st.coef {
-                            Some(e) => self.coef(e),
-                            None => Some(1.0),
-                        };
-                        match (idx, coef) {
-                            (Some(i), Some(c)) => out.push((i, c, st.span)),
-                            _ => ok = false,
-                        }
-                    }
-                    ok.then_some(out)
-                }
+    /// A sublayer line: its kind and arguments, and its own `norm` and `skip` clauses.
+    fn sublayer_def<'b>(&mut self, sl: &'b Sublayer) -> SublayerDef<'b> {
+        let sub = self.sublayer(&sl.call);
+        let norm = sl
+            .norm
+            .as_ref()
+            .map(|n| self.norm_spec(n).unwrap_or_default());
+        let skip = sl.skip.as_ref().map(|c| self.skip(c));
+        SublayerDef {
+            name: &sl.name,
+            sub,
+            norm,
+            norm_span: sl.norm.as_ref().map(|n| n.span),
+            skip,
+            skip_span: sl.skip.as_ref().map(|c| c.span),
+            span: sl.call.span,
+        }
+    }
+
+    /// The scheme as steps over the block's sublayers (`None` when it is wrong), and
+    /// whether it runs them in parallel. Without a scheme the sublayers run in order.
+    fn scheme_steps(&mut self, b: &Block, items: &BlockItems) -> (Option<Vec<SchemeStep>>, bool) {
+        let names: Vec<&str> = items.subs.iter().map(|s| s.name.name.as_str()).collect();
+        match items.scheme {
+            None => {
+                let steps = (0..names.len())
+                    .map(|sublayer| SchemeStep {
+                        sublayer,
+                        coef: 1.0,
+                    })
+                    .collect();
+                (Some(steps), false)
             }
+            Some(Scheme::Steps { steps, span }) => (self.step_list(b, steps, *span, &names), false),
             Some(Scheme::Named(c)) => {
                 let kind = c.name.name.as_str();
-                if !SCHEMES.contains(&kind) {
+                if SCHEMES.contains(&kind) {
+                    (self.named_scheme(b, c, &names), kind == "parallel")
+                } else {
                     self.diags.push(
                         err(
                             format!("unknown scheme `{kind}`"),
@@ -1068,212 +1232,208 @@ impl Resolver<'_> {
                             "the schemes are",
                         )),
                     );
-                    None
-                } else {
-                    parallel = kind == "parallel";
-                    let mut order = Vec::new();
-                    let mut h = 1.0;
-                    let mut ok = true;
-                    let mut h_span: Option<Span> = None;
-                    for a in c.args.iter().flatten() {
-                        match &a.key {
-                            None => match &a.value.kind {
-                                ExprKind::Name(n) => {
-                                    match self.sublayer_ref(n, a.value.span, &names, &b.name.name) {
-                                        Some(i) => order.push((i, a.span)),
-                                        None => ok = false,
-                                    }
-                                }
-                                _ => {
-                                    self.diags.push(
-                                        err(format!("`{kind}` takes sublayer names"), a.value.span, "expected a sublayer name")
-                                            .with_hint(format!("the sublayers of `{}` are {}; write `h = ...` for the step size", b.name.name, list(&names))),
-                                    );
-                                    ok = false;
-                                }
-                            },
-                            Some(k) if k.name == "h" => {
-                                if let Some(first) = h_span {
-                                    self.diags.push(
-                                        err("argument `h` is given twice", a.span, "second value")
-                                            .with_note(first, "first given here"),
-                                    );
-                                    ok = false;
-                                    continue;
-                                }
-                                h_span = Some(a.span);
-                                match self.coef(&a.value) {
-                                    Some(v) => h = v,
-                                    None => ok = false,
-                                }
-                            }
-                            Some(k) => {
-                                self.diags.push(
-                                    err(
-                                        format!("unknown argument `{}` for `{kind}`", k.name),
-                                        k.span,
-                                        "unknown argument",
-                                    )
-                                    .with_hint(format!(
-                                        "`{kind}` takes sublayer names and the step size `h`"
-                                    )),
-                                );
-                                ok = false;
-                            }
-                        }
-                    }
-                    if order.is_empty() && ok {
-                        order = subs
-                            .iter()
-                            .enumerate()
-                            .map(|(i, s)| (i, s.name.span))
-                            .collect();
-                    }
-                    if !ok {
-                        None
-                    } else if kind == "strang" {
-                        // A*h/2, B*h/2, ..., Z*h, ..., B*h/2, A*h/2
-                        let n = order.len();
-                        let mut out: Vec<(usize, f64, Span)> = Vec::new();
-                        for (j, &(i, sp)) in order.iter().enumerate() {
-                            out.push((i, if j + 1 == n { h } else { h / 2.0 }, sp));
-                        }
-                        for &(i, sp) in order[..n - 1].iter().rev() {
-                            out.push((i, h / 2.0, sp));
-                        }
-                        Some(out)
-                    } else {
-                        Some(order.into_iter().map(|(i, sp)| (i, h, sp)).collect())
-                    }
-                }
-            }
-        };
-
-        // Every defined sublayer must be used.
-        if let Some(steps) = &steps {
-            for (i, s) in subs.iter().enumerate() {
-                if !steps.iter().any(|(j, _, _)| *j == i) {
-                    self.diags.push(
-                        err(
-                            format!("sublayer `{}` is never used", s.name.name),
-                            s.name.span,
-                            "defined but not in the scheme",
-                        )
-                        .with_note(scheme_span, "the scheme")
-                        .with_hint("add it to the scheme or remove it"),
-                    );
+                    (None, false)
                 }
             }
         }
-        if self.diags.len() > before {
-            return None;
-        }
-        let steps = steps?;
+    }
 
-        let block_settings = block_norm
-            .map(|(s, _)| s)
-            .unwrap_or_default()
-            .over(model_norm);
-        let block_skip = block_skip.map(|(s, _)| s).unwrap_or(model_skip);
-
-        // Occurrence numbering: a sublayer used k > 1 times gets `<name>.0`, `<name>.1`, ...
-        let mut count = vec![0usize; subs.len()];
-        for (i, _, _) in &steps {
-            count[*i] += 1;
-        }
-        let mut seen = vec![0usize; subs.len()];
-        let mut branches: Vec<(Branch, f64, usize)> = Vec::new();
-        for (i, coef, _) in &steps {
-            let s = &subs[*i];
-            let name = if count[*i] > 1 {
-                format!("{}.{}", s.name.name, seen[*i])
-            } else {
-                s.name.name.clone()
-            };
-            seen[*i] += 1;
-            let norm = s.norm.unwrap_or_default().over(block_settings).finish();
-            let sub = s.sub.clone()?;
-            branches.push((
-                Branch {
-                    name,
-                    sub,
-                    norm,
-                    span: s.span,
-                },
-                *coef,
-                *i,
-            ));
-        }
-
-        let units = if parallel {
-            let mut ok = true;
-            for s in &subs {
-                if let Some(sp) = s.skip_span {
-                    self.diags.push(
-                        err(format!("sublayer `{}` runs in a parallel scheme, so it cannot have its own skip", s.name.name), sp, "the block's skip applies")
-                            .with_hint("move the `skip` to the block"),
-                    );
-                    ok = false;
-                }
-                if let (Some(n), Some(sp)) = (s.norm, s.norm_span) {
-                    if n.placement.is_some() {
-                        self.diags.push(
-                            err(format!("sublayer `{}` runs in a parallel scheme, so it cannot have its own norm placement", s.name.name), sp, "the block's placement applies")
-                                .with_hint("move the placement to the block's `norm`; a kind or eps here sets the branch's output norm under peri"),
-                        );
-                        ok = false;
-                    }
-                }
-            }
-            if !ok {
-                return None;
-            }
-            let coef = branches.first().map(|b| b.1).unwrap_or(1.0);
-            vec![Unit {
-                name: None,
-                coef,
-                norm: block_settings.finish(),
-                skip: block_skip,
-                branches: branches.into_iter().map(|b| b.0).collect(),
-            }]
-        } else {
-            let mut units = Vec::new();
-            for (br, coef, i) in branches {
-                let s = &subs[i];
-                let skip = match s.skip {
-                    Some(Some(sk)) => sk,
-                    Some(None) => return None,
-                    None => block_skip,
-                };
-                units.push(Unit {
-                    name: Some(br.name.clone()),
-                    coef,
-                    norm: br.norm,
-                    skip,
-                    branches: vec![br],
-                });
-            }
-            units
-        };
-        let steps: usize = units.iter().map(|u| u.branches.len()).sum();
-        if steps > MAX_STEPS_PER_BLOCK {
+    /// `scheme [ffn * 0.5, attn, ffn * 0.5]`
+    fn step_list(
+        &mut self,
+        b: &Block,
+        steps: &[Step],
+        span: Span,
+        names: &[&str],
+    ) -> Option<Vec<SchemeStep>> {
+        if steps.is_empty() {
             self.diags.push(
-                err(
-                    format!(
-                        "block `{}` runs {steps} sublayer steps; the limit is {MAX_STEPS_PER_BLOCK}",
-                        b.name.name
-                    ),
-                    b.name.span,
-                    "this block is too long",
-                )
-                .with_hint("split it into several blocks and stack them"),
+                err("the scheme has no steps", span, "empty list").with_hint(format!(
+                    "list the sublayers to run, e.g. `scheme [{}]`",
+                    names.join(", ")
+                )),
             );
             return None;
         }
-        Some(BlockPlan {
-            name: b.name.name.clone(),
-            units,
+        let mut out = Vec::new();
+        let mut ok = true;
+        for st in steps {
+            let idx = self.sublayer_ref(&st.sublayer.name, st.sublayer.span, names, &b.name.name);
+            let coef = match &st.coef {
+                Some(e) => self.coef(e),
+                None => Some(1.0),
+            };
+            match (idx, coef) {
+                (Some(sublayer), Some(coef)) => out.push(SchemeStep { sublayer, coef }),
+                _ => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// `scheme lie_trotter(attn, ffn, h = 0.5)`, `strang(...)` or `parallel(...)`; with no
+    /// sublayer names, all of them in definition order.
+    fn named_scheme(&mut self, b: &Block, c: &Call, names: &[&str]) -> Option<Vec<SchemeStep>> {
+        let (mut order, h) = self.named_scheme_args(b, c, names)?;
+        if order.is_empty() {
+            order = (0..names.len()).collect();
+        }
+        let step = |sublayer: usize, coef: f64| SchemeStep { sublayer, coef };
+        if c.name.name == "strang" {
+            // A*h/2, B*h/2, ..., Z*h, ..., B*h/2, A*h/2
+            let n = order.len();
+            let mut out = Vec::new();
+            for (j, &i) in order.iter().enumerate() {
+                out.push(step(i, if j + 1 == n { h } else { h / 2.0 }));
+            }
+            for &i in order[..n - 1].iter().rev() {
+                out.push(step(i, h / 2.0));
+            }
+            Some(out)
+        } else {
+            Some(order.into_iter().map(|i| step(i, h)).collect())
+        }
+    }
+
+    /// The sublayer order and step size `h` (default 1) of a named scheme.
+    fn named_scheme_args(
+        &mut self,
+        b: &Block,
+        c: &Call,
+        names: &[&str],
+    ) -> Option<(Vec<usize>, f64)> {
+        let kind = c.name.name.as_str();
+        let mut order = Vec::new();
+        let mut h = 1.0;
+        let mut ok = true;
+        let mut h_span: Option<Span> = None;
+        for a in c.args.iter().flatten() {
+            match &a.key {
+                None => {
+                    match &a.value.kind {
+                        ExprKind::Name(n) => {
+                            match self.sublayer_ref(n, a.value.span, names, &b.name.name) {
+                                Some(i) => order.push(i),
+                                None => ok = false,
+                            }
+                        }
+                        _ => {
+                            self.diags.push(
+                            err(format!("`{kind}` takes sublayer names"), a.value.span, "expected a sublayer name")
+                                .with_hint(format!("the sublayers of `{}` are {}; write `h = ...` for the step size", b.name.name, list(names))),
+                        );
+                            ok = false;
+                        }
+                    }
+                }
+                Some(k) if k.name == "h" => {
+                    if let Some(first) = h_span {
+                        self.diags.push(
+                            err("argument `h` is given twice", a.span, "second value")
+                                .with_note(first, "first given here"),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                    h_span = Some(a.span);
+                    match self.coef(&a.value) {
+                        Some(v) => h = v,
+                        None => ok = false,
+                    }
+                }
+                Some(k) => {
+                    self.diags.push(
+                        err(
+                            format!("unknown argument `{}` for `{kind}`", k.name),
+                            k.span,
+                            "unknown argument",
+                        )
+                        .with_hint(format!(
+                            "`{kind}` takes sublayer names and the step size `h`"
+                        )),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some((order, h))
+    }
+
+    /// Every defined sublayer must be used.
+    fn check_every_sublayer_used(&mut self, items: &BlockItems, steps: &[SchemeStep]) {
+        for (i, s) in items.subs.iter().enumerate() {
+            if !steps.iter().any(|st| st.sublayer == i) {
+                self.diags.push(
+                    err(
+                        format!("sublayer `{}` is never used", s.name.name),
+                        s.name.span,
+                        "defined but not in the scheme",
+                    )
+                    .with_note(items.scheme_span, "the scheme")
+                    .with_hint("add it to the scheme or remove it"),
+                );
+            }
+        }
+    }
+
+    /// A parallel scheme's single unit: every branch shares the block's placement and skip.
+    fn parallel_unit(
+        &mut self,
+        subs: &[SublayerDef],
+        branches: Vec<ScheduledBranch>,
+        block_norm: NormSettings,
+        block_skip: Skip,
+    ) -> Option<Unit> {
+        let mut ok = true;
+        for s in subs {
+            if let Some(sp) = s.skip_span {
+                self.diags.push(
+                    err(format!("sublayer `{}` runs in a parallel scheme, so it cannot have its own skip", s.name.name), sp, "the block's skip applies")
+                        .with_hint("move the `skip` to the block"),
+                );
+                ok = false;
+            }
+            if let (Some(n), Some(sp)) = (s.norm, s.norm_span) {
+                if n.placement.is_some() {
+                    self.diags.push(
+                        err(format!("sublayer `{}` runs in a parallel scheme, so it cannot have its own norm placement", s.name.name), sp, "the block's placement applies")
+                            .with_hint("move the placement to the block's `norm`; a kind or eps here sets the branch's output norm under peri"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if !ok {
+            return None;
+        }
+        let coef = branches.first().map(|b| b.coef).unwrap_or(1.0);
+        Some(Unit {
+            name: None,
+            coef,
+            norm: block_norm.finish(),
+            skip: block_skip,
+            branches: branches.into_iter().map(|b| b.branch).collect(),
         })
+    }
+
+    /// Whether the block runs more sublayer steps than one block may (reported).
+    fn too_many_steps(&mut self, b: &Block, units: &[Unit]) -> bool {
+        let steps: usize = units.iter().map(|u| u.branches.len()).sum();
+        if steps <= MAX_STEPS_PER_BLOCK {
+            return false;
+        }
+        self.diags.push(
+            err(
+                format!(
+                    "block `{}` runs {steps} sublayer steps; the limit is {MAX_STEPS_PER_BLOCK}",
+                    b.name.name
+                ),
+                b.name.span,
+                "this block is too long",
+            )
+            .with_hint("split it into several blocks and stack them"),
+        );
+        true
     }
 
     fn sublayer_ref(
@@ -1598,30 +1758,7 @@ impl Resolver<'_> {
                 None
             }
             Some(c) => match c.name.name.as_str() {
-                "lm" => {
-                    let b = Bound::bind(c, "the lm head", &["tied"], 0, &mut self.diags);
-                    let tied = self.opt_bool(b.get("tied"), "tied", false);
-                    match tied {
-                        Some(true) if !tokens => {
-                            self.diags.push(
-                                err("a tied head needs a token embedding to tie to", c.span, "no token embedding")
-                                    .with_note(input_span, "this model's input is `features`")
-                                    .with_hint("use `head classifier(classes = ...)` or `head linear(out = ...)`"),
-                            );
-                            None
-                        }
-                        Some(_) if !tokens => {
-                            self.diags.push(
-                                err("an lm head predicts tokens, and this model's input is `features`", c.span, "needs `input tokens(...)`")
-                                    .with_note(input_span, "features input")
-                                    .with_hint("use `head classifier(classes = ...)` or `head linear(out = ...)`"),
-                            );
-                            None
-                        }
-                        Some(t) => Some(Head::Lm { tied: t }),
-                        None => None,
-                    }
-                }
+                "lm" => self.lm_head(c, tokens, input_span),
                 "classifier" => {
                     let b = Bound::bind(c, "the classifier head", &["classes"], 1, &mut self.diags);
                     let e = b.require("classes", "classifier(classes = 10)", &mut self.diags)?;
@@ -1647,7 +1784,53 @@ impl Resolver<'_> {
                 }
             },
         };
-        let l = match loss {
+        let l = self.loss(h, head, loss, input_span);
+        Some((h?, l?))
+    }
+
+    /// `head lm` or `head lm(tied = true)`: only for a token input.
+    fn lm_head(&mut self, c: &Call, tokens: bool, input_span: Span) -> Option<Head> {
+        let b = Bound::bind(c, "the lm head", &["tied"], 0, &mut self.diags);
+        let tied = self.opt_bool(b.get("tied"), "tied", false);
+        match tied {
+            Some(true) if !tokens => {
+                self.diags.push(
+                    err(
+                        "a tied head needs a token embedding to tie to",
+                        c.span,
+                        "no token embedding",
+                    )
+                    .with_note(input_span, "this model's input is `features`")
+                    .with_hint("use `head classifier(classes = ...)` or `head linear(out = ...)`"),
+                );
+                None
+            }
+            Some(_) if !tokens => {
+                self.diags.push(
+                    err(
+                        "an lm head predicts tokens, and this model's input is `features`",
+                        c.span,
+                        "needs `input tokens(...)`",
+                    )
+                    .with_note(input_span, "features input")
+                    .with_hint("use `head classifier(classes = ...)` or `head linear(out = ...)`"),
+                );
+                None
+            }
+            Some(t) => Some(Head::Lm { tied: t }),
+            None => None,
+        }
+    }
+
+    /// The loss, as written or the head's default, and whether it fits the head.
+    fn loss(
+        &mut self,
+        h: Option<Head>,
+        head: Option<&Call>,
+        loss: Option<&Call>,
+        input_span: Span,
+    ) -> Option<Loss> {
+        match loss {
             None => h.map(|h| {
                 if matches!(h, Head::Linear { .. }) {
                     Loss::Mse
@@ -1706,8 +1889,7 @@ impl Resolver<'_> {
                     None
                 }
             },
-        };
-        Some((h?, l?))
+        }
     }
 
     // ------------------------------------------------------------ shapes and limits
@@ -1784,32 +1966,7 @@ impl Resolver<'_> {
                                 continue;
                             };
                             if w % heads != 0 {
-                                let divisors: Vec<String> = (1..=w.min(64))
-                                    .filter(|h| w % h == 0)
-                                    .map(|h| h.to_string())
-                                    .collect();
-                                let below = (w / heads) * heads;
-                                let above = below + heads;
-                                let mut hint =
-                                    format!("heads that divide {w}: {}", divisors.join(", "));
-                                if below > 0 {
-                                    hint.push_str(&format!("; or a {wname} divisible by {heads}, such as {below} or {above}"));
-                                } else {
-                                    hint.push_str(&format!(
-                                        "; or a {wname} divisible by {heads}, such as {above}"
-                                    ));
-                                }
-                                self.diags.push(
-                                    err(
-                                        format!(
-                                            "{wname} = {w} is not divisible by heads = {heads}"
-                                        ),
-                                        heads_span,
-                                        format!("does not divide {wname} = {w}"),
-                                    )
-                                    .with_note(wspan, format!("{wname} = {w} set here"))
-                                    .with_hint(hint),
-                                );
+                                self.heads_not_dividing(w, wname, wspan, heads, heads_span);
                                 continue;
                             }
                             self.numel(&[w, w], br.span, "an attention weight");
@@ -1826,6 +1983,42 @@ impl Resolver<'_> {
                 }
             }
         }
+    }
+
+    /// `heads` must divide the attention width `w` (`wname`, set at `wspan`).
+    fn heads_not_dividing(
+        &mut self,
+        w: usize,
+        wname: &str,
+        wspan: Span,
+        heads: usize,
+        heads_span: Span,
+    ) {
+        let divisors: Vec<String> = (1..=w.min(64))
+            .filter(|h| w.is_multiple_of(*h))
+            .map(|h| h.to_string())
+            .collect();
+        let below = (w / heads) * heads;
+        let above = below + heads;
+        let mut hint = format!("heads that divide {w}: {}", divisors.join(", "));
+        if below > 0 {
+            hint.push_str(&format!(
+                "; or a {wname} divisible by {heads}, such as {below} or {above}"
+            ));
+        } else {
+            hint.push_str(&format!(
+                "; or a {wname} divisible by {heads}, such as {above}"
+            ));
+        }
+        self.diags.push(
+            err(
+                format!("{wname} = {w} is not divisible by heads = {heads}"),
+                heads_span,
+                format!("does not divide {wname} = {w}"),
+            )
+            .with_note(wspan, format!("{wname} = {w} set here"))
+            .with_hint(hint),
+        );
     }
 
     /// Check a tensor's element count against the limit; false (with an error) when over.

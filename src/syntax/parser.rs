@@ -687,7 +687,73 @@ fn syntax_errors(
     }
 }
 
-fn describe_error(src: &str, pos: usize, positives: &[Rule]) -> Diagnostic {
+/// What the phrasing rules see at a parse error.
+struct ErrorSite<'a> {
+    src: &'a str,
+    pos: usize,
+    /// What the parser wanted, in the order it is listed to the user.
+    wants: Vec<Want>,
+    /// The last token before the error.
+    prev: Option<(String, Span)>,
+    /// The token at the error and its span.
+    found: Found,
+    span: Span,
+    /// The first word of the error's line.
+    first: Option<(String, Span)>,
+}
+
+impl<'a> ErrorSite<'a> {
+    fn new(src: &'a str, pos: usize, positives: &[Rule]) -> Self {
+        let prev = prev_token(src, pos);
+        let wants = wanted(positives, prev.as_ref().map(|(t, _)| t.as_str()));
+        let (found, span) = found_at(src, pos);
+        ErrorSite {
+            src,
+            pos,
+            wants,
+            prev,
+            found,
+            span,
+            first: first_word_of_line(src, pos),
+        }
+    }
+
+    fn has(&self, w: Want) -> bool {
+        self.wants.contains(&w)
+    }
+
+    fn prev_text(&self) -> Option<&str> {
+        self.prev.as_ref().map(|(t, _)| t.as_str())
+    }
+
+    fn found_word(&self) -> Option<&str> {
+        match &self.found {
+            Found::Word(w) => Some(w.as_str()),
+            _ => None,
+        }
+    }
+
+    /// Whether the error comes right after the line's first word (`name <here>`).
+    fn at_second_word(&self) -> bool {
+        matches!(&self.first, Some((_, s)) if self.prev.as_ref().is_some_and(|(_, p)| p == s))
+    }
+
+    /// Whether the previous token ends exactly at the error, with no space between.
+    fn prev_touches(&self) -> bool {
+        self.prev.as_ref().is_some_and(|(_, p)| p.end == self.pos)
+    }
+
+    /// A statement keyword the line's first word is probably a typo of.
+    fn first_word_guess(&self) -> Option<&'static str> {
+        self.first
+            .as_ref()
+            .and_then(|(w, _)| closest(w, STATEMENT_KEYWORDS))
+    }
+}
+
+/// The wanted things pest listed, deduplicated and with the ones that would only add noise
+/// dropped.
+fn wanted(positives: &[Rule], prev: Option<&str>) -> Vec<Want> {
     let mut wants: Vec<Want> = positives.iter().filter_map(|r| want_of(*r)).collect();
     wants.sort();
     wants.dedup();
@@ -697,33 +763,282 @@ fn describe_error(src: &str, pos: usize, positives: &[Rule]) -> Diagnostic {
     if wants.iter().any(|w| *w != Want::Operator) {
         wants.retain(|w| *w != Want::Operator);
     }
-    let prev = prev_token(src, pos);
-    let prev_text = prev.as_ref().map(|(t, _)| t.as_str());
-    if wants.contains(&Want::CallName) && prev_text == Some("scheme") {
+    if wants.contains(&Want::CallName) && prev == Some("scheme") {
         // The scheme phrase already mentions the step list.
         wants.retain(|w| *w != Want::LBrack);
     }
-    let (found, span) = found_at(src, pos);
-    let has = |w: Want| wants.contains(&w);
+    wants
+}
 
-    let mut parts: Vec<String> = wants.iter().map(|w| phrase(*w, prev_text)).collect();
+/// A hint for one kind of mistake. The first rule whose `applies` holds phrases the hint
+/// (and may reword the message); later rules are not consulted, even when it adds none.
+struct HintRule {
+    applies: fn(&ErrorSite) -> bool,
+    phrase: fn(&ErrorSite, &mut Diagnostic),
+}
+
+/// The mistakes the parser recognises, most specific first.
+static HINT_RULES: &[HintRule] = &[
+    // `d: 128`
+    HintRule {
+        applies: |s| s.has(Want::Eq) && s.found == Found::Char(':'),
+        phrase: |s, d| {
+            d.hint = Some(format!(
+                "use `=`, not `:`: write `{} = ...`",
+                s.prev_text().unwrap_or("name")
+            ));
+        },
+    },
+    // `layer { ... }` without `block`
+    HintRule {
+        applies: |s| s.has(Want::Eq) && s.found == Found::Char('{') && s.at_second_word(),
+        phrase: |s, d| {
+            d.hint = Some(format!(
+                "to define a block, write `block {} {{ ... }}`",
+                s.prev_text().unwrap_or("name")
+            ));
+        },
+    },
+    // `hidden-size = 512`
+    HintRule {
+        applies: |s| {
+            s.has(Want::Eq)
+                && s.found == Found::Char('-')
+                && s.src[s.span.end..].starts_with(is_ident_char)
+                && s.prev_touches()
+        },
+        phrase: |s, d| {
+            let rest: String = s.src[s.span.end..]
+                .chars()
+                .take_while(|c| is_ident_char(*c))
+                .collect();
+            d.hint = Some(format!(
+                "names may contain only letters, digits and `_`: write `{}_{rest}`",
+                s.prev_text().unwrap_or("")
+            ));
+        },
+    },
+    // `stak layer * 4`: a misspelt statement keyword
+    HintRule {
+        applies: |s| s.has(Want::Eq) && s.at_second_word() && s.first_word_guess().is_some(),
+        phrase: |s, d| {
+            if let (Some((w, _)), Some(guess)) = (&s.first, s.first_word_guess()) {
+                d.hint = Some(format!("`{w}` is not a keyword; did you mean `{guess}`?"));
+            }
+        },
+    },
+    // `name something`: a definition without `=`
+    HintRule {
+        applies: |s| s.has(Want::Eq) && s.at_second_word(),
+        phrase: |s, d| {
+            let name = s.prev_text().unwrap_or("name");
+            d.hint = Some(if s.has(Want::BlockItem) || in_block(s.src, s.pos) {
+                format!(
+                    "a sublayer is defined as `{name} = kind(...)`, e.g. `{name} = ffn(hidden = 512)`"
+                )
+            } else {
+                format!("a constant is defined as `{name} = value`, e.g. `{name} = 128`")
+            });
+        },
+    },
+    // `scheme []`
+    HintRule {
+        applies: |s| {
+            s.has(Want::StepName) && s.found == Found::Char(']') && s.prev_text() == Some("[")
+        },
+        phrase: |_, d| {
+            d.message = "a scheme step list cannot be empty".into();
+            d.label = "expected a sublayer name".into();
+            d.hint = Some(
+                "list the steps, e.g. `scheme [ffn * 0.5, attn, ffn * 0.5]`, \
+                 or use a named scheme such as `lie_trotter(attn, ffn)`"
+                    .into(),
+            );
+        },
+    },
+    // `stack layer 4`
+    HintRule {
+        applies: |s| s.has(Want::Star) && s.prev.is_some(),
+        phrase: |s, d| {
+            let name = s.prev_text().unwrap_or("layer");
+            d.hint = Some(format!(
+                "repeat a block with `stack {name} * N`, e.g. `stack {name} * 4`"
+            ));
+        },
+    },
+    // `block { ... }`
+    HintRule {
+        applies: |s| s.has(Want::BlockName) && s.found == Found::Char('{'),
+        phrase: |_, d| d.hint = Some("name the block: `block layer { ... }`".into()),
+    },
+    // `order` without its list
+    HintRule {
+        applies: |s| s.has(Want::Value) && s.prev_text() == Some("order"),
+        phrase: |_, d| {
+            d.hint = Some(
+                "give the execution order as a list of layer indices, e.g. `order [0, 1, 1, 3]`"
+                    .into(),
+            );
+        },
+    },
+    // `stack layer *` without the count
+    HintRule {
+        applies: |s| {
+            s.has(Want::Value)
+                && s.prev_text() == Some("*")
+                && s.first.as_ref().is_some_and(|(w, sp)| {
+                    // The error can be on the first word itself, after a `*` on an
+                    // earlier line; then this range would run backwards.
+                    w == "stack"
+                        && s.src
+                            .get(sp.end..s.pos)
+                            .is_some_and(|between| between.matches('*').count() == 1)
+                })
+        },
+        phrase: |_, d| d.hint = Some("give the number of layers, e.g. `stack layer * 4`".into()),
+    },
+    // `d = 64 *` at the end of a line
+    HintRule {
+        applies: |s| {
+            s.has(Want::Value)
+                && matches!(s.found, Found::Eol | Found::Eof)
+                && matches!(s.prev_text(), Some("+" | "-" | "*" | "/" | "//" | "%"))
+        },
+        phrase: |_, d| {
+            d.hint = Some(
+                "an expression cannot end with an operator; to continue it on the next line, \
+                 wrap it in parentheses"
+                    .into(),
+            );
+        },
+    },
+    // `d = block`; any other word where a value goes ends the search here too
+    HintRule {
+        applies: |s| s.has(Want::Value) && s.found_word().is_some(),
+        phrase: |s, d| {
+            if let Some(w) = s.found_word().filter(|w| KEYWORDS.contains(w)) {
+                d.hint = Some(format!(
+                    "`{w}` is a keyword, so it cannot be used as a value"
+                ));
+            }
+        },
+    },
+    // `d = 64 stack layer * 4`
+    HintRule {
+        applies: |s| s.has(Want::Eol) && starts_statement(s.src, s.pos, s.found_word()),
+        phrase: |s, d| {
+            d.hint = Some(format!(
+                "each statement goes on its own line: start a new line before `{}`",
+                s.found_word().unwrap_or("")
+            ));
+        },
+    },
+    // `block layer` with `{` on the next line
+    HintRule {
+        applies: |s| s.has(Want::LBrace) && s.found == Found::Eol,
+        phrase: |_, d| d.hint = Some("put the `{` on the same line as the block name".into()),
+    },
+    // `eps = .5`
+    HintRule {
+        applies: |s| {
+            s.has(Want::Value)
+                && s.found == Found::Char('.')
+                && s.src[s.span.end..].starts_with(|c: char| c.is_ascii_digit())
+        },
+        phrase: |_, d| d.hint = Some("write a digit before the `.`, as in `0.5`".into()),
+    },
+    // `d = 64;`
+    HintRule {
+        applies: |s| s.has(Want::Eol) && s.found == Found::Char(';'),
+        phrase: |_, d| {
+            d.hint = Some("a statement ends at the end of its line; remove the `;`".into());
+        },
+    },
+    // `d = width(2)`
+    HintRule {
+        applies: |s| {
+            s.has(Want::Eol)
+                && s.found == Found::Char('(')
+                && s.prev_touches()
+                && s.prev_text()
+                    .is_some_and(|t| t.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_'))
+        },
+        phrase: |s, d| {
+            d.hint = Some(format!(
+                "`{}` is a value here, not a call: expressions cannot take `(...)` arguments",
+                s.prev_text().unwrap_or("")
+            ));
+        },
+    },
+    // `ffn(hidden = 512 act = relu)`, `[1 2]`
+    HintRule {
+        applies: |s| s.has(Want::Comma) && matches!(s.found, Found::Word(_) | Found::Number(_)),
+        phrase: |s, d| {
+            d.hint = Some(if s.has(Want::RParen) {
+                "separate arguments with `,`".into()
+            } else {
+                "separate list items with `,`".into()
+            });
+        },
+    },
+];
+
+fn describe_error(src: &str, pos: usize, positives: &[Rule]) -> Diagnostic {
+    let site = ErrorSite::new(src, pos, positives);
+    if let Some(d) = keyword_as_name(&site) {
+        return d;
+    }
+    let mut d = expected_here(&site);
+    if let Some(rule) = HINT_RULES.iter().find(|rule| (rule.applies)(&site)) {
+        (rule.phrase)(&site, &mut d);
+    }
+    if d.hint.is_none() {
+        d.hint = keyword_typo_hint(&site);
+    }
+    d
+}
+
+/// `block = 4`: a keyword used as a constant (or sublayer) name.
+fn keyword_as_name(s: &ErrorSite) -> Option<Diagnostic> {
+    let (word, wspan) = s.first.as_ref()?;
+    let after_word = s.src[wspan.end..].trim_start_matches([' ', '\t']);
+    let eq_pos = s.src.len() - after_word.len();
+    let is_name = KEYWORDS.contains(&word.as_str())
+        && after_word.starts_with('=')
+        && !after_word.starts_with("==")
+        && (eq_pos == s.pos || wspan.start == s.pos);
+    is_name.then(|| {
+        Diagnostic::new(
+            format!("`{word}` is a keyword and cannot be used as a name"),
+            *wspan,
+            "reserved keyword",
+        )
+        .with_hint(format!(
+            "keywords are reserved; pick another name such as `my_{word}`"
+        ))
+    })
+}
+
+/// "expected ... after `...`", labelled with what was found instead.
+fn expected_here(s: &ErrorSite) -> Diagnostic {
+    let mut parts: Vec<String> = s.wants.iter().map(|w| phrase(*w, s.prev_text())).collect();
     if parts.is_empty() {
         parts.push("something else".into());
     }
     let expected = join_or(&parts);
-    let after = match &prev {
+    let after = match &s.prev {
         Some((t, _)) => format!(" after `{}`", shorten(t)),
         None => String::new(),
     };
-    let found_label = match found {
+    let found_label = match s.found {
         Found::Eol => "the line ends here".to_string(),
         Found::Eof => "the file ends here".to_string(),
-        _ => format!("unexpected {}", found.describe()),
+        _ => format!("unexpected {}", s.found.describe()),
     };
-    let mut d = Diagnostic::new(format!("expected {expected}{after}"), span, found_label);
+    let mut d = Diagnostic::new(format!("expected {expected}{after}"), s.span, found_label);
 
     // A character that cannot start any token gets its own message.
-    if let Found::Char(c) = found {
+    if let Found::Char(c) = s.found {
         if !"=*,()[]{}+-/%#.:;\"'<>!&|^~@?\\`".contains(c) && !c.is_whitespace() {
             d.message = format!("unexpected character `{}`", show_char(c));
             d.label = format!("expected {expected} here");
@@ -733,173 +1048,30 @@ fn describe_error(src: &str, pos: usize, positives: &[Rule]) -> Diagnostic {
             d.hint = Some("only spaces, tabs and line breaks may separate tokens".into());
         }
     }
-
-    // `block = 4`: a keyword used as a constant (or sublayer) name.
-    if let Some((word, wspan)) = first_word_of_line(src, pos) {
-        let after_word = src[wspan.end..].trim_start_matches([' ', '\t']);
-        let eq_pos = src.len() - after_word.len();
-        if KEYWORDS.contains(&word.as_str())
-            && after_word.starts_with('=')
-            && !after_word.starts_with("==")
-            && (eq_pos == pos || wspan.start == pos)
-        {
-            return Diagnostic::new(
-                format!("`{word}` is a keyword and cannot be used as a name"),
-                wspan,
-                "reserved keyword",
-            )
-            .with_hint(format!(
-                "keywords are reserved; pick another name such as `my_{word}`"
-            ));
-        }
-    }
-
-    let found_word = match &found {
-        Found::Word(w) => Some(w.as_str()),
-        _ => None,
-    };
-    let first = first_word_of_line(src, pos);
-    let at_second_word =
-        matches!(&first, Some((_, s)) if prev.as_ref().is_some_and(|(_, p)| p == s));
-
-    if has(Want::Eq) && found == Found::Char(':') {
-        d.hint = Some(format!(
-            "use `=`, not `:`: write `{} = ...`",
-            prev_text.unwrap_or("name")
-        ));
-    } else if has(Want::Eq) && found == Found::Char('{') && at_second_word {
-        d.hint = Some(format!(
-            "to define a block, write `block {} {{ ... }}`",
-            prev_text.unwrap_or("name")
-        ));
-    } else if has(Want::Eq)
-        && found == Found::Char('-')
-        && src[span.end..].starts_with(is_ident_char)
-        && prev.as_ref().is_some_and(|(_, p)| p.end == pos)
-    {
-        let rest: String = src[span.end..]
-            .chars()
-            .take_while(|c| is_ident_char(*c))
-            .collect();
-        d.hint = Some(format!(
-            "names may contain only letters, digits and `_`: write `{}_{rest}`",
-            prev_text.unwrap_or("")
-        ));
-    } else if let (true, Some((w, _)), Some(guess)) = (
-        has(Want::Eq) && at_second_word,
-        &first,
-        first
-            .as_ref()
-            .and_then(|(w, _)| closest(w, STATEMENT_KEYWORDS)),
-    ) {
-        d.hint = Some(format!("`{w}` is not a keyword; did you mean `{guess}`?"));
-    } else if has(Want::Eq) && at_second_word {
-        let name = prev_text.unwrap_or("name");
-        d.hint = Some(if has(Want::BlockItem) || in_block(src, pos) {
-            format!(
-                "a sublayer is defined as `{name} = kind(...)`, e.g. `{name} = ffn(hidden = 512)`"
-            )
-        } else {
-            format!("a constant is defined as `{name} = value`, e.g. `{name} = 128`")
-        });
-    } else if has(Want::StepName) && found == Found::Char(']') && prev_text == Some("[") {
-        d.message = "a scheme step list cannot be empty".into();
-        d.label = "expected a sublayer name".into();
-        d.hint = Some(
-            "list the steps, e.g. `scheme [ffn * 0.5, attn, ffn * 0.5]`, \
-             or use a named scheme such as `lie_trotter(attn, ffn)`"
-                .into(),
-        );
-    } else if has(Want::Star) && prev.is_some() {
-        let name = prev_text.unwrap_or("layer");
-        d.hint = Some(format!(
-            "repeat a block with `stack {name} * N`, e.g. `stack {name} * 4`"
-        ));
-    } else if has(Want::BlockName) && found == Found::Char('{') {
-        d.hint = Some("name the block: `block layer { ... }`".into());
-    } else if has(Want::Value) && prev_text == Some("order") {
-        d.hint = Some(
-            "give the execution order as a list of layer indices, e.g. `order [0, 1, 1, 3]`".into(),
-        );
-    } else if has(Want::Value)
-        && prev_text == Some("*")
-        && first
-            .as_ref()
-            .is_some_and(|(w, s)| w == "stack" && src[s.end..pos].matches('*').count() == 1)
-    {
-        d.hint = Some("give the number of layers, e.g. `stack layer * 4`".into());
-    } else if has(Want::Value)
-        && matches!(found, Found::Eol | Found::Eof)
-        && matches!(prev_text, Some("+" | "-" | "*" | "/" | "//" | "%"))
-    {
-        d.hint = Some(
-            "an expression cannot end with an operator; to continue it on the next line, \
-             wrap it in parentheses"
-                .into(),
-        );
-    } else if let (true, Some(w)) = (has(Want::Value), found_word) {
-        if KEYWORDS.contains(&w) {
-            d.hint = Some(format!(
-                "`{w}` is a keyword, so it cannot be used as a value"
-            ));
-        }
-    } else if has(Want::Eol) && starts_statement(src, pos, found_word) {
-        d.hint = Some(format!(
-            "each statement goes on its own line: start a new line before `{}`",
-            found_word.unwrap_or("")
-        ));
-    } else if has(Want::LBrace) && found == Found::Eol {
-        d.hint = Some("put the `{` on the same line as the block name".into());
-    } else if has(Want::Value)
-        && found == Found::Char('.')
-        && src[span.end..].starts_with(|c: char| c.is_ascii_digit())
-    {
-        d.hint = Some("write a digit before the `.`, as in `0.5`".into());
-    } else if has(Want::Eol) && found == Found::Char(';') {
-        d.hint = Some("a statement ends at the end of its line; remove the `;`".into());
-    } else if has(Want::Eol)
-        && found == Found::Char('(')
-        && prev.as_ref().is_some_and(|(t, p)| {
-            p.end == pos && t.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-        })
-    {
-        d.hint = Some(format!(
-            "`{}` is a value here, not a call: expressions cannot take `(...)` arguments",
-            prev_text.unwrap_or("")
-        ));
-    } else if has(Want::Comma) && matches!(found, Found::Word(_) | Found::Number(_)) {
-        d.hint = Some(if has(Want::RParen) {
-            "separate arguments with `,`".into()
-        } else {
-            "separate list items with `,`".into()
-        });
-    }
-
-    if d.hint.is_none() {
-        if let Some(w) = found_word {
-            let mut candidates: Vec<&str> = Vec::new();
-            if has(Want::Statement) {
-                candidates.extend_from_slice(STATEMENT_KEYWORDS);
-            }
-            if has(Want::BlockItem) {
-                candidates.extend_from_slice(&["norm", "skip", "scheme"]);
-            }
-            for (want, kw) in [
-                (Want::Norm, "norm"),
-                (Want::Skip, "skip"),
-                (Want::Shared, "shared"),
-                (Want::Order, "order"),
-            ] {
-                if has(want) {
-                    candidates.push(kw);
-                }
-            }
-            if let Some(guess) = closest(w, &candidates) {
-                d.hint = Some(format!("did you mean `{guess}`?"));
-            }
-        }
-    }
     d
+}
+
+/// "did you mean `norm`?" for a word close to a keyword that was wanted here.
+fn keyword_typo_hint(s: &ErrorSite) -> Option<String> {
+    let w = s.found_word()?;
+    let mut candidates: Vec<&str> = Vec::new();
+    if s.has(Want::Statement) {
+        candidates.extend_from_slice(STATEMENT_KEYWORDS);
+    }
+    if s.has(Want::BlockItem) {
+        candidates.extend_from_slice(&["norm", "skip", "scheme"]);
+    }
+    for (want, kw) in [
+        (Want::Norm, "norm"),
+        (Want::Skip, "skip"),
+        (Want::Shared, "shared"),
+        (Want::Order, "order"),
+    ] {
+        if s.has(want) {
+            candidates.push(kw);
+        }
+    }
+    closest(w, &candidates).map(|guess| format!("did you mean `{guess}`?"))
 }
 
 /// Whether `pos` lies inside a `{ ... }` block (by counting braces before it).
@@ -1626,6 +1798,17 @@ final_norm layernorm
 head lm(tied = true)
 loss cross_entropy
 ";
+
+    #[test]
+    fn keyword_at_line_start_after_an_operator() {
+        // Inside brackets the value after `*` may be on the next line, where `stack` is
+        // the line's first word.
+        let d = err("x = (2 *\nstack)\n");
+        assert_eq!(
+            d.hint.as_deref(),
+            Some("`stack` is a keyword, so it cannot be used as a value")
+        );
+    }
 
     #[test]
     fn spec_example_prints() {
