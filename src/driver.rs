@@ -104,7 +104,7 @@ impl Compiled {
         };
         let cfg = crate::train::resolve_config(self, &self.file_name, &self.source, &opts)
             .map_err(|e| e.to_string())?;
-        crate::train::optim::step_graph(&self.joint()?, &cfg.optim)
+        Ok(crate::train::optim::step_graph(&self.joint()?, &cfg.optim)?)
     }
 
     /// The deterministic text of one stage.

@@ -76,7 +76,7 @@ pub fn eval(g: &Graph, env: &Env) -> Result<Vec<Tensor>, InterpError> {
             op => {
                 let tys: Vec<Type> = args.iter().map(|t| t.ty()).collect();
                 let ty_refs: Vec<&Type> = tys.iter().collect();
-                let ty = infer_type(op, &ty_refs).map_err(at)?;
+                let ty = infer_type(op, &ty_refs).map_err(|e| at(e.to_string()))?;
                 if ty != node.ty {
                     return Err(at(format!(
                         "derives type {ty} but the node says {}",

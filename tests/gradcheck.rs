@@ -27,7 +27,7 @@ use common::{elaborate_small, example_sources, random_env};
 const TOL: f64 = 1e-6;
 const FLOOR: f64 = 1e-3;
 
-type R = Result<ValueId, String>;
+type R = Result<ValueId, lamina::ir::IrError>;
 
 /// A graph under construction together with the values of its inputs and parameters.
 struct Setup {

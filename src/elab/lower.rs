@@ -9,10 +9,9 @@ use super::resolve::{
 };
 use crate::diag::Diagnostics;
 use crate::ir::ops::MaskFill;
-use crate::ir::UnaryOp;
-use crate::ir::{Graph, GraphBuilder, Init, Op, Type, ValueId};
+use crate::ir::{Graph, GraphBuilder, Init, IrError, Op, Type, UnaryOp, ValueId};
 
-type R<T> = Result<T, String>;
+type R<T> = Result<T, IrError>;
 
 pub(crate) fn lower(p: &Plan) -> Result<Graph, Diagnostics> {
     let mut l = Lower {
@@ -44,7 +43,7 @@ impl Lower {
             let block = p
                 .blocks
                 .get(layer.block)
-                .ok_or("layer refers to a missing block")?;
+                .ok_or_else(|| IrError::Graph("layer refers to a missing block".into()))?;
             let prefix = format!("blocks.{}", layer.weights);
             let run = if layer.run == 0 {
                 String::new()
@@ -169,12 +168,13 @@ impl Lower {
         };
         match p.head {
             Head::Lm { tied: true } => {
-                let table = embed_table.ok_or("tied head without a token embedding")?;
+                let table = embed_table
+                    .ok_or_else(|| IrError::Graph("tied head without a token embedding".into()))?;
                 self.g.matmul(x, table, false, true)
             }
             Head::Lm { tied: false } => {
                 let InputPlan::Tokens { vocab, .. } = p.input else {
-                    return Err("lm head on a features input".into());
+                    return Err(IrError::Graph("lm head on a features input".into()));
                 };
                 self.linear(x, "head", d, vocab, false, true)
             }
@@ -194,7 +194,9 @@ impl Lower {
         match loss {
             Loss::CrossEntropy => {
                 let shape = self.g.shape(logits);
-                let (classes, lead) = shape.split_last().ok_or("scalar logits")?;
+                let (classes, lead) = shape
+                    .split_last()
+                    .ok_or_else(|| IrError::Graph("scalar logits".into()))?;
                 let n: usize = lead.iter().product();
                 let l2 = self.g.reshape(logits, vec![n, *classes])?;
                 let ls = self.g.push(Op::LogSoftmax, &[l2])?;
@@ -256,7 +258,7 @@ impl Lower {
             });
         }
         self.g.set_scope(format!("{name}{run}"));
-        let mut f = sum.ok_or("a unit without branches")?;
+        let mut f = sum.ok_or_else(|| IrError::Graph("a unit without branches".into()))?;
         if u.coef != 1.0 {
             f = self.g.scale(f, u.coef)?;
         }
@@ -333,7 +335,9 @@ impl Lower {
     ) -> R<ValueId> {
         let shape = self.g.shape(x);
         let [b, t, _] = shape[..] else {
-            return Err(format!("attention on a value of shape {shape:?}"));
+            return Err(IrError::Graph(format!(
+                "attention on a value of shape {shape:?}"
+            )));
         };
         let dh = w / heads;
         let mut qkv = Vec::new();
@@ -392,7 +396,10 @@ impl Lower {
     /// LayerNorm or RMSNorm over the last axis, from primitives.
     fn norm(&mut self, x: ValueId, name: &str, kind: NormKind, eps: f64) -> R<ValueId> {
         let shape = self.g.shape(x);
-        let last = shape.len().checked_sub(1).ok_or("norm of a scalar")?;
+        let last = shape
+            .len()
+            .checked_sub(1)
+            .ok_or_else(|| IrError::Graph("norm of a scalar".into()))?;
         let w = shape[last];
         let inv = 1.0 / w as f64;
         let weight = self

@@ -5,10 +5,12 @@
 //! an internal-error diagnostic rather than a panic.
 
 use super::ops::{BinaryOp, UnaryOp, ViewOp, F64};
-use super::{infer_type, Graph, Init, Input, Node, Op, Output, Param, Phase, Type, ValueId};
+use super::{
+    infer_type, Graph, Init, Input, IrError, Node, Op, Output, Param, Phase, Type, ValueId,
+};
 use std::collections::HashMap;
 
-pub type BuildResult = Result<ValueId, String>;
+pub type BuildResult = Result<ValueId, IrError>;
 
 #[derive(Default)]
 pub struct GraphBuilder {
@@ -106,10 +108,10 @@ impl GraphBuilder {
         let name = name.into();
         if let Some(&v) = self.param_nodes.get(&name) {
             if self.graph.ty(v).shape != shape {
-                return Err(format!(
+                return Err(IrError::Graph(format!(
                     "parameter {name} requested as {shape:?} but declared as {}",
                     self.graph.ty(v)
-                ));
+                )));
             }
             return Ok(v);
         }

@@ -130,6 +130,38 @@ pub struct Input {
     pub ty: Type,
 }
 
+/// What is wrong with a graph, an op's arguments, or a graph's text.
+#[derive(Clone, Debug, PartialEq)]
+pub enum IrError {
+    /// An op's shape rule rejects its argument types.
+    Shape { op: &'static str, detail: String },
+    /// Node `%node` is ill-formed.
+    Node { node: usize, detail: String },
+    /// A problem of the graph as a whole: an output, a saved value, a declaration.
+    Graph(String),
+    /// The text or JSON form does not parse (text errors start with `line:col:`).
+    Parse(String),
+}
+
+impl std::fmt::Display for IrError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IrError::Shape { detail, .. } | IrError::Graph(detail) | IrError::Parse(detail) => {
+                f.write_str(detail)
+            }
+            IrError::Node { node, detail } => write!(f, "%{node}: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for IrError {}
+
+impl From<IrError> for String {
+    fn from(e: IrError) -> String {
+        e.to_string()
+    }
+}
+
 /// Which part of a training step a node belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub enum Phase {
@@ -268,11 +300,14 @@ impl Graph {
 
     /// Check that the graph is well formed: arguments refer to earlier nodes, leaf indices
     /// are in range, every node's type equals the type its op derives, outputs exist.
-    pub fn verify(&self) -> Result<(), String> {
+    pub fn verify(&self) -> Result<(), IrError> {
         for (i, node) in self.nodes.iter().enumerate() {
             for a in &node.args {
                 if a.index() >= i {
-                    return Err(format!("%{i}: argument {a} is not defined before use"));
+                    return Err(node_error(
+                        i,
+                        format!("argument {a} is not defined before use"),
+                    ));
                 }
             }
             let arg_types: Vec<&Type> = node.args.iter().map(|a| self.ty(*a)).collect();
@@ -281,32 +316,42 @@ impl Graph {
                     .inputs
                     .get(*index)
                     .map(|inp| inp.ty.clone())
-                    .ok_or_else(|| format!("%{i}: input #{index} does not exist"))?,
+                    .ok_or_else(|| node_error(i, format!("input #{index} does not exist")))?,
                 Op::Param { index } => self
                     .params
                     .get(*index)
                     .map(|p| p.ty())
-                    .ok_or_else(|| format!("%{i}: param #{index} does not exist"))?,
-                op => infer_type(op, &arg_types).map_err(|e| format!("%{i}: {e}"))?,
+                    .ok_or_else(|| node_error(i, format!("param #{index} does not exist")))?,
+                op => infer_type(op, &arg_types).map_err(|e| node_error(i, e.to_string()))?,
             };
             if ty != node.ty {
-                return Err(format!(
-                    "%{i}: {} derives type {ty} but the node says {}",
-                    node.op.name(),
-                    node.ty
+                return Err(node_error(
+                    i,
+                    format!(
+                        "{} derives type {ty} but the node says {}",
+                        node.op.name(),
+                        node.ty
+                    ),
                 ));
             }
         }
         for o in &self.outputs {
             if o.value.index() >= self.nodes.len() {
-                return Err(format!("output {} refers to undefined {}", o.name, o.value));
+                return Err(IrError::Graph(format!(
+                    "output {} refers to undefined {}",
+                    o.name, o.value
+                )));
             }
         }
         for s in &self.saved {
             if s.index() >= self.nodes.len() {
-                return Err(format!("saved value {s} is undefined"));
+                return Err(IrError::Graph(format!("saved value {s} is undefined")));
             }
         }
         Ok(())
     }
+}
+
+fn node_error(node: usize, detail: String) -> IrError {
+    IrError::Node { node, detail }
 }

@@ -10,7 +10,7 @@
 //! Adding an op touches (the checklist, also in ARCHITECTURE.md): `Op` and `infer_type`
 //! here, `text` (printer and parser), `interp` (semantics), `autodiff` (VJP).
 
-use super::{DType, Type};
+use super::{DType, IrError, Type};
 use serde::{Deserialize, Serialize};
 
 /// What the upper triangle (column > row) of a causal mask is filled with.
@@ -415,27 +415,32 @@ impl Op {
     }
 }
 
-fn expect_arity(op: &Op, args: &[&Type], n: usize) -> Result<(), String> {
+fn expect_arity(op: &Op, args: &[&Type], n: usize) -> Result<(), IrError> {
     if args.len() != n {
-        return Err(format!(
-            "{} takes {n} argument(s), got {}",
-            op.name(),
-            args.len()
+        return Err(shape_error(
+            op,
+            format!("{} takes {n} argument(s), got {}", op.name(), args.len()),
         ));
     }
     Ok(())
 }
 
-fn expect_f32(op: &Op, t: &Type) -> Result<(), String> {
+fn expect_f32(op: &Op, t: &Type) -> Result<(), IrError> {
     if t.dtype != DType::F32 {
-        return Err(format!("{} expects f32, got {t}", op.name()));
+        return Err(shape_error(
+            op,
+            format!("{} expects f32, got {t}", op.name()),
+        ));
     }
     Ok(())
 }
 
-fn expect_i32(op: &Op, t: &Type) -> Result<(), String> {
+fn expect_i32(op: &Op, t: &Type) -> Result<(), IrError> {
     if t.dtype != DType::I32 {
-        return Err(format!("{} expects i32 indices, got {t}", op.name()));
+        return Err(shape_error(
+            op,
+            format!("{} expects i32 indices, got {t}", op.name()),
+        ));
     }
     Ok(())
 }
@@ -453,11 +458,12 @@ pub fn broadcasts_to(from: &[usize], to: &[usize]) -> bool {
 
 /// The shape rule of every op except the leaves `Input` and `Param`, whose types come from
 /// the graph's input and parameter lists.
-pub fn infer_type(op: &Op, args: &[&Type]) -> Result<Type, String> {
+pub fn infer_type(op: &Op, args: &[&Type]) -> Result<Type, IrError> {
     match op {
-        Op::Input { .. } | Op::Param { .. } => {
-            Err(format!("{} takes its type from the graph", op.name()))
-        }
+        Op::Input { .. } | Op::Param { .. } => Err(shape_error(
+            op,
+            format!("{} takes its type from the graph", op.name()),
+        )),
         Op::Full { shape, .. } => {
             expect_arity(op, args, 0)?;
             Ok(Type::f32(shape.clone()))
@@ -476,11 +482,14 @@ pub fn infer_type(op: &Op, args: &[&Type]) -> Result<Type, String> {
             expect_f32(op, args[0])?;
             expect_f32(op, args[1])?;
             if args[0].shape != args[1].shape {
-                return Err(format!(
-                    "{} needs equal shapes, got {} and {}",
-                    op.name(),
-                    args[0],
-                    args[1]
+                return Err(shape_error(
+                    op,
+                    format!(
+                        "{} needs equal shapes, got {} and {}",
+                        op.name(),
+                        args[0],
+                        args[1]
+                    ),
                 ));
             }
             Ok(args[0].clone())
@@ -490,8 +499,11 @@ pub fn infer_type(op: &Op, args: &[&Type]) -> Result<Type, String> {
             expect_f32(op, args[0])?;
             let r = args[0].rank();
             if axes.windows(2).any(|w| w[0] >= w[1]) || axes.iter().any(|&a| a >= r) {
-                return Err(format!(
-                    "reduce_sum axes {axes:?} must be ascending, distinct and below rank {r}"
+                return Err(shape_error(
+                    op,
+                    format!(
+                        "reduce_sum axes {axes:?} must be ascending, distinct and below rank {r}"
+                    ),
                 ));
             }
             let shape = args[0]
@@ -510,12 +522,12 @@ pub fn infer_type(op: &Op, args: &[&Type]) -> Result<Type, String> {
             expect_arity(op, args, 1)?;
             expect_f32(op, args[0])?;
             if args[0].rank() == 0 {
-                return Err(format!("{} needs rank >= 1", op.name()));
+                return Err(shape_error(op, format!("{} needs rank >= 1", op.name())));
             }
             Ok(args[0].clone())
         }
         Op::View(v) => view_type(op, v, args),
-        Op::Concat { axis } => concat_type(args, *axis),
+        Op::Concat { axis } => concat_type(op, args, *axis),
         Op::MatMul { ta, tb } => matmul_type(op, args, *ta, *tb),
         Op::Gather => {
             expect_arity(op, args, 2)?;
@@ -523,7 +535,10 @@ pub fn infer_type(op: &Op, args: &[&Type]) -> Result<Type, String> {
             expect_f32(op, table)?;
             expect_i32(op, ids)?;
             if table.rank() != 2 {
-                return Err(format!("gather table must be [V, D], got {table}"));
+                return Err(shape_error(
+                    op,
+                    format!("gather table must be [V, D], got {table}"),
+                ));
             }
             let mut shape = ids.shape.clone();
             shape.push(table.shape[1]);
@@ -535,7 +550,10 @@ pub fn infer_type(op: &Op, args: &[&Type]) -> Result<Type, String> {
             expect_i32(op, ids)?;
             expect_f32(op, src)?;
             if src.rank() != ids.rank() + 1 || src.shape[..ids.rank()] != ids.shape[..] {
-                return Err(format!("scatter_add src {src} does not match ids {ids}"));
+                return Err(shape_error(
+                    op,
+                    format!("scatter_add src {src} does not match ids {ids}"),
+                ));
             }
             Ok(Type::f32(vec![*rows, src.shape[src.rank() - 1]]))
         }
@@ -552,7 +570,10 @@ pub fn infer_type(op: &Op, args: &[&Type]) -> Result<Type, String> {
             let t = args[0];
             let r = t.rank();
             if r < 2 || t.shape[r - 1] != t.shape[r - 2] {
-                return Err(format!("causal_mask needs [..., T, T], got {t}"));
+                return Err(shape_error(
+                    op,
+                    format!("causal_mask needs [..., T, T], got {t}"),
+                ));
             }
             Ok(t.clone())
         }
@@ -560,15 +581,18 @@ pub fn infer_type(op: &Op, args: &[&Type]) -> Result<Type, String> {
 }
 
 /// The shape rule of the view ops.
-fn view_type(op: &Op, v: &ViewOp, args: &[&Type]) -> Result<Type, String> {
+fn view_type(op: &Op, v: &ViewOp, args: &[&Type]) -> Result<Type, IrError> {
     match v {
         ViewOp::Reshape { shape } => {
             expect_arity(op, args, 1)?;
             let n: usize = shape.iter().product();
             if n != args[0].numel() {
-                return Err(format!(
-                    "reshape from {} to {shape:?} changes the element count",
-                    args[0]
+                return Err(shape_error(
+                    op,
+                    format!(
+                        "reshape from {} to {shape:?} changes the element count",
+                        args[0]
+                    ),
                 ));
             }
             Ok(Type {
@@ -581,11 +605,17 @@ fn view_type(op: &Op, v: &ViewOp, args: &[&Type]) -> Result<Type, String> {
             let r = args[0].rank();
             let mut seen = vec![false; r];
             if perm.len() != r {
-                return Err(format!("transpose perm {perm:?} does not match rank {r}"));
+                return Err(shape_error(
+                    op,
+                    format!("transpose perm {perm:?} does not match rank {r}"),
+                ));
             }
             for &p in perm {
                 if p >= r || seen[p] {
-                    return Err(format!("transpose perm {perm:?} is not a permutation"));
+                    return Err(shape_error(
+                        op,
+                        format!("transpose perm {perm:?} is not a permutation"),
+                    ));
                 }
                 seen[p] = true;
             }
@@ -598,7 +628,10 @@ fn view_type(op: &Op, v: &ViewOp, args: &[&Type]) -> Result<Type, String> {
         ViewOp::Broadcast { shape } => {
             expect_arity(op, args, 1)?;
             if !broadcasts_to(&args[0].shape, shape) {
-                return Err(format!("cannot broadcast {} to {shape:?}", args[0]));
+                return Err(shape_error(
+                    op,
+                    format!("cannot broadcast {} to {shape:?}", args[0]),
+                ));
             }
             Ok(Type {
                 dtype: args[0].dtype,
@@ -609,8 +642,9 @@ fn view_type(op: &Op, v: &ViewOp, args: &[&Type]) -> Result<Type, String> {
             expect_arity(op, args, 1)?;
             let t = args[0];
             if *axis >= t.rank() || start >= end || *end > t.shape[*axis] {
-                return Err(format!(
-                    "slice axis {axis} {start}..{end} out of range for {t}"
+                return Err(shape_error(
+                    op,
+                    format!("slice axis {axis} {start}..{end} out of range for {t}"),
                 ));
             }
             let mut shape = t.shape.clone();
@@ -624,13 +658,16 @@ fn view_type(op: &Op, v: &ViewOp, args: &[&Type]) -> Result<Type, String> {
 }
 
 /// The shape rule of `matmul`.
-fn matmul_type(op: &Op, args: &[&Type], ta: bool, tb: bool) -> Result<Type, String> {
+fn matmul_type(op: &Op, args: &[&Type], ta: bool, tb: bool) -> Result<Type, IrError> {
     expect_arity(op, args, 2)?;
     let (a, b) = (args[0], args[1]);
     expect_f32(op, a)?;
     expect_f32(op, b)?;
     if a.rank() < 2 || b.rank() < 2 {
-        return Err(format!("matmul needs rank >= 2, got {a} and {b}"));
+        return Err(shape_error(
+            op,
+            format!("matmul needs rank >= 2, got {a} and {b}"),
+        ));
     }
     let (ra, rb) = (a.rank(), b.rank());
     let (m, ka) = if ta {
@@ -644,12 +681,16 @@ fn matmul_type(op: &Op, args: &[&Type], ta: bool, tb: bool) -> Result<Type, Stri
         (b.shape[rb - 2], b.shape[rb - 1])
     };
     if ka != kb {
-        return Err(format!(
-            "matmul inner dims differ: {a} and {b} (ta={ta}, tb={tb})"
+        return Err(shape_error(
+            op,
+            format!("matmul inner dims differ: {a} and {b} (ta={ta}, tb={tb})"),
         ));
     }
     if rb != 2 && a.shape[..ra - 2] != b.shape[..rb - 2] {
-        return Err(format!("matmul batch dims differ: {a} and {b}"));
+        return Err(shape_error(
+            op,
+            format!("matmul batch dims differ: {a} and {b}"),
+        ));
     }
     let mut shape = a.shape[..ra - 2].to_vec();
     shape.push(m);
@@ -658,13 +699,16 @@ fn matmul_type(op: &Op, args: &[&Type], ta: bool, tb: bool) -> Result<Type, Stri
 }
 
 /// The shape rule of `concat`.
-fn concat_type(args: &[&Type], axis: usize) -> Result<Type, String> {
+fn concat_type(op: &Op, args: &[&Type], axis: usize) -> Result<Type, IrError> {
     if args.is_empty() {
-        return Err("concat needs at least one argument".into());
+        return Err(shape_error(op, "concat needs at least one argument".into()));
     }
     let first = args[0];
     if axis >= first.rank() {
-        return Err(format!("concat axis {axis} out of range for {first}"));
+        return Err(shape_error(
+            op,
+            format!("concat axis {axis} out of range for {first}"),
+        ));
     }
     let mut shape = first.shape.clone();
     shape[axis] = 0;
@@ -673,7 +717,10 @@ fn concat_type(args: &[&Type], axis: usize) -> Result<Type, String> {
             && t.dtype == first.dtype
             && (0..t.rank()).all(|i| i == axis || t.shape[i] == first.shape[i]);
         if !same_other {
-            return Err(format!("concat of {first} and {t} along axis {axis}"));
+            return Err(shape_error(
+                op,
+                format!("concat of {first} and {t} along axis {axis}"),
+            ));
         }
         shape[axis] += t.shape[axis];
     }
@@ -681,4 +728,11 @@ fn concat_type(args: &[&Type], axis: usize) -> Result<Type, String> {
         dtype: first.dtype,
         shape,
     })
+}
+
+fn shape_error(op: &Op, detail: String) -> IrError {
+    IrError::Shape {
+        op: op.name(),
+        detail,
+    }
 }

@@ -34,7 +34,7 @@
 
 use super::ops::MaskFill;
 use super::ops::{UnaryOp, ViewOp, F64};
-use super::{DType, Graph, Init, Input, Node, Op, Output, Param, Phase, Type, ValueId};
+use super::{DType, Graph, Init, Input, IrError, Node, Op, Output, Param, Phase, Type, ValueId};
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 
@@ -280,7 +280,7 @@ fn is_word_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_' || c == '+' || c == '-'
 }
 
-fn lex(text: &str) -> Result<Vec<Token>, String> {
+fn lex(text: &str) -> PResult<Vec<Token>> {
     let chars: Vec<char> = text.chars().collect();
     let mut toks = Vec::new();
     let (mut i, mut line, mut col) = (0usize, 1usize, 1usize);
@@ -327,7 +327,7 @@ fn lex(text: &str) -> Result<Vec<Token>, String> {
                 loop {
                     match chars.get(i) {
                         None | Some('\n') => {
-                            return Err(format!("{l}:{cl}: unterminated string"));
+                            return Err(IrError::Parse(format!("{l}:{cl}: unterminated string")));
                         }
                         Some('"') => {
                             i += 1;
@@ -336,7 +336,7 @@ fn lex(text: &str) -> Result<Vec<Token>, String> {
                         }
                         Some('\\') => {
                             let (el, ec) = (line, col);
-                            let bad = || format!("{el}:{ec}: bad escape in string");
+                            let bad = || IrError::Parse(format!("{el}:{ec}: bad escape in string"));
                             let simple = match chars.get(i + 1) {
                                 Some('n') => Some('\n'),
                                 Some('t') => Some('\t'),
@@ -396,7 +396,11 @@ fn lex(text: &str) -> Result<Vec<Token>, String> {
                 }
                 push(&mut toks, Tok::Word(s));
             }
-            c => return Err(format!("{l}:{cl}: unexpected character {c:?}")),
+            c => {
+                return Err(IrError::Parse(format!(
+                    "{l}:{cl}: unexpected character {c:?}"
+                )))
+            }
         }
     }
     toks.push(Token {
@@ -422,10 +426,10 @@ fn describe(t: &Tok) -> String {
 // Parsing
 // ------------------------------------------------------------------------------------------
 
-type PResult<T> = Result<T, String>;
+type PResult<T> = Result<T, IrError>;
 
-fn at(t: &Token, msg: impl std::fmt::Display) -> String {
-    format!("{}:{}: {msg}", t.line, t.col)
+fn at(t: &Token, msg: impl std::fmt::Display) -> IrError {
+    IrError::Parse(format!("{}:{}: {msg}", t.line, t.col))
 }
 
 /// `input x` / `param #3` in a node, resolved once all declarations are known.
@@ -880,7 +884,7 @@ struct Attrs<'a> {
 }
 
 impl Attrs<'_> {
-    fn missing(&self, what: &str) -> String {
+    fn missing(&self, what: &str) -> IrError {
         at(self.op_tok, format!("{} needs {what}", self.op))
     }
 
@@ -1058,7 +1062,7 @@ fn build_op(name: &str, tok: &Token, items: Vec<Attr>) -> PResult<Op> {
 }
 
 /// Parse the text form back into a graph, then verify it. Errors start with `line:col:`.
-pub fn parse(text: &str) -> Result<Graph, String> {
+pub fn parse(text: &str) -> Result<Graph, IrError> {
     let toks = lex(text)?;
     let mut p = Parser { toks, pos: 0 };
     let mut st = p.graph()?;
@@ -1112,7 +1116,7 @@ pub fn parse(text: &str) -> Result<Graph, String> {
     }
     check_graph(&st.graph).map_err(|(node, e)| match node.and_then(|i| st.node_tok.get(i)) {
         Some(t) => at(t, e),
-        None => e,
+        None => IrError::Parse(e),
     })?;
     Ok(st.graph)
 }
@@ -1148,13 +1152,9 @@ fn check_graph(g: &Graph) -> Result<(), (Option<usize>, String)> {
             _ => {}
         }
     }
-    g.verify().map_err(|e| {
-        // `verify` starts node errors with `%N:`.
-        let node = e
-            .strip_prefix('%')
-            .and_then(|rest| rest.split(':').next())
-            .and_then(|n| n.parse::<usize>().ok());
-        (node, e)
+    g.verify().map_err(|e| match e {
+        IrError::Node { node, .. } => (Some(node), e.to_string()),
+        e => (None, e.to_string()),
     })
 }
 
@@ -1264,9 +1264,10 @@ fn take_non_finite(slot: Option<&mut serde_json::Value>) -> Option<f64> {
 }
 
 /// Read `to_json`'s output back, then verify the graph.
-pub fn from_json(s: &str) -> Result<Graph, String> {
+pub fn from_json(s: &str) -> Result<Graph, IrError> {
     use serde_json::Value;
-    let mut v: Value = serde_json::from_str(s).map_err(|e| format!("invalid JSON: {e}"))?;
+    let mut v: Value =
+        serde_json::from_str(s).map_err(|e| IrError::Parse(format!("invalid JSON: {e}")))?;
     let mut init_patches = Vec::new();
     if let Some(params) = v.get_mut("params").and_then(Value::as_array_mut) {
         for (i, p) in params.iter_mut().enumerate() {
@@ -1283,7 +1284,8 @@ pub fn from_json(s: &str) -> Result<Graph, String> {
             }
         }
     }
-    let mut g: Graph = serde_json::from_value(v).map_err(|e| format!("invalid graph JSON: {e}"))?;
+    let mut g: Graph = serde_json::from_value(v)
+        .map_err(|e| IrError::Parse(format!("invalid graph JSON: {e}")))?;
     for (i, f) in init_patches {
         if let Some(p) = g.params.get_mut(i) {
             match &mut p.init {
@@ -1292,7 +1294,7 @@ pub fn from_json(s: &str) -> Result<Graph, String> {
             }
         }
     }
-    check_graph(&g).map_err(|(_, e)| e)?;
+    check_graph(&g).map_err(|(_, e)| IrError::Parse(e))?;
     Ok(g)
 }
 
@@ -1342,13 +1344,22 @@ mod tests {
 
     #[test]
     fn lexer_errors_have_positions() {
-        assert_eq!(lex("ab\n  \"x").unwrap_err(), "2:3: unterminated string");
-        assert_eq!(lex("a $").unwrap_err(), "1:3: unexpected character '$'");
         assert_eq!(
-            lex("\"\\u{110000}\"").unwrap_err(),
+            lex("ab\n  \"x").unwrap_err().to_string(),
+            "2:3: unterminated string"
+        );
+        assert_eq!(
+            lex("a $").unwrap_err().to_string(),
+            "1:3: unexpected character '$'"
+        );
+        assert_eq!(
+            lex("\"\\u{110000}\"").unwrap_err().to_string(),
             "1:2: bad escape in string"
         );
-        assert_eq!(lex("\"\\q\"").unwrap_err(), "1:2: bad escape in string");
+        assert_eq!(
+            lex("\"\\q\"").unwrap_err().to_string(),
+            "1:2: bad escape in string"
+        );
     }
 
     #[test]

@@ -14,8 +14,9 @@
 //! - LAMB's "trust ratio is 1 when a norm is 0" uses `nz(x) = x / (x + 1e-30)`, which is 0
 //!   at 0 and 1 (after f32 rounding) for any norm above ~1e-22.
 
-use crate::ir::UnaryOp;
-use crate::ir::{Graph, GraphBuilder, Init, Op, Output, OutputRole, Phase, Type, ValueId};
+use crate::ir::{
+    Graph, GraphBuilder, Init, IrError, Op, Output, OutputRole, Phase, Type, UnaryOp, ValueId,
+};
 use serde::{Deserialize, Serialize};
 
 /// The name of the scheduled learning-rate input.
@@ -122,12 +123,21 @@ fn updated_params(joint: &Graph) -> Vec<(usize, ValueId)> {
         .collect()
 }
 
+type R<T> = Result<T, IrError>;
+
+/// The step graph under construction, with the host scalars it reads.
 struct B {
     b: GraphBuilder,
+    lr: ValueId,
+    /// `1 / (1 - beta1^t)` and `1 / (1 - beta2^t)` (Adam-style optimizers only).
+    bias_corrections: Option<(ValueId, ValueId)>,
+    noise_scale: Option<ValueId>,
+    /// `(output name, value)` of every updated parameter and state tensor, in order.
+    updates: Vec<(String, ValueId)>,
 }
 
 impl B {
-    fn sum_sq(&mut self, x: ValueId) -> Result<ValueId, String> {
+    fn sum_sq(&mut self, x: ValueId) -> R<ValueId> {
         let sq = self.b.mul(x, x)?;
         let n = self.b.ty(x).numel();
         if self.b.ty(x).rank() == 0 {
@@ -136,204 +146,251 @@ impl B {
         let flat = self.b.reshape(sq, vec![n])?;
         self.b.reduce_sum(flat, vec![0], false)
     }
-    fn bcast(&mut self, s: ValueId, shape: &[usize]) -> Result<ValueId, String> {
+    fn bcast(&mut self, s: ValueId, shape: &[usize]) -> R<ValueId> {
         self.b.broadcast(s, shape.to_vec())
     }
     /// `x / (x + 1e-30)`: 0 at 0, 1 for any non-tiny non-negative x.
-    fn nonzero(&mut self, x: ValueId) -> Result<ValueId, String> {
+    fn nonzero(&mut self, x: ValueId) -> R<ValueId> {
         let d = self.b.add_scalar(x, 1e-30)?;
         self.b.div(x, d)
+    }
+    /// `1 - x`.
+    fn one_minus(&mut self, x: ValueId) -> R<ValueId> {
+        let n = self.b.scale(x, -1.0)?;
+        self.b.add_scalar(n, 1.0)
+    }
+    fn state(&mut self, kind: &str, pname: &str, shape: &[usize]) -> R<ValueId> {
+        self.b.param(
+            format!("optim.{kind}.{pname}"),
+            shape.to_vec(),
+            Init::Zeros,
+            false,
+        )
+    }
+
+    /// The gradients scaled by `min(1, c / |g|)` with `|g|` their global norm + 1e-6
+    /// (PyTorch's `clip_grad_norm_`); `min(1, r) = 1 - relu(1 - r)`.
+    fn clip(&mut self, grads: &mut [ValueId], c: f64) -> R<()> {
+        self.b.set_scope("optim.clip");
+        let mut total: Option<ValueId> = None;
+        for &g in grads.iter() {
+            let s = self.sum_sq(g)?;
+            total = Some(match total {
+                None => s,
+                Some(t) => self.b.add(t, s)?,
+            });
+        }
+        let Some(total) = total else {
+            return Ok(());
+        };
+        let n = self.b.unary(Op::Unary(UnaryOp::Sqrt), total)?;
+        let n = self.b.add_scalar(n, 1e-6)?;
+        let inv = self.b.unary(Op::Unary(UnaryOp::Recip), n)?;
+        let ratio = self.b.scale(inv, c)?;
+        let excess = self.one_minus(ratio)?;
+        let r = self.b.unary(Op::Unary(UnaryOp::Relu), excess)?;
+        let factor = self.one_minus(r)?;
+        for g in grads.iter_mut() {
+            let shape = self.b.shape(*g);
+            let f = self.bcast(factor, &shape)?;
+            *g = self.b.mul(*g, f)?;
+        }
+        Ok(())
+    }
+
+    /// PyTorch's SGD direction: `d = g + wd p`, `buf = momentum buf + d`, then `buf` (or
+    /// `d + momentum buf` with Nesterov).
+    fn sgd(&mut self, p: Param<'_>, g: ValueId, momentum: f64, nesterov: bool) -> R<ValueId> {
+        let d = if p.wd != 0.0 {
+            let wp = self.b.scale(p.value, p.wd)?;
+            self.b.add(g, wp)?
+        } else {
+            g
+        };
+        if momentum == 0.0 {
+            return Ok(d);
+        }
+        let buf = self.state("momentum", p.name, p.shape)?;
+        let mb = self.b.scale(buf, momentum)?;
+        let buf_new = self.b.add(mb, d)?;
+        self.updates
+            .push((update(&format!("optim.momentum.{}", p.name)), buf_new));
+        if nesterov {
+            let mb2 = self.b.scale(buf_new, momentum)?;
+            self.b.add(d, mb2)
+        } else {
+            Ok(buf_new)
+        }
+    }
+
+    /// The AdamW direction `m_hat / (sqrt(v_hat) + eps) + wd p`.
+    fn adam(&mut self, p: Param<'_>, g: ValueId, betas: (f64, f64), eps: f64) -> R<ValueId> {
+        let (beta1, beta2) = betas;
+        let (bc1, bc2) = self
+            .bias_corrections
+            .ok_or_else(|| IrError::Graph("the bias corrections are missing".into()))?;
+        let m = self.state("m", p.name, p.shape)?;
+        let v = self.state("v", p.name, p.shape)?;
+        let m1 = self.b.scale(m, beta1)?;
+        let g1 = self.b.scale(g, 1.0 - beta1)?;
+        let m_new = self.b.add(m1, g1)?;
+        let v1 = self.b.scale(v, beta2)?;
+        let gg = self.b.mul(g, g)?;
+        let g2 = self.b.scale(gg, 1.0 - beta2)?;
+        let v_new = self.b.add(v1, g2)?;
+        self.updates
+            .push((update(&format!("optim.m.{}", p.name)), m_new));
+        self.updates
+            .push((update(&format!("optim.v.{}", p.name)), v_new));
+        let c1 = self.bcast(bc1, p.shape)?;
+        let c2 = self.bcast(bc2, p.shape)?;
+        let m_hat = self.b.mul(m_new, c1)?;
+        let v_hat = self.b.mul(v_new, c2)?;
+        let root = self.b.unary(Op::Unary(UnaryOp::Sqrt), v_hat)?;
+        let denom = self.b.add_scalar(root, eps)?;
+        let u = self.b.div(m_hat, denom)?;
+        if p.wd == 0.0 {
+            return Ok(u);
+        }
+        let wp = self.b.scale(p.value, p.wd)?;
+        self.b.add(u, wp)
+    }
+
+    /// LAMB's per-tensor trust ratio `|p| / |u|` applied to `u`, 1 when either norm is 0:
+    /// `trust = 1 + nz(|p|) nz(|u|) (|p| / (|u| + 1 - nz(|u|)) - 1)`.
+    fn trust(&mut self, p: Param<'_>, u: ValueId) -> R<ValueId> {
+        let ps = self.sum_sq(p.value)?;
+        let pn = self.b.unary(Op::Unary(UnaryOp::Sqrt), ps)?;
+        let us = self.sum_sq(u)?;
+        let un = self.b.unary(Op::Unary(UnaryOp::Sqrt), us)?;
+        let zp = self.nonzero(pn)?;
+        let zu = self.nonzero(un)?;
+        let not_zu = self.one_minus(zu)?;
+        let safe_un = self.b.add(un, not_zu)?;
+        let ratio = self.b.div(pn, safe_un)?;
+        let ratio_m1 = self.b.add_scalar(ratio, -1.0)?;
+        let both = self.b.mul(zp, zu)?;
+        let t = self.b.mul(both, ratio_m1)?;
+        let trust = self.b.add_scalar(t, 1.0)?;
+        let tb = self.bcast(trust, p.shape)?;
+        self.b.mul(u, tb)
+    }
+
+    /// `p - lr_p * direction` for one parameter, with its noise and width scaling.
+    fn update_param(&mut self, cfg: &OptimConfig, p: Param<'_>, grad: ValueId) -> R<()> {
+        self.b.set_scope(format!("optim.{}", p.name));
+        let mut g = grad;
+        if let Some(ns) = self.noise_scale {
+            let noise = self
+                .b
+                .input(format!("noise.{}", p.name), Type::f32(p.shape.to_vec()));
+            let s = self.bcast(ns, p.shape)?;
+            let scaled = self.b.mul(noise, s)?;
+            g = self.b.add(g, scaled)?;
+        }
+        let step = match &cfg.kind {
+            OptimKind::Sgd { momentum, nesterov } => self.sgd(p, g, *momentum, *nesterov)?,
+            OptimKind::AdamW { beta1, beta2, eps } => self.adam(p, g, (*beta1, *beta2), *eps)?,
+            OptimKind::Lamb { beta1, beta2, eps } => {
+                let u = self.adam(p, g, (*beta1, *beta2), *eps)?;
+                self.trust(p, u)?
+            }
+        };
+        let lr_b = self.bcast(self.lr, p.shape)?;
+        let lr_p = if p.lr_mult != 1.0 {
+            self.b.scale(lr_b, p.lr_mult)?
+        } else {
+            lr_b
+        };
+        let delta = self.b.mul(lr_p, step)?;
+        let p_new = self.b.sub(p.value, delta)?;
+        self.updates.push((update(p.name), p_new));
+        Ok(())
+    }
+}
+
+/// One updated parameter as the update rules see it.
+#[derive(Clone, Copy)]
+struct Param<'a> {
+    name: &'a str,
+    shape: &'a [usize],
+    value: ValueId,
+    /// The weight decay and learning-rate multiplier after width scaling.
+    wd: f64,
+    lr_mult: f64,
+}
+
+/// AdamW's width scaling rule (hidden matrices only; embeddings and vectors keep the base
+/// rates): `m = in / base_width`.
+fn width_multiplier(cfg: &OptimConfig, name: &str, shape: &[usize]) -> f64 {
+    match cfg.width_scaling {
+        Some(base)
+            if shape.len() == 2 && !matches!(name, "embed.weight" | "pos.weight") && base > 0.0 =>
+        {
+            shape[1] as f64 / base
+        }
+        _ => 1.0,
     }
 }
 
 /// Append the optimizer update to a joint graph (see the module docs).
-pub fn step_graph(joint: &Graph, cfg: &OptimConfig) -> Result<Graph, String> {
+pub fn step_graph(joint: &Graph, cfg: &OptimConfig) -> Result<Graph, IrError> {
     let updated = updated_params(joint);
     let loss = joint
         .output_with(OutputRole::Loss)
-        .ok_or("the joint graph has no loss output")?;
-    let mut b = B {
-        b: GraphBuilder::from_graph(joint.clone()),
-    };
-    b.b.set_phase(Phase::Update);
-    b.b.set_scope("optim");
+        .ok_or_else(|| IrError::Graph("the joint graph has no loss output".into()))?;
+    let mut b = GraphBuilder::from_graph(joint.clone());
+    b.set_phase(Phase::Update);
+    b.set_scope("optim");
     let scalar = Type::f32(Vec::<usize>::new());
-    let lr = b.b.input(LR, scalar.clone());
-    let (bc1, bc2) = if cfg.kind.betas().is_some() {
+    let lr = b.input(LR, scalar.clone());
+    let bias_corrections = cfg.kind.betas().map(|_| {
         (
-            Some(b.b.input(BIAS_CORRECTION1, scalar.clone())),
-            Some(b.b.input(BIAS_CORRECTION2, scalar.clone())),
+            b.input(BIAS_CORRECTION1, scalar.clone()),
+            b.input(BIAS_CORRECTION2, scalar.clone()),
         )
-    } else {
-        (None, None)
+    });
+    let noise_scale = cfg.noise.map(|_| b.input(NOISE_SCALE, scalar.clone()));
+    let mut st = B {
+        b,
+        lr,
+        bias_corrections,
+        noise_scale,
+        updates: vec![],
     };
-    let noise_scale = match cfg.noise {
-        Some(_) => Some(b.b.input(NOISE_SCALE, scalar.clone())),
-        None => None,
-    };
-
-    // Gradients, clipped by the global norm.
     let mut grads: Vec<ValueId> = updated.iter().map(|(_, g)| *g).collect();
     if let Some(c) = cfg.clip {
-        b.b.set_scope("optim.clip");
-        let mut total: Option<ValueId> = None;
-        for &g in &grads {
-            let s = b.sum_sq(g)?;
-            total = Some(match total {
-                None => s,
-                Some(t) => b.b.add(t, s)?,
-            });
-        }
-        if let Some(total) = total {
-            let n = b.b.unary(Op::Unary(UnaryOp::Sqrt), total)?;
-            let n = b.b.add_scalar(n, 1e-6)?;
-            let inv = b.b.unary(Op::Unary(UnaryOp::Recip), n)?;
-            let ratio = b.b.scale(inv, c)?;
-            // min(1, r) = 1 - relu(1 - r)
-            let one_minus = b.b.scale(ratio, -1.0)?;
-            let one_minus = b.b.add_scalar(one_minus, 1.0)?;
-            let r = b.b.unary(Op::Unary(UnaryOp::Relu), one_minus)?;
-            let r = b.b.scale(r, -1.0)?;
-            let factor = b.b.add_scalar(r, 1.0)?;
-            for g in grads.iter_mut() {
-                let shape = b.b.shape(*g);
-                let f = b.bcast(factor, &shape)?;
-                *g = b.b.mul(*g, f)?;
-            }
-        }
+        st.clip(&mut grads, c)?;
     }
-
-    let mut new_outputs: Vec<(String, ValueId)> = Vec::new();
-    for (k, &(pi, _)) in updated.iter().enumerate() {
-        let pname = joint.params[pi].name.clone();
-        let shape = joint.params[pi].shape.clone();
-        let p = b.b.param(pname.clone(), shape.clone(), Init::Zeros, true)?;
-        b.b.set_scope(format!("optim.{pname}"));
-        let mut g = grads[k];
-        if let Some(ns) = noise_scale {
-            let noise =
-                b.b.input(format!("noise.{pname}"), Type::f32(shape.clone()));
-            let s = b.bcast(ns, &shape)?;
-            let scaled = b.b.mul(noise, s)?;
-            g = b.b.add(g, scaled)?;
-        }
-        // Width scaling (hidden matrices only; embeddings and vectors keep the base rates).
-        let mult = match cfg.width_scaling {
-            Some(base)
-                if shape.len() == 2
-                    && !matches!(pname.as_str(), "embed.weight" | "pos.weight")
-                    && base > 0.0 =>
-            {
-                shape[1] as f64 / base
-            }
-            _ => 1.0,
+    for (&(pi, _), &grad) in updated.iter().zip(&grads) {
+        let param = &joint.params[pi];
+        let value =
+            st.b.param(param.name.clone(), param.shape.clone(), Init::Zeros, true)?;
+        let mult = width_multiplier(cfg, &param.name, &param.shape);
+        let p = Param {
+            name: &param.name,
+            shape: &param.shape,
+            value,
+            wd: cfg.weight_decay * mult,
+            lr_mult: 1.0 / mult,
         };
-        let wd = cfg.weight_decay * mult;
-        let lr_b = b.bcast(lr, &shape)?;
-        let lr_p = if mult != 1.0 {
-            b.b.scale(lr_b, 1.0 / mult)?
-        } else {
-            lr_b
-        };
-        let state = |b: &mut B, kind: &str| {
-            b.b.param(
-                format!("optim.{kind}.{pname}"),
-                shape.clone(),
-                Init::Zeros,
-                false,
-            )
-        };
-        let step = match &cfg.kind {
-            OptimKind::Sgd { momentum, nesterov } => {
-                let d = if wd != 0.0 {
-                    let wp = b.b.scale(p, wd)?;
-                    b.b.add(g, wp)?
-                } else {
-                    g
-                };
-                if *momentum != 0.0 {
-                    let buf = state(&mut b, "momentum")?;
-                    let mb = b.b.scale(buf, *momentum)?;
-                    let buf_new = b.b.add(mb, d)?;
-                    new_outputs.push((update(&format!("optim.momentum.{pname}")), buf_new));
-                    if *nesterov {
-                        let mb2 = b.b.scale(buf_new, *momentum)?;
-                        b.b.add(d, mb2)?
-                    } else {
-                        buf_new
-                    }
-                } else {
-                    d
-                }
-            }
-            OptimKind::AdamW { beta1, beta2, eps } | OptimKind::Lamb { beta1, beta2, eps } => {
-                let (bc1, bc2) = match (bc1, bc2) {
-                    (Some(a), Some(c)) => (a, c),
-                    _ => return Err("internal error: bias corrections missing".into()),
-                };
-                let m = state(&mut b, "m")?;
-                let v = state(&mut b, "v")?;
-                let m1 = b.b.scale(m, *beta1)?;
-                let g1 = b.b.scale(g, 1.0 - beta1)?;
-                let m_new = b.b.add(m1, g1)?;
-                let v1 = b.b.scale(v, *beta2)?;
-                let gg = b.b.mul(g, g)?;
-                let g2 = b.b.scale(gg, 1.0 - beta2)?;
-                let v_new = b.b.add(v1, g2)?;
-                new_outputs.push((update(&format!("optim.m.{pname}")), m_new));
-                new_outputs.push((update(&format!("optim.v.{pname}")), v_new));
-                let c1 = b.bcast(bc1, &shape)?;
-                let c2 = b.bcast(bc2, &shape)?;
-                let m_hat = b.b.mul(m_new, c1)?;
-                let v_hat = b.b.mul(v_new, c2)?;
-                let root = b.b.unary(Op::Unary(UnaryOp::Sqrt), v_hat)?;
-                let denom = b.b.add_scalar(root, *eps)?;
-                let mut u = b.b.div(m_hat, denom)?;
-                if wd != 0.0 {
-                    let wp = b.b.scale(p, wd)?;
-                    u = b.b.add(u, wp)?;
-                }
-                if matches!(cfg.kind, OptimKind::Lamb { .. }) {
-                    let ps = b.sum_sq(p)?;
-                    let pn = b.b.unary(Op::Unary(UnaryOp::Sqrt), ps)?;
-                    let us = b.sum_sq(u)?;
-                    let un = b.b.unary(Op::Unary(UnaryOp::Sqrt), us)?;
-                    // trust = 1 + nz(pn) nz(un) (pn / (un + 1 - nz(un)) - 1)
-                    let zp = b.nonzero(pn)?;
-                    let zu = b.nonzero(un)?;
-                    let not_zu = b.b.scale(zu, -1.0)?;
-                    let not_zu = b.b.add_scalar(not_zu, 1.0)?;
-                    let safe_un = b.b.add(un, not_zu)?;
-                    let ratio = b.b.div(pn, safe_un)?;
-                    let ratio_m1 = b.b.add_scalar(ratio, -1.0)?;
-                    let both = b.b.mul(zp, zu)?;
-                    let t = b.b.mul(both, ratio_m1)?;
-                    let trust = b.b.add_scalar(t, 1.0)?;
-                    let tb = b.bcast(trust, &shape)?;
-                    u = b.b.mul(u, tb)?;
-                }
-                u
-            }
-        };
-        let delta = b.b.mul(lr_p, step)?;
-        let p_new = b.b.sub(p, delta)?;
-        new_outputs.push((update(&pname), p_new));
+        st.update_param(cfg, p, grad)?;
     }
-    let mut g = b.b.finish();
-    // Outputs: `loss`, then per parameter its new state tensors and `new.<param>`, in the
-    // order they were pushed (parameter order).
-    let mut outputs = vec![Output {
+    let updates = std::mem::take(&mut st.updates);
+    let mut g = st.b.finish();
+    // Outputs: `loss`, then per parameter its new state tensors and `new.<param>`, in
+    // parameter order.
+    g.outputs = std::iter::once(Output {
         name: OutputRole::Loss.name(),
         value: loss,
-    }];
-    outputs.extend(
-        new_outputs
+    })
+    .chain(
+        updates
             .into_iter()
             .map(|(name, value)| Output { name, value }),
-    );
-    g.outputs = outputs;
-    g.verify()
-        .map_err(|e| format!("internal error: the step graph is ill-formed: {e}"))?;
+    )
+    .collect();
+    g.verify()?;
     Ok(g)
 }
 
