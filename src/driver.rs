@@ -11,7 +11,7 @@
 //! ```
 
 pub use crate::front::{compile_file, compile_source, default_name, CompileError, Compiled};
-use crate::ir::{text, Graph};
+use crate::ir::{text, Graph, IrError};
 use crate::syntax::print::print_ast;
 
 /// A printable stage of the pipeline.
@@ -84,31 +84,71 @@ impl Stage {
     }
 }
 
+/// Why a stage could not be printed.
+#[derive(Debug)]
+pub enum StageError {
+    /// A graph stage failed (autodiff, the passes, the optimizer update).
+    Ir(IrError),
+    /// The file's `train { }` recipe does not resolve (rendered diagnostics).
+    Recipe(String),
+    /// Kernel building, planning or code generation failed.
+    Backend(String),
+    /// The stage prints as text only.
+    NoJson(Stage),
+    /// The AST could not be serialized.
+    Json(String),
+    /// No stage has this name.
+    Unknown(String),
+}
+
+impl std::fmt::Display for StageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StageError::Ir(e) => write!(f, "{e}"),
+            StageError::Recipe(e) | StageError::Backend(e) | StageError::Json(e) => f.write_str(e),
+            StageError::NoJson(s) => write!(
+                f,
+                "the {} stage has no JSON form; use the text form",
+                s.name()
+            ),
+            StageError::Unknown(s) => write!(f, "unknown stage `{s}`"),
+        }
+    }
+}
+
+impl std::error::Error for StageError {}
+
+impl From<IrError> for StageError {
+    fn from(e: IrError) -> StageError {
+        StageError::Ir(e)
+    }
+}
+
 impl std::str::FromStr for Stage {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Stage, String> {
+    type Err = StageError;
+    fn from_str(s: &str) -> Result<Stage, StageError> {
         Stage::ALL
             .into_iter()
             .find(|st| st.name() == s)
-            .ok_or_else(|| format!("unknown stage `{s}`"))
+            .ok_or_else(|| StageError::Unknown(s.to_string()))
     }
 }
 
 impl Compiled {
     /// The training step graph with the optimizer of the file's `train { }` section (or the
     /// default recipe).
-    pub fn step(&self) -> Result<Graph, String> {
+    pub fn step(&self) -> Result<Graph, StageError> {
         let opts = crate::train::TrainOptions {
             overrides: self.overrides.clone(),
             ..Default::default()
         };
         let cfg = crate::train::resolve_config(self, &self.file_name, &self.source, &opts)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| StageError::Recipe(e.to_string()))?;
         Ok(crate::train::optim::step_graph(&self.joint()?, &cfg.optim)?)
     }
 
     /// The deterministic text of one stage.
-    pub fn stage_text(&self, stage: Stage) -> Result<String, String> {
+    pub fn stage_text(&self, stage: Stage) -> Result<String, StageError> {
         Ok(match stage {
             Stage::Ast => print_ast(&self.module),
             Stage::Ir => text::print(&self.forward),
@@ -116,23 +156,22 @@ impl Compiled {
             Stage::Opt => text::print(&self.optimized()?),
             Stage::Step => text::print(&self.step()?),
             Stage::Kernels | Stage::Plan | Stage::Clif => {
-                crate::runtime::stage_text(&self.step()?, stage.name())?
+                crate::runtime::stage_text(&self.step()?, stage.name())
+                    .map_err(|e| StageError::Backend(e.to_string()))?
             }
         })
     }
 
     /// The JSON form of one stage (IR stages only).
-    pub fn stage_json(&self, stage: Stage) -> Result<String, String> {
+    pub fn stage_json(&self, stage: Stage) -> Result<String, StageError> {
         match stage {
-            Stage::Ast => serde_json::to_string_pretty(&self.module).map_err(|e| e.to_string()),
+            Stage::Ast => serde_json::to_string_pretty(&self.module)
+                .map_err(|e| StageError::Json(e.to_string())),
             Stage::Ir => Ok(text::to_json(&self.forward)),
             Stage::Grad => Ok(text::to_json(&self.joint()?)),
             Stage::Opt => Ok(text::to_json(&self.optimized()?)),
             Stage::Step => Ok(text::to_json(&self.step()?)),
-            Stage::Kernels | Stage::Plan | Stage::Clif => Err(format!(
-                "the {} stage has no JSON form; use the text form",
-                stage.name()
-            )),
+            Stage::Kernels | Stage::Plan | Stage::Clif => Err(StageError::NoJson(stage)),
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::diag::{self, Diagnostic, Diagnostics};
 use crate::elab::{self, Override};
-use crate::ir::Graph;
+use crate::ir::{Graph, IrError};
 use crate::syntax::{self, ast::Module};
 use std::path::Path;
 
@@ -108,12 +108,12 @@ pub fn compile_file(path: &Path, overrides: &[Override]) -> Result<Compiled, Com
 
 impl Compiled {
     /// The joint forward and backward graph.
-    pub fn joint(&self) -> Result<Graph, String> {
+    pub fn joint(&self) -> Result<Graph, IrError> {
         crate::autodiff::differentiate(&self.forward)
     }
 
     /// The joint graph after the optimizing passes.
-    pub fn optimized(&self) -> Result<Graph, String> {
+    pub fn optimized(&self) -> Result<Graph, IrError> {
         Ok(crate::passes::optimize(&self.joint()?))
     }
 }

@@ -83,7 +83,7 @@ pub fn eval(g: &Graph, env: &Env) -> Result<Vec<Tensor>, InterpError> {
                         node.ty
                     )));
                 }
-                apply(op, &args).map_err(at)?
+                apply(op, &args).map_err(|e| at(e.detail))?
             }
         };
         if value.ty() != node.ty {
@@ -222,10 +222,33 @@ fn index(v: f64, limit: usize, what: &str, of: &str) -> Result<usize, String> {
     Ok(v as usize)
 }
 
+/// An op that cannot be applied to its arguments: a shape rule, an element count, or an
+/// index out of range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpError {
+    pub op: &'static str,
+    pub detail: String,
+}
+
+impl std::fmt::Display for OpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+impl std::error::Error for OpError {}
+
 /// Apply one non-leaf op to argument values. The arguments must already satisfy the op's
 /// shape rule (`eval` checks with `infer_type`); violations are errors, not panics.
 /// Usable on its own, e.g. for constant folding.
-pub fn apply(op: &Op, args: &[&Tensor]) -> Result<Tensor, String> {
+pub fn apply(op: &Op, args: &[&Tensor]) -> Result<Tensor, OpError> {
+    apply_checked(op, args).map_err(|detail| OpError {
+        op: op.name(),
+        detail,
+    })
+}
+
+fn apply_checked(op: &Op, args: &[&Tensor]) -> Result<Tensor, String> {
     {
         let tys: Vec<Type> = args.iter().map(|t| t.ty()).collect();
         let refs: Vec<&Type> = tys.iter().collect();

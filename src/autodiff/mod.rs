@@ -11,27 +11,31 @@
 
 mod vjp;
 
-use crate::ir::{DType, Graph, GraphBuilder, Op, OutputRole, Phase, ValueId};
+use crate::ir::{DType, Graph, GraphBuilder, IrError, Op, OutputRole, Phase, ValueId};
 
 /// The joint forward+backward graph of `forward`, whose outputs must include a scalar
 /// f32 `loss`.
-pub fn differentiate(forward: &Graph) -> Result<Graph, String> {
+pub fn differentiate(forward: &Graph) -> Result<Graph, IrError> {
     joint(forward, true)
 }
 
 /// `differentiate`, with the final dead-node sweep optional so tests can check that the
 /// VJP rules emit nothing unused in the first place.
-fn joint(forward: &Graph, prune: bool) -> Result<Graph, String> {
+fn joint(forward: &Graph, prune: bool) -> Result<Graph, IrError> {
     forward.verify()?;
     let loss = forward
         .output_with(OutputRole::Loss)
-        .ok_or_else(|| "the graph has no `loss` output to differentiate".to_string())?;
+        .ok_or_else(|| IrError::Graph("the graph has no `loss` output to differentiate".into()))?;
     if forward.nodes.iter().any(|n| n.phase != Phase::Forward) {
-        return Err("the graph already contains backward nodes".into());
+        return Err(IrError::Graph(
+            "the graph already contains backward nodes".into(),
+        ));
     }
     let loss_ty = forward.ty(loss);
     if loss_ty.dtype != DType::F32 || loss_ty.rank() != 0 {
-        return Err(format!("the loss must be a scalar f32[], got {loss_ty}"));
+        return Err(IrError::Graph(format!(
+            "the loss must be a scalar f32[], got {loss_ty}"
+        )));
     }
     let n_fwd = forward.nodes.len();
     let needs = needs_grad(forward, loss)?;
@@ -70,7 +74,7 @@ fn joint(forward: &Graph, prune: bool) -> Result<Graph, String> {
         if let Op::Param { index } = node.op {
             let slot = param_contribs
                 .get_mut(index)
-                .ok_or_else(|| format!("%{i}: param #{index} does not exist"))?;
+                .ok_or_else(|| IrError::Graph(format!("%{i}: param #{index} does not exist")))?;
             slot.append(&mut contribs[i]);
             param_scope[index].get_or_insert_with(|| node.scope.clone());
         }
@@ -101,18 +105,20 @@ fn joint(forward: &Graph, prune: bool) -> Result<Graph, String> {
     saved.dedup();
     g.saved = saved;
     g.verify()
-        .map_err(|e| format!("autodiff produced an invalid graph: {e}"))?;
+        .map_err(|e| IrError::Graph(format!("autodiff produced an invalid graph: {e}")))?;
     Ok(g)
 }
 
 /// Which values need a gradient: f32 values on a path from a trainable parameter to `loss`.
-fn needs_grad(g: &Graph, loss: ValueId) -> Result<Vec<bool>, String> {
+fn needs_grad(g: &Graph, loss: ValueId) -> Result<Vec<bool>, IrError> {
     let n = g.nodes.len();
     let mut from_param = vec![false; n];
     for (i, node) in g.nodes.iter().enumerate() {
         for a in &node.args {
             if a.index() >= i {
-                return Err(format!("%{i}: argument {a} is not defined before use"));
+                return Err(IrError::Graph(format!(
+                    "%{i}: argument {a} is not defined before use"
+                )));
             }
         }
         from_param[i] = node.ty.dtype == DType::F32
@@ -134,11 +140,11 @@ fn needs_grad(g: &Graph, loss: ValueId) -> Result<Vec<bool>, String> {
 }
 
 /// The sum of a value's gradient contributions (a chain of adds, in order of arrival).
-fn sum_contributions(b: &mut GraphBuilder, contribs: Vec<ValueId>) -> Result<ValueId, String> {
+fn sum_contributions(b: &mut GraphBuilder, contribs: Vec<ValueId>) -> Result<ValueId, IrError> {
     let mut it = contribs.into_iter();
     let mut acc = it
         .next()
-        .ok_or("internal: summing no gradient contributions")?;
+        .ok_or_else(|| IrError::Graph("internal: summing no gradient contributions".into()))?;
     for c in it {
         acc = b.add(acc, c)?;
     }

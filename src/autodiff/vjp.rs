@@ -7,9 +7,9 @@
 
 use crate::ir::ops::MaskFill;
 use crate::ir::{BinaryOp, UnaryOp, ViewOp};
-use crate::ir::{GraphBuilder, Op, ValueId};
+use crate::ir::{GraphBuilder, IrError, Op, ValueId};
 
-type Grads = Result<Vec<Option<ValueId>>, String>;
+type Grads = Result<Vec<Option<ValueId>>, IrError>;
 
 pub(super) fn vjp(b: &mut GraphBuilder, y: ValueId, dy: ValueId, wants: &[bool]) -> Grads {
     let node = b.graph.node(y).clone();
@@ -121,10 +121,10 @@ pub(super) fn vjp(b: &mut GraphBuilder, y: ValueId, dy: ValueId, wants: &[bool])
         | Op::Binary(BinaryOp::GeluGrad)
         | Op::Binary(BinaryOp::GeluTanhGrad)
         | Op::Binary(BinaryOp::SiluGrad) => {
-            return Err(format!(
+            return Err(IrError::Graph(format!(
                 "{y}: cannot differentiate {} (second derivatives are not supported)",
                 node.op.name()
-            ))
+            )))
         }
         // dx = broadcast(dy with the reduced axes restored as size 1)
         Op::ReduceSum { axes, keep_dims } => vec![only_if!(0, {
@@ -261,11 +261,11 @@ pub(super) fn vjp(b: &mut GraphBuilder, y: ValueId, dy: ValueId, wants: &[bool])
         }
     };
     if g.len() != args.len() {
-        return Err(format!(
+        return Err(IrError::Graph(format!(
             "internal: {} VJP gave {} gradients",
             node.op.name(),
             g.len()
-        ));
+        )));
     }
     Ok(g)
 }

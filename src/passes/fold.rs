@@ -17,7 +17,7 @@
 use super::{rewrite, Action, Rewriter};
 use crate::interp::apply;
 use crate::ir::ops::MaskFill;
-use crate::ir::{DType, Graph, Op, ValueId, F64};
+use crate::ir::{DType, Graph, IrError, Op, ValueId, F64};
 use crate::tensor::Tensor;
 use std::collections::HashMap;
 
@@ -32,7 +32,7 @@ enum Const {
 
 /// Fold nodes over constants (`full`, `sinusoidal`, and folded results) whose result is a
 /// splat into a `full`.
-pub fn const_fold(g: &Graph) -> Result<Graph, String> {
+pub fn const_fold(g: &Graph) -> Result<Graph, IrError> {
     // Dense constant values, by value id in the output graph.
     let mut dense: HashMap<ValueId, Tensor> = HashMap::new();
     rewrite(g, |rw, _, n| {

@@ -26,7 +26,7 @@ mod fold;
 mod simplify;
 
 use crate::ir::BinaryOp;
-use crate::ir::{infer_type, Graph, Node, Op, Phase, Type, ValueId};
+use crate::ir::{infer_type, Graph, IrError, Node, Op, Phase, Type, ValueId};
 use std::collections::HashMap;
 
 pub use fold::const_fold;
@@ -39,17 +39,17 @@ pub const PASSES: &[&str] = &["canonicalize", "const_fold", "cse", "simplify", "
 const MAX_ROUNDS: usize = 16;
 
 /// Run one pass by name (see `PASSES`).
-pub fn run_pass(name: &str, g: &Graph) -> Result<Graph, String> {
+pub fn run_pass(name: &str, g: &Graph) -> Result<Graph, IrError> {
     match name {
         "canonicalize" => canonicalize(g),
         "const_fold" => const_fold(g),
         "cse" => cse(g),
         "simplify" => simplify(g),
         "dce" => dce(g),
-        _ => Err(format!(
+        _ => Err(IrError::Graph(format!(
             "unknown pass `{name}`; the passes are {}",
             PASSES.join(", ")
-        )),
+        ))),
     }
 }
 
@@ -62,7 +62,7 @@ pub fn optimize(g: &Graph) -> Graph {
 
 /// `optimize`, reporting a failing pass instead of falling back to the input graph (tests
 /// use this, so a broken pass cannot pass for a no-op).
-pub fn try_optimize(g: &Graph) -> Result<Graph, String> {
+pub fn try_optimize(g: &Graph) -> Result<Graph, IrError> {
     let mut cur = g.clone();
     for _ in 0..MAX_ROUNDS {
         let next = PASSES
@@ -116,7 +116,7 @@ impl Rewriter {
     }
 
     /// Append `op(args)` with the scope and phase of the node being rewritten.
-    pub fn emit(&mut self, op: Op, args: &[ValueId]) -> Result<ValueId, String> {
+    pub fn emit(&mut self, op: Op, args: &[ValueId]) -> Result<ValueId, IrError> {
         let tys: Vec<&Type> = args.iter().map(|a| self.out.ty(*a)).collect();
         let ty = infer_type(&op, &tys)?;
         let id = ValueId(self.out.nodes.len() as u32);
@@ -140,10 +140,10 @@ impl Rewriter {
 /// may modify it, emit nodes, or replace it by an existing value.
 pub(crate) fn rewrite(
     g: &Graph,
-    mut rule: impl FnMut(&mut Rewriter, usize, &mut Node) -> Result<Action, String>,
-) -> Result<Graph, String> {
+    mut rule: impl FnMut(&mut Rewriter, usize, &mut Node) -> Result<Action, IrError>,
+) -> Result<Graph, IrError> {
     g.verify()
-        .map_err(|e| format!("invalid input graph: {e}"))?;
+        .map_err(|e| IrError::Graph(format!("invalid input graph: {e}")))?;
     let mut rw = Rewriter {
         out: Graph {
             nodes: Vec::with_capacity(g.nodes.len()),
@@ -179,10 +179,10 @@ pub(crate) fn rewrite(
 }
 
 /// Recompute `saved` and check the result.
-fn finish(mut g: Graph) -> Result<Graph, String> {
+fn finish(mut g: Graph) -> Result<Graph, IrError> {
     g.saved = saved_values(&g);
     g.verify()
-        .map_err(|e| format!("internal: a pass produced an invalid graph: {e}"))?;
+        .map_err(|e| IrError::Graph(format!("internal: a pass produced an invalid graph: {e}")))?;
     Ok(g)
 }
 
@@ -238,7 +238,7 @@ pub(crate) fn splat_value(g: &Graph, v: ValueId) -> Option<f64> {
 /// Sort the args of commutative ops (`add`, `mul`) by value id, so that `cse` sees
 /// `a + b` and `b + a` as one value. IEEE addition and multiplication are commutative, so
 /// this is exact.
-pub fn canonicalize(g: &Graph) -> Result<Graph, String> {
+pub fn canonicalize(g: &Graph) -> Result<Graph, IrError> {
     rewrite(g, |_, _, n| {
         let commutative = n.op.binary().is_some_and(BinaryOp::is_commutative);
         if commutative && n.args.len() == 2 && n.args[0] > n.args[1] {
@@ -250,7 +250,7 @@ pub fn canonicalize(g: &Graph) -> Result<Graph, String> {
 
 /// Common subexpression elimination: a node equal to an earlier one (same op, attributes
 /// and args) is replaced by it. Every op is pure, so this is exact.
-pub fn cse(g: &Graph) -> Result<Graph, String> {
+pub fn cse(g: &Graph) -> Result<Graph, IrError> {
     let mut seen: HashMap<(Op, Vec<ValueId>), ValueId> = HashMap::new();
     rewrite(g, |rw, _, n| {
         let key = (n.op.clone(), n.args.clone());
@@ -264,9 +264,9 @@ pub fn cse(g: &Graph) -> Result<Graph, String> {
 
 /// Dead code elimination: keep the nodes some output depends on, renumbered densely in
 /// their original order.
-pub fn dce(g: &Graph) -> Result<Graph, String> {
+pub fn dce(g: &Graph) -> Result<Graph, IrError> {
     g.verify()
-        .map_err(|e| format!("invalid input graph: {e}"))?;
+        .map_err(|e| IrError::Graph(format!("invalid input graph: {e}")))?;
     let n = g.nodes.len();
     let mut live = vec![false; n];
     for o in &g.outputs {

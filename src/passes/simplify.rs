@@ -26,18 +26,18 @@
 //! than the scaled value, so the scale never gets more expensive.
 
 use super::{rewrite, splat_value, use_counts, Action, Rewriter};
-use crate::ir::{infer_type, Graph, Node, Op, Phase, Type, ValueId};
+use crate::ir::{infer_type, Graph, IrError, Node, Op, Phase, Type, ValueId};
 use crate::ir::{BinaryOp, UnaryOp, ViewOp};
 
 /// Local algebraic identities, then scales sunk into matmuls.
-pub fn simplify(g: &Graph) -> Result<Graph, String> {
+pub fn simplify(g: &Graph) -> Result<Graph, IrError> {
     let g = rewrite(g, |rw, _, n| local(rw, n))?;
     sink_scales(&g)
 }
 
 /// Replace the node by `op(args)`, itself simplified first (so `x * c` over a scale
 /// merges into one scale within a sweep).
-fn replace_with(rw: &mut Rewriter, op: Op, args: &[ValueId]) -> Result<Action, String> {
+fn replace_with(rw: &mut Rewriter, op: Op, args: &[ValueId]) -> Result<Action, IrError> {
     let tys: Vec<&Type> = args.iter().map(|a| rw.ty(*a)).collect();
     let ty = infer_type(&op, &tys)?;
     let node = Node {
@@ -60,7 +60,7 @@ fn exact_reciprocal(c: f64) -> Option<f64> {
     (c.is_normal() && mantissa == 0 && r.is_normal()).then_some(r)
 }
 
-fn local(rw: &mut Rewriter, n: &Node) -> Result<Action, String> {
+fn local(rw: &mut Rewriter, n: &Node) -> Result<Action, IrError> {
     let arg = |k: usize| n.args[k];
     match &n.op {
         Op::Unary(UnaryOp::Scale { factor }) => {
@@ -165,7 +165,7 @@ fn local(rw: &mut Rewriter, n: &Node) -> Result<Action, String> {
 }
 
 /// Binary ops with a splat operand.
-fn binary(rw: &mut Rewriter, op: &Op, a: ValueId, b: ValueId) -> Result<Action, String> {
+fn binary(rw: &mut Rewriter, op: &Op, a: ValueId, b: ValueId) -> Result<Action, IrError> {
     let (sa, sb) = (splat_value(&rw.out, a), splat_value(&rw.out, b));
     match (op, sa, sb) {
         (Op::Binary(BinaryOp::Add), _, Some(c)) | (Op::Binary(BinaryOp::Sub), _, Some(c))
@@ -199,7 +199,7 @@ fn binary(rw: &mut Rewriter, op: &Op, a: ValueId, b: ValueId) -> Result<Action, 
 
 /// The second sweep: `scale[c]` of a matmul (or of a matmul plus a broadcast bias) moved
 /// onto the matmul's smaller operand.
-fn sink_scales(g: &Graph) -> Result<Graph, String> {
+fn sink_scales(g: &Graph) -> Result<Graph, IrError> {
     let uses = use_counts(g);
     let single = |v: ValueId| uses[v.index()] == 1;
     rewrite(g, |rw, i, n| {
@@ -270,7 +270,7 @@ fn scaled_matmul(
     mm: ValueId,
     factor: f64,
     limit: usize,
-) -> Result<Option<ValueId>, String> {
+) -> Result<Option<ValueId>, IrError> {
     let Some(k) = scale_target(rw, mm, limit) else {
         return Ok(None);
     };

@@ -215,7 +215,7 @@ pub fn first_non_finite(g: &Graph, inputs: &[Tensor], params: &[Tensor]) -> Opti
                         }
                         t
                     }
-                    Err(e) => return Some(found(e)),
+                    Err(e) => return Some(found(e.to_string())),
                 }
             }
         };
