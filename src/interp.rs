@@ -315,55 +315,7 @@ fn apply_checked(op: &Op, args: &[&Tensor]) -> Result<Tensor, String> {
         Op::Softmax => softmax_rows(arg(args, 0, op)?, false),
         Op::LogSoftmax => softmax_rows(arg(args, 0, op)?, true),
 
-        Op::View(ViewOp::Reshape { shape }) => {
-            let x = arg(args, 0, op)?;
-            Ok(Tensor {
-                dtype: x.dtype,
-                shape: shape.clone(),
-                data: x.data.clone(),
-            })
-        }
-        Op::View(ViewOp::Transpose { perm }) => {
-            let x = arg(args, 0, op)?;
-            let s = strides(&x.shape);
-            let out_shape: Vec<usize> = perm.iter().map(|&p| x.shape[p]).collect();
-            let step: Vec<usize> = perm.iter().map(|&p| s[p]).collect();
-            let data = strided_copy(&x.data, 0, &out_shape, &step);
-            Ok(Tensor {
-                dtype: x.dtype,
-                shape: out_shape,
-                data,
-            })
-        }
-        Op::View(ViewOp::Broadcast { shape }) => {
-            let x = arg(args, 0, op)?;
-            let s = strides(&x.shape);
-            let off = shape.len() - x.shape.len();
-            let step: Vec<usize> = (0..shape.len())
-                .map(|i| match i.checked_sub(off) {
-                    Some(j) if x.shape[j] != 1 => s[j],
-                    _ => 0,
-                })
-                .collect();
-            let data = strided_copy(&x.data, 0, shape, &step);
-            Ok(Tensor {
-                dtype: x.dtype,
-                shape: shape.clone(),
-                data,
-            })
-        }
-        Op::View(ViewOp::Slice { axis, start, end }) => {
-            let x = arg(args, 0, op)?;
-            let s = strides(&x.shape);
-            let mut out_shape = x.shape.clone();
-            out_shape[*axis] = end - start;
-            let data = strided_copy(&x.data, start * s[*axis], &out_shape, &s);
-            Ok(Tensor {
-                dtype: x.dtype,
-                shape: out_shape,
-                data,
-            })
-        }
+        Op::View(v) => apply_view(v, arg(args, 0, op)?),
         Op::Concat { axis } => {
             let first = arg(args, 0, op)?;
             let outer: usize = first.shape[..*axis].iter().product();
@@ -758,6 +710,55 @@ fn erfc_cf(x: f64) -> f64 {
         }
     }
     FRAC_1_SQRT_PI * exp_neg_sq(x) / f
+}
+
+/// The view ops: the same elements re-indexed.
+fn apply_view(v: &ViewOp, x: &Tensor) -> Result<Tensor, String> {
+    match v {
+        ViewOp::Reshape { shape } => Ok(Tensor {
+            dtype: x.dtype,
+            shape: shape.clone(),
+            data: x.data.clone(),
+        }),
+        ViewOp::Transpose { perm } => {
+            let s = strides(&x.shape);
+            let out_shape: Vec<usize> = perm.iter().map(|&p| x.shape[p]).collect();
+            let step: Vec<usize> = perm.iter().map(|&p| s[p]).collect();
+            let data = strided_copy(&x.data, 0, &out_shape, &step);
+            Ok(Tensor {
+                dtype: x.dtype,
+                shape: out_shape,
+                data,
+            })
+        }
+        ViewOp::Broadcast { shape } => {
+            let s = strides(&x.shape);
+            let off = shape.len() - x.shape.len();
+            let step: Vec<usize> = (0..shape.len())
+                .map(|i| match i.checked_sub(off) {
+                    Some(j) if x.shape[j] != 1 => s[j],
+                    _ => 0,
+                })
+                .collect();
+            let data = strided_copy(&x.data, 0, shape, &step);
+            Ok(Tensor {
+                dtype: x.dtype,
+                shape: shape.clone(),
+                data,
+            })
+        }
+        ViewOp::Slice { axis, start, end } => {
+            let s = strides(&x.shape);
+            let mut out_shape = x.shape.clone();
+            out_shape[*axis] = end - start;
+            let data = strided_copy(&x.data, start * s[*axis], &out_shape, &s);
+            Ok(Tensor {
+                dtype: x.dtype,
+                shape: out_shape,
+                data,
+            })
+        }
+    }
 }
 
 #[cfg(test)]

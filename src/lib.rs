@@ -1,9 +1,19 @@
 //! lamina: a compiler for a declarative language of Transformer and MLP variants.
 //!
-//! The pipeline, one module per stage (see ARCHITECTURE.md):
-//! `syntax` (pest grammar -> spanned AST) -> `elab` (AST -> tensor IR) -> `ir` (the tensor IR,
-//! its text form and shape rules) -> `autodiff` (joint forward+backward IR) -> `interp`
-//! (the reference interpreter, the oracle for everything after it).
+//! The pipeline, one module per stage (see ARCHITECTURE.md), each importing only earlier ones:
+//! - `syntax`: the pest grammar -> a spanned AST; `diag`: diagnostics with spans;
+//! - `elab`: AST -> the forward tensor IR (constants, names, shapes, schemes, norms, skips,
+//!   depth programs);
+//! - `ir`: the tensor IR, its op table, shape rules and text form; `interp`: the reference
+//!   interpreter in f64, the oracle for everything after elaboration;
+//! - `autodiff`: the joint forward + backward IR; `passes`: the optimizing rewrites;
+//! - `kernels`: fused loop kernels and matmuls; `jit`: Cranelift code for them; `runtime`: the
+//!   arena, the memory plan and the step executor;
+//! - `front`: source text to the forward and joint IR in one call; `train`: the optimizer update
+//!   as IR, the one training step (`train::step`), tasks, checkpoints and the training loop;
+//! - `bench`: timing that step; `driver`: the text of every stage; `cli`: the command line.
+//!
+//! `tensor` and `io` hold host tensors and safetensors files.
 
 pub mod autodiff;
 pub mod bench;

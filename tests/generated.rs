@@ -161,7 +161,9 @@ fn check(seed: u64) -> Result<(), TestCaseError> {
     let src = generate(seed);
     let compiled = driver::compile_source(&src, "generated.lam", &[])
         .map_err(|e| TestCaseError::fail(format!("generated model rejected:\n{src}\n{e}")))?;
-    let joint = compiled.joint().map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let joint = compiled
+        .joint()
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
     let params = io::init_params(&joint, seed);
     let inputs = io::random_batch(&joint, seed);
     let want = interp::run(

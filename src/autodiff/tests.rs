@@ -191,10 +191,16 @@ fn missing_or_non_scalar_loss_is_an_error() {
     let w = b.param("w", vec![3], Init::Zeros, true).unwrap();
     b.output("out", w);
     let g = b.finish();
-    assert!(differentiate(&g).unwrap_err().to_string().contains("no `loss`"));
+    assert!(differentiate(&g)
+        .unwrap_err()
+        .to_string()
+        .contains("no `loss`"));
     let mut g2 = g.clone();
     g2.outputs[0].name = "loss".into();
-    assert!(differentiate(&g2).unwrap_err().to_string().contains("scalar"));
+    assert!(differentiate(&g2)
+        .unwrap_err()
+        .to_string()
+        .contains("scalar"));
 }
 
 #[test]
