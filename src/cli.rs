@@ -21,6 +21,14 @@ macro_rules! outln {
     ($($arg:tt)*) => { emit(&format!("{}\n", format!($($arg)*))) };
 }
 
+/// Print to stderr without panicking: a message that cannot be written is dropped.
+macro_rules! err {
+    ($($arg:tt)*) => { io::to_stderr(&format!($($arg)*)) };
+}
+macro_rules! errln {
+    ($($arg:tt)*) => { io::to_stderr(&format!("{}\n", format!($($arg)*))) };
+}
+
 fn emit(text: &str) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
@@ -31,7 +39,7 @@ fn emit(text: &str) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
-        eprintln!("error: cannot write to stdout: {e}");
+        errln!("error: cannot write to stdout: {e}");
         std::process::exit(1);
     }
 }
@@ -432,9 +440,9 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(e) => {
             if let Some(r) = e.downcast_ref::<Rendered>() {
-                eprint!("{}", r.0);
+                err!("{}", r.0);
             } else {
-                eprintln!("error: {e:#}");
+                errln!("error: {e:#}");
             }
             1
         }
@@ -506,7 +514,7 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
                 .zip(params)
                 .collect();
             io::save_safetensors(&output, &named)?;
-            eprintln!(
+            errln!(
                 "wrote {} parameters ({} values) to {}",
                 named.len(),
                 g.param_count(),
@@ -602,8 +610,8 @@ fn cmd_check(files: &[PathBuf], overrides: &Overrides, color: bool) -> Result<i3
                     {
                         failed += 1;
                         match e.downcast_ref::<Rendered>() {
-                            Some(r) => eprint!("{}", r.0),
-                            None => eprintln!("error: {e:#}"),
+                            Some(r) => err!("{}", r.0),
+                            None => errln!("error: {e:#}"),
                         }
                         continue;
                     }
@@ -620,12 +628,12 @@ fn cmd_check(files: &[PathBuf], overrides: &Overrides, color: bool) -> Result<i3
             }
             Err(e) => {
                 failed += 1;
-                eprint!("{}", e.render(color));
+                err!("{}", e.render(color));
             }
         }
     }
     if failed > 0 {
-        eprintln!("{failed} of {} file(s) failed to check", files.len());
+        errln!("{failed} of {} file(s) failed to check", files.len());
         return Ok(1);
     }
     Ok(0)
@@ -638,16 +646,16 @@ fn expect_text(path: &Path, actual: &str, bless: bool) -> Result<i32> {
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     if expected.as_deref() == Some(actual) {
-        eprintln!("{} is up to date", path.display());
+        errln!("{} is up to date", path.display());
         return Ok(0);
     }
     if bless {
         io::write_atomic(path, actual.as_bytes())?;
-        eprintln!("blessed {}", path.display());
+        errln!("blessed {}", path.display());
         return Ok(0);
     }
     match expected {
-        None => eprintln!(
+        None => errln!(
             "{} does not exist; run again with --bless to create it",
             path.display()
         ),
@@ -660,7 +668,7 @@ fn expect_text(path: &Path, actual: &str, bless: bool) -> Result<i32> {
                     .context_radius(3)
                     .header(&label, "actual")
             );
-            eprintln!(
+            errln!(
                 "{} differs from the current output; review the diff, then run with --bless to accept it",
                 path.display()
             );
@@ -740,7 +748,7 @@ fn params_table(c: &Compiled) -> String {
 fn load_weights(g: &crate::ir::Graph, path: &Path) -> Result<Vec<Tensor>> {
     let (params, extra) = io::load_weights(g, path)?;
     if !extra.is_empty() {
-        eprintln!(
+        errln!(
             "warning: {} holds {} tensor(s) the model does not use: {}",
             path.display(),
             extra.len(),
@@ -812,7 +820,7 @@ fn load_batch(g: &crate::ir::Graph, path: &Path) -> Result<Vec<Tensor>> {
     }
     if !tensors.is_empty() {
         let extra: Vec<_> = tensors.iter().map(|(n, _)| n.as_str()).take(5).collect();
-        eprintln!(
+        errln!(
             "warning: {} holds {} tensor(s) the model does not read: {}",
             path.display(),
             tensors.len(),
@@ -897,7 +905,7 @@ fn cmd_run(
         .map(|(_, t)| t.data[0])
         .ok_or_else(|| anyhow!("internal error: the graph has no loss output"))?;
     outln!("loss = {loss:.6}");
-    eprintln!(
+    errln!(
         "{} backend, {:.1} ms, {} gradients{}",
         backend.name(),
         elapsed.as_secs_f64() * 1e3,
@@ -913,7 +921,7 @@ fn cmd_run(
     );
     if let Some(out) = out {
         io::save_safetensors(out, &outputs)?;
-        eprintln!("wrote {}", out.display());
+        errln!("wrote {}", out.display());
     }
     Ok(0)
 }
@@ -957,7 +965,7 @@ fn cmd_bench(args: &BenchArgs, color: bool) -> Result<i32> {
     let report = crate::bench::bench_step(&joint, &cfg.optim, args.steps as usize, profile)
         .map_err(|e| anyhow!("{e}"))?;
     if let Some(p) = &report.profile {
-        eprint!("{p}");
+        err!("{p}");
     }
     let g = &compiled.forward;
     outln!(

@@ -12,6 +12,14 @@ use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
 use std::io::Write;
 use std::path::Path;
 
+/// Write a message to stderr. A failed write (stderr closed, a full disk, a pipe whose
+/// reader is gone) loses the message but never panics or stops the command: the exit
+/// code stays the one the command would have had.
+pub fn to_stderr(text: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(text.as_bytes()).and_then(|_| err.flush());
+}
+
 /// Write `bytes` to `path` through a temporary file in the same directory and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = match path.parent() {

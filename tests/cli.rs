@@ -360,3 +360,30 @@ fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
         "the run did not finish"
     );
 }
+
+#[test]
+fn failed_writes_to_stderr_are_not_a_crash() {
+    let dir = scratch("stderr");
+    let bad = write(&dir, "bad.lam", &TINY.replace("heads = 2", "heads = 3"));
+    // A full device: the messages are lost, the exit code stays 1.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lamina"))
+        .args(["check", s(&bad)])
+        .stderr(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // A closed pipe, as `2>&1 | head -1` leaves it.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lamina"))
+        .args(["check", s(&bad), s(&bad), s(&bad)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "exit status {status:?}");
+}

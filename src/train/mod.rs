@@ -99,6 +99,11 @@ impl std::fmt::Display for NonFiniteError {
 }
 impl std::error::Error for NonFiniteError {}
 
+/// Print a line to stderr; a failed write is ignored (the run goes on).
+macro_rules! errln {
+    ($($arg:tt)*) => { crate::io::to_stderr(&format!("{}\n", format!($($arg)*))) };
+}
+
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Ctrl-C asks the loop to checkpoint and stop; a second Ctrl-C exits at once.
@@ -419,7 +424,7 @@ pub fn train_compiled(c: &Compiled, mut cfg: TrainConfig, opts: &TrainOptions) -
     let eval_batches = task.eval_batches();
 
     if !opts.quiet {
-        eprintln!(
+        errln!(
             "training {} ({} parameters) on {} for {} steps with {} (lr {}), {} backend, seed {}; \
              compiled in {:.2} s; writing {}",
             forward.name,
@@ -434,7 +439,7 @@ pub fn train_compiled(c: &Compiled, mut cfg: TrainConfig, opts: &TrainOptions) -
             out_dir.display()
         );
         if start > 0 {
-            eprintln!("resuming at step {start}");
+            errln!("resuming at step {start}");
         }
     }
     install_ctrlc();
@@ -577,7 +582,7 @@ pub fn train_compiled(c: &Compiled, mut cfg: TrainConfig, opts: &TrainOptions) -
             .collect();
         crate::io::save_safetensors(&out_dir.join("final.safetensors"), &model)?;
     } else if !opts.quiet {
-        eprintln!(
+        errln!(
             "interrupted after step {t}; saved {}\nresume with: lamina train FILE --resume {}",
             ckpt_path.display(),
             ckpt_path.display()
