@@ -796,7 +796,7 @@ fn load_batch(g: &crate::ir::Graph, path: &Path) -> Result<Vec<Tensor>> {
             for (k, &v) in t.data.iter().enumerate() {
                 let in_range = bound.is_none_or(|b| v >= 0.0 && v < b as f64);
                 if v.fract() != 0.0 || !in_range {
-                    let at = unravel(k, &t.shape);
+                    let at = io::unravel(k, &t.shape);
                     let range =
                         bound.map_or(String::new(), |b| format!(" (ids run from 0 to {})", b - 1));
                     bail!(
@@ -811,7 +811,7 @@ fn load_batch(g: &crate::ir::Graph, path: &Path) -> Result<Vec<Tensor>> {
                 "{}: `{}`{:?} = {} is not a finite number",
                 path.display(),
                 inp.name,
-                unravel(k, &t.shape),
+                io::unravel(k, &t.shape),
                 t.data[k]
             );
         }
@@ -828,18 +828,6 @@ fn load_batch(g: &crate::ir::Graph, path: &Path) -> Result<Vec<Tensor>> {
         );
     }
     Ok(out)
-}
-
-/// The multi-index of flat element `k` of a row-major tensor.
-fn unravel(mut k: usize, shape: &[usize]) -> Vec<usize> {
-    let mut idx = vec![0; shape.len()];
-    for (i, &d) in shape.iter().enumerate().rev() {
-        if d > 0 {
-            idx[i] = k % d;
-            k /= d;
-        }
-    }
-    idx
 }
 
 /// Fail early, before any work, when an output file cannot be created where asked.

@@ -387,3 +387,82 @@ fn failed_writes_to_stderr_are_not_a_crash() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(1), "exit status {status:?}");
 }
+
+/// Run `lamina` with a deadline: a command that blocks or reads forever fails the test
+/// instead of hanging it.
+fn lamina_within(args: &[&str], secs: u64) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lamina"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed().as_secs() >= secs {
+            let _ = child.kill();
+            panic!("lamina {args:?} did not finish within {secs} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn model_and_data_files_are_read_within_limits() {
+    let dir = scratch("limits");
+    let fifo = dir.join("fifo.lam");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for f in ["/dev/zero", s(&fifo), s(&dir)] {
+        let out = lamina_within(&["check", f], 20);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not a regular file"), "{f}: {err}");
+    }
+    // A model file over 1 MiB.
+    let big = write(&dir, "big.lam", &format!("{TINY}{}", "#\n".repeat(600_000)));
+    let out = lamina_within(&["check", s(&big)], 20);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("too large") && err.contains("1 MiB"), "{err}");
+    // --data: not a regular file, or over 1 GiB (a sparse file costs no disk).
+    let lm = write(
+        &dir,
+        "lm.lam",
+        "input tokens(batch = 2, length = 8, vocab = 256)\nembed(dim = 8)\n\
+         block b { ffn = ffn(hidden = 16) }\nstack b * 1\n",
+    );
+    let huge = dir.join("huge.txt");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len((1 << 30) + 1)
+        .unwrap();
+    for (data, expect) in [
+        ("/dev/zero", "not a regular file"),
+        (s(&fifo), "not a regular file"),
+        (s(&huge), "1 GiB"),
+    ] {
+        let out = lamina_within(
+            &[
+                "train",
+                s(&lm),
+                "--task",
+                "char_lm",
+                "--data",
+                data,
+                "--out",
+                s(&dir.join("run")),
+                "-q",
+            ],
+            60,
+        );
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{data}: {err}");
+    }
+}

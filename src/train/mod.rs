@@ -225,7 +225,7 @@ fn save_checkpoint(path: &Path, g: &Graph, params: &[Tensor], meta: &Meta) -> Re
     .collect();
     let bytes = safetensors::serialize(views, &Some(info))
         .map_err(|e| anyhow!("serializing the checkpoint: {e:?}"))?;
-    crate::io::write_atomic(path, &bytes)
+    Ok(crate::io::write_atomic(path, &bytes)?)
 }
 
 /// Read a checkpoint: its metadata and tensors by name.
@@ -233,7 +233,7 @@ fn save_checkpoint(path: &Path, g: &Graph, params: &[Tensor], meta: &Meta) -> Re
 type Loaded = (HashMap<String, String>, Vec<(String, Tensor)>);
 
 fn load_checkpoint(path: &Path) -> Result<Loaded> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = crate::io::read_file(path, None)?;
     let (_, md) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| anyhow!("{} is not a safetensors file: {e:?}", path.display()))?;
     let meta = md.metadata().clone().unwrap_or_default();

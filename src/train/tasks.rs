@@ -9,6 +9,7 @@ use crate::tensor::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 /// What the model reads and predicts, derived from its graph.
 #[derive(Clone, Debug, PartialEq)]
@@ -300,8 +301,8 @@ impl Task {
                         "char_lm reads bytes, so it needs vocab = 256; the model has {vocab}"
                     ));
                 }
-                let bytes =
-                    std::fs::read(path).map_err(|e| format!("cannot read --data {path}: {e}"))?;
+                let bytes = crate::io::read_file(Path::new(path), Some(crate::io::MAX_DATA_BYTES))
+                    .map_err(|e| format!("--data: {e}"))?;
                 let split = bytes.len() - bytes.len() / 10;
                 if split < length + 1 || bytes.len() - split < length + 1 {
                     return Err(format!(
