@@ -441,6 +441,10 @@ pub fn main() -> i32 {
         Err(e) => {
             if let Some(r) = e.downcast_ref::<Rendered>() {
                 err!("{}", r.0);
+            } else if let Some(crate::train::TrainError::Diagnostics(text)) =
+                e.downcast_ref::<crate::train::TrainError>()
+            {
+                err!("{text}");
             } else {
                 errln!("error: {e:#}");
             }
@@ -460,38 +464,16 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             bless,
             output,
             overrides,
-        } => {
-            let stage = stage.0;
-            if json && !stage.has_json() {
-                bail!(
-                    "--json is available for the ast, ir, grad, opt and step stages; `{}` prints as text only",
-                    stage.name()
-                );
-            }
-            let compiled = compile(&file, &overrides, color)?;
-            let text = if json {
-                compiled.stage_json(stage)
-            } else {
-                compiled.stage_text(stage)
-            }
-            .map_err(|e| {
-                anyhow!(
-                    "internal error while printing the {} stage: {e}",
-                    stage.name()
-                )
-            })?;
-            if let Some(expected_path) = expect {
-                return expect_text(&expected_path, &text, bless);
-            }
-            match output {
-                Some(path) => {
-                    check_output_path(&path)?;
-                    io::write_atomic(&path, text.as_bytes())?
-                }
-                None => out!("{text}"),
-            }
-            Ok(0)
-        }
+        } => cmd_ir(
+            &file,
+            stage.0,
+            json,
+            expect.as_deref(),
+            bless,
+            output.as_deref(),
+            &overrides,
+            color,
+        ),
         Command::Params { file, overrides } => {
             let compiled = compile(&file, &overrides, color)?;
             out!("{}", params_table(&compiled));
@@ -523,29 +505,8 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             Ok(0)
         }
         Command::Bench(args) => cmd_bench(&args, color),
-        Command::Train(args) => {
-            let mut opts = args.flags.options();
-            opts.resume = args.resume.clone();
-            let s = crate::train::train(&args.file, &opts)?;
-            out!("{}", crate::train::summary_table(std::slice::from_ref(&s)));
-            outln!(
-                "task {}; wrote {}/{{log.jsonl, loss.svg, checkpoint.safetensors{}}}",
-                s.task,
-                s.out_dir.display(),
-                if s.interrupted {
-                    ""
-                } else {
-                    ", final.safetensors"
-                }
-            );
-            Ok(if s.interrupted { 130 } else { 0 })
-        }
-        Command::Compare { files, train } => {
-            let (runs, svg) = crate::train::compare(&files, &train.options())?;
-            out!("{}", crate::train::summary_table(&runs));
-            outln!("wrote {}", svg.display());
-            Ok(0)
-        }
+        Command::Train(args) => cmd_train(&args),
+        Command::Compare { files, train } => cmd_compare(&files, &train),
         Command::Sample {
             file,
             weights,
@@ -594,6 +555,73 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
+fn cmd_ir(
+    file: &Path,
+    stage: Stage,
+    json: bool,
+    expect: Option<&Path>,
+    bless: bool,
+    output: Option<&Path>,
+    overrides: &Overrides,
+    color: bool,
+) -> Result<i32> {
+    if json && !stage.has_json() {
+        bail!(
+            "--json is available for the ast, ir, grad, opt and step stages; `{}` prints as text only",
+            stage.name()
+        );
+    }
+    let compiled = compile(file, overrides, color)?;
+    let text = if json {
+        compiled.stage_json(stage)
+    } else {
+        compiled.stage_text(stage)
+    }
+    .map_err(|e| {
+        anyhow!(
+            "internal error while printing the {} stage: {e}",
+            stage.name()
+        )
+    })?;
+    if let Some(expected_path) = expect {
+        return expect_text(expected_path, &text, bless);
+    }
+    match output {
+        Some(path) => {
+            check_output_path(path)?;
+            io::write_atomic(path, text.as_bytes())?
+        }
+        None => out!("{text}"),
+    }
+    Ok(0)
+}
+
+fn cmd_train(args: &TrainArgs) -> Result<i32> {
+    let mut opts = args.flags.options();
+    opts.resume = args.resume.clone();
+    let s = crate::train::train(&args.file, &opts)?;
+    out!("{}", crate::train::summary_table(std::slice::from_ref(&s)));
+    outln!(
+        "task {}; wrote {}/{{log.jsonl, loss.svg, checkpoint.safetensors{}}}",
+        s.task,
+        s.out_dir.display(),
+        if s.interrupted {
+            ""
+        } else {
+            ", final.safetensors"
+        }
+    );
+    Ok(if s.interrupted { 130 } else { 0 })
+}
+
+fn cmd_compare(files: &[PathBuf], train: &TrainFlags) -> Result<i32> {
+    let (runs, svg) = crate::train::compare(files, &train.options())?;
+    out!("{}", crate::train::summary_table(&runs));
+    outln!("wrote {}", svg.display());
+    Ok(0)
+}
+
 fn cmd_check(files: &[PathBuf], overrides: &Overrides, color: bool) -> Result<i32> {
     let mut failed = 0;
     for file in files {
@@ -609,9 +637,9 @@ fn cmd_check(files: &[PathBuf], overrides: &Overrides, color: bool) -> Result<i3
                     if let Err(e) = crate::train::resolve_config(&c, &c.file_name, &c.source, &opts)
                     {
                         failed += 1;
-                        match e.downcast_ref::<Rendered>() {
-                            Some(r) => err!("{}", r.0),
-                            None => errln!("error: {e:#}"),
+                        match e {
+                            crate::train::TrainError::Diagnostics(text) => err!("{text}"),
+                            e => errln!("error: {e}"),
                         }
                         continue;
                     }

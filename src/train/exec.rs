@@ -9,6 +9,8 @@ use crate::ir::{Graph, Op, OutputRole};
 use crate::runtime::{self, CompiledGraph};
 use crate::tensor::Tensor;
 
+pub use super::error::ExecError;
+
 /// Which executor runs a graph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -33,7 +35,7 @@ pub trait Executor {
         &mut self,
         inputs: &[Tensor],
         params: &[Tensor],
-    ) -> Result<Vec<(String, Tensor)>, String>;
+    ) -> Result<Vec<(String, Tensor)>, ExecError>;
 }
 
 struct Jit(CompiledGraph);
@@ -43,8 +45,8 @@ impl Executor for Jit {
         &mut self,
         inputs: &[Tensor],
         params: &[Tensor],
-    ) -> Result<Vec<(String, Tensor)>, String> {
-        self.0.run(inputs, params)
+    ) -> Result<Vec<(String, Tensor)>, ExecError> {
+        self.0.run(inputs, params).map_err(ExecError::Run)
     }
 }
 
@@ -55,9 +57,9 @@ impl Executor for Interp {
         &mut self,
         inputs: &[Tensor],
         params: &[Tensor],
-    ) -> Result<Vec<(String, Tensor)>, String> {
-        let mut out =
-            interp::run(&self.0, &interp::Env { inputs, params }).map_err(|e| e.to_string())?;
+    ) -> Result<Vec<(String, Tensor)>, ExecError> {
+        let mut out = interp::run(&self.0, &interp::Env { inputs, params })
+            .map_err(|e| ExecError::Run(e.to_string()))?;
         // The interpreter computes in f64; state kept between steps is f32, like the JIT's.
         for (_, t) in out.iter_mut() {
             for v in t.data.iter_mut() {
@@ -80,9 +82,9 @@ pub struct StepOutcome {
 /// Runs a training step graph whose parameters (weights and optimizer state) live in the
 /// executor between steps: only the loss crosses to the host each step.
 pub trait StepExecutor {
-    fn load_params(&mut self, params: Vec<Tensor>) -> Result<(), String>;
+    fn load_params(&mut self, params: Vec<Tensor>) -> Result<(), ExecError>;
     /// One step; on success output `o` becomes parameter `p` for each writeback pair.
-    fn step(&mut self, inputs: &[Tensor]) -> Result<StepOutcome, String>;
+    fn step(&mut self, inputs: &[Tensor]) -> Result<StepOutcome, ExecError>;
     /// The current parameters, in graph order.
     fn params(&self) -> Vec<Tensor>;
 }
@@ -94,12 +96,15 @@ struct JitStep {
 }
 
 impl StepExecutor for JitStep {
-    fn load_params(&mut self, params: Vec<Tensor>) -> Result<(), String> {
-        self.graph.load_params(&params)
+    fn load_params(&mut self, params: Vec<Tensor>) -> Result<(), ExecError> {
+        self.graph.load_params(&params).map_err(ExecError::Run)
     }
 
-    fn step(&mut self, inputs: &[Tensor]) -> Result<StepOutcome, String> {
-        let r = self.graph.step(inputs, &self.writeback)?;
+    fn step(&mut self, inputs: &[Tensor]) -> Result<StepOutcome, ExecError> {
+        let r = self
+            .graph
+            .step(inputs, &self.writeback)
+            .map_err(ExecError::Run)?;
         Ok(StepOutcome {
             loss: r.loss as f64,
             non_finite: r.non_finite,
@@ -119,18 +124,18 @@ struct InterpStep {
 }
 
 impl StepExecutor for InterpStep {
-    fn load_params(&mut self, params: Vec<Tensor>) -> Result<(), String> {
+    fn load_params(&mut self, params: Vec<Tensor>) -> Result<(), ExecError> {
         self.params = params;
         Ok(())
     }
 
-    fn step(&mut self, inputs: &[Tensor]) -> Result<StepOutcome, String> {
+    fn step(&mut self, inputs: &[Tensor]) -> Result<StepOutcome, ExecError> {
         let outs = self.exec.run(inputs, &self.params)?;
         let loss = outs
             .iter()
             .find(|(n, _)| OutputRole::of(n) == OutputRole::Loss)
             .map(|(_, l)| l.data[0])
-            .ok_or_else(|| "the step has no loss".to_string())?;
+            .ok_or_else(|| ExecError::Run("the step has no loss".to_string()))?;
         let non_finite = outs
             .iter()
             .find(|(_, v)| v.data.iter().any(|x| !x.is_finite()))
@@ -138,7 +143,7 @@ impl StepExecutor for InterpStep {
         if non_finite.is_none() {
             for &(o, p) in &self.writeback {
                 let (Some(slot), Some(out)) = (self.params.get_mut(p), outs.get(o)) else {
-                    return Err(format!("no output #{o} or parameter #{p}"));
+                    return Err(ExecError::Run(format!("no output #{o} or parameter #{p}")));
                 };
                 *slot = out.1.clone();
             }
@@ -157,10 +162,10 @@ pub fn step_executor(
     g: &Graph,
     backend: Backend,
     writeback: Vec<(usize, usize)>,
-) -> Result<Box<dyn StepExecutor>, String> {
+) -> Result<Box<dyn StepExecutor>, ExecError> {
     match backend {
         Backend::Jit => Ok(Box::new(JitStep {
-            graph: runtime::compile_graph(g)?,
+            graph: runtime::compile_graph(g).map_err(ExecError::Compile)?,
             writeback,
         })),
         Backend::Interp => Ok(Box::new(InterpStep {
@@ -172,9 +177,11 @@ pub fn step_executor(
 }
 
 /// Compile `g` for `backend` (the JIT runs the optimizing passes itself).
-pub fn executor(g: &Graph, backend: Backend) -> Result<Box<dyn Executor>, String> {
+pub fn executor(g: &Graph, backend: Backend) -> Result<Box<dyn Executor>, ExecError> {
     match backend {
-        Backend::Jit => Ok(Box::new(Jit(runtime::compile_graph(g)?))),
+        Backend::Jit => Ok(Box::new(Jit(
+            runtime::compile_graph(g).map_err(ExecError::Compile)?
+        ))),
         Backend::Interp => Ok(Box::new(Interp(g.clone()))),
     }
 }
