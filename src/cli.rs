@@ -305,6 +305,9 @@ pub struct TrainFlags {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Start over in an output directory that already holds a run (its files are replaced).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub overrides: Overrides,
 }
@@ -347,6 +350,7 @@ impl TrainFlags {
             backend: Some(self.backend.into()),
             quiet: self.quiet,
             stop_after: None,
+            force: self.force,
         }
     }
 }
@@ -598,6 +602,9 @@ fn cmd_ir(
 }
 
 fn cmd_train(args: &TrainArgs) -> Result<i32> {
+    if args.flags.force && args.resume.is_some() {
+        bail!("--force starts a run over and --resume continues one: give one of them");
+    }
     let mut opts = args.flags.options();
     opts.resume = args.resume.clone();
     let s = crate::train::train(&args.file, &opts)?;

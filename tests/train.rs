@@ -615,3 +615,37 @@ fn resident_jit_step_matches_host_round_trip() {
     assert!(r.non_finite.is_some());
     assert_eq!(resident.params(), params);
 }
+
+#[test]
+fn one_run_per_directory_and_no_silent_overwrite() {
+    let d = tmp("lock");
+    let m = write_model(&d, TINY);
+    let run = d.join("run");
+    let mut o = opts(&run);
+    o.settings.push(("steps".into(), "5".into()));
+    // A directory locked by another run is refused, naming the holder.
+    let held = train::rundir::lock(&run).unwrap();
+    let e = train::train(&m, &o).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!("pid {}", std::process::id())),
+        "names the holder: {e}"
+    );
+    assert!(!run.join("log.jsonl").exists(), "nothing written: {e}");
+    drop(held);
+    train::train(&m, &o).unwrap();
+    let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
+    // Training again into the same directory is refused and leaves the run as it was.
+    let e = train::train(&m, &o).unwrap_err().to_string();
+    assert!(
+        e.contains("already holds a run") && e.contains("--force"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_to_string(run.join("log.jsonl")).unwrap(), log);
+    // --force starts over.
+    o.force = true;
+    o.settings.push(("steps".into(), "3".into()));
+    let s = train::train(&m, &o).unwrap();
+    assert_eq!(s.steps_done, 3);
+    let (curve, _) = train::read_log(&run.join("log.jsonl"));
+    assert_eq!(curve.len(), 3);
+}

@@ -13,6 +13,7 @@ pub mod error;
 pub mod exec;
 pub mod optim;
 pub mod plot;
+pub mod rundir;
 pub mod sample;
 pub mod step;
 pub mod tasks;
@@ -53,6 +54,8 @@ pub struct TrainOptions {
     pub quiet: bool,
     /// Stop as if interrupted (Ctrl-C) once this many steps are done (for tests).
     pub stop_after: Option<u64>,
+    /// Start a fresh run in a directory that already holds one, replacing it.
+    pub force: bool,
 }
 
 /// Held-out metrics.
@@ -420,6 +423,8 @@ impl<'a> Plan<'a> {
 
 /// A run under way: its executors, log and progress.
 struct Run {
+    /// Held for the run's life: no other run writes this directory meanwhile.
+    _lock: rundir::RunLock,
     step_exec: Box<dyn exec::StepExecutor>,
     eval_exec: Box<dyn exec::Executor>,
     eval_batches: Vec<tasks::Batch>,
@@ -439,10 +444,12 @@ struct Run {
 impl Run {
     /// Resume or start fresh, open the log, compile the step and the evaluator.
     fn start(plan: &Plan, opts: &TrainOptions) -> Result<Run, TrainError> {
-        let (start, params) = plan.initial_state(opts.resume.as_deref())?;
         let out_dir = &plan.out_dir;
-        std::fs::create_dir_all(out_dir)
-            .map_err(|e| IoError::new(out_dir, IoErrorKind::Write(e)))?;
+        let lock = rundir::lock(out_dir)?;
+        if opts.resume.is_none() {
+            rundir::claim(out_dir, opts.force)?;
+        }
+        let (start, params) = plan.initial_state(opts.resume.as_deref())?;
         let log = Log::open(
             &out_dir.join("log.jsonl"),
             opts.resume.as_ref().map(|_| start),
@@ -461,6 +468,7 @@ impl Run {
         install_ctrlc();
         INTERRUPTED.store(false, Ordering::SeqCst);
         Ok(Run {
+            _lock: lock,
             step_exec,
             eval_exec,
             eval_batches: plan.task.eval_batches(),
