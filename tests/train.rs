@@ -649,3 +649,69 @@ fn one_run_per_directory_and_no_silent_overwrite() {
     let (curve, _) = train::read_log(&run.join("log.jsonl"));
     assert_eq!(curve.len(), 3);
 }
+
+#[test]
+fn resume_refuses_damaged_incomplete_and_foreign_checkpoints() {
+    use lamina::train::checkpoint;
+    let d = tmp("damaged");
+    let m = write_model(&d, TINY);
+    let run = d.join("run");
+    let mut o = opts(&run);
+    o.settings.push(("steps".into(), "20".into()));
+    o.settings.push(("eval_every".into(), "5".into()));
+    o.stop_after = Some(7);
+    train::train(&m, &o).unwrap();
+    let ck = run.join("checkpoint.safetensors");
+    let good = std::fs::read(&ck).unwrap();
+    let mut r = o.clone();
+    r.out = None;
+    r.stop_after = None;
+    r.resume = Some(ck.clone());
+    let resume_err = |r: &TrainOptions| train::train(&m, r).unwrap_err().to_string();
+
+    // One flipped bit in the last tensor's data.
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n - 3] ^= 0x10;
+    std::fs::write(&ck, &bad).unwrap();
+    let e = resume_err(&r);
+    assert!(e.contains("damaged") && e.contains("checksum"), "{e}");
+
+    // A tensor missing, a step past the end: rewritten with a valid checksum.
+    std::fs::write(&ck, &good).unwrap();
+    let loaded = checkpoint::load(&ck).unwrap();
+    let meta = |step: u64| checkpoint::Meta {
+        step,
+        config: loaded.meta["config"].clone(),
+        data: loaded.meta["data"].clone(),
+        model: loaded.meta["model"].clone(),
+        backend: loaded.meta["backend"].clone(),
+    };
+    let fewer: Vec<_> = loaded
+        .tensors
+        .iter()
+        .filter(|(n, _)| !n.starts_with("optim.v."))
+        .cloned()
+        .collect();
+    checkpoint::save_named(&ck, &fewer, &meta(7)).unwrap();
+    let e = resume_err(&r);
+    assert!(e.contains("lacks `optim.v."), "{e}");
+    checkpoint::save_named(&ck, &loaded.tensors, &meta(21)).unwrap();
+    let e = resume_err(&r);
+    assert!(e.contains("step 21, past the recipe's 20 steps"), "{e}");
+
+    // The other backend: refused, naming the one to use.
+    std::fs::write(&ck, &good).unwrap();
+    let mut other = r.clone();
+    other.backend = Some(Backend::Interp);
+    let e = resume_err(&other);
+    assert!(e.contains("--backend jit"), "{e}");
+
+    // A temporary file of a killed writer is removed when the run starts; the intact
+    // checkpoint resumes.
+    let orphan = run.join(".checkpoint.safetensors.tmp.999999999");
+    std::fs::write(&orphan, b"partial").unwrap();
+    let s = train::train(&m, &r).unwrap();
+    assert_eq!(s.steps_done, 20);
+    assert!(!orphan.exists());
+}

@@ -172,14 +172,6 @@ pub fn resolve_config(
     Ok(cfg)
 }
 
-fn model_names(step: &Graph) -> HashMap<String, usize> {
-    step.params
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.name.clone(), i))
-        .collect()
-}
-
 /// Append-only JSONL log.
 struct Log {
     path: PathBuf,
@@ -342,6 +334,7 @@ impl<'a> Plan<'a> {
                 .map_err(|e| TrainError::Internal(format!("the recipe as JSON: {e}")))?,
             data: format!("{:016x}", task.fingerprint),
             model: format!("{:016x}", crate::io::fnv(text::print(forward).as_bytes())),
+            backend: opts.backend.unwrap_or(Backend::Jit).name().to_string(),
         };
         let out_dir = match (&opts.out, &opts.resume) {
             (Some(d), _) => d.clone(),
@@ -403,19 +396,40 @@ impl<'a> Plan<'a> {
                 )));
             }
         }
-        let start = loaded
+        let written_by = loaded.meta.get("backend").map(String::as_str).unwrap_or("");
+        if written_by != self.meta.backend {
+            return Err(problem(format!(
+                "it was computed by the {written_by} backend and this run uses {}; the \
+                 backends round differently, so resume with --backend {written_by} to \
+                 continue bit-identically",
+                self.meta.backend
+            )));
+        }
+        let start: u64 = loaded
             .meta
             .get("step")
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| problem("it records no step".into()))?;
-        let index = model_names(step_g);
-        for (name, t) in loaded.tensors {
-            if let Some(&i) = index.get(&name) {
-                if t.shape != step_g.params[i].shape {
-                    return Err(problem(format!("`{name}` has the wrong shape")));
-                }
-                params[i] = t;
+        if start > self.cfg.steps {
+            return Err(problem(format!(
+                "it is at step {start}, past the recipe's {} steps",
+                self.cfg.steps
+            )));
+        }
+        let mut tensors: HashMap<String, Tensor> = loaded.tensors.into_iter().collect();
+        for (i, p) in step_g.params.iter().enumerate() {
+            let t = tensors
+                .remove(&p.name)
+                .ok_or_else(|| problem(format!("it lacks `{}`", p.name)))?;
+            if t.shape != p.shape || t.dtype != p.ty().dtype {
+                return Err(problem(format!(
+                    "`{}` is {} but the run needs {}",
+                    p.name,
+                    t.ty(),
+                    p.ty()
+                )));
             }
+            params[i] = t;
         }
         Ok((start, params))
     }
@@ -448,6 +462,14 @@ impl Run {
         let lock = rundir::lock(out_dir)?;
         if opts.resume.is_none() {
             rundir::claim(out_dir, opts.force)?;
+        }
+        let orphans = rundir::remove_orphans(out_dir);
+        if !orphans.is_empty() && !opts.quiet {
+            errln!(
+                "removed {} temporary file(s) left by a killed writer: {}",
+                orphans.len(),
+                orphans.join(", ")
+            );
         }
         let (start, params) = plan.initial_state(opts.resume.as_deref())?;
         let log = Log::open(
