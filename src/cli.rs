@@ -439,6 +439,9 @@ fn compile(path: &Path, overrides: &Overrides, color: bool) -> Result<Compiled> 
 /// Run the CLI; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Train(_) | Command::Compare { .. }) {
+        crate::train::signals::uninstall();
+    }
     let color = use_color(cli.color);
     match run(cli, color) {
         Ok(code) => code,
@@ -619,13 +622,29 @@ fn cmd_train(args: &TrainArgs) -> Result<i32> {
             ", final.safetensors"
         }
     );
-    Ok(if s.interrupted { 130 } else { 0 })
+    Ok(if s.interrupted {
+        crate::train::signals::exit_code(s.signal)
+    } else {
+        0
+    })
 }
 
 fn cmd_compare(files: &[PathBuf], train: &TrainFlags) -> Result<i32> {
     let (runs, svg) = crate::train::compare(files, &train.options())?;
     out!("{}", crate::train::summary_table(&runs));
     outln!("wrote {}", svg.display());
+    let signal = crate::train::signals::requested();
+    if signal.is_some() || runs.last().is_some_and(|r| r.interrupted) {
+        errln!(
+            "comparison interrupted: {} of {} model(s) trained or started; each run keeps its \
+             checkpoint",
+            runs.len(),
+            files.len()
+        );
+        return Ok(crate::train::signals::exit_code(
+            signal.or_else(|| runs.last().and_then(|r| r.signal)),
+        ));
+    }
     Ok(0)
 }
 

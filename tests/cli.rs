@@ -466,3 +466,132 @@ fn model_and_data_files_are_read_within_limits() {
         assert!(err.contains(expect), "{data}: {err}");
     }
 }
+
+/// Start `lamina ARGS`, wait until `log` has `lines` lines (0: do not wait), send `signal`
+/// (`INT`, `TERM`) and return what the process did.
+fn signal_during(args: &[&str], log: &Path, lines: usize, signal: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lamina"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    if lines == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
+    while std::fs::read_to_string(log).map_or(0, |l| l.lines().count()) < lines {
+        if start.elapsed().as_secs() > 60 || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "training did not start: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn sigterm_saves_a_checkpoint_and_exits_143() {
+    let dir = scratch("sigterm");
+    let model = write(&dir, "m.lam", &TINY.replace("length = 5", "length = 6"));
+    let run = dir.join("run");
+    let args = [
+        "train",
+        s(&model),
+        "--task",
+        "copy",
+        "--steps",
+        "1000000",
+        "--out",
+        s(&run),
+    ];
+    let out = signal_during(&args, &run.join("log.jsonl"), 20, "TERM");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    assert!(err.contains("interrupted (SIGTERM) after step"), "{err}");
+    assert!(lamina::io::load_safetensors(&run.join("checkpoint.safetensors")).is_ok());
+}
+
+#[test]
+fn ctrl_c_while_a_run_starts_is_an_orderly_stop() {
+    let dir = scratch("early-int");
+    let model = write(&dir, "m.lam", &TINY.replace("length = 5", "length = 6"));
+    let run = dir.join("run");
+    let args = [
+        "train",
+        s(&model),
+        "--task",
+        "copy",
+        "--steps",
+        "1000000",
+        "--out",
+        s(&run),
+    ];
+    let out = signal_during(&args, &run.join("log.jsonl"), 0, "INT");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{:?}: {err}", out.status);
+}
+
+#[test]
+fn ctrl_c_stops_the_whole_comparison() {
+    let dir = scratch("compare-int");
+    let a = write(&dir, "a.lam", &TINY.replace("length = 5", "length = 6"));
+    let b = write(&dir, "b.lam", &TINY.replace("length = 5", "length = 6"));
+    let out_dir = dir.join("cmp");
+    let args = [
+        "compare",
+        s(&a),
+        s(&b),
+        "--task",
+        "copy",
+        "--steps",
+        "1000000",
+        "--out",
+        s(&out_dir),
+    ];
+    let out = signal_during(&args, &out_dir.join("0-a/log.jsonl"), 20, "INT");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(out_dir.join("0-a/checkpoint.safetensors").exists());
+    assert!(
+        !out_dir.join("1-b/log.jsonl").exists(),
+        "the second model never started: {err}"
+    );
+}
+
+#[test]
+fn compare_checks_every_model_before_training_any() {
+    let dir = scratch("compare-check");
+    let a = write(&dir, "a.lam", &TINY.replace("length = 5", "length = 6"));
+    // Odd length: the copy task does not fit the second model.
+    let b = write(&dir, "b.lam", TINY);
+    let out_dir = dir.join("cmp");
+    let out = lamina_within(
+        &[
+            "compare",
+            s(&a),
+            s(&b),
+            "--task",
+            "copy",
+            "--steps",
+            "5",
+            "--out",
+            s(&out_dir),
+        ],
+        60,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("even"), "{err}");
+    assert!(!out_dir.join("0-a").exists(), "nothing trained: {err}");
+}

@@ -15,6 +15,7 @@ pub mod optim;
 pub mod plot;
 pub mod rundir;
 pub mod sample;
+pub mod signals;
 pub mod step;
 pub mod tasks;
 
@@ -31,7 +32,6 @@ use exec::Backend;
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tasks::{Task, TaskSpec};
 
@@ -83,6 +83,8 @@ pub struct Summary {
     pub tokens_per_second: f64,
     pub out_dir: PathBuf,
     pub interrupted: bool,
+    /// The signal that interrupted it (SIGINT or SIGTERM); `None` when it was not one.
+    pub signal: Option<i32>,
 }
 
 impl Summary {
@@ -99,20 +101,6 @@ impl Summary {
 /// Print a line to stderr; a failed write is ignored (the run goes on).
 macro_rules! errln {
     ($($arg:tt)*) => { crate::io::to_stderr(&format!("{}\n", format!($($arg)*))) };
-}
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// Ctrl-C asks the loop to checkpoint and stop; a second Ctrl-C exits at once.
-fn install_ctrlc() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = ctrlc::set_handler(|| {
-            if INTERRUPTED.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-        });
-    });
 }
 
 fn rendered(file_name: &str, source: &str, diagnostics: Vec<Diagnostic>) -> TrainError {
@@ -449,6 +437,7 @@ struct Run {
     losses: Vec<(u64, f32)>,
     evals: Vec<(u64, Eval)>,
     interrupted: bool,
+    signal: Option<i32>,
     compile_seconds: f64,
     train_seconds: f64,
     started: Instant,
@@ -487,8 +476,6 @@ impl Run {
         if !opts.quiet {
             announce(plan, start, compile_seconds);
         }
-        install_ctrlc();
-        INTERRUPTED.store(false, Ordering::SeqCst);
         Ok(Run {
             _lock: lock,
             step_exec,
@@ -500,6 +487,7 @@ impl Run {
             losses: Vec::new(),
             evals: Vec::new(),
             interrupted: false,
+            signal: None,
             compile_seconds,
             train_seconds: 0.0,
             started: Instant::now(),
@@ -513,7 +501,9 @@ impl Run {
         let cfg = &plan.cfg;
         while self.t < cfg.steps {
             let t = self.t;
-            if INTERRUPTED.load(Ordering::SeqCst) || opts.stop_after == Some(t) {
+            let signal = signals::requested();
+            if signal.is_some() || opts.stop_after == Some(t) {
+                self.signal = signal;
                 checkpoint::save(
                     &plan.ckpt_path(),
                     step_g,
@@ -651,7 +641,11 @@ impl Run {
         } else if !opts.quiet {
             let ckpt = plan.ckpt_path();
             errln!(
-                "interrupted after step {}; saved {}\nresume with: lamina train FILE --resume {}",
+                "interrupted{} after step {}; saved {}\nresume with: lamina train FILE --resume {}",
+                match self.signal {
+                    Some(signals::SIGTERM) => " (SIGTERM)",
+                    _ => "",
+                },
                 self.t,
                 ckpt.display(),
                 ckpt.display()
@@ -671,6 +665,7 @@ impl Run {
             seconds: self.started.elapsed().as_secs_f64() + self.compile_seconds,
             out_dir: out_dir.clone(),
             interrupted: self.interrupted,
+            signal: self.signal,
         })
     }
 }
@@ -822,7 +817,9 @@ pub fn summary_table(runs: &[Summary]) -> String {
 }
 
 /// `lamina compare`: train each model on the same task, seed and steps (the first model's
-/// recipe, or the command line's), plot the curves together and tabulate.
+/// recipe, or the command line's), plot the curves together and tabulate. Every model,
+/// recipe and task is checked before any training starts; an interruption stops the whole
+/// comparison (the runs so far are returned, the last one `interrupted`).
 pub fn compare(
     files: &[PathBuf],
     opts: &TrainOptions,
@@ -837,18 +834,14 @@ pub fn compare(
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join("compare"));
-    let mut runs: Vec<Summary> = Vec::new();
-    let mut first: Option<TrainConfig> = None;
-    for (k, f) in files.iter().enumerate() {
+    let mut compiled = Vec::new();
+    for f in files {
         let (c, source) = compile(f, &opts.overrides)?;
-        let mut cfg = resolve_config(&c, &f.display().to_string(), &source, opts)?;
-        if let Some(base) = &first {
-            // Same data, seed, length and optimizer for every model.
-            cfg = TrainConfig {
-                task: base.task.clone(),
-                ..base.clone()
-            };
-        }
+        let cfg = resolve_config(&c, &f.display().to_string(), &source, opts)?;
+        compiled.push((f, c, cfg));
+    }
+    let mut plans: Vec<(Plan, TrainOptions)> = Vec::new();
+    for (k, (f, c, cfg)) in compiled.iter().enumerate() {
         let stem = format!(
             "{k}-{}",
             f.file_stem()
@@ -857,11 +850,28 @@ pub fn compare(
         );
         let mut o = opts.clone();
         o.out = Some(out.join(stem));
-        let s = train_compiled(&c, cfg, &o)?;
-        if first.is_none() {
-            first = Some(s.config.clone());
+        // Same data, seed, length and optimizer for every model: the first one's recipe,
+        // with its task as resolved for the first model.
+        let cfg = match plans.first() {
+            Some((first, _)) => first.cfg.clone(),
+            None => cfg.clone(),
+        };
+        let plan = Plan::new(c, cfg, &o)?;
+        plans.push((plan, o));
+    }
+    let mut runs: Vec<Summary> = Vec::new();
+    for (plan, o) in &plans {
+        if signals::requested().is_some() {
+            break;
         }
+        let mut run = Run::start(plan, o)?;
+        run.step_loop(plan, o)?;
+        let s = run.finish(plan, o)?;
+        let stop = s.interrupted;
         runs.push(s);
+        if stop {
+            break;
+        }
     }
     let svg = out.join("compare.svg");
     write_compare_plot(&runs, &svg)?;
