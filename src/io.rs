@@ -107,15 +107,9 @@ impl std::fmt::Display for IoError {
     }
 }
 
-impl std::error::Error for IoError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.kind {
-            IoErrorKind::Read(e) | IoErrorKind::Write(e) => Some(e),
-            IoErrorKind::Format(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+/// The message includes the operating system's reason: no `source`, so that a report of
+/// the chain does not repeat it.
+impl std::error::Error for IoError {}
 
 /// `1 MiB`, `1 GiB`: a limit in words.
 fn human_bytes(n: u64) -> String {

@@ -715,3 +715,21 @@ fn resume_refuses_damaged_incomplete_and_foreign_checkpoints() {
     assert_eq!(s.steps_done, 20);
     assert!(!orphan.exists());
 }
+
+#[test]
+fn nan_locator_passes_over_the_causal_mask() {
+    let d = tmp("nan-mask");
+    // The attention's causal mask is -inf by design; the scale 1e39 overflows f32.
+    let m = write_model(
+        &d,
+        "input tokens(batch = 2, length = 6, vocab = 11)\nembed(dim = 8)\n\
+         block b {\n  attn = attention(heads = 2)\n  f = ffn(hidden = 16)\n  \
+         scheme [attn, f * 1e39]\n}\nstack b * 1\n",
+    );
+    let mut o = opts(&d.join("run"));
+    o.settings.push(("task".into(), "copy".into()));
+    o.settings.push(("steps".into(), "3".into()));
+    let msg = train::train(&m, &o).unwrap_err().to_string();
+    assert!(msg.contains("in `blocks.0.f`"), "{msg}");
+    assert!(!msg.contains("causal_mask"), "{msg}");
+}

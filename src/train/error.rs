@@ -51,17 +51,9 @@ impl std::fmt::Display for TrainError {
     }
 }
 
-impl std::error::Error for TrainError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            TrainError::Io(e) => Some(e),
-            TrainError::NonFinite(e) => Some(e),
-            TrainError::Task { error, .. } => Some(error),
-            TrainError::Exec { error, .. } => Some(error),
-            _ => None,
-        }
-    }
-}
+/// The message says everything, including the inner error: no `source`, so that a report
+/// of the chain does not repeat it.
+impl std::error::Error for TrainError {}
 
 impl From<IoError> for TrainError {
     fn from(e: IoError) -> Self {

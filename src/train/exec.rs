@@ -197,11 +197,26 @@ pub struct NonFinite {
     pub what: String,
 }
 
+/// Whether an op's result is finite by design whatever its inputs' infinities: softmax
+/// and log-softmax turn the -inf of a masked score into 0 (or -inf they own).
+fn finite_by_design(op: &Op) -> bool {
+    matches!(op, Op::Softmax | Op::LogSoftmax)
+}
+
 /// Re-run `g` in the interpreter, rounding every value to f32 as the JIT would, and return
-/// the first node whose value is not finite (or that fails, e.g. a softmax over an
-/// infinite row). `None` when every value is finite.
+/// the first node whose value is not finite when it should be (or that fails, e.g. a
+/// softmax over an infinite row). `None` when every value is finite.
+///
+/// Some infinities are intended: the -inf of `causal_mask` and what flows from it (added
+/// to attention scores, broadcast, reshaped) until a softmax or log-softmax makes it
+/// finite again. Those are not reported; a NaN among them, an infinity that reaches an
+/// output, or a non-finite softmax result is, at the node where it happens.
 pub fn first_non_finite(g: &Graph, inputs: &[Tensor], params: &[Tensor]) -> Option<NonFinite> {
+    let outputs: std::collections::HashSet<usize> =
+        g.outputs.iter().map(|o| o.value.index()).collect();
     let mut values: Vec<Tensor> = Vec::with_capacity(g.nodes.len());
+    // Values whose infinities are intended (they come from a causal mask).
+    let mut intended = vec![false; g.nodes.len()];
     for (i, node) in g.nodes.iter().enumerate() {
         let found = |what: String| NonFinite {
             node: i,
@@ -227,8 +242,18 @@ pub fn first_non_finite(g: &Graph, inputs: &[Tensor], params: &[Tensor]) -> Opti
             }
         };
         if let Some(v) = value.data.iter().find(|v| !v.is_finite()) {
-            let what = if v.is_nan() { "NaN" } else { "inf" };
-            return Some(found(what.to_string()));
+            let from_mask = matches!(node.op, Op::CausalMask { .. })
+                || node.args.iter().any(|a| intended[a.index()]);
+            let excused = from_mask
+                && !v.is_nan()
+                && !value.data.iter().any(|v| v.is_nan())
+                && !finite_by_design(&node.op)
+                && !outputs.contains(&i);
+            if !excused {
+                let what = if v.is_nan() { "NaN" } else { "inf" };
+                return Some(found(what.to_string()));
+            }
+            intended[i] = true;
         }
         values.push(value);
     }
