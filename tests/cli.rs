@@ -595,3 +595,33 @@ fn compare_checks_every_model_before_training_any() {
     assert!(err.contains("even"), "{err}");
     assert!(!out_dir.join("0-a").exists(), "nothing trained: {err}");
 }
+
+#[test]
+fn option_values_are_one_expression() {
+    let dir = scratch("option-values");
+    let model = write(&dir, "m.lam", &TINY.replace("length = 5", "length = 6"));
+    for (flag, value) in [
+        ("--steps", "7\nbogus_setting = 1"),
+        ("--steps", "7\n}\nd = 3\ntrain {"),
+        ("--eval-every", "5 # and more"),
+    ] {
+        let out = lamina_within(
+            &[
+                "train",
+                s(&model),
+                "--task",
+                "copy",
+                flag,
+                value,
+                "--out",
+                s(&dir.join("run")),
+                "-q",
+            ],
+            60,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flag} {value:?}: {err}");
+        assert!(err.contains(flag), "names the option: {err}");
+        assert!(!dir.join("run/log.jsonl").exists(), "nothing trained");
+    }
+}

@@ -123,6 +123,49 @@ fn constants(c: &Compiled, overrides: &[Override]) -> HashMap<String, f64> {
         .collect()
 }
 
+/// Apply one command-line setting (`--steps 200`): its value must be exactly one
+/// expression or call, on one line, so nothing else can ride along into the recipe.
+fn apply_option(
+    cfg: &mut TrainConfig,
+    key: &str,
+    value: &str,
+    consts: &HashMap<String, f64>,
+) -> Result<(), TrainError> {
+    let option = format!("--{}", key.replace('_', "-"));
+    let not_one = |message: &str| TrainError::Option {
+        option: option.clone(),
+        message: format!("`{}` {message}", value.escape_debug()),
+    };
+    if value.contains(['\n', '\r']) {
+        return Err(not_one("spans several lines; give one value"));
+    }
+    let prefix = format!("train {{\n    {key} = ");
+    let snippet = format!("{prefix}{value}\n}}\n");
+    let m = crate::syntax::parse(&snippet).map_err(|d| rendered(&option, &snippet, d))?;
+    let settings = m
+        .train
+        .as_ref()
+        .map(|t| t.settings.as_slice())
+        .unwrap_or(&[]);
+    let [s] = settings else {
+        return Err(not_one("is not one value"));
+    };
+    let trimmed = value.trim();
+    let start = prefix.len() + (value.len() - value.trim_start().len());
+    let span = config::value_span(&s.value);
+    if s.key.name != key
+        || !m.items.is_empty()
+        || span.start != start
+        || span.end != start + trimmed.len()
+    {
+        return Err(not_one(
+            "is not exactly one expression or call (e.g. `200`, `sgd(lr = 0.1)`)",
+        ));
+    }
+    config::apply_setting(cfg, &s.key, &s.value, consts)
+        .map_err(|d| rendered(&option, &snippet, vec![d]))
+}
+
 /// The recipe of a compiled model file: defaults, its `train { }` section, then the
 /// command-line settings.
 pub fn resolve_config(
@@ -140,13 +183,7 @@ pub fn resolve_config(
         }
     }
     for (key, value) in &opts.settings {
-        let snippet = format!("train {{\n    {key} = {value}\n}}\n");
-        let what = format!("--{key}");
-        let m = crate::syntax::parse(&snippet).map_err(|d| rendered(&what, &snippet, d))?;
-        if let Some(s) = m.train.as_ref().and_then(|t| t.settings.first()) {
-            config::apply_setting(&mut cfg, &s.key, &s.value, &consts)
-                .map_err(|d| rendered(&what, &snippet, vec![d]))?;
-        }
+        apply_option(&mut cfg, key, value, &consts)?;
     }
     if let Some(lr) = opts.lr {
         if !(lr.is_finite() && lr >= 0.0) {
