@@ -21,6 +21,14 @@ macro_rules! outln {
     ($($arg:tt)*) => { emit(&format!("{}\n", format!($($arg)*))) };
 }
 
+/// Print to stderr without panicking: a message that cannot be written is dropped.
+macro_rules! err {
+    ($($arg:tt)*) => { io::to_stderr(&format!($($arg)*)) };
+}
+macro_rules! errln {
+    ($($arg:tt)*) => { io::to_stderr(&format!("{}\n", format!($($arg)*))) };
+}
+
 fn emit(text: &str) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
@@ -31,7 +39,7 @@ fn emit(text: &str) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
-        eprintln!("error: cannot write to stdout: {e}");
+        errln!("error: cannot write to stdout: {e}");
         std::process::exit(1);
     }
 }
@@ -297,6 +305,9 @@ pub struct TrainFlags {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Start over in an output directory that already holds a run (its files are replaced).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub overrides: Overrides,
 }
@@ -339,6 +350,7 @@ impl TrainFlags {
             backend: Some(self.backend.into()),
             quiet: self.quiet,
             stop_after: None,
+            force: self.force,
         }
     }
 }
@@ -427,14 +439,21 @@ fn compile(path: &Path, overrides: &Overrides, color: bool) -> Result<Compiled> 
 /// Run the CLI; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Train(_) | Command::Compare { .. }) {
+        crate::train::signals::uninstall();
+    }
     let color = use_color(cli.color);
     match run(cli, color) {
         Ok(code) => code,
         Err(e) => {
             if let Some(r) = e.downcast_ref::<Rendered>() {
-                eprint!("{}", r.0);
+                err!("{}", r.0);
+            } else if let Some(crate::train::TrainError::Diagnostics(text)) =
+                e.downcast_ref::<crate::train::TrainError>()
+            {
+                err!("{text}");
             } else {
-                eprintln!("error: {e:#}");
+                errln!("error: {e:#}");
             }
             1
         }
@@ -452,38 +471,16 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             bless,
             output,
             overrides,
-        } => {
-            let stage = stage.0;
-            if json && !stage.has_json() {
-                bail!(
-                    "--json is available for the ast, ir, grad, opt and step stages; `{}` prints as text only",
-                    stage.name()
-                );
-            }
-            let compiled = compile(&file, &overrides, color)?;
-            let text = if json {
-                compiled.stage_json(stage)
-            } else {
-                compiled.stage_text(stage)
-            }
-            .map_err(|e| {
-                anyhow!(
-                    "internal error while printing the {} stage: {e}",
-                    stage.name()
-                )
-            })?;
-            if let Some(expected_path) = expect {
-                return expect_text(&expected_path, &text, bless);
-            }
-            match output {
-                Some(path) => {
-                    check_output_path(&path)?;
-                    io::write_atomic(&path, text.as_bytes())?
-                }
-                None => out!("{text}"),
-            }
-            Ok(0)
-        }
+        } => cmd_ir(
+            &file,
+            stage.0,
+            json,
+            expect.as_deref(),
+            bless,
+            output.as_deref(),
+            &overrides,
+            color,
+        ),
         Command::Params { file, overrides } => {
             let compiled = compile(&file, &overrides, color)?;
             out!("{}", params_table(&compiled));
@@ -506,7 +503,7 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
                 .zip(params)
                 .collect();
             io::save_safetensors(&output, &named)?;
-            eprintln!(
+            errln!(
                 "wrote {} parameters ({} values) to {}",
                 named.len(),
                 g.param_count(),
@@ -515,29 +512,8 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             Ok(0)
         }
         Command::Bench(args) => cmd_bench(&args, color),
-        Command::Train(args) => {
-            let mut opts = args.flags.options();
-            opts.resume = args.resume.clone();
-            let s = crate::train::train(&args.file, &opts)?;
-            out!("{}", crate::train::summary_table(std::slice::from_ref(&s)));
-            outln!(
-                "task {}; wrote {}/{{log.jsonl, loss.svg, checkpoint.safetensors{}}}",
-                s.task,
-                s.out_dir.display(),
-                if s.interrupted {
-                    ""
-                } else {
-                    ", final.safetensors"
-                }
-            );
-            Ok(if s.interrupted { 130 } else { 0 })
-        }
-        Command::Compare { files, train } => {
-            let (runs, svg) = crate::train::compare(&files, &train.options())?;
-            out!("{}", crate::train::summary_table(&runs));
-            outln!("wrote {}", svg.display());
-            Ok(0)
-        }
+        Command::Train(args) => cmd_train(&args),
+        Command::Compare { files, train } => cmd_compare(&files, &train),
         Command::Sample {
             file,
             weights,
@@ -586,6 +562,92 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
+fn cmd_ir(
+    file: &Path,
+    stage: Stage,
+    json: bool,
+    expect: Option<&Path>,
+    bless: bool,
+    output: Option<&Path>,
+    overrides: &Overrides,
+    color: bool,
+) -> Result<i32> {
+    if json && !stage.has_json() {
+        bail!(
+            "--json is available for the ast, ir, grad, opt and step stages; `{}` prints as text only",
+            stage.name()
+        );
+    }
+    let compiled = compile(file, overrides, color)?;
+    let text = if json {
+        compiled.stage_json(stage)
+    } else {
+        compiled.stage_text(stage)
+    }
+    .map_err(|e| {
+        anyhow!(
+            "internal error while printing the {} stage: {e}",
+            stage.name()
+        )
+    })?;
+    if let Some(expected_path) = expect {
+        return expect_text(expected_path, &text, bless);
+    }
+    match output {
+        Some(path) => {
+            check_output_path(path)?;
+            io::write_atomic(path, text.as_bytes())?
+        }
+        None => out!("{text}"),
+    }
+    Ok(0)
+}
+
+fn cmd_train(args: &TrainArgs) -> Result<i32> {
+    if args.flags.force && args.resume.is_some() {
+        bail!("--force starts a run over and --resume continues one: give one of them");
+    }
+    let mut opts = args.flags.options();
+    opts.resume = args.resume.clone();
+    let s = crate::train::train(&args.file, &opts)?;
+    out!("{}", crate::train::summary_table(std::slice::from_ref(&s)));
+    outln!(
+        "task {}; wrote {}/{{log.jsonl, loss.svg, checkpoint.safetensors{}}}",
+        s.task,
+        s.out_dir.display(),
+        if s.interrupted {
+            ""
+        } else {
+            ", final.safetensors"
+        }
+    );
+    Ok(if s.interrupted {
+        crate::train::signals::exit_code(s.signal)
+    } else {
+        0
+    })
+}
+
+fn cmd_compare(files: &[PathBuf], train: &TrainFlags) -> Result<i32> {
+    let (runs, svg) = crate::train::compare(files, &train.options())?;
+    out!("{}", crate::train::summary_table(&runs));
+    outln!("wrote {}", svg.display());
+    let signal = crate::train::signals::requested();
+    if signal.is_some() || runs.last().is_some_and(|r| r.interrupted) {
+        errln!(
+            "comparison interrupted: {} of {} model(s) trained or started; each run keeps its \
+             checkpoint",
+            runs.len(),
+            files.len()
+        );
+        return Ok(crate::train::signals::exit_code(
+            signal.or_else(|| runs.last().and_then(|r| r.signal)),
+        ));
+    }
+    Ok(0)
+}
+
 fn cmd_check(files: &[PathBuf], overrides: &Overrides, color: bool) -> Result<i32> {
     let mut failed = 0;
     for file in files {
@@ -601,9 +663,9 @@ fn cmd_check(files: &[PathBuf], overrides: &Overrides, color: bool) -> Result<i3
                     if let Err(e) = crate::train::resolve_config(&c, &c.file_name, &c.source, &opts)
                     {
                         failed += 1;
-                        match e.downcast_ref::<Rendered>() {
-                            Some(r) => eprint!("{}", r.0),
-                            None => eprintln!("error: {e:#}"),
+                        match e {
+                            crate::train::TrainError::Diagnostics(text) => err!("{text}"),
+                            e => errln!("error: {e}"),
                         }
                         continue;
                     }
@@ -620,12 +682,12 @@ fn cmd_check(files: &[PathBuf], overrides: &Overrides, color: bool) -> Result<i3
             }
             Err(e) => {
                 failed += 1;
-                eprint!("{}", e.render(color));
+                err!("{}", e.render(color));
             }
         }
     }
     if failed > 0 {
-        eprintln!("{failed} of {} file(s) failed to check", files.len());
+        errln!("{failed} of {} file(s) failed to check", files.len());
         return Ok(1);
     }
     Ok(0)
@@ -638,16 +700,16 @@ fn expect_text(path: &Path, actual: &str, bless: bool) -> Result<i32> {
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     if expected.as_deref() == Some(actual) {
-        eprintln!("{} is up to date", path.display());
+        errln!("{} is up to date", path.display());
         return Ok(0);
     }
     if bless {
         io::write_atomic(path, actual.as_bytes())?;
-        eprintln!("blessed {}", path.display());
+        errln!("blessed {}", path.display());
         return Ok(0);
     }
     match expected {
-        None => eprintln!(
+        None => errln!(
             "{} does not exist; run again with --bless to create it",
             path.display()
         ),
@@ -660,7 +722,7 @@ fn expect_text(path: &Path, actual: &str, bless: bool) -> Result<i32> {
                     .context_radius(3)
                     .header(&label, "actual")
             );
-            eprintln!(
+            errln!(
                 "{} differs from the current output; review the diff, then run with --bless to accept it",
                 path.display()
             );
@@ -740,7 +802,7 @@ fn params_table(c: &Compiled) -> String {
 fn load_weights(g: &crate::ir::Graph, path: &Path) -> Result<Vec<Tensor>> {
     let (params, extra) = io::load_weights(g, path)?;
     if !extra.is_empty() {
-        eprintln!(
+        errln!(
             "warning: {} holds {} tensor(s) the model does not use: {}",
             path.display(),
             extra.len(),
@@ -788,7 +850,7 @@ fn load_batch(g: &crate::ir::Graph, path: &Path) -> Result<Vec<Tensor>> {
             for (k, &v) in t.data.iter().enumerate() {
                 let in_range = bound.is_none_or(|b| v >= 0.0 && v < b as f64);
                 if v.fract() != 0.0 || !in_range {
-                    let at = unravel(k, &t.shape);
+                    let at = io::unravel(k, &t.shape);
                     let range =
                         bound.map_or(String::new(), |b| format!(" (ids run from 0 to {})", b - 1));
                     bail!(
@@ -803,7 +865,7 @@ fn load_batch(g: &crate::ir::Graph, path: &Path) -> Result<Vec<Tensor>> {
                 "{}: `{}`{:?} = {} is not a finite number",
                 path.display(),
                 inp.name,
-                unravel(k, &t.shape),
+                io::unravel(k, &t.shape),
                 t.data[k]
             );
         }
@@ -812,7 +874,7 @@ fn load_batch(g: &crate::ir::Graph, path: &Path) -> Result<Vec<Tensor>> {
     }
     if !tensors.is_empty() {
         let extra: Vec<_> = tensors.iter().map(|(n, _)| n.as_str()).take(5).collect();
-        eprintln!(
+        errln!(
             "warning: {} holds {} tensor(s) the model does not read: {}",
             path.display(),
             tensors.len(),
@@ -820,18 +882,6 @@ fn load_batch(g: &crate::ir::Graph, path: &Path) -> Result<Vec<Tensor>> {
         );
     }
     Ok(out)
-}
-
-/// The multi-index of flat element `k` of a row-major tensor.
-fn unravel(mut k: usize, shape: &[usize]) -> Vec<usize> {
-    let mut idx = vec![0; shape.len()];
-    for (i, &d) in shape.iter().enumerate().rev() {
-        if d > 0 {
-            idx[i] = k % d;
-            k /= d;
-        }
-    }
-    idx
 }
 
 /// Fail early, before any work, when an output file cannot be created where asked.
@@ -897,7 +947,7 @@ fn cmd_run(
         .map(|(_, t)| t.data[0])
         .ok_or_else(|| anyhow!("internal error: the graph has no loss output"))?;
     outln!("loss = {loss:.6}");
-    eprintln!(
+    errln!(
         "{} backend, {:.1} ms, {} gradients{}",
         backend.name(),
         elapsed.as_secs_f64() * 1e3,
@@ -913,7 +963,7 @@ fn cmd_run(
     );
     if let Some(out) = out {
         io::save_safetensors(out, &outputs)?;
-        eprintln!("wrote {}", out.display());
+        errln!("wrote {}", out.display());
     }
     Ok(0)
 }
@@ -957,7 +1007,7 @@ fn cmd_bench(args: &BenchArgs, color: bool) -> Result<i32> {
     let report = crate::bench::bench_step(&joint, &cfg.optim, args.steps as usize, profile)
         .map_err(|e| anyhow!("{e}"))?;
     if let Some(p) = &report.profile {
-        eprint!("{p}");
+        err!("{p}");
     }
     let g = &compiled.forward;
     outln!(

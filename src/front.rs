@@ -76,14 +76,19 @@ pub fn compile_source(
 /// Read and compile a model file; unreadable or non-UTF-8 files become diagnostics too.
 pub fn compile_file(path: &Path, overrides: &[Override]) -> Result<Compiled, CompileError> {
     let file_name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| CompileError {
-        file_name: file_name.clone(),
-        source: String::new(),
-        diagnostics: vec![Diagnostic::new(
-            format!("cannot read {file_name}: {e}"),
-            crate::syntax::ast::Span::NONE,
-            "",
-        )],
+    let limit = syntax::MAX_INPUT_BYTES as u64;
+    let bytes = crate::io::read_file(path, Some(limit)).map_err(|e| {
+        let message = match e.kind {
+            crate::io::IoErrorKind::TooLarge { .. } => format!(
+                "{file_name} is too large: the limit for a model file is {limit} bytes (1 MiB)"
+            ),
+            _ => e.to_string(),
+        };
+        CompileError {
+            file_name: file_name.clone(),
+            source: String::new(),
+            diagnostics: vec![Diagnostic::new(message, crate::syntax::ast::Span::NONE, "")],
+        }
     })?;
     match String::from_utf8(bytes) {
         Ok(source) => compile_source(&source, &file_name, overrides),

@@ -5,54 +5,231 @@
 
 use crate::ir::{DType, Graph, Init, Op};
 use crate::tensor::Tensor;
-use anyhow::{anyhow, bail, Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
-use std::io::Write;
-use std::path::Path;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// What went wrong with a file, and which file.
+#[derive(Debug)]
+pub struct IoError {
+    pub path: PathBuf,
+    pub kind: IoErrorKind,
+}
+
+/// The ways reading or writing a file fails.
+#[derive(Debug)]
+pub enum IoErrorKind {
+    /// The operating system refused to read it.
+    Read(std::io::Error),
+    /// The operating system refused to write it (or a temporary file beside it).
+    Write(std::io::Error),
+    /// A directory, a FIFO, a device: lamina reads regular files only.
+    NotAFile,
+    /// Larger than the limit for this kind of file.
+    TooLarge { limit: u64 },
+    /// Not a safetensors file, or a malformed one.
+    Format(FormatError),
+    /// The path names no file (it ends in `..` or `/`).
+    NotAFilePath,
+    /// A tensor is not what the model needs.
+    Tensor { name: String, problem: String },
+    /// Parameters of the model the file lacks.
+    Missing(Vec<String>),
+}
+
+/// A malformed safetensors file, or a tensor lamina cannot read.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FormatError {
+    /// The file's structure (header, offsets), in words.
+    Invalid(String),
+    /// A dtype lamina does not read.
+    Dtype { name: String, dtype: String },
+    /// An I64 value outside i32.
+    IdRange { name: String, value: i64 },
+}
+
+impl std::fmt::Display for FormatError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FormatError::Invalid(why) => f.write_str(why),
+            FormatError::Dtype { name, dtype } => write!(
+                f,
+                "tensor `{name}` has dtype {dtype}; lamina reads f32, f64, i32 and i64"
+            ),
+            FormatError::IdRange { name, value } => {
+                write!(f, "tensor `{name}`: value {value} does not fit in i32")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FormatError {}
+
+impl IoError {
+    pub fn new(path: &Path, kind: IoErrorKind) -> IoError {
+        IoError {
+            path: path.to_path_buf(),
+            kind,
+        }
+    }
+}
+
+impl std::fmt::Display for IoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = self.path.display();
+        match &self.kind {
+            IoErrorKind::Read(e) => write!(f, "cannot read {p}: {e}"),
+            IoErrorKind::Write(e) => write!(f, "cannot write {p}: {e}"),
+            IoErrorKind::NotAFile => write!(
+                f,
+                "cannot read {p}: it is not a regular file (a directory, pipe or device)"
+            ),
+            IoErrorKind::TooLarge { limit } => write!(
+                f,
+                "{p} is too large: the limit is {limit} bytes ({})",
+                human_bytes(*limit)
+            ),
+            IoErrorKind::Format(e) => write!(f, "{p} is not a valid tensor file: {e}"),
+            IoErrorKind::NotAFilePath => write!(f, "{p} is not a file path"),
+            IoErrorKind::Tensor { name, problem } => write!(f, "{p}: `{name}` {problem}"),
+            IoErrorKind::Missing(names) => {
+                let shown = names.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+                write!(
+                    f,
+                    "{p} lacks {} parameter(s) of the model: {shown}{}",
+                    names.len(),
+                    if names.len() > 5 { ", ..." } else { "" }
+                )
+            }
+        }
+    }
+}
+
+/// The message includes the operating system's reason: no `source`, so that a report of
+/// the chain does not repeat it.
+impl std::error::Error for IoError {}
+
+/// `1 MiB`, `1 GiB`: a limit in words.
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{} GiB", n >> 30),
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n => format!("{n} bytes"),
+    }
+}
+
+/// The largest `--data` file: 1 GiB.
+pub const MAX_DATA_BYTES: u64 = 1 << 30;
+
+/// Read a regular file, at most `limit` bytes of it (`None`: its size). Anything else
+/// (a directory, a FIFO, `/dev/zero`) is refused without reading or blocking, and a file
+/// over the limit is refused after reading at most `limit + 1` bytes.
+pub fn read_file(path: &Path, limit: Option<u64>) -> Result<Vec<u8>, IoError> {
+    let fail = |kind| IoError::new(path, kind);
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    // Opening a FIFO for reading waits for a writer; non-blocking, it returns at once and
+    // the type check below refuses it.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path).map_err(|e| fail(IoErrorKind::Read(e)))?;
+    let meta = file.metadata().map_err(|e| fail(IoErrorKind::Read(e)))?;
+    if !meta.is_file() {
+        return Err(fail(IoErrorKind::NotAFile));
+    }
+    let cap = limit.unwrap_or(u64::MAX);
+    if meta.len() > cap {
+        return Err(fail(IoErrorKind::TooLarge { limit: cap }));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // The file may grow while it is read: never more than the limit and one byte.
+    file.take(cap.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(IoErrorKind::Read(e)))?;
+    if bytes.len() as u64 > cap {
+        return Err(fail(IoErrorKind::TooLarge { limit: cap }));
+    }
+    Ok(bytes)
+}
+
+/// Write a message to stderr. A failed write (stderr closed, a full disk, a pipe whose
+/// reader is gone) loses the message but never panics or stops the command: the exit
+/// code stays the one the command would have had.
+pub fn to_stderr(text: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(text.as_bytes()).and_then(|_| err.flush());
+}
 
 /// Write `bytes` to `path` through a temporary file in the same directory and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
+        _ => PathBuf::from("."),
     };
     let file_name = path
         .file_name()
-        .ok_or_else(|| anyhow!("{} is not a file path", path.display()))?
+        .ok_or_else(|| IoError::new(path, IoErrorKind::NotAFilePath))?
         .to_string_lossy()
         .into_owned();
     let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
-    let result = (|| -> Result<()> {
-        let mut f = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
-            .with_context(|| format!("cannot move the output into {}", path.display()))?;
-        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.with_context(|| format!("writing {}", path.display()))
+    result.map_err(|e| IoError::new(path, IoErrorKind::Write(e)))
+}
+
+/// Whether `name` is a temporary file `write_atomic` leaves behind when its process is
+/// killed mid-write (`.NAME.tmp.PID`), and that process's id.
+pub fn orphan_pid(name: &str) -> Option<u32> {
+    let (stem, pid) = name.rsplit_once(".tmp.")?;
+    if !stem.starts_with('.') || stem.len() < 2 {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// The width floats are written with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FloatWidth {
+    F32,
+    F64,
 }
 
 /// Serialize named tensors (f32 tensors as F32, i32 as I32) to safetensors bytes.
-pub fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
+pub fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>, FormatError> {
+    safetensors_bytes_as(tensors, FloatWidth::F32, None)
+}
+
+/// Serialize named tensors with floats of `width`, and optional metadata.
+pub fn safetensors_bytes_as(
+    tensors: &[(String, Tensor)],
+    width: FloatWidth,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>, FormatError> {
     let raw: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(name, t)| {
-            let (dtype, bytes) = match t.dtype {
-                DType::F32 => (
+            let (dtype, bytes) = match (t.dtype, width) {
+                (DType::F32, FloatWidth::F32) => (
                     Dtype::F32,
                     t.data
                         .iter()
                         .flat_map(|&v| (v as f32).to_le_bytes())
                         .collect::<Vec<u8>>(),
                 ),
-                DType::I32 => (
+                (DType::F32, FloatWidth::F64) => (
+                    Dtype::F64,
+                    t.data.iter().flat_map(|&v| v.to_le_bytes()).collect(),
+                ),
+                (DType::I32, _) => (
                     Dtype::I32,
                     t.data
                         .iter()
@@ -68,26 +245,61 @@ pub fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
         .map(|(name, dtype, shape, bytes)| {
             TensorView::new(*dtype, shape.clone(), bytes)
                 .map(|v| (name.clone(), v))
-                .map_err(|e| anyhow!("tensor {name}: {e:?}"))
+                .map_err(|e| FormatError::Invalid(format!("tensor `{name}`: {}", describe(&e))))
         })
-        .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize(views, &None).map_err(|e| anyhow!("serializing: {e:?}"))
+        .collect::<Result<Vec<_>, _>>()?;
+    safetensors::serialize(views, &metadata).map_err(|e| FormatError::Invalid(describe(&e)))
 }
 
-pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
-    write_atomic(path, &safetensors_bytes(tensors)?)
+pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), IoError> {
+    save_safetensors_as(path, tensors, FloatWidth::F32)
+}
+
+/// `save_safetensors` with floats written at `width`.
+pub fn save_safetensors_as(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    width: FloatWidth,
+) -> Result<(), IoError> {
+    let bytes = safetensors_bytes_as(tensors, width, None)
+        .map_err(|e| IoError::new(path, IoErrorKind::Format(e)))?;
+    write_atomic(path, &bytes)
+}
+
+/// A tensor as read from a file, with the dtype the file stored it in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileTensor {
+    pub name: String,
+    pub tensor: Tensor,
+    /// `f32`, `f64`, `i32` or `i64`.
+    pub stored: &'static str,
+}
+
+impl FileTensor {
+    /// The type as the file has it: `i64[2, 3]`.
+    pub fn stored_type(&self) -> String {
+        let dims: Vec<String> = self.tensor.shape.iter().map(|d| d.to_string()).collect();
+        format!("{}[{}]", self.stored, dims.join(", "))
+    }
 }
 
 /// Read every tensor of a safetensors file. F32, F64, F16-free files only: F32/F64 load as
 /// f32 tensors, I32/I64 as i32 tensors (I64 values must fit in i32).
-pub fn load_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    parse_safetensors(&bytes)
-        .with_context(|| format!("{} is not a valid tensor file", path.display()))
+pub fn load_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>, IoError> {
+    Ok(load_tensors(path)?
+        .into_iter()
+        .map(|t| (t.name, t.tensor))
+        .collect())
+}
+
+/// `load_safetensors` keeping each tensor's stored dtype.
+pub fn load_tensors(path: &Path) -> Result<Vec<FileTensor>, IoError> {
+    let bytes = read_file(path, None)?;
+    parse_tensors(&bytes).map_err(|e| IoError::new(path, IoErrorKind::Format(e)))
 }
 
 /// A sentence for a safetensors format error (the crate's own text is its variant name).
-fn describe(e: &SafeTensorError) -> String {
+pub fn describe(e: &SafeTensorError) -> String {
     use SafeTensorError as E;
     match e {
         E::HeaderTooSmall | E::InvalidHeaderLength => {
@@ -109,48 +321,83 @@ fn describe(e: &SafeTensorError) -> String {
     }
 }
 
-pub fn parse_safetensors(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow!("{}", describe(&e)))?;
+pub fn parse_safetensors(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, FormatError> {
+    Ok(parse_tensors(bytes)?
+        .into_iter()
+        .map(|t| (t.name, t.tensor))
+        .collect())
+}
+
+/// Every tensor of safetensors bytes, sorted by name, with its stored dtype.
+pub fn parse_tensors(bytes: &[u8]) -> Result<Vec<FileTensor>, FormatError> {
+    let invalid = |e: SafeTensorError| FormatError::Invalid(describe(&e));
+    let st = SafeTensors::deserialize(bytes).map_err(invalid)?;
     let mut out = Vec::new();
     let mut names = st.names();
     names.sort();
     for name in names {
-        let view = st.tensor(name).map_err(|e| anyhow!("{}", describe(&e)))?;
+        let view = st.tensor(name).map_err(invalid)?;
         let shape = view.shape().to_vec();
         let data = view.data();
-        let tensor = match view.dtype() {
-            Dtype::F32 => Tensor::f32(
-                shape,
-                data.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-                    .collect(),
+        let le8 = |c: &[u8]| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            b
+        };
+        let (tensor, stored) = match view.dtype() {
+            Dtype::F32 => (
+                Tensor::f32(
+                    shape,
+                    data.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+                        .collect(),
+                ),
+                "f32",
             ),
-            Dtype::F64 => Tensor::f32(
-                shape,
-                data.chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().expect("chunk of 8")))
-                    .collect(),
+            Dtype::F64 => (
+                Tensor::f32(
+                    shape,
+                    data.chunks_exact(8)
+                        .map(|c| f64::from_le_bytes(le8(c)))
+                        .collect(),
+                ),
+                "f64",
             ),
-            Dtype::I32 => Tensor::i32(
-                shape,
-                data.chunks_exact(4)
-                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-                    .collect(),
+            Dtype::I32 => (
+                Tensor::i32(
+                    shape,
+                    data.chunks_exact(4)
+                        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+                        .collect(),
+                ),
+                "i32",
             ),
             Dtype::I64 => {
                 let mut vals = Vec::with_capacity(data.len() / 8);
                 for c in data.chunks_exact(8) {
-                    let v = i64::from_le_bytes(c.try_into().expect("chunk of 8"));
+                    let v = i64::from_le_bytes(le8(c));
                     if i32::try_from(v).is_err() {
-                        bail!("tensor {name}: value {v} does not fit in i32");
+                        return Err(FormatError::IdRange {
+                            name: name.to_string(),
+                            value: v,
+                        });
                     }
                     vals.push(v as f64);
                 }
-                Tensor::i32(shape, vals)
+                (Tensor::i32(shape, vals), "i64")
             }
-            other => bail!("tensor {name} has dtype {other:?}; lamina reads F32, F64, I32 and I64"),
+            other => {
+                return Err(FormatError::Dtype {
+                    name: name.to_string(),
+                    dtype: format!("{other:?}").to_lowercase(),
+                })
+            }
         };
-        out.push((name.to_string(), tensor));
+        out.push(FileTensor {
+            name: name.to_string(),
+            tensor,
+            stored,
+        });
     }
     Ok(out)
 }
@@ -248,45 +495,62 @@ pub fn random_batch(g: &Graph, seed: u64) -> Vec<Tensor> {
 }
 
 /// The parameters of `g` from a weights file (by name; every parameter present with its
-/// shape), and the names of the file's tensors the model does not use (a checkpoint also
-/// holds optimizer state).
-pub fn load_weights(g: &Graph, path: &Path) -> Result<(Vec<Tensor>, Vec<String>)> {
-    let mut tensors = load_safetensors(path)?;
+/// shape, every value finite), and the names of the file's tensors the model does not use
+/// (a checkpoint also holds optimizer state).
+pub fn load_weights(g: &Graph, path: &Path) -> Result<(Vec<Tensor>, Vec<String>), IoError> {
+    let mut tensors = load_tensors(path)?;
     let mut params = Vec::with_capacity(g.params.len());
     let mut missing = Vec::new();
+    let bad = |name: &str, problem: String| {
+        IoError::new(
+            path,
+            IoErrorKind::Tensor {
+                name: name.to_string(),
+                problem,
+            },
+        )
+    };
     for p in &g.params {
-        match tensors.iter().position(|(n, _)| *n == p.name) {
+        match tensors.iter().position(|t| t.name == p.name) {
             Some(i) => {
-                let (_, t) = tensors.swap_remove(i);
-                if t.shape != p.shape || t.dtype != DType::F32 {
-                    bail!(
-                        "{}: `{}` is {} but the model needs {}",
-                        path.display(),
-                        p.name,
-                        t.ty(),
-                        p.ty()
-                    );
+                let t = tensors.swap_remove(i);
+                if t.tensor.shape != p.shape || t.tensor.dtype != DType::F32 {
+                    return Err(bad(
+                        &p.name,
+                        format!("is {} but the model needs {}", t.stored_type(), p.ty()),
+                    ));
                 }
-                params.push(t);
+                if let Some(k) = t.tensor.data.iter().position(|v| !v.is_finite()) {
+                    return Err(bad(
+                        &p.name,
+                        format!(
+                            "holds {} at {:?}; weights must be finite numbers",
+                            t.tensor.data[k],
+                            unravel(k, &t.tensor.shape)
+                        ),
+                    ));
+                }
+                params.push(t.tensor);
             }
             None => missing.push(p.name.clone()),
         }
     }
     if !missing.is_empty() {
-        let shown = missing
-            .iter()
-            .take(5)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", ");
-        bail!(
-            "{} lacks {} parameter(s) of the model: {shown}{}",
-            path.display(),
-            missing.len(),
-            if missing.len() > 5 { ", ..." } else { "" }
-        );
+        return Err(IoError::new(path, IoErrorKind::Missing(missing)));
     }
-    let mut extra: Vec<String> = tensors.into_iter().map(|(n, _)| n).collect();
+    let mut extra: Vec<String> = tensors.into_iter().map(|t| t.name).collect();
     extra.sort();
     Ok((params, extra))
+}
+
+/// The multi-index of flat element `k` of a row-major tensor.
+pub fn unravel(mut k: usize, shape: &[usize]) -> Vec<usize> {
+    let mut idx = vec![0; shape.len()];
+    for (i, &d) in shape.iter().enumerate().rev() {
+        if d > 0 {
+            idx[i] = k % d;
+            k /= d;
+        }
+    }
+    idx
 }

@@ -360,3 +360,268 @@ fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
         "the run did not finish"
     );
 }
+
+#[test]
+fn failed_writes_to_stderr_are_not_a_crash() {
+    let dir = scratch("stderr");
+    let bad = write(&dir, "bad.lam", &TINY.replace("heads = 2", "heads = 3"));
+    // A full device: the messages are lost, the exit code stays 1.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lamina"))
+        .args(["check", s(&bad)])
+        .stderr(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // A closed pipe, as `2>&1 | head -1` leaves it.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lamina"))
+        .args(["check", s(&bad), s(&bad), s(&bad)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "exit status {status:?}");
+}
+
+/// Run `lamina` with a deadline: a command that blocks or reads forever fails the test
+/// instead of hanging it.
+fn lamina_within(args: &[&str], secs: u64) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lamina"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed().as_secs() >= secs {
+            let _ = child.kill();
+            panic!("lamina {args:?} did not finish within {secs} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn model_and_data_files_are_read_within_limits() {
+    let dir = scratch("limits");
+    let fifo = dir.join("fifo.lam");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for f in ["/dev/zero", s(&fifo), s(&dir)] {
+        let out = lamina_within(&["check", f], 20);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not a regular file"), "{f}: {err}");
+    }
+    // A model file over 1 MiB.
+    let big = write(&dir, "big.lam", &format!("{TINY}{}", "#\n".repeat(600_000)));
+    let out = lamina_within(&["check", s(&big)], 20);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("too large") && err.contains("1 MiB"), "{err}");
+    // --data: not a regular file, or over 1 GiB (a sparse file costs no disk).
+    let lm = write(
+        &dir,
+        "lm.lam",
+        "input tokens(batch = 2, length = 8, vocab = 256)\nembed(dim = 8)\n\
+         block b { ffn = ffn(hidden = 16) }\nstack b * 1\n",
+    );
+    let huge = dir.join("huge.txt");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len((1 << 30) + 1)
+        .unwrap();
+    for (data, expect) in [
+        ("/dev/zero", "not a regular file"),
+        (s(&fifo), "not a regular file"),
+        (s(&huge), "1 GiB"),
+    ] {
+        let out = lamina_within(
+            &[
+                "train",
+                s(&lm),
+                "--task",
+                "char_lm",
+                "--data",
+                data,
+                "--out",
+                s(&dir.join("run")),
+                "-q",
+            ],
+            60,
+        );
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{data}: {err}");
+    }
+}
+
+/// Start `lamina ARGS`, wait until `log` has `lines` lines (0: do not wait), send `signal`
+/// (`INT`, `TERM`) and return what the process did.
+fn signal_during(args: &[&str], log: &Path, lines: usize, signal: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lamina"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    if lines == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
+    while std::fs::read_to_string(log).map_or(0, |l| l.lines().count()) < lines {
+        if start.elapsed().as_secs() > 60 || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "training did not start: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn sigterm_saves_a_checkpoint_and_exits_143() {
+    let dir = scratch("sigterm");
+    let model = write(&dir, "m.lam", &TINY.replace("length = 5", "length = 6"));
+    let run = dir.join("run");
+    let args = [
+        "train",
+        s(&model),
+        "--task",
+        "copy",
+        "--steps",
+        "1000000",
+        "--out",
+        s(&run),
+    ];
+    let out = signal_during(&args, &run.join("log.jsonl"), 20, "TERM");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    assert!(err.contains("interrupted (SIGTERM) after step"), "{err}");
+    assert!(lamina::io::load_safetensors(&run.join("checkpoint.safetensors")).is_ok());
+}
+
+#[test]
+fn ctrl_c_while_a_run_starts_is_an_orderly_stop() {
+    let dir = scratch("early-int");
+    let model = write(&dir, "m.lam", &TINY.replace("length = 5", "length = 6"));
+    let run = dir.join("run");
+    let args = [
+        "train",
+        s(&model),
+        "--task",
+        "copy",
+        "--steps",
+        "1000000",
+        "--out",
+        s(&run),
+    ];
+    let out = signal_during(&args, &run.join("log.jsonl"), 0, "INT");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{:?}: {err}", out.status);
+}
+
+#[test]
+fn ctrl_c_stops_the_whole_comparison() {
+    let dir = scratch("compare-int");
+    let a = write(&dir, "a.lam", &TINY.replace("length = 5", "length = 6"));
+    let b = write(&dir, "b.lam", &TINY.replace("length = 5", "length = 6"));
+    let out_dir = dir.join("cmp");
+    let args = [
+        "compare",
+        s(&a),
+        s(&b),
+        "--task",
+        "copy",
+        "--steps",
+        "1000000",
+        "--out",
+        s(&out_dir),
+    ];
+    let out = signal_during(&args, &out_dir.join("0-a/log.jsonl"), 20, "INT");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(out_dir.join("0-a/checkpoint.safetensors").exists());
+    assert!(
+        !out_dir.join("1-b/log.jsonl").exists(),
+        "the second model never started: {err}"
+    );
+}
+
+#[test]
+fn compare_checks_every_model_before_training_any() {
+    let dir = scratch("compare-check");
+    let a = write(&dir, "a.lam", &TINY.replace("length = 5", "length = 6"));
+    // Odd length: the copy task does not fit the second model.
+    let b = write(&dir, "b.lam", TINY);
+    let out_dir = dir.join("cmp");
+    let out = lamina_within(
+        &[
+            "compare",
+            s(&a),
+            s(&b),
+            "--task",
+            "copy",
+            "--steps",
+            "5",
+            "--out",
+            s(&out_dir),
+        ],
+        60,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("even"), "{err}");
+    assert!(!out_dir.join("0-a").exists(), "nothing trained: {err}");
+}
+
+#[test]
+fn option_values_are_one_expression() {
+    let dir = scratch("option-values");
+    let model = write(&dir, "m.lam", &TINY.replace("length = 5", "length = 6"));
+    for (flag, value) in [
+        ("--steps", "7\nbogus_setting = 1"),
+        ("--steps", "7\n}\nd = 3\ntrain {"),
+        ("--eval-every", "5 # and more"),
+    ] {
+        let out = lamina_within(
+            &[
+                "train",
+                s(&model),
+                "--task",
+                "copy",
+                flag,
+                value,
+                "--out",
+                s(&dir.join("run")),
+                "-q",
+            ],
+            60,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flag} {value:?}: {err}");
+        assert!(err.contains(flag), "names the option: {err}");
+        assert!(!dir.join("run/log.jsonl").exists(), "nothing trained");
+    }
+}

@@ -163,7 +163,10 @@ fn nan_is_caught_with_its_op_and_layer_and_keeps_the_checkpoint() {
     o.settings.push(("eval_every".into(), "1".into()));
     let e = train::train(&m, &o).unwrap_err();
     let msg = e.to_string();
-    assert!(e.downcast_ref::<train::NonFiniteError>().is_some(), "{msg}");
+    assert!(
+        matches!(&e, train::TrainError::NonFinite(nf) if nf.step == 2),
+        "{msg}"
+    );
     assert!(msg.contains("non-finite value at step 2"), "{msg}");
     assert!(msg.contains("first appears at node %"), "{msg}");
     // The op and the layer scope are named.
@@ -611,4 +614,122 @@ fn resident_jit_step_matches_host_round_trip() {
     let r = resident.step(&inputs(5, f64::INFINITY)).unwrap();
     assert!(r.non_finite.is_some());
     assert_eq!(resident.params(), params);
+}
+
+#[test]
+fn one_run_per_directory_and_no_silent_overwrite() {
+    let d = tmp("lock");
+    let m = write_model(&d, TINY);
+    let run = d.join("run");
+    let mut o = opts(&run);
+    o.settings.push(("steps".into(), "5".into()));
+    // A directory locked by another run is refused, naming the holder.
+    let held = train::rundir::lock(&run).unwrap();
+    let e = train::train(&m, &o).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!("pid {}", std::process::id())),
+        "names the holder: {e}"
+    );
+    assert!(!run.join("log.jsonl").exists(), "nothing written: {e}");
+    drop(held);
+    train::train(&m, &o).unwrap();
+    let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
+    // Training again into the same directory is refused and leaves the run as it was.
+    let e = train::train(&m, &o).unwrap_err().to_string();
+    assert!(
+        e.contains("already holds a run") && e.contains("--force"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_to_string(run.join("log.jsonl")).unwrap(), log);
+    // --force starts over.
+    o.force = true;
+    o.settings.push(("steps".into(), "3".into()));
+    let s = train::train(&m, &o).unwrap();
+    assert_eq!(s.steps_done, 3);
+    let (curve, _) = train::read_log(&run.join("log.jsonl"));
+    assert_eq!(curve.len(), 3);
+}
+
+#[test]
+fn resume_refuses_damaged_incomplete_and_foreign_checkpoints() {
+    use lamina::train::checkpoint;
+    let d = tmp("damaged");
+    let m = write_model(&d, TINY);
+    let run = d.join("run");
+    let mut o = opts(&run);
+    o.settings.push(("steps".into(), "20".into()));
+    o.settings.push(("eval_every".into(), "5".into()));
+    o.stop_after = Some(7);
+    train::train(&m, &o).unwrap();
+    let ck = run.join("checkpoint.safetensors");
+    let good = std::fs::read(&ck).unwrap();
+    let mut r = o.clone();
+    r.out = None;
+    r.stop_after = None;
+    r.resume = Some(ck.clone());
+    let resume_err = |r: &TrainOptions| train::train(&m, r).unwrap_err().to_string();
+
+    // One flipped bit in the last tensor's data.
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n - 3] ^= 0x10;
+    std::fs::write(&ck, &bad).unwrap();
+    let e = resume_err(&r);
+    assert!(e.contains("damaged") && e.contains("checksum"), "{e}");
+
+    // A tensor missing, a step past the end: rewritten with a valid checksum.
+    std::fs::write(&ck, &good).unwrap();
+    let loaded = checkpoint::load(&ck).unwrap();
+    let meta = |step: u64| checkpoint::Meta {
+        step,
+        config: loaded.meta["config"].clone(),
+        data: loaded.meta["data"].clone(),
+        model: loaded.meta["model"].clone(),
+        backend: loaded.meta["backend"].clone(),
+    };
+    let fewer: Vec<_> = loaded
+        .tensors
+        .iter()
+        .filter(|(n, _)| !n.starts_with("optim.v."))
+        .cloned()
+        .collect();
+    checkpoint::save_named(&ck, &fewer, &meta(7)).unwrap();
+    let e = resume_err(&r);
+    assert!(e.contains("lacks `optim.v."), "{e}");
+    checkpoint::save_named(&ck, &loaded.tensors, &meta(21)).unwrap();
+    let e = resume_err(&r);
+    assert!(e.contains("step 21, past the recipe's 20 steps"), "{e}");
+
+    // The other backend: refused, naming the one to use.
+    std::fs::write(&ck, &good).unwrap();
+    let mut other = r.clone();
+    other.backend = Some(Backend::Interp);
+    let e = resume_err(&other);
+    assert!(e.contains("--backend jit"), "{e}");
+
+    // A temporary file of a killed writer is removed when the run starts; the intact
+    // checkpoint resumes.
+    let orphan = run.join(".checkpoint.safetensors.tmp.999999999");
+    std::fs::write(&orphan, b"partial").unwrap();
+    let s = train::train(&m, &r).unwrap();
+    assert_eq!(s.steps_done, 20);
+    assert!(!orphan.exists());
+}
+
+#[test]
+fn nan_locator_passes_over_the_causal_mask() {
+    let d = tmp("nan-mask");
+    // The attention's causal mask is -inf by design; the scale 1e39 overflows f32.
+    let m = write_model(
+        &d,
+        "input tokens(batch = 2, length = 6, vocab = 11)\nembed(dim = 8)\n\
+         block b {\n  attn = attention(heads = 2)\n  f = ffn(hidden = 16)\n  \
+         scheme [attn, f * 1e39]\n}\nstack b * 1\n",
+    );
+    let mut o = opts(&d.join("run"));
+    o.settings.push(("task".into(), "copy".into()));
+    o.settings.push(("steps".into(), "3".into()));
+    let msg = train::train(&m, &o).unwrap_err().to_string();
+    assert!(msg.contains("in `blocks.0.f`"), "{msg}");
+    assert!(!msg.contains("causal_mask"), "{msg}");
 }

@@ -210,7 +210,7 @@ fn as_call(v: &TrainValue) -> Option<Call> {
     }
 }
 
-fn value_span(v: &TrainValue) -> Span {
+pub(crate) fn value_span(v: &TrainValue) -> Span {
     match v {
         TrainValue::Call(c) => c.span,
         TrainValue::Expr(e) => e.span,

@@ -9,6 +9,8 @@ use crate::ir::{Graph, Op, OutputRole};
 use crate::runtime::{self, CompiledGraph};
 use crate::tensor::Tensor;
 
+pub use super::error::ExecError;
+
 /// Which executor runs a graph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -33,7 +35,7 @@ pub trait Executor {
         &mut self,
         inputs: &[Tensor],
         params: &[Tensor],
-    ) -> Result<Vec<(String, Tensor)>, String>;
+    ) -> Result<Vec<(String, Tensor)>, ExecError>;
 }
 
 struct Jit(CompiledGraph);
@@ -43,8 +45,8 @@ impl Executor for Jit {
         &mut self,
         inputs: &[Tensor],
         params: &[Tensor],
-    ) -> Result<Vec<(String, Tensor)>, String> {
-        self.0.run(inputs, params)
+    ) -> Result<Vec<(String, Tensor)>, ExecError> {
+        self.0.run(inputs, params).map_err(ExecError::Run)
     }
 }
 
@@ -55,9 +57,9 @@ impl Executor for Interp {
         &mut self,
         inputs: &[Tensor],
         params: &[Tensor],
-    ) -> Result<Vec<(String, Tensor)>, String> {
-        let mut out =
-            interp::run(&self.0, &interp::Env { inputs, params }).map_err(|e| e.to_string())?;
+    ) -> Result<Vec<(String, Tensor)>, ExecError> {
+        let mut out = interp::run(&self.0, &interp::Env { inputs, params })
+            .map_err(|e| ExecError::Run(e.to_string()))?;
         // The interpreter computes in f64; state kept between steps is f32, like the JIT's.
         for (_, t) in out.iter_mut() {
             for v in t.data.iter_mut() {
@@ -80,9 +82,9 @@ pub struct StepOutcome {
 /// Runs a training step graph whose parameters (weights and optimizer state) live in the
 /// executor between steps: only the loss crosses to the host each step.
 pub trait StepExecutor {
-    fn load_params(&mut self, params: Vec<Tensor>) -> Result<(), String>;
+    fn load_params(&mut self, params: Vec<Tensor>) -> Result<(), ExecError>;
     /// One step; on success output `o` becomes parameter `p` for each writeback pair.
-    fn step(&mut self, inputs: &[Tensor]) -> Result<StepOutcome, String>;
+    fn step(&mut self, inputs: &[Tensor]) -> Result<StepOutcome, ExecError>;
     /// The current parameters, in graph order.
     fn params(&self) -> Vec<Tensor>;
 }
@@ -94,12 +96,15 @@ struct JitStep {
 }
 
 impl StepExecutor for JitStep {
-    fn load_params(&mut self, params: Vec<Tensor>) -> Result<(), String> {
-        self.graph.load_params(&params)
+    fn load_params(&mut self, params: Vec<Tensor>) -> Result<(), ExecError> {
+        self.graph.load_params(&params).map_err(ExecError::Run)
     }
 
-    fn step(&mut self, inputs: &[Tensor]) -> Result<StepOutcome, String> {
-        let r = self.graph.step(inputs, &self.writeback)?;
+    fn step(&mut self, inputs: &[Tensor]) -> Result<StepOutcome, ExecError> {
+        let r = self
+            .graph
+            .step(inputs, &self.writeback)
+            .map_err(ExecError::Run)?;
         Ok(StepOutcome {
             loss: r.loss as f64,
             non_finite: r.non_finite,
@@ -119,18 +124,18 @@ struct InterpStep {
 }
 
 impl StepExecutor for InterpStep {
-    fn load_params(&mut self, params: Vec<Tensor>) -> Result<(), String> {
+    fn load_params(&mut self, params: Vec<Tensor>) -> Result<(), ExecError> {
         self.params = params;
         Ok(())
     }
 
-    fn step(&mut self, inputs: &[Tensor]) -> Result<StepOutcome, String> {
+    fn step(&mut self, inputs: &[Tensor]) -> Result<StepOutcome, ExecError> {
         let outs = self.exec.run(inputs, &self.params)?;
         let loss = outs
             .iter()
             .find(|(n, _)| OutputRole::of(n) == OutputRole::Loss)
             .map(|(_, l)| l.data[0])
-            .ok_or_else(|| "the step has no loss".to_string())?;
+            .ok_or_else(|| ExecError::Run("the step has no loss".to_string()))?;
         let non_finite = outs
             .iter()
             .find(|(_, v)| v.data.iter().any(|x| !x.is_finite()))
@@ -138,7 +143,7 @@ impl StepExecutor for InterpStep {
         if non_finite.is_none() {
             for &(o, p) in &self.writeback {
                 let (Some(slot), Some(out)) = (self.params.get_mut(p), outs.get(o)) else {
-                    return Err(format!("no output #{o} or parameter #{p}"));
+                    return Err(ExecError::Run(format!("no output #{o} or parameter #{p}")));
                 };
                 *slot = out.1.clone();
             }
@@ -157,10 +162,10 @@ pub fn step_executor(
     g: &Graph,
     backend: Backend,
     writeback: Vec<(usize, usize)>,
-) -> Result<Box<dyn StepExecutor>, String> {
+) -> Result<Box<dyn StepExecutor>, ExecError> {
     match backend {
         Backend::Jit => Ok(Box::new(JitStep {
-            graph: runtime::compile_graph(g)?,
+            graph: runtime::compile_graph(g).map_err(ExecError::Compile)?,
             writeback,
         })),
         Backend::Interp => Ok(Box::new(InterpStep {
@@ -172,9 +177,11 @@ pub fn step_executor(
 }
 
 /// Compile `g` for `backend` (the JIT runs the optimizing passes itself).
-pub fn executor(g: &Graph, backend: Backend) -> Result<Box<dyn Executor>, String> {
+pub fn executor(g: &Graph, backend: Backend) -> Result<Box<dyn Executor>, ExecError> {
     match backend {
-        Backend::Jit => Ok(Box::new(Jit(runtime::compile_graph(g)?))),
+        Backend::Jit => Ok(Box::new(Jit(
+            runtime::compile_graph(g).map_err(ExecError::Compile)?
+        ))),
         Backend::Interp => Ok(Box::new(Interp(g.clone()))),
     }
 }
@@ -190,11 +197,26 @@ pub struct NonFinite {
     pub what: String,
 }
 
+/// Whether an op's result is finite by design whatever its inputs' infinities: softmax
+/// and log-softmax turn the -inf of a masked score into 0 (or -inf they own).
+fn finite_by_design(op: &Op) -> bool {
+    matches!(op, Op::Softmax | Op::LogSoftmax)
+}
+
 /// Re-run `g` in the interpreter, rounding every value to f32 as the JIT would, and return
-/// the first node whose value is not finite (or that fails, e.g. a softmax over an
-/// infinite row). `None` when every value is finite.
+/// the first node whose value is not finite when it should be (or that fails, e.g. a
+/// softmax over an infinite row). `None` when every value is finite.
+///
+/// Some infinities are intended: the -inf of `causal_mask` and what flows from it (added
+/// to attention scores, broadcast, reshaped) until a softmax or log-softmax makes it
+/// finite again. Those are not reported; a NaN among them, an infinity that reaches an
+/// output, or a non-finite softmax result is, at the node where it happens.
 pub fn first_non_finite(g: &Graph, inputs: &[Tensor], params: &[Tensor]) -> Option<NonFinite> {
+    let outputs: std::collections::HashSet<usize> =
+        g.outputs.iter().map(|o| o.value.index()).collect();
     let mut values: Vec<Tensor> = Vec::with_capacity(g.nodes.len());
+    // Values whose infinities are intended (they come from a causal mask).
+    let mut intended = vec![false; g.nodes.len()];
     for (i, node) in g.nodes.iter().enumerate() {
         let found = |what: String| NonFinite {
             node: i,
@@ -220,8 +242,18 @@ pub fn first_non_finite(g: &Graph, inputs: &[Tensor], params: &[Tensor]) -> Opti
             }
         };
         if let Some(v) = value.data.iter().find(|v| !v.is_finite()) {
-            let what = if v.is_nan() { "NaN" } else { "inf" };
-            return Some(found(what.to_string()));
+            let from_mask = matches!(node.op, Op::CausalMask { .. })
+                || node.args.iter().any(|a| intended[a.index()]);
+            let excused = from_mask
+                && !v.is_nan()
+                && !value.data.iter().any(|v| v.is_nan())
+                && !finite_by_design(&node.op)
+                && !outputs.contains(&i);
+            if !excused {
+                let what = if v.is_nan() { "NaN" } else { "inf" };
+                return Some(found(what.to_string()));
+            }
+            intended[i] = true;
         }
         values.push(value);
     }

@@ -7,26 +7,31 @@
 //! written back into host f32 tensors, a JSONL log line, evaluation and an atomic
 //! checkpoint every `eval_every` steps, and a NaN/Inf check on every step.
 
+pub mod checkpoint;
 pub mod config;
+pub mod error;
 pub mod exec;
 pub mod optim;
 pub mod plot;
+pub mod rundir;
 pub mod sample;
+pub mod signals;
 pub mod step;
 pub mod tasks;
 
 use crate::diag::Diagnostic;
 use crate::elab::Override;
 use crate::front::{self, CompileError, Compiled};
+use crate::io::{IoError, IoErrorKind};
 use crate::ir::{text, Graph};
 use crate::tensor::Tensor;
-use anyhow::{anyhow, bail, Context, Result};
+use checkpoint::Meta;
 use config::TrainConfig;
+pub use error::{ExecError, NonFiniteError, TaskError, TrainError};
 use exec::Backend;
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tasks::{Task, TaskSpec};
 
@@ -49,6 +54,8 @@ pub struct TrainOptions {
     pub quiet: bool,
     /// Stop as if interrupted (Ctrl-C) once this many steps are done (for tests).
     pub stop_after: Option<u64>,
+    /// Start a fresh run in a directory that already holds one, replacing it.
+    pub force: bool,
 }
 
 /// Held-out metrics.
@@ -76,6 +83,8 @@ pub struct Summary {
     pub tokens_per_second: f64,
     pub out_dir: PathBuf,
     pub interrupted: bool,
+    /// The signal that interrupted it (SIGINT or SIGTERM); `None` when it was not one.
+    pub signal: Option<i32>,
 }
 
 impl Summary {
@@ -89,32 +98,13 @@ impl Summary {
     }
 }
 
-/// A non-finite loss or update, located.
-#[derive(Debug)]
-pub struct NonFiniteError(pub String);
-impl std::fmt::Display for NonFiniteError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for NonFiniteError {}
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// Ctrl-C asks the loop to checkpoint and stop; a second Ctrl-C exits at once.
-fn install_ctrlc() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = ctrlc::set_handler(|| {
-            if INTERRUPTED.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-        });
-    });
+/// Print a line to stderr; a failed write is ignored (the run goes on).
+macro_rules! errln {
+    ($($arg:tt)*) => { crate::io::to_stderr(&format!("{}\n", format!($($arg)*))) };
 }
 
-fn rendered(file_name: &str, source: &str, diagnostics: Vec<Diagnostic>) -> anyhow::Error {
-    crate::diag::Rendered(
+fn rendered(file_name: &str, source: &str, diagnostics: Vec<Diagnostic>) -> TrainError {
+    TrainError::Diagnostics(
         CompileError {
             file_name: file_name.to_string(),
             source: source.to_string(),
@@ -122,7 +112,6 @@ fn rendered(file_name: &str, source: &str, diagnostics: Vec<Diagnostic>) -> anyh
         }
         .render(false),
     )
-    .into()
 }
 
 /// The model's constants as numbers (for expressions in the train section).
@@ -134,6 +123,49 @@ fn constants(c: &Compiled, overrides: &[Override]) -> HashMap<String, f64> {
         .collect()
 }
 
+/// Apply one command-line setting (`--steps 200`): its value must be exactly one
+/// expression or call, on one line, so nothing else can ride along into the recipe.
+fn apply_option(
+    cfg: &mut TrainConfig,
+    key: &str,
+    value: &str,
+    consts: &HashMap<String, f64>,
+) -> Result<(), TrainError> {
+    let option = format!("--{}", key.replace('_', "-"));
+    let not_one = |message: &str| TrainError::Option {
+        option: option.clone(),
+        message: format!("`{}` {message}", value.escape_debug()),
+    };
+    if value.contains(['\n', '\r']) {
+        return Err(not_one("spans several lines; give one value"));
+    }
+    let prefix = format!("train {{\n    {key} = ");
+    let snippet = format!("{prefix}{value}\n}}\n");
+    let m = crate::syntax::parse(&snippet).map_err(|d| rendered(&option, &snippet, d))?;
+    let settings = m
+        .train
+        .as_ref()
+        .map(|t| t.settings.as_slice())
+        .unwrap_or(&[]);
+    let [s] = settings else {
+        return Err(not_one("is not one value"));
+    };
+    let trimmed = value.trim();
+    let start = prefix.len() + (value.len() - value.trim_start().len());
+    let span = config::value_span(&s.value);
+    if s.key.name != key
+        || !m.items.is_empty()
+        || span.start != start
+        || span.end != start + trimmed.len()
+    {
+        return Err(not_one(
+            "is not exactly one expression or call (e.g. `200`, `sgd(lr = 0.1)`)",
+        ));
+    }
+    config::apply_setting(cfg, &s.key, &s.value, consts)
+        .map_err(|d| rendered(&option, &snippet, vec![d]))
+}
+
 /// The recipe of a compiled model file: defaults, its `train { }` section, then the
 /// command-line settings.
 pub fn resolve_config(
@@ -141,7 +173,7 @@ pub fn resolve_config(
     file_name: &str,
     source: &str,
     opts: &TrainOptions,
-) -> Result<TrainConfig> {
+) -> Result<TrainConfig, TrainError> {
     let consts = constants(c, &opts.overrides);
     let mut cfg = TrainConfig::default();
     if let Some(section) = &c.module.train {
@@ -151,106 +183,28 @@ pub fn resolve_config(
         }
     }
     for (key, value) in &opts.settings {
-        let snippet = format!("train {{\n    {key} = {value}\n}}\n");
-        let what = format!("--{key}");
-        let m = crate::syntax::parse(&snippet).map_err(|d| rendered(&what, &snippet, d))?;
-        if let Some(s) = m.train.as_ref().and_then(|t| t.settings.first()) {
-            config::apply_setting(&mut cfg, &s.key, &s.value, &consts)
-                .map_err(|d| rendered(&what, &snippet, vec![d]))?;
-        }
+        apply_option(&mut cfg, key, value, &consts)?;
     }
     if let Some(lr) = opts.lr {
         if !(lr.is_finite() && lr >= 0.0) {
-            bail!("--lr must be a non-negative number, got {lr}");
+            return Err(TrainError::Option {
+                option: "--lr".into(),
+                message: format!("must be a non-negative number, got {lr}"),
+            });
         }
         cfg.optim.lr = lr;
     }
     Ok(cfg)
 }
 
-fn model_names(step: &Graph) -> HashMap<String, usize> {
-    step.params
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.name.clone(), i))
-        .collect()
-}
-
-const FORMAT: &str = "lamina-checkpoint-1";
-
-/// Checkpoint metadata: what must match for a resume to be bit-identical.
-struct Meta {
-    step: u64,
-    config: String,
-    data: String,
-    model: String,
-}
-
-fn save_checkpoint(path: &Path, g: &Graph, params: &[Tensor], meta: &Meta) -> Result<()> {
-    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = g
-        .params
-        .iter()
-        .zip(params)
-        .map(|(p, t)| {
-            let bytes = t
-                .data
-                .iter()
-                .flat_map(|&v| (v as f32).to_le_bytes())
-                .collect();
-            (p.name.clone(), p.shape.clone(), bytes)
-        })
-        .collect();
-    let views = raw
-        .iter()
-        .map(|(n, s, b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| anyhow!("tensor {n}: {e:?}"))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let info: HashMap<String, String> = [
-        ("format", FORMAT.to_string()),
-        ("step", meta.step.to_string()),
-        ("config", meta.config.clone()),
-        ("data", meta.data.clone()),
-        ("model", meta.model.clone()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let bytes = safetensors::serialize(views, &Some(info))
-        .map_err(|e| anyhow!("serializing the checkpoint: {e:?}"))?;
-    crate::io::write_atomic(path, &bytes)
-}
-
-/// Read a checkpoint: its metadata and tensors by name.
-/// Checkpoint metadata and its tensors by name.
-type Loaded = (HashMap<String, String>, Vec<(String, Tensor)>);
-
-fn load_checkpoint(path: &Path) -> Result<Loaded> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let (_, md) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| anyhow!("{} is not a safetensors file: {e:?}", path.display()))?;
-    let meta = md.metadata().clone().unwrap_or_default();
-    if meta.get("format").map(String::as_str) != Some(FORMAT) {
-        bail!(
-            "{} is not a lamina training checkpoint (no `{FORMAT}` metadata); pass the \
-             checkpoint.safetensors of a run",
-            path.display()
-        );
-    }
-    let tensors = crate::io::parse_safetensors(&bytes)
-        .with_context(|| format!("{} is not a valid tensor file", path.display()))?;
-    Ok((meta, tensors))
-}
-
 /// Append-only JSONL log.
 struct Log {
+    path: PathBuf,
     file: std::fs::File,
 }
 
 impl Log {
-    fn open(path: &Path, keep_until: Option<u64>) -> Result<Log> {
+    fn open(path: &Path, keep_until: Option<u64>) -> Result<Log, IoError> {
         let kept = match keep_until {
             None => String::new(),
             Some(step) => std::fs::read_to_string(path)
@@ -269,11 +223,14 @@ impl Log {
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        Ok(Log { file })
+            .map_err(|e| IoError::new(path, IoErrorKind::Write(e)))?;
+        Ok(Log {
+            path: path.to_path_buf(),
+            file,
+        })
     }
-    fn line(&mut self, v: serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{v}").context("writing the log")
+    fn line(&mut self, v: serde_json::Value) -> Result<(), IoError> {
+        writeln!(self.file, "{v}").map_err(|e| IoError::new(&self.path, IoErrorKind::Write(e)))
     }
 }
 
@@ -307,170 +264,393 @@ fn fmt_num(v: f64) -> String {
 }
 
 /// Compile a model file for training; diagnostics come back rendered.
-pub fn compile(path: &Path, overrides: &[Override]) -> Result<(Compiled, String)> {
-    let c =
-        front::compile_file(path, overrides).map_err(|e| crate::diag::Rendered(e.render(false)))?;
+pub fn compile(path: &Path, overrides: &[Override]) -> Result<(Compiled, String), TrainError> {
+    let c = front::compile_file(path, overrides)
+        .map_err(|e| TrainError::Diagnostics(e.render(false)))?;
     let source = c.source.clone();
     Ok((c, source))
 }
 
-/// Train the model in `path`. Diagnostics and failures come back as errors (a
-/// `NonFiniteError` for a NaN/Inf step); an interruption is a normal return with
+/// Train the model in `path`. Diagnostics and failures come back as errors
+/// (`TrainError::NonFinite` for a NaN/Inf step); an interruption is a normal return with
 /// `interrupted = true`.
-pub fn train(path: &Path, opts: &TrainOptions) -> Result<Summary> {
+pub fn train(path: &Path, opts: &TrainOptions) -> Result<Summary, TrainError> {
     let (c, source) = compile(path, &opts.overrides)?;
     let cfg = resolve_config(&c, &path.display().to_string(), &source, opts)?;
     train_compiled(&c, cfg, opts)
 }
 
 /// Train a compiled model with a resolved recipe.
-pub fn train_compiled(c: &Compiled, mut cfg: TrainConfig, opts: &TrainOptions) -> Result<Summary> {
-    let forward = &c.forward;
+pub fn train_compiled(
+    c: &Compiled,
+    cfg: TrainConfig,
+    opts: &TrainOptions,
+) -> Result<Summary, TrainError> {
+    let plan = Plan::new(c, cfg, opts)?;
+    let mut run = Run::start(&plan, opts)?;
+    run.step_loop(&plan, opts)?;
+    run.finish(&plan, opts)
+}
+
+/// The task of a run: the recipe's, or the model's default; `--data` supplies char_lm's text.
+fn choose_task(
+    forward: &Graph,
+    cfg: &TrainConfig,
+    opts: &TrainOptions,
+) -> Result<(TaskSpec, Task), TrainError> {
     let data = opts.data.as_ref().map(|p| p.display().to_string());
+    let unfit = |error: TaskError| TrainError::Task {
+        model: forward.name.clone(),
+        error,
+    };
     let spec = match cfg.task.clone() {
         Some(TaskSpec::CharLm { .. }) => match &data {
             Some(p) => TaskSpec::CharLm { path: p.clone() },
-            None => bail!("the char_lm task reads a text file: pass --data FILE"),
+            None => {
+                return Err(TrainError::Option {
+                    option: "--data".into(),
+                    message: "the char_lm task reads a text file: pass --data FILE".into(),
+                })
+            }
         },
         Some(t) => t,
         None => TaskSpec::default_for(
-            &tasks::ModelShape::of(forward).map_err(|e| anyhow!(e))?,
+            &tasks::ModelShape::of(forward).map_err(unfit)?,
             data.as_deref(),
         )
-        .map_err(|e| anyhow!("{}: {e}", forward.name))?,
+        .map_err(unfit)?,
     };
-    let task = Task::new(spec.clone(), forward, cfg.seed)
-        .map_err(|e| anyhow!("task {} on model `{}`: {e}", spec.name(), forward.name))?;
-    cfg.task = Some(spec.clone());
-    let joint = c
-        .joint()
-        .map_err(|e| anyhow!("internal error in autodiff: {e}"))?;
-    let step = step::TrainingStep::new(&joint, &cfg.optim, cfg.seed).map_err(|e| anyhow!(e))?;
-    let step_g = &step.graph;
-    let index = model_names(step_g);
-    let mut params = crate::io::init_params(step_g, cfg.seed);
-    let n_model = forward.params.len();
+    let task = Task::new(spec.clone(), forward, cfg.seed).map_err(unfit)?;
+    Ok((spec, task))
+}
 
-    // The config as stored, with the data file reduced to its fingerprint.
-    let mut stored = cfg.clone();
-    if let Some(TaskSpec::CharLm { path }) = &mut stored.task {
-        path.clear();
-    }
-    let meta_config = serde_json::to_string(&stored)?;
-    let meta_data = format!("{:016x}", task.fingerprint);
-    let meta_model = format!("{:016x}", crate::io::fnv(text::print(forward).as_bytes()));
+/// Everything decided before a run starts: the task, the step graph, what a checkpoint of
+/// it records, and where it goes.
+struct Plan<'a> {
+    forward: &'a Graph,
+    cfg: TrainConfig,
+    spec: TaskSpec,
+    task: Task,
+    step: step::TrainingStep,
+    /// Metadata of a checkpoint at step 0; `meta(t)` sets the step.
+    meta: Meta,
+    out_dir: PathBuf,
+    backend: Backend,
+}
 
-    let mut start = 0u64;
-    if let Some(ck) = &opts.resume {
-        let (meta, tensors) = load_checkpoint(ck)?;
-        let same = |k: &str, v: &str, what: &str| -> Result<()> {
-            let got = meta.get(k).map(String::as_str).unwrap_or("");
-            if got != v {
-                bail!(
-                    "{} was written with a different {what}; a resume must use the same model, \
-                     recipe and data to continue bit-identically\n  checkpoint: {got}\n  now:        {v}",
-                    ck.display()
-                );
-            }
-            Ok(())
+impl<'a> Plan<'a> {
+    fn new(c: &'a Compiled, mut cfg: TrainConfig, opts: &TrainOptions) -> Result<Self, TrainError> {
+        let forward = &c.forward;
+        let (spec, task) = choose_task(forward, &cfg, opts)?;
+        cfg.task = Some(spec.clone());
+        let joint = c
+            .joint()
+            .map_err(|e| TrainError::Internal(format!("autodiff: {e}")))?;
+        let step = step::TrainingStep::new(&joint, &cfg.optim, cfg.seed)
+            .map_err(|e| TrainError::Internal(format!("the optimizer update: {e}")))?;
+        // The config as stored, with the data file reduced to its fingerprint.
+        let mut stored = cfg.clone();
+        if let Some(TaskSpec::CharLm { path }) = &mut stored.task {
+            path.clear();
+        }
+        let meta = Meta {
+            step: 0,
+            config: serde_json::to_string(&stored)
+                .map_err(|e| TrainError::Internal(format!("the recipe as JSON: {e}")))?,
+            data: format!("{:016x}", task.fingerprint),
+            model: format!("{:016x}", crate::io::fnv(text::print(forward).as_bytes())),
+            backend: opts.backend.unwrap_or(Backend::Jit).name().to_string(),
         };
-        same("model", &meta_model, "model")?;
-        same("config", &meta_config, "training recipe")?;
-        same("data", &meta_data, "data")?;
-        start = meta
+        let out_dir = match (&opts.out, &opts.resume) {
+            (Some(d), _) => d.clone(),
+            (None, Some(ck)) => ck
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(".")),
+            (None, None) => {
+                PathBuf::from("runs").join(format!("{}-seed{}", forward.name, cfg.seed))
+            }
+        };
+        Ok(Plan {
+            forward,
+            cfg,
+            spec,
+            task,
+            step,
+            meta,
+            out_dir,
+            backend: opts.backend.unwrap_or(Backend::Jit),
+        })
+    }
+
+    fn meta(&self, step: u64) -> Meta {
+        Meta {
+            step,
+            ..self.meta.clone()
+        }
+    }
+
+    fn ckpt_path(&self) -> PathBuf {
+        self.out_dir.join("checkpoint.safetensors")
+    }
+
+    /// Parameters (weights and optimizer state) and the step to start from: fresh ones, or
+    /// a checkpoint's after checking that it belongs to this run.
+    fn initial_state(&self, resume: Option<&Path>) -> Result<(u64, Vec<Tensor>), TrainError> {
+        let step_g = &self.step.graph;
+        let mut params = crate::io::init_params(step_g, self.cfg.seed);
+        let Some(ck) = resume else {
+            return Ok((0, params));
+        };
+        let loaded = checkpoint::load(ck)?;
+        let problem = |problem: String| TrainError::Checkpoint {
+            path: ck.to_path_buf(),
+            problem,
+        };
+        for (key, now, what) in [
+            ("model", &self.meta.model, "model"),
+            ("config", &self.meta.config, "training recipe"),
+            ("data", &self.meta.data, "data"),
+        ] {
+            let got = loaded.meta.get(key).map(String::as_str).unwrap_or("");
+            if got != now {
+                return Err(problem(format!(
+                    "it was written with a different {what}; a resume must use the same model, \
+                     recipe and data to continue bit-identically\n  checkpoint: {got}\n  now:        {now}"
+                )));
+            }
+        }
+        let written_by = loaded.meta.get("backend").map(String::as_str).unwrap_or("");
+        if written_by != self.meta.backend {
+            return Err(problem(format!(
+                "it was computed by the {written_by} backend and this run uses {}; the \
+                 backends round differently, so resume with --backend {written_by} to \
+                 continue bit-identically",
+                self.meta.backend
+            )));
+        }
+        let start: u64 = loaded
+            .meta
             .get("step")
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| anyhow!("{} has no step", ck.display()))?;
-        for (name, t) in tensors {
-            if let Some(&i) = index.get(&name) {
-                if t.shape != step_g.params[i].shape {
-                    bail!("{}: `{name}` has the wrong shape", ck.display());
-                }
-                params[i] = t;
+            .ok_or_else(|| problem("it records no step".into()))?;
+        if start > self.cfg.steps {
+            return Err(problem(format!(
+                "it is at step {start}, past the recipe's {} steps",
+                self.cfg.steps
+            )));
+        }
+        let mut tensors: HashMap<String, Tensor> = loaded.tensors.into_iter().collect();
+        for (i, p) in step_g.params.iter().enumerate() {
+            let t = tensors
+                .remove(&p.name)
+                .ok_or_else(|| problem(format!("it lacks `{}`", p.name)))?;
+            if t.shape != p.shape || t.dtype != p.ty().dtype {
+                return Err(problem(format!(
+                    "`{}` is {} but the run needs {}",
+                    p.name,
+                    t.ty(),
+                    p.ty()
+                )));
             }
+            params[i] = t;
         }
+        Ok((start, params))
     }
-    let out_dir = match (&opts.out, &opts.resume) {
-        (Some(d), _) => d.clone(),
-        (None, Some(ck)) => ck
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from(".")),
-        (None, None) => PathBuf::from("runs").join(format!("{}-seed{}", forward.name, cfg.seed)),
-    };
-    std::fs::create_dir_all(&out_dir)
-        .with_context(|| format!("cannot create {}", out_dir.display()))?;
-    let ckpt_path = out_dir.join("checkpoint.safetensors");
-    let mut log = Log::open(
-        &out_dir.join("log.jsonl"),
-        opts.resume.as_ref().map(|_| start),
-    )?;
+}
 
-    let backend = opts.backend.unwrap_or(Backend::Jit);
-    let t_compile = Instant::now();
-    let mut step_exec =
-        exec::step_executor(step_g, backend, step.writeback.clone()).map_err(|e| anyhow!(e))?;
-    step_exec.load_params(params).map_err(|e| anyhow!(e))?;
-    let mut eval_graph = forward.clone();
-    eval_graph.outputs.retain(|o| o.name == "logits");
-    let mut eval_exec = exec::executor(&eval_graph, backend).map_err(|e| anyhow!(e))?;
-    let compile_seconds = t_compile.elapsed().as_secs_f64();
-    let eval_batches = task.eval_batches();
+/// A run under way: its executors, log and progress.
+struct Run {
+    /// Held for the run's life: no other run writes this directory meanwhile.
+    _lock: rundir::RunLock,
+    step_exec: Box<dyn exec::StepExecutor>,
+    eval_exec: Box<dyn exec::Executor>,
+    eval_batches: Vec<tasks::Batch>,
+    log: Log,
+    /// Steps done (including those before a resume).
+    t: u64,
+    last_ckpt: Option<u64>,
+    losses: Vec<(u64, f32)>,
+    evals: Vec<(u64, Eval)>,
+    interrupted: bool,
+    signal: Option<i32>,
+    compile_seconds: f64,
+    train_seconds: f64,
+    started: Instant,
+    pb: indicatif::ProgressBar,
+}
 
-    if !opts.quiet {
-        eprintln!(
-            "training {} ({} parameters) on {} for {} steps with {} (lr {}), {} backend, seed {}; \
-             compiled in {:.2} s; writing {}",
-            forward.name,
-            forward.param_count(),
-            spec.name(),
-            cfg.steps,
-            cfg.optim.kind.name(),
-            cfg.optim.lr,
-            backend.name(),
-            cfg.seed,
+impl Run {
+    /// Resume or start fresh, open the log, compile the step and the evaluator.
+    fn start(plan: &Plan, opts: &TrainOptions) -> Result<Run, TrainError> {
+        let out_dir = &plan.out_dir;
+        let lock = rundir::lock(out_dir)?;
+        if opts.resume.is_none() {
+            rundir::claim(out_dir, opts.force)?;
+        }
+        let orphans = rundir::remove_orphans(out_dir);
+        if !orphans.is_empty() && !opts.quiet {
+            errln!(
+                "removed {} temporary file(s) left by a killed writer: {}",
+                orphans.len(),
+                orphans.join(", ")
+            );
+        }
+        let (start, params) = plan.initial_state(opts.resume.as_deref())?;
+        let log = Log::open(
+            &out_dir.join("log.jsonl"),
+            opts.resume.as_ref().map(|_| start),
+        )?;
+        let t_compile = Instant::now();
+        let mut step_exec =
+            exec::step_executor(&plan.step.graph, plan.backend, plan.step.writeback.clone())?;
+        step_exec.load_params(params)?;
+        let mut eval_graph = plan.forward.clone();
+        eval_graph.outputs.retain(|o| o.name == "logits");
+        let eval_exec = exec::executor(&eval_graph, plan.backend)?;
+        let compile_seconds = t_compile.elapsed().as_secs_f64();
+        if !opts.quiet {
+            announce(plan, start, compile_seconds);
+        }
+        Ok(Run {
+            _lock: lock,
+            step_exec,
+            eval_exec,
+            eval_batches: plan.task.eval_batches(),
+            log,
+            t: start,
+            last_ckpt: opts.resume.as_ref().map(|_| start),
+            losses: Vec::new(),
+            evals: Vec::new(),
+            interrupted: false,
+            signal: None,
             compile_seconds,
-            out_dir.display()
-        );
-        if start > 0 {
-            eprintln!("resuming at step {start}");
-        }
+            train_seconds: 0.0,
+            started: Instant::now(),
+            pb: progress_bar(opts.quiet, plan.cfg.steps, start),
+        })
     }
-    install_ctrlc();
-    INTERRUPTED.store(false, Ordering::SeqCst);
-    let pb = if opts.quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let pb = indicatif::ProgressBar::new(cfg.steps);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:28.cyan/blue} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        pb.set_position(start);
-        pb
-    };
 
-    let meta = |step: u64| Meta {
-        step,
-        config: meta_config.clone(),
-        data: meta_data.clone(),
-        model: meta_model.clone(),
-    };
-    let run_eval = |exec: &mut Box<dyn exec::Executor>, params: &[Tensor]| -> Result<Eval> {
+    /// Steps until the recipe's last, an interruption, or a non-finite step (an error).
+    fn step_loop(&mut self, plan: &Plan, opts: &TrainOptions) -> Result<(), TrainError> {
+        let step_g = &plan.step.graph;
+        let cfg = &plan.cfg;
+        while self.t < cfg.steps {
+            let t = self.t;
+            let signal = signals::requested();
+            if signal.is_some() || opts.stop_after == Some(t) {
+                self.signal = signal;
+                checkpoint::save(
+                    &plan.ckpt_path(),
+                    step_g,
+                    &self.step_exec.params(),
+                    &plan.meta(t),
+                )?;
+                self.interrupted = true;
+                return Ok(());
+            }
+            let ts = Instant::now();
+            let lr = cfg.schedule.lr(cfg.optim.lr, t, cfg.steps);
+            let inputs = plan.step.inputs(plan.task.batch(t).inputs, t, lr);
+            // Only the loss and a finiteness flag come back; the parameters stay resident.
+            let out = self
+                .step_exec
+                .step(&inputs)
+                .map_err(|error| TrainError::Exec {
+                    step: Some(t + 1),
+                    error,
+                })?;
+            let bad = if !out.loss.is_finite() {
+                Some("the loss".to_string())
+            } else {
+                out.non_finite.map(|n| format!("`{n}`"))
+            };
+            if let Some(what) = bad {
+                self.pb.abandon();
+                // Nothing was written back: these are the parameters the step read.
+                return Err(non_finite(
+                    step_g,
+                    &inputs,
+                    &self.step_exec.params(),
+                    Failure {
+                        step: t + 1,
+                        loss: out.loss,
+                        what,
+                        lr,
+                        ckpt: plan.ckpt_path(),
+                        last_ckpt: self.last_ckpt,
+                    },
+                )
+                .into());
+            }
+            let dt = ts.elapsed().as_secs_f64();
+            self.after_step(plan, out.loss, lr, dt)?;
+        }
+        Ok(())
+    }
+
+    /// Log a finished step; evaluate and checkpoint when due; update the progress bar.
+    fn after_step(&mut self, plan: &Plan, loss: f64, lr: f64, dt: f64) -> Result<(), TrainError> {
+        let cfg = &plan.cfg;
+        let tokens = plan.task.shape().tokens_per_batch() as f64;
+        self.train_seconds += dt;
+        self.t += 1;
+        let t = self.t;
+        self.losses.push((t, loss as f32));
+        self.log.line(serde_json::json!({
+            "step": t, "loss": loss as f32, "lr": lr, "tokens_per_s": (tokens / dt).round()
+        }))?;
+        if t.is_multiple_of(cfg.eval_every) || t == cfg.steps {
+            let params = self.step_exec.params();
+            let e = self.evaluate(plan, &params)?;
+            self.evals.push((t, e));
+            self.log.line(serde_json::json!({
+                "step": t, "eval_loss": e.loss, "eval_accuracy": e.accuracy
+            }))?;
+            checkpoint::save(&plan.ckpt_path(), &plan.step.graph, &params, &plan.meta(t))?;
+            self.last_ckpt = Some(t);
+        }
+        if t.is_multiple_of(10) || t == cfg.steps {
+            self.pb.set_message(self.progress_message(tokens));
+        }
+        self.pb.set_position(t);
+        Ok(())
+    }
+
+    fn progress_message(&self, tokens: f64) -> String {
+        let tail = &self.losses[self.losses.len().saturating_sub(10)..];
+        let mean = tail.iter().map(|(_, l)| *l as f64).sum::<f64>() / tail.len().max(1) as f64;
+        let ev = match self.evals.last() {
+            Some((
+                _,
+                Eval {
+                    loss,
+                    accuracy: Some(a),
+                },
+            )) => format!(" | eval {} acc {:.1}%", fmt_num(*loss), a * 100.0),
+            Some((_, Eval { loss, .. })) => format!(" | eval {}", fmt_num(*loss)),
+            None => String::new(),
+        };
+        format!(
+            "loss {}{ev} | {:.0} tok/s",
+            fmt_num(mean),
+            tokens * self.losses.len() as f64 / self.train_seconds.max(1e-9)
+        )
+    }
+
+    /// Held-out loss and accuracy with the model's parameters (the first of `params`).
+    fn evaluate(&mut self, plan: &Plan, params: &[Tensor]) -> Result<Eval, TrainError> {
+        let n_model = plan.forward.params.len();
         let (mut loss, mut correct, mut count) = (0.0, 0usize, 0usize);
-        for b in &eval_batches {
-            let outs = exec
-                .run(&b.inputs, &params[..n_model])
-                .map_err(|e| anyhow!(e))?;
+        for b in &self.eval_batches {
+            let outs = self.eval_exec.run(&b.inputs, &params[..n_model])?;
             let logits = outs
                 .iter()
                 .find(|(n, _)| n == "logits")
                 .map(|(_, t)| t)
-                .ok_or_else(|| anyhow!("internal error: no logits"))?;
-            let (l, k, n) = task.score(b, logits);
+                .ok_or_else(|| TrainError::Internal("the evaluator has no logits".into()))?;
+            let (l, k, n) = plan.task.score(b, logits);
             loss += l;
             correct += k;
             count += n;
@@ -478,112 +658,95 @@ pub fn train_compiled(c: &Compiled, mut cfg: TrainConfig, opts: &TrainOptions) -
         let count = count.max(1) as f64;
         Ok(Eval {
             loss: loss / count,
-            accuracy: task.has_accuracy().then_some(correct as f64 / count),
+            accuracy: plan.task.has_accuracy().then_some(correct as f64 / count),
         })
-    };
+    }
 
-    let tokens = task.shape().tokens_per_batch() as f64;
-    let mut losses = Vec::new();
-    let mut evals = Vec::new();
-    let mut interrupted = false;
-    let t_run = Instant::now();
-    let mut train_seconds = 0.0;
-    let mut last_ckpt: Option<u64> = if opts.resume.is_some() {
-        Some(start)
-    } else {
-        None
-    };
-    let mut t = start;
-    while t < cfg.steps {
-        if INTERRUPTED.load(Ordering::SeqCst) || opts.stop_after == Some(t) {
-            save_checkpoint(&ckpt_path, step_g, &step_exec.params(), &meta(t))?;
-            interrupted = true;
-            break;
+    /// The final weights (unless interrupted), the plot, the summary.
+    fn finish(self, plan: &Plan, opts: &TrainOptions) -> Result<Summary, TrainError> {
+        self.pb.finish_and_clear();
+        let out_dir = &plan.out_dir;
+        let forward = plan.forward;
+        if !self.interrupted {
+            let params = self.step_exec.params();
+            let model: Vec<(String, Tensor)> = plan.step.graph.params[..forward.params.len()]
+                .iter()
+                .zip(&params)
+                .map(|(p, t)| (p.name.clone(), t.clone()))
+                .collect();
+            crate::io::save_safetensors(&out_dir.join("final.safetensors"), &model)?;
+        } else if !opts.quiet {
+            let ckpt = plan.ckpt_path();
+            errln!(
+                "interrupted{} after step {}; saved {}\nresume with: lamina train FILE --resume {}",
+                match self.signal {
+                    Some(signals::SIGTERM) => " (SIGTERM)",
+                    _ => "",
+                },
+                self.t,
+                ckpt.display(),
+                ckpt.display()
+            );
         }
-        let ts = Instant::now();
-        let lr = cfg.schedule.lr(cfg.optim.lr, t, cfg.steps);
-        let inputs = step.inputs(task.batch(t).inputs, t, lr);
-        // Only the loss and a finiteness flag come back; the parameters stay resident.
-        let out = step_exec.step(&inputs).map_err(|e| anyhow!(e))?;
-        let loss = out.loss;
-        let bad = if !loss.is_finite() {
-            Some("the loss".to_string())
-        } else {
-            out.non_finite.map(|n| format!("`{n}`"))
-        };
-        if let Some(what) = bad {
-            pb.abandon();
-            // Nothing was written back: these are the parameters the step read.
-            return Err(non_finite(
-                step_g,
-                &inputs,
-                &step_exec.params(),
-                t + 1,
-                loss,
-                &what,
-                lr,
-                &ckpt_path,
-                last_ckpt,
-            ));
-        }
-        let dt = ts.elapsed().as_secs_f64();
-        train_seconds += dt;
-        t += 1;
-        losses.push((t, loss as f32));
-        log.line(serde_json::json!({
-            "step": t, "loss": loss as f32, "lr": lr, "tokens_per_s": (tokens / dt).round()
-        }))?;
-        if t.is_multiple_of(cfg.eval_every) || t == cfg.steps {
-            let params = step_exec.params();
-            let e = run_eval(&mut eval_exec, &params)?;
-            evals.push((t, e));
-            log.line(serde_json::json!({
-                "step": t, "eval_loss": e.loss, "eval_accuracy": e.accuracy
-            }))?;
-            save_checkpoint(&ckpt_path, step_g, &params, &meta(t))?;
-            last_ckpt = Some(t);
-        }
-        if t.is_multiple_of(10) || t == cfg.steps {
-            let tail = &losses[losses.len().saturating_sub(10)..];
-            let mean = tail.iter().map(|(_, l)| *l as f64).sum::<f64>() / tail.len() as f64;
-            let ev = match evals.last() {
-                Some((
-                    _,
-                    Eval {
-                        loss,
-                        accuracy: Some(a),
-                    },
-                )) => {
-                    format!(" | eval {} acc {:.1}%", fmt_num(*loss), a * 100.0)
-                }
-                Some((_, Eval { loss, .. })) => format!(" | eval {}", fmt_num(*loss)),
-                None => String::new(),
-            };
-            pb.set_message(format!(
-                "loss {}{ev} | {:.0} tok/s",
-                fmt_num(mean),
-                tokens * losses.len() as f64 / train_seconds.max(1e-9)
-            ));
-        }
-        pb.set_position(t);
+        write_plot(plan)?;
+        let tokens = plan.task.shape().tokens_per_batch() as f64;
+        Ok(Summary {
+            model: forward.name.clone(),
+            params: forward.param_count(),
+            task: plan.spec.name().to_string(),
+            config: plan.cfg.clone(),
+            steps_done: self.t,
+            tokens_per_second: tokens * self.losses.len() as f64 / self.train_seconds.max(1e-9),
+            losses: self.losses,
+            evals: self.evals,
+            seconds: self.started.elapsed().as_secs_f64() + self.compile_seconds,
+            out_dir: out_dir.clone(),
+            interrupted: self.interrupted,
+            signal: self.signal,
+        })
     }
-    pb.finish_and_clear();
-    if !interrupted {
-        let params = step_exec.params();
-        let model: Vec<(String, Tensor)> = step_g.params[..n_model]
-            .iter()
-            .zip(&params)
-            .map(|(p, t)| (p.name.clone(), t.clone()))
-            .collect();
-        crate::io::save_safetensors(&out_dir.join("final.safetensors"), &model)?;
-    } else if !opts.quiet {
-        eprintln!(
-            "interrupted after step {t}; saved {}\nresume with: lamina train FILE --resume {}",
-            ckpt_path.display(),
-            ckpt_path.display()
-        );
+}
+
+/// The line that opens a run on stderr.
+fn announce(plan: &Plan, start: u64, compile_seconds: f64) {
+    let cfg = &plan.cfg;
+    errln!(
+        "training {} ({} parameters) on {} for {} steps with {} (lr {}), {} backend, seed {}; \
+         compiled in {:.2} s; writing {}",
+        plan.forward.name,
+        plan.forward.param_count(),
+        plan.spec.name(),
+        cfg.steps,
+        cfg.optim.kind.name(),
+        cfg.optim.lr,
+        plan.backend.name(),
+        cfg.seed,
+        compile_seconds,
+        plan.out_dir.display()
+    );
+    if start > 0 {
+        errln!("resuming at step {start}");
     }
-    let (train_curve, eval_curve) = read_log(&out_dir.join("log.jsonl"));
+}
+
+fn progress_bar(quiet: bool, steps: u64, start: u64) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(steps);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:28.cyan/blue} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb.set_position(start);
+    pb
+}
+
+/// `loss.svg` from the run's whole log.
+fn write_plot(plan: &Plan) -> Result<(), IoError> {
+    let (train_curve, eval_curve) = read_log(&plan.out_dir.join("log.jsonl"));
     let span = (train_curve.len() / 50).max(1);
     let series = vec![
         plot::Series {
@@ -599,40 +762,28 @@ pub fn train_compiled(c: &Compiled, mut cfg: TrainConfig, opts: &TrainOptions) -
             color: 1,
         },
     ];
-    let title = format!("{} on {}", forward.name, spec.name());
+    let title = format!("{} on {}", plan.forward.name, plan.spec.name());
     crate::io::write_atomic(
-        &out_dir.join("loss.svg"),
+        &plan.out_dir.join("loss.svg"),
         plot::svg(&title, &series).as_bytes(),
-    )?;
-    Ok(Summary {
-        model: forward.name.clone(),
-        params: forward.param_count(),
-        task: spec.name().to_string(),
-        config: cfg,
-        steps_done: t,
-        tokens_per_second: tokens * losses.len() as f64 / train_seconds.max(1e-9),
-        losses,
-        evals,
-        seconds: t_run.elapsed().as_secs_f64() + compile_seconds,
-        out_dir,
-        interrupted,
-    })
+    )
 }
 
-#[allow(clippy::too_many_arguments)]
-fn non_finite(
-    g: &Graph,
-    inputs: &[Tensor],
-    params: &[Tensor],
+/// A step whose loss or update was not finite.
+struct Failure {
     step: u64,
     loss: f64,
-    what: &str,
+    what: String,
     lr: f64,
-    ckpt: &Path,
+    ckpt: PathBuf,
     last_ckpt: Option<u64>,
-) -> anyhow::Error {
-    let mut msg =
-        format!("non-finite value at step {step}: {what} is not finite (loss = {loss})\n");
+}
+
+fn non_finite(g: &Graph, inputs: &[Tensor], params: &[Tensor], f: Failure) -> NonFiniteError {
+    let mut msg = format!(
+        "non-finite value at step {}: {} is not finite (loss = {})\n",
+        f.step, f.what, f.loss
+    );
     match exec::first_non_finite(g, inputs, params) {
         Some(nf) => {
             msg += &format!(
@@ -652,21 +803,26 @@ fn non_finite(
         }
         None => {
             msg += &format!(
-                "  the interpreter finds every value finite; first non-finite output: {what}\n"
+                "  the interpreter finds every value finite; first non-finite output: {}\n",
+                f.what
             )
         }
     }
-    msg += &match last_ckpt {
+    msg += &match f.last_ckpt {
         Some(s) => format!(
             "  no checkpoint was written for this step; {} still holds step {s}\n",
-            ckpt.display()
+            f.ckpt.display()
         ),
         None => "  no checkpoint was written\n".to_string(),
     };
     msg += &format!(
-        "  hint: lower the learning rate (now {lr:e}) or set `clip = 1.0` in the train section"
+        "  hint: lower the learning rate (now {:e}) or set `clip = 1.0` in the train section",
+        f.lr
     );
-    NonFiniteError(msg).into()
+    NonFiniteError {
+        step: f.step,
+        message: msg,
+    }
 }
 
 /// The end-of-run table.
@@ -698,27 +854,31 @@ pub fn summary_table(runs: &[Summary]) -> String {
 }
 
 /// `lamina compare`: train each model on the same task, seed and steps (the first model's
-/// recipe, or the command line's), plot the curves together and tabulate.
-pub fn compare(files: &[PathBuf], opts: &TrainOptions) -> Result<(Vec<Summary>, PathBuf)> {
+/// recipe, or the command line's), plot the curves together and tabulate. Every model,
+/// recipe and task is checked before any training starts; an interruption stops the whole
+/// comparison (the runs so far are returned, the last one `interrupted`).
+pub fn compare(
+    files: &[PathBuf],
+    opts: &TrainOptions,
+) -> Result<(Vec<Summary>, PathBuf), TrainError> {
     if files.len() < 2 {
-        bail!("compare needs at least two model files");
+        return Err(TrainError::Option {
+            option: "compare".into(),
+            message: "needs at least two model files".into(),
+        });
     }
     let out = opts
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join("compare"));
-    let mut runs: Vec<Summary> = Vec::new();
-    let mut first: Option<TrainConfig> = None;
-    for (k, f) in files.iter().enumerate() {
+    let mut compiled = Vec::new();
+    for f in files {
         let (c, source) = compile(f, &opts.overrides)?;
-        let mut cfg = resolve_config(&c, &f.display().to_string(), &source, opts)?;
-        if let Some(base) = &first {
-            // Same data, seed, length and optimizer for every model.
-            cfg = TrainConfig {
-                task: base.task.clone(),
-                ..base.clone()
-            };
-        }
+        let cfg = resolve_config(&c, &f.display().to_string(), &source, opts)?;
+        compiled.push((f, c, cfg));
+    }
+    let mut plans: Vec<(Plan, TrainOptions)> = Vec::new();
+    for (k, (f, c, cfg)) in compiled.iter().enumerate() {
         let stem = format!(
             "{k}-{}",
             f.file_stem()
@@ -727,12 +887,36 @@ pub fn compare(files: &[PathBuf], opts: &TrainOptions) -> Result<(Vec<Summary>, 
         );
         let mut o = opts.clone();
         o.out = Some(out.join(stem));
-        let s = train_compiled(&c, cfg, &o)?;
-        if first.is_none() {
-            first = Some(s.config.clone());
-        }
-        runs.push(s);
+        // Same data, seed, length and optimizer for every model: the first one's recipe,
+        // with its task as resolved for the first model.
+        let cfg = match plans.first() {
+            Some((first, _)) => first.cfg.clone(),
+            None => cfg.clone(),
+        };
+        let plan = Plan::new(c, cfg, &o)?;
+        plans.push((plan, o));
     }
+    let mut runs: Vec<Summary> = Vec::new();
+    for (plan, o) in &plans {
+        if signals::requested().is_some() {
+            break;
+        }
+        let mut run = Run::start(plan, o)?;
+        run.step_loop(plan, o)?;
+        let s = run.finish(plan, o)?;
+        let stop = s.interrupted;
+        runs.push(s);
+        if stop {
+            break;
+        }
+    }
+    let svg = out.join("compare.svg");
+    write_compare_plot(&runs, &svg)?;
+    Ok((runs, svg))
+}
+
+/// Every run's curves in one SVG.
+fn write_compare_plot(runs: &[Summary], svg: &Path) -> Result<(), IoError> {
     let mut series = Vec::new();
     for (i, r) in runs.iter().enumerate() {
         let (train, eval) = read_log(&r.out_dir.join("log.jsonl"));
@@ -758,9 +942,7 @@ pub fn compare(files: &[PathBuf], opts: &TrainOptions) -> Result<(Vec<Summary>, 
             .map(|r| r.model.as_str())
             .collect::<Vec<_>>()
             .join(" vs "),
-        runs[0].task
+        runs.first().map(|r| r.task.as_str()).unwrap_or("")
     );
-    let svg = out.join("compare.svg");
-    crate::io::write_atomic(&svg, plot::svg(&title, &series).as_bytes())?;
-    Ok((runs, svg))
+    crate::io::write_atomic(svg, plot::svg(&title, &series).as_bytes())
 }

@@ -37,18 +37,8 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// An SVG line chart: x = step, y = loss (log scale when the range spans over 20x).
-pub fn svg(title: &str, series: &[Series]) -> String {
-    // The legend sits right of the plot; its width follows the longest name (about 7 px a
-    // character at 12 px) so long model names are not cut off.
-    let longest = series
-        .iter()
-        .map(|s| s.name.chars().count())
-        .max()
-        .unwrap_or(0);
-    let (l, t, b) = (70.0, 40.0, 50.0);
-    let r = (50.0 + 7.0 * longest as f64).max(180.0);
-    let (w, h) = (l + 510.0 + r, 440.0);
+/// The range `(x0, x1, y0, y1)` of every finite point, with a non-empty x range.
+fn extent(series: &[Series]) -> (f64, f64, f64, f64) {
     let finite = series
         .iter()
         .flat_map(|s| s.points.iter())
@@ -66,6 +56,22 @@ pub fn svg(title: &str, series: &[Series]) -> String {
     if x1 <= x0 {
         x1 = x0 + 1.0;
     }
+    (x0, x1, y0, y1)
+}
+
+/// An SVG line chart: x = step, y = loss (log scale when the range spans over 20x).
+pub fn svg(title: &str, series: &[Series]) -> String {
+    // The legend sits right of the plot; its width follows the longest name (about 7 px a
+    // character at 12 px) so long model names are not cut off.
+    let longest = series
+        .iter()
+        .map(|s| s.name.chars().count())
+        .max()
+        .unwrap_or(0);
+    let (l, t, b) = (70.0, 40.0, 50.0);
+    let r = (50.0 + 7.0 * longest as f64).max(180.0);
+    let (w, h) = (l + 510.0 + r, 440.0);
+    let (x0, x1, y0, y1) = extent(series);
     let log = y0 > 0.0 && y1 / y0 > 20.0;
     let f = |y: f64| if log { y.max(1e-12).log10() } else { y };
     let (mut fy0, mut fy1) = (f(y0), f(y1));

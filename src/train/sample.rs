@@ -4,12 +4,12 @@
 //! the last `length` bytes (right-padded; a causal model's earlier logits do not see the
 //! padding) reading the logits at the last real position.
 
+use super::error::{TaskError, TrainError};
 use super::exec;
 use super::tasks::{self, Head, InputKind, ModelShape};
 use crate::ir::Graph;
 use crate::tensor::Tensor;
 use crate::train::exec::Backend;
-use anyhow::{anyhow, bail, Result};
 use rand::Rng;
 
 pub struct SampleOptions {
@@ -22,25 +22,39 @@ pub struct SampleOptions {
 }
 
 /// Generate `opts.bytes` bytes after the prompt; returns only the new bytes.
-pub fn sample(g: &Graph, params: &[Tensor], opts: &SampleOptions) -> Result<Vec<u8>> {
-    let shape = ModelShape::of(g).map_err(|e| anyhow!(e))?;
+pub fn sample(g: &Graph, params: &[Tensor], opts: &SampleOptions) -> Result<Vec<u8>, TrainError> {
+    let unfit = |message: String| TrainError::Task {
+        model: g.name.clone(),
+        error: TaskError::new(None, message),
+    };
+    let shape = ModelShape::of(g).map_err(|error| TrainError::Task {
+        model: g.name.clone(),
+        error,
+    })?;
     let (InputKind::Tokens { length, vocab }, Head::Lm { .. }) = (&shape.kind, &shape.head) else {
-        bail!("sample needs a token model with an lm head (a language model)");
+        return Err(unfit(
+            "sample needs a token model with an lm head (a language model)".into(),
+        ));
     };
     if *vocab < 256 {
-        bail!("sample generates bytes, so the model needs vocab = 256 (it has {vocab})");
+        return Err(unfit(format!(
+            "sample generates bytes, so the model needs vocab = 256 (it has {vocab})"
+        )));
     }
     if !(opts.temperature.is_finite() && opts.temperature >= 0.0) {
-        bail!("--temperature must be a non-negative number");
+        return Err(TrainError::Option {
+            option: "--temperature".into(),
+            message: "must be a non-negative number".into(),
+        });
     }
     let mut fwd = g.clone();
     fwd.outputs.retain(|o| o.name == "logits");
-    let mut ex = exec::executor(&fwd, opts.backend).map_err(|e| anyhow!(e))?;
+    let mut ex = exec::executor(&fwd, opts.backend)?;
     let tok_i = g
         .inputs
         .iter()
         .position(|i| i.name == "tokens")
-        .ok_or_else(|| anyhow!("the model has no tokens input"))?;
+        .ok_or_else(|| unfit("the model has no tokens input".into()))?;
     let mut ctx: Vec<u8> = opts.prompt.as_bytes().to_vec();
     if ctx.is_empty() {
         ctx.push(b'\n');
@@ -67,11 +81,11 @@ pub fn sample(g: &Graph, params: &[Tensor], opts: &SampleOptions) -> Result<Vec<
                 }
             })
             .collect();
-        let outs = ex.run(&inputs, params).map_err(|e| anyhow!(e))?;
+        let outs = ex.run(&inputs, params)?;
         let logits = &outs
             .iter()
             .find(|(n, _)| n == "logits")
-            .ok_or_else(|| anyhow!("no logits"))?
+            .ok_or_else(|| TrainError::Internal("the forward graph has no logits".into()))?
             .1;
         let v = *logits.shape.last().unwrap_or(&1);
         let row = &logits.data[pos * v..pos * v + v.min(256)];

@@ -3,12 +3,14 @@
 //! The batch of step `t` is a pure function of `(seed, t)` (a ChaCha8 stream seeded with a
 //! hash of both), so a resumed run needs only the step and the seed.
 
+pub use super::error::TaskError;
 use crate::io::{fnv, normal};
 use crate::ir::{DType, Graph};
 use crate::tensor::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 /// What the model reads and predicts, derived from its graph.
 #[derive(Clone, Debug, PartialEq)]
@@ -35,7 +37,11 @@ pub enum Head {
 }
 
 impl ModelShape {
-    pub fn of(g: &Graph) -> Result<ModelShape, String> {
+    pub fn of(g: &Graph) -> Result<ModelShape, TaskError> {
+        Self::of_graph(g).map_err(|m| TaskError::new(None, m))
+    }
+
+    fn of_graph(g: &Graph) -> Result<ModelShape, String> {
         let find = |n: &str| g.inputs.iter().position(|i| i.name == n);
         let targets = find("targets").ok_or("the model has no `targets` input")?;
         let tty = &g.inputs[targets].ty;
@@ -107,7 +113,11 @@ impl TaskSpec {
     }
 
     /// The task a model trains on when none is given.
-    pub fn default_for(shape: &ModelShape, data: Option<&str>) -> Result<TaskSpec, String> {
+    pub fn default_for(shape: &ModelShape, data: Option<&str>) -> Result<TaskSpec, TaskError> {
+        Self::default_of(shape, data).map_err(|m| TaskError::new(None, m))
+    }
+
+    fn default_of(shape: &ModelShape, data: Option<&str>) -> Result<TaskSpec, String> {
         if let Some(path) = data {
             return Ok(TaskSpec::CharLm {
                 path: path.to_string(),
@@ -198,139 +208,26 @@ enum Data {
 }
 
 impl Task {
-    pub fn new(spec: TaskSpec, g: &Graph, seed: u64) -> Result<Task, String> {
-        let shape = ModelShape::of(g)?;
+    pub fn new(spec: TaskSpec, g: &Graph, seed: u64) -> Result<Task, TaskError> {
+        let name = spec.name();
+        Self::build_task(spec, g, seed).map_err(|m| TaskError::new(Some(name), m))
+    }
+
+    fn build_task(spec: TaskSpec, g: &Graph, seed: u64) -> Result<Task, String> {
+        let shape = ModelShape::of_graph(g)?;
         let input_names: Vec<String> = g.inputs.iter().map(|i| i.name.clone()).collect();
         let mut fp = format!("{spec:?}");
         let data = match &spec {
             TaskSpec::ModularAddition { p, train_fraction } => {
-                let p = *p;
-                let InputKind::Tokens { length, vocab } = shape.kind else {
-                    return Err("modular_addition needs a token input".into());
-                };
-                if !(2..=3).contains(&length) {
-                    return Err(format!(
-                        "modular_addition feeds `a b` or `a b =`, so the input length must be 2 \
-                         or 3, not {length}"
-                    ));
-                }
-                let eq_token = (length == 3).then_some(p);
-                let needed = p + usize::from(length == 3);
-                if vocab < needed {
-                    return Err(format!(
-                        "modular_addition with p = {p} needs a vocabulary of at least {needed} \
-                         (0..{p}{}), the model has {vocab}",
-                        if length == 3 { " and `=`" } else { "" }
-                    ));
-                }
-                match shape.head {
-                    Head::Classifier { classes } if classes < p => {
-                        return Err(format!(
-                            "modular_addition with p = {p} needs at least {p} classes, the \
-                             classifier has {classes}"
-                        ))
-                    }
-                    Head::Regression { .. } => {
-                        return Err("modular_addition needs a classifier or lm head".into())
-                    }
-                    _ => {}
-                }
-                if !(2..=1000).contains(&p) {
-                    return Err(format!("modular_addition needs 2 <= p <= 1000, got {p}"));
-                }
-                if !(*train_fraction > 0.0 && *train_fraction < 1.0) {
-                    return Err(format!(
-                        "train_fraction must be between 0 and 1 (exclusive), got {train_fraction}"
-                    ));
-                }
-                let mut all: Vec<(usize, usize)> =
-                    (0..p).flat_map(|a| (0..p).map(move |b| (a, b))).collect();
-                let mut rng = rng_for(seed, STREAM_SPLIT, 0);
-                for i in (1..all.len()).rev() {
-                    let j = rng.gen_range(0..=i);
-                    all.swap(i, j);
-                }
-                let n_train =
-                    ((all.len() as f64 * train_fraction).round() as usize).clamp(1, all.len() - 1);
-                let held = all.split_off(n_train);
-                Data::Pairs {
-                    p,
-                    train: all,
-                    held,
-                    eq_token,
-                }
+                pairs_data(*p, *train_fraction, &shape, seed)?
             }
-            TaskSpec::Copy | TaskSpec::Reverse => {
-                let (InputKind::Tokens { length, vocab }, Head::Lm { .. }) =
-                    (&shape.kind, &shape.head)
-                else {
-                    return Err(format!(
-                        "{} needs a token input with an lm head",
-                        spec.name()
-                    ));
-                };
-                if length % 2 != 0 || *length < 2 {
-                    return Err(format!(
-                        "{} lays out `x SEP y` over the input, so the length must be even, not \
-                         {length}",
-                        spec.name()
-                    ));
-                }
-                if *vocab < 3 {
-                    return Err(format!(
-                        "{} needs a vocabulary of at least 3 (two symbols and SEP), the model \
-                         has {vocab}",
-                        spec.name()
-                    ));
-                }
-                Data::Seq {
-                    reverse: spec == TaskSpec::Reverse,
-                    half: length / 2,
-                    symbols: vocab - 1,
-                }
-            }
+            TaskSpec::Copy | TaskSpec::Reverse => seq_data(&spec, &shape)?,
             TaskSpec::CharLm { path } => {
-                let (InputKind::Tokens { length, vocab }, Head::Lm { .. }) =
-                    (&shape.kind, &shape.head)
-                else {
-                    return Err("char_lm needs a token input with an lm head".into());
-                };
-                if *vocab < 256 {
-                    return Err(format!(
-                        "char_lm reads bytes, so it needs vocab = 256; the model has {vocab}"
-                    ));
-                }
-                let bytes =
-                    std::fs::read(path).map_err(|e| format!("cannot read --data {path}: {e}"))?;
-                let split = bytes.len() - bytes.len() / 10;
-                if split < length + 1 || bytes.len() - split < length + 1 {
-                    return Err(format!(
-                        "{path} has {} bytes: too short for windows of {} bytes in both the \
-                         training part (first 90%) and the held-out part (last 10%)",
-                        bytes.len(),
-                        length + 1
-                    ));
-                }
-                fp = format!("char_lm {:016x} {}", fnv(&bytes), bytes.len());
-                Data::Text { bytes, split }
+                let (data, text_fp) = text_data(path, &shape)?;
+                fp = text_fp;
+                data
             }
-            TaskSpec::Classification | TaskSpec::Regression => {
-                let InputKind::Features { width } = shape.kind else {
-                    return Err(format!("{} needs a features input", spec.name()));
-                };
-                let out = match (&spec, &shape.head) {
-                    (TaskSpec::Classification, Head::Classifier { classes }) => *classes,
-                    (TaskSpec::Regression, Head::Regression { out }) => *out,
-                    (TaskSpec::Classification, _) => {
-                        return Err("classification needs a classifier head".into())
-                    }
-                    _ => return Err("regression needs a linear head".into()),
-                };
-                let mut rng = rng_for(seed, STREAM_TEACHER, 0);
-                let s = 1.0 / (width as f64).sqrt();
-                let w = (0..out * width).map(|_| s * normal(&mut rng)).collect();
-                Data::Teacher { w, out, width }
-            }
+            TaskSpec::Classification | TaskSpec::Regression => teacher_data(&spec, &shape, seed)?,
         };
         let fingerprint = fnv(fp.as_bytes());
         Ok(Task {
@@ -590,4 +487,134 @@ impl Task {
     pub fn has_accuracy(&self) -> bool {
         !matches!(self.shape.head, Head::Regression { .. })
     }
+}
+
+fn pairs_data(
+    p: usize,
+    train_fraction: f64,
+    shape: &ModelShape,
+    seed: u64,
+) -> Result<Data, String> {
+    let InputKind::Tokens { length, vocab } = shape.kind else {
+        return Err("modular_addition needs a token input".into());
+    };
+    if !(2..=3).contains(&length) {
+        return Err(format!(
+            "modular_addition feeds `a b` or `a b =`, so the input length must be 2 \
+                 or 3, not {length}"
+        ));
+    }
+    let eq_token = (length == 3).then_some(p);
+    let needed = p + usize::from(length == 3);
+    if vocab < needed {
+        return Err(format!(
+            "modular_addition with p = {p} needs a vocabulary of at least {needed} \
+                 (0..{p}{}), the model has {vocab}",
+            if length == 3 { " and `=`" } else { "" }
+        ));
+    }
+    match shape.head {
+        Head::Classifier { classes } if classes < p => {
+            return Err(format!(
+                "modular_addition with p = {p} needs at least {p} classes, the \
+                     classifier has {classes}"
+            ))
+        }
+        Head::Regression { .. } => {
+            return Err("modular_addition needs a classifier or lm head".into())
+        }
+        _ => {}
+    }
+    if !(2..=1000).contains(&p) {
+        return Err(format!("modular_addition needs 2 <= p <= 1000, got {p}"));
+    }
+    if !(train_fraction > 0.0 && train_fraction < 1.0) {
+        return Err(format!(
+            "train_fraction must be between 0 and 1 (exclusive), got {train_fraction}"
+        ));
+    }
+    let mut all: Vec<(usize, usize)> = (0..p).flat_map(|a| (0..p).map(move |b| (a, b))).collect();
+    let mut rng = rng_for(seed, STREAM_SPLIT, 0);
+    for i in (1..all.len()).rev() {
+        let j = rng.gen_range(0..=i);
+        all.swap(i, j);
+    }
+    let n_train = ((all.len() as f64 * train_fraction).round() as usize).clamp(1, all.len() - 1);
+    let held = all.split_off(n_train);
+    Ok(Data::Pairs {
+        p,
+        train: all,
+        held,
+        eq_token,
+    })
+}
+
+fn seq_data(spec: &TaskSpec, shape: &ModelShape) -> Result<Data, String> {
+    let (InputKind::Tokens { length, vocab }, Head::Lm { .. }) = (&shape.kind, &shape.head) else {
+        return Err(format!(
+            "{} needs a token input with an lm head",
+            spec.name()
+        ));
+    };
+    if length % 2 != 0 || *length < 2 {
+        return Err(format!(
+            "{} lays out `x SEP y` over the input, so the length must be even, not \
+                 {length}",
+            spec.name()
+        ));
+    }
+    if *vocab < 3 {
+        return Err(format!(
+            "{} needs a vocabulary of at least 3 (two symbols and SEP), the model \
+                 has {vocab}",
+            spec.name()
+        ));
+    }
+    Ok(Data::Seq {
+        reverse: *spec == TaskSpec::Reverse,
+        half: length / 2,
+        symbols: vocab - 1,
+    })
+}
+
+fn text_data(path: &str, shape: &ModelShape) -> Result<(Data, String), String> {
+    let (InputKind::Tokens { length, vocab }, Head::Lm { .. }) = (&shape.kind, &shape.head) else {
+        return Err("char_lm needs a token input with an lm head".into());
+    };
+    if *vocab < 256 {
+        return Err(format!(
+            "char_lm reads bytes, so it needs vocab = 256; the model has {vocab}"
+        ));
+    }
+    let bytes = crate::io::read_file(Path::new(path), Some(crate::io::MAX_DATA_BYTES))
+        .map_err(|e| format!("--data: {e}"))?;
+    let split = bytes.len() - bytes.len() / 10;
+    if split < length + 1 || bytes.len() - split < length + 1 {
+        return Err(format!(
+            "{path} has {} bytes: too short for windows of {} bytes in both the \
+                 training part (first 90%) and the held-out part (last 10%)",
+            bytes.len(),
+            length + 1
+        ));
+    }
+    let fp = format!("char_lm {:016x} {}", fnv(&bytes), bytes.len());
+    Ok((Data::Text { bytes, split }, fp))
+}
+
+fn teacher_data(spec: &TaskSpec, shape: &ModelShape, seed: u64) -> Result<Data, String> {
+    let InputKind::Features { width } = shape.kind else {
+        return Err(format!("{} needs a features input", spec.name()));
+    };
+    let out = match (&spec, &shape.head) {
+        (TaskSpec::Classification, Head::Classifier { classes }) => *classes,
+        (TaskSpec::Regression, Head::Regression { out }) => *out,
+        (TaskSpec::Classification, _) => {
+            return Err("classification needs a classifier head".into())
+        }
+        _ => return Err("regression needs a linear head".into()),
+    };
+    let mut rng = rng_for(seed, STREAM_TEACHER, 0);
+    let s = 1.0 / (width as f64).sqrt();
+    let w = (0..out * width).map(|_| s * normal(&mut rng)).collect();
+    Ok(Data::Teacher { w, out, width })
 }
