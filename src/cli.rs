@@ -30,12 +30,14 @@ macro_rules! errln {
 }
 
 fn emit(text: &str) {
+    emit_bytes(text.as_bytes())
+}
+
+/// Write raw bytes to stdout (generated text need not be UTF-8).
+fn emit_bytes(bytes: &[u8]) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
-    if let Err(e) = stdout
-        .write_all(text.as_bytes())
-        .and_then(|_| stdout.flush())
-    {
+    if let Err(e) = stdout.write_all(bytes).and_then(|_| stdout.flush()) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
@@ -88,7 +90,22 @@ fn parse_override(s: &str) -> Result<Override, String> {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(format!("`{name}` is not a constant name"));
     }
-    if let Ok(i) = value.replace('_', "").parse::<i64>() {
+    let digits = value.replace('_', "");
+    let integer_syntax = {
+        let unsigned = digits.strip_prefix(['-', '+']).unwrap_or(&digits);
+        !unsigned.is_empty() && unsigned.chars().all(|c| c.is_ascii_digit())
+    };
+    if integer_syntax
+        && digits
+            .parse::<i64>()
+            .map_or(true, |i| i.unsigned_abs() >= 1 << 53)
+    {
+        return Err(format!(
+            "`{value}` is too large for an integer constant (in --set {name}={value}): integers \
+             must lie strictly within ±2^53 (±9007199254740991), where a double holds them exactly"
+        ));
+    }
+    if let Ok(i) = digits.parse::<i64>() {
         return Ok(Override {
             name: name.to_string(),
             value: i as f64,
@@ -166,7 +183,7 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
         /// Seed of the random initialisation.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, value_parser = crate::train::config::parse_seed)]
         seed: u64,
         #[command(flatten)]
         overrides: Overrides,
@@ -193,7 +210,7 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
         /// Seed for the initial weights and the random batch when not given as files.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, value_parser = crate::train::config::parse_seed)]
         seed: u64,
         #[arg(long, value_enum, default_value_t = BackendArg::Jit)]
         backend: BackendArg,
@@ -242,7 +259,7 @@ pub enum Command {
         #[arg(long, default_value_t = 0.8)]
         temperature: f64,
         /// Seed of the sampling.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, value_parser = crate::train::config::parse_seed)]
         seed: u64,
         #[arg(long, value_enum, default_value_t = BackendArg::Jit)]
         backend: BackendArg,
@@ -537,7 +554,10 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
                     backend: backend.into(),
                 },
             )?;
-            outln!("{prompt}{}", String::from_utf8_lossy(&out));
+            let mut bytes = prompt.clone().into_bytes();
+            bytes.extend_from_slice(&out);
+            bytes.push(b'\n');
+            emit_bytes(&bytes);
             Ok(0)
         }
         Command::Run {
@@ -884,6 +904,16 @@ fn load_batch(g: &crate::ir::Graph, path: &Path) -> Result<Vec<Tensor>> {
     Ok(out)
 }
 
+/// `v` with `digits` decimals; a value that rounds to zero prints as `0.000000`, never
+/// `-0.000000`.
+fn fixed(v: f64, digits: usize) -> String {
+    let s = format!("{v:.digits$}");
+    match s.strip_prefix('-') {
+        Some(rest) if rest.chars().all(|c| c == '0' || c == '.') => rest.to_string(),
+        _ => s,
+    }
+}
+
 /// Fail early, before any work, when an output file cannot be created where asked.
 fn check_output_path(path: &Path) -> Result<()> {
     if path.is_dir() {
@@ -900,6 +930,10 @@ fn check_output_path(path: &Path) -> Result<()> {
             parent.display()
         );
     }
+    // Create and remove a file beside it: a read-only directory fails now, not after the work.
+    let probe = parent.join(format!(".lamina-probe.tmp.{}", std::process::id()));
+    std::fs::File::create(&probe).map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+    let _ = std::fs::remove_file(&probe);
     Ok(())
 }
 
@@ -946,7 +980,7 @@ fn cmd_run(
         .find(|(n, _)| n == "loss")
         .map(|(_, t)| t.data[0])
         .ok_or_else(|| anyhow!("internal error: the graph has no loss output"))?;
-    outln!("loss = {loss:.6}");
+    outln!("loss = {}", fixed(loss, 6));
     errln!(
         "{} backend, {:.1} ms, {} gradients{}",
         backend.name(),
@@ -962,7 +996,12 @@ fn cmd_run(
         }
     );
     if let Some(out) = out {
-        io::save_safetensors(out, &outputs)?;
+        // The interpreter computes in f64: keep every bit of it.
+        let width = match backend {
+            Backend::Interp => io::FloatWidth::F64,
+            Backend::Jit => io::FloatWidth::F32,
+        };
+        io::save_safetensors_as(out, &outputs, width)?;
         errln!("wrote {}", out.display());
     }
     Ok(0)
@@ -1036,4 +1075,31 @@ fn cmd_bench(args: &BenchArgs, color: bool) -> Result<i32> {
         report.kernels
     );
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losses_that_round_to_zero_print_without_a_sign() {
+        assert_eq!(fixed(-1e-9, 6), "0.000000");
+        assert_eq!(fixed(-0.0, 6), "0.000000");
+        assert_eq!(fixed(-0.5, 6), "-0.500000");
+        assert_eq!(fixed(1.25, 2), "1.25");
+    }
+
+    #[test]
+    fn set_integers_lie_within_2_pow_53() {
+        assert!(parse_override("d=9007199254740991").is_ok());
+        for v in [
+            "9007199254740992",
+            "9007199254740993",
+            "-9007199254740992",
+            "1_000_000_000_000_000_000_000",
+        ] {
+            let e = parse_override(&format!("d={v}")).unwrap_err();
+            assert!(e.contains("2^53") && e.contains("--set d="), "{e}");
+        }
+    }
 }

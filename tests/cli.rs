@@ -299,6 +299,25 @@ fn train_char_lm_then_sample() {
     assert!(text.starts_with("the "), "the prompt comes first: {text:?}");
     // Same seed, same text.
     assert_eq!(first.stdout, lamina(&args).stdout);
+    // Hot sampling produces bytes that are not UTF-8: they are written as they are.
+    let hot = lamina(&[
+        "sample",
+        s(&model),
+        "--weights",
+        s(&weights),
+        "--prompt",
+        "the ",
+        "--length",
+        "64",
+        "--temperature",
+        "20",
+    ]);
+    assert_eq!(hot.status.code(), Some(0));
+    assert_eq!(hot.stdout.len(), 4 + 64 + 1, "{:?}", hot.stdout);
+    assert!(
+        std::str::from_utf8(&hot.stdout).is_err(),
+        "raw bytes, not replaced"
+    );
 }
 
 #[test]
@@ -624,4 +643,124 @@ fn option_values_are_one_expression() {
         assert!(err.contains(flag), "names the option: {err}");
         assert!(!dir.join("run/log.jsonl").exists(), "nothing trained");
     }
+}
+
+#[test]
+fn weights_and_outputs_are_checked_and_exact() {
+    let dir = scratch("weights");
+    let model = write(&dir, "m.lam", TINY);
+    let weights = dir.join("w.safetensors");
+    assert_eq!(
+        lamina(&["init", s(&model), "-o", s(&weights)])
+            .status
+            .code(),
+        Some(0)
+    );
+    // An infinite weight is refused on load.
+    let mut tensors = lamina::io::load_safetensors(&weights).unwrap();
+    tensors[0].1.data[3] = f64::INFINITY;
+    let inf = dir.join("inf.safetensors");
+    lamina::io::save_safetensors(&inf, &tensors).unwrap();
+    let out = lamina(&["run", s(&model), "--weights", s(&inf)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("finite") && err.contains(&tensors[0].0),
+        "{err}"
+    );
+    // An i64 tensor is named as i64.
+    let ids: Vec<u8> = (0..88i64).flat_map(|v| v.to_le_bytes()).collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![11, 8], &ids).unwrap();
+    let bytes = safetensors::serialize([("embed.weight".to_string(), view)], &None).unwrap();
+    let i64_file = write_bytes(&dir, "i64.safetensors", &bytes);
+    let out = lamina(&["run", s(&model), "--weights", s(&i64_file)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("i64[11, 8]"), "{err}");
+    // The interpreter's outputs are written in f64.
+    let out_file = dir.join("out.safetensors");
+    let out = lamina(&[
+        "run",
+        s(&model),
+        "--backend",
+        "interp",
+        "--out",
+        s(&out_file),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let written = lamina::io::load_tensors(&out_file).unwrap();
+    assert!(written.iter().all(|t| t.stored == "f64"), "{written:?}");
+    // An output directory that cannot be written fails before any work.
+    let out = lamina(&["run", s(&model), "--out", "/proc/lamina-out.safetensors"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot write") && !err.contains("backend,"),
+        "{err}"
+    );
+}
+
+fn write_bytes(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[test]
+fn seeds_data_and_checkpoints_say_what_is_wrong() {
+    let dir = scratch("messages");
+    let model = write(&dir, "m.lam", &TINY.replace("length = 5", "length = 6"));
+    let run = dir.join("run");
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", s(&model), "--task", "copy", "--out", s(&run), "-q"];
+        args.extend_from_slice(extra);
+        lamina_within(&args, 60)
+    };
+    // One rule for seeds.
+    let out = lamina(&[
+        "init",
+        s(&model),
+        "-o",
+        s(&dir.join("w")),
+        "--seed",
+        "9007199254740993",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the seed must be a whole number"));
+    let out = train(&["--seed=-1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the seed must be a whole number from 0 to 2^53"),
+        "{err}"
+    );
+    let out = train(&["--schedule", "constant(warmup = -3)"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("warmup must be a whole number"), "{err}");
+    // --data with a task that does not read it.
+    let text = write(&dir, "t.txt", &"abc ".repeat(100));
+    let out = train(&["--data", s(&text)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--data") && err.contains("char_lm"), "{err}");
+    // A checkpoint that is not one, in words.
+    let junk = write(&dir, "junk.safetensors", "abc");
+    let out = lamina_within(
+        &[
+            "train",
+            s(&model),
+            "--task",
+            "copy",
+            "--resume",
+            s(&junk),
+            "-q",
+        ],
+        60,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("too short") && !err.contains("HeaderTooSmall"),
+        "{err}"
+    );
 }

@@ -143,16 +143,50 @@ fn as_nonneg(e: &Expr, consts: &HashMap<String, f64>) -> Result<f64, Diagnostic>
     Ok(v)
 }
 
-fn as_count(e: &Expr, consts: &HashMap<String, f64>) -> Result<u64, Diagnostic> {
-    match eval(e, consts)? {
-        Val::Num(v, true) if (0.0..=1e12).contains(&v) => Ok(v as u64),
-        Val::Num(v, false) if v.fract() == 0.0 && (0.0..=1e12).contains(&v) => Ok(v as u64),
-        _ => Err(err(
-            "expected a whole number of steps (0 to 10^12)",
+/// The largest seed: every seed, wherever it is given, is a whole number from 0 to 2^53
+/// (the integers a double holds exactly, as expressions of the language compute).
+pub const MAX_SEED: u64 = 1 << 53;
+
+/// The rule for seeds, as a sentence.
+pub const SEED_RULE: &str = "the seed must be a whole number from 0 to 2^53 (9007199254740992)";
+
+/// A seed given as text (`--seed` of `init`, `run`, `sample`).
+pub fn parse_seed(text: &str) -> Result<u64, String> {
+    match text.trim().replace('_', "").parse::<u64>() {
+        Ok(v) if v <= MAX_SEED => Ok(v),
+        _ => Err(format!("{SEED_RULE}, got `{text}`")),
+    }
+}
+
+/// A whole number from 0 to `max`; `what` names it in the error ("warmup", "the seed").
+fn whole(e: &Expr, consts: &HashMap<String, f64>, what: &str, max: u64) -> Result<u64, Diagnostic> {
+    let range = if max == MAX_SEED {
+        "0 to 2^53 (9007199254740992)".to_string()
+    } else {
+        "0 to 10^12".to_string()
+    };
+    let fail = |got: String, label: &str| {
+        err(
+            format!("{what} must be a whole number from {range}, got {got}"),
             e.span,
-            "not a count",
+            label,
+        )
+    };
+    match eval(e, consts)? {
+        Val::Num(v, _) if v < 0.0 => Err(fail(v.to_string(), "negative")),
+        Val::Num(v, _) if v.fract() != 0.0 => Err(fail(v.to_string(), "not whole")),
+        Val::Num(v, _) if v > max as f64 => Err(fail(v.to_string(), "too large")),
+        Val::Num(v, _) => Ok(v as u64),
+        _ => Err(fail(
+            "something that is not a number".into(),
+            "not a number",
         )),
     }
+}
+
+/// A count of steps (or of things: p), from 0 to 10^12.
+fn as_count(e: &Expr, consts: &HashMap<String, f64>, what: &str) -> Result<u64, Diagnostic> {
+    whole(e, consts, what, 1_000_000_000_000)
 }
 
 /// A call's arguments by name (positional ones are errors: recipes read better named).
@@ -261,7 +295,7 @@ pub fn apply_setting(
         "task" => cfg.task = Some(task(value, consts)?),
         "steps" => {
             let e = expect_expr(value, "steps")?;
-            let n = as_count(e, consts)?;
+            let n = as_count(e, consts, "steps")?;
             if n == 0 {
                 return Err(err("steps must be at least 1", e.span, "zero"));
             }
@@ -269,9 +303,9 @@ pub fn apply_setting(
         }
         "eval_every" => {
             let e = expect_expr(value, "eval_every")?;
-            cfg.eval_every = as_count(e, consts)?.max(1);
+            cfg.eval_every = as_count(e, consts, "eval_every")?.max(1);
         }
-        "seed" => cfg.seed = as_count(expect_expr(value, "seed")?, consts)?,
+        "seed" => cfg.seed = whole(expect_expr(value, "seed")?, consts, "the seed", MAX_SEED)?,
         "clip" => {
             let e = expect_expr(value, "clip")?;
             cfg.optim.clip = match eval(e, consts)? {
@@ -452,7 +486,7 @@ fn schedule(c: &Call, consts: &HashMap<String, f64>) -> Result<Schedule, Diagnos
     let (mut warmup, mut fin) = (0, 0.0);
     for (k, e) in named_args(c, allowed)? {
         match k {
-            "warmup" => warmup = as_count(e, consts)?,
+            "warmup" => warmup = as_count(e, consts, "warmup")?,
             _ => {
                 fin = as_nonneg(e, consts)?;
                 if fin > 1.0 {
@@ -484,7 +518,7 @@ fn task(v: &TrainValue, consts: &HashMap<String, f64>) -> Result<TaskSpec, Diagn
             for (k, e) in named_args(&c, &["p", "train_fraction"])? {
                 match k {
                     "p" => {
-                        let n = as_count(e, consts)?;
+                        let n = as_count(e, consts, "p")?;
                         if !(2..=1000).contains(&n) {
                             return Err(err("p must be between 2 and 1000", e.span, "here"));
                         }

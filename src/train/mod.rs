@@ -256,10 +256,15 @@ pub fn read_log(path: &Path) -> (Curve, Curve) {
 }
 
 fn fmt_num(v: f64) -> String {
-    if v.is_nan() {
+    let s = if v.is_nan() {
         "NaN".into()
     } else {
         format!("{v:.4}")
+    };
+    // A value that rounds to zero prints as 0.0000, not -0.0000.
+    match s.strip_prefix('-') {
+        Some(rest) if rest.chars().all(|c| c == '0' || c == '.') => rest.to_string(),
+        _ => s,
     }
 }
 
@@ -320,6 +325,16 @@ fn choose_task(
         )
         .map_err(unfit)?,
     };
+    if data.is_some() && !matches!(spec, TaskSpec::CharLm { .. }) {
+        return Err(TrainError::Option {
+            option: "--data".into(),
+            message: format!(
+                "only the char_lm task reads a data file, and this run's task is {}; drop \
+                 --data or use --task char_lm",
+                spec.name()
+            ),
+        });
+    }
     let task = Task::new(spec.clone(), forward, cfg.seed).map_err(unfit)?;
     Ok((spec, task))
 }
