@@ -118,7 +118,7 @@ impl Consts {
                     Span::NONE,
                     "bad override",
                 ));
-            } else if o.is_int && o.value.abs() > (1u64 << 53) as f64 {
+            } else if o.is_int && o.value.abs() >= (1u64 << 53) as f64 {
                 diags.push(
                     Diagnostic::new(
                         format!("`--set {}={}`: the value is out of range", o.name, o.value),
