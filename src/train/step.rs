@@ -6,7 +6,7 @@
 
 use super::optim::{self, OptimConfig};
 use super::tasks;
-use crate::ir::{Graph, OutputRole};
+use crate::ir::{Graph, IrError, OutputRole};
 use crate::tensor::Tensor;
 
 /// A step graph with what an executor needs to run it step after step.
@@ -24,7 +24,7 @@ pub struct TrainingStep {
 impl TrainingStep {
     /// The step of `joint` (autodiff's graph of a model with `model_inputs` inputs) under
     /// `optim`; `seed` draws the gradient noise of each step.
-    pub fn new(joint: &Graph, optim: &OptimConfig, seed: u64) -> Result<TrainingStep, String> {
+    pub fn new(joint: &Graph, optim: &OptimConfig, seed: u64) -> Result<TrainingStep, IrError> {
         let graph = optim::step_graph(joint, optim)?;
         let writeback = graph
             .outputs
