@@ -19,11 +19,51 @@ const BUDGET: Duration = Duration::from_secs(2);
 
 /// Tokens that stress the checker: numbers at and past the limits, keywords out of place.
 const TOKENS: &[&str] = &[
-    "0", "-1", "1", "3", "1024", "1025", "8192", "268435456", "9007199254740993",
-    "99999999999999999999", "1e308", "-0.5", "1/0", "%", "*", "(", ")", "[", "]", "{", "}",
-    "=", ",", "\n", "block", "stack", "repeat", "order", "shared", "scheme", "strang",
-    "parallel", "norm", "skip", "hourglass", "attention", "ffn", "embed", "input", "train",
-    "h", "d", "layers", "ü", "\u{0}",
+    "0",
+    "-1",
+    "1",
+    "3",
+    "1024",
+    "1025",
+    "8192",
+    "268435456",
+    "9007199254740993",
+    "99999999999999999999",
+    "1e308",
+    "-0.5",
+    "1/0",
+    "%",
+    "*",
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    "=",
+    ",",
+    "\n",
+    "block",
+    "stack",
+    "repeat",
+    "order",
+    "shared",
+    "scheme",
+    "strang",
+    "parallel",
+    "norm",
+    "skip",
+    "hourglass",
+    "attention",
+    "ffn",
+    "embed",
+    "input",
+    "train",
+    "h",
+    "d",
+    "layers",
+    "ü",
+    "\u{0}",
 ];
 
 fn gallery() -> Vec<String> {
@@ -53,7 +93,13 @@ fn generated(r: &mut ChaCha8Rng) -> String {
         2 => "scheme lie_trotter(f, a)".to_string(),
         3 => {
             let list: Vec<String> = (0..steps)
-                .map(|k| format!("{} * {}", if k % 2 == 0 { "f" } else { "a" }, k as f64 / 3.0))
+                .map(|k| {
+                    format!(
+                        "{} * {}",
+                        if k % 2 == 0 { "f" } else { "a" },
+                        k as f64 / 3.0
+                    )
+                })
                 .collect();
             format!("scheme [{}]", list.join(", "))
         }
@@ -113,8 +159,14 @@ fn mutated(r: &mut ChaCha8Rng, gallery: &[String]) -> String {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    let cases: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let cases: u64 = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let seed: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(0);
     let gallery = gallery();
     let mut r = ChaCha8Rng::seed_from_u64(seed);
