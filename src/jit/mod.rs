@@ -115,15 +115,13 @@ fn is_generated(p: &Program, k: usize) -> bool {
 pub fn canonical(body: &KernelBody) -> (KernelBody, Vec<BufId>) {
     let mut body = body.clone();
     let mut bufs: Vec<BufId> = vec![];
+    let mut seen: HashMap<BufId, u32> = HashMap::new();
     let mut slot = |b: &mut BufId| {
-        let i = match bufs.iter().position(|x| x == b) {
-            Some(i) => i,
-            None => {
-                bufs.push(*b);
-                bufs.len() - 1
-            }
-        };
-        *b = BufId(i as u32);
+        let i = *seen.entry(*b).or_insert_with(|| {
+            bufs.push(*b);
+            bufs.len() as u32 - 1
+        });
+        *b = BufId(i);
     };
     let mut access = |a: &mut Access| {
         slot(&mut a.buf);
@@ -782,12 +780,18 @@ impl Gen {
                 })?;
         }
         // Row stores once per row, after every pass.
-        for i in 0..n {
+        let mut row_stored = vec![false; n];
+        for s in l.stores.iter().filter(|s| !s.col) {
+            if let Some(x) = row_stored.get_mut(s.value) {
+                *x = true;
+            }
+        }
+        for (i, &stored) in row_stored.iter().enumerate() {
             if l.nodes[i].kind == Kind::Row && !st.row_vals.contains_key(&i) {
                 if let KExpr::RowSum(_) | KExpr::RowMax(_) = l.nodes[i].expr {
                     continue;
                 }
-                if l.stores.iter().any(|s| !s.col && s.value == i) {
+                if stored {
                     self.row_val(b, l, &mut st, i)?;
                 }
             }

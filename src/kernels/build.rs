@@ -126,14 +126,22 @@ pub fn build_program(g: &Graph, opts: &BuildOptions) -> R<Program> {
             .iter()
             .map(|o| (o.name.clone(), o.value))
             .collect(),
-        Some(names) => names
-            .iter()
-            .map(|n| {
-                g.output(n)
-                    .map(|v| (n.clone(), v))
-                    .ok_or_else(|| format!("no output {n}"))
-            })
-            .collect::<R<_>>()?,
+        Some(names) => {
+            // The first output of each name, as `Graph::output` finds it.
+            let mut by_name: HashMap<&str, ValueId> = HashMap::new();
+            for o in &g.outputs {
+                by_name.entry(o.name.as_str()).or_insert(o.value);
+            }
+            names
+                .iter()
+                .map(|n| {
+                    by_name
+                        .get(n.as_str())
+                        .map(|&v| (n.clone(), v))
+                        .ok_or_else(|| format!("no output {n}"))
+                })
+                .collect::<R<_>>()?
+        }
     };
     // Only nodes the wanted outputs depend on.
     let mut live = vec![false; g.nodes.len()];

@@ -17,6 +17,7 @@ use crate::kernels::{
 };
 use crate::tensor::Tensor;
 pub use plan::{plan, print_plan, Plan};
+use std::collections::HashMap;
 use std::time::Instant;
 
 /// A program with its memory plan, compiled code and arena.
@@ -305,6 +306,10 @@ impl Executable {
     /// Output `name` of the last run.
     pub fn output(&self, name: &str) -> Option<Tensor> {
         let o = self.program.outputs.iter().find(|o| o.name == name)?;
+        Some(self.read_output(o))
+    }
+
+    fn read_output(&self, o: &kernels::ProgramOutput) -> Tensor {
         let off = self.plan.offsets[o.buf.index()] + o.offset;
         let n: usize = o.shape.iter().product();
         let data = self.arena[off..off + n]
@@ -314,14 +319,20 @@ impl Executable {
                 DType::I32 => x.to_bits() as i32 as f64,
             })
             .collect();
-        Some(Tensor::new(o.dtype, o.shape.clone(), data))
+        Tensor::new(o.dtype, o.shape.clone(), data)
     }
 
+    /// Every output of the last run, in program order (an output name that repeats reads
+    /// its first output, as `output` does).
     pub fn outputs(&self) -> Vec<(String, Tensor)> {
+        let mut first: HashMap<&str, &kernels::ProgramOutput> = HashMap::new();
+        for o in &self.program.outputs {
+            first.entry(o.name.as_str()).or_insert(o);
+        }
         self.program
             .outputs
             .iter()
-            .filter_map(|o| self.output(&o.name).map(|t| (o.name.clone(), t)))
+            .map(|o| (o.name.clone(), self.read_output(first[o.name.as_str()])))
             .collect()
     }
 }
