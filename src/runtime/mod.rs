@@ -6,7 +6,10 @@
 //! - `compile_graph(&Graph) -> CompiledGraph`: evaluates every graph output (no update);
 //!   `load_params` + `step(inputs, writeback)` keep parameters resident in the arena across
 //!   runs, copying chosen outputs into parameters; `params()` reads them back.
+//! - Before the arena is allocated, `memory::check` compares what the plan needs with the
+//!   memory this host allows (`MemoryLimit`), so a step too large is an error, not an abort.
 
+pub mod memory;
 pub mod plan;
 
 use crate::ir::{DType, Graph, OutputRole};
@@ -16,6 +19,7 @@ use crate::kernels::{
     RowMap,
 };
 use crate::tensor::Tensor;
+pub use memory::{MemoryBudget, MemoryLimit, OutOfMemory};
 pub use plan::{plan, print_plan, Plan};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -87,13 +91,20 @@ impl Executable {
         Ok(exe)
     }
 
-    /// Plan, compile and allocate an already built (and checked) program.
+    /// Plan, compile and allocate an already built (and checked) program, refusing one that
+    /// needs more memory than this host allows.
     pub fn from_program(program: Program) -> Result<Executable, String> {
+        Executable::from_program_with(program, &MemoryLimit::Host)
+    }
+
+    /// `from_program` with the memory check's budget taken from `limit`.
+    pub fn from_program_with(program: Program, limit: &MemoryLimit) -> Result<Executable, String> {
         let t0 = Instant::now();
         kernels::check_program(&program)?;
         let plan = plan::plan(&program);
+        memory::check(&program, &plan, limit).map_err(|e| e.to_string())?;
         let code = jit::compile(&program, &plan.offsets)?;
-        let mut arena = vec![0f32; plan.total_elems.max(1)];
+        let mut arena = alloc_arena(plan.total_elems.max(1))?;
         for (i, b) in program.buffers.iter().enumerate() {
             let off = plan.offsets[i];
             match &b.kind {
@@ -335,6 +346,19 @@ impl Executable {
             .map(|o| (o.name.clone(), self.read_output(first[o.name.as_str()])))
             .collect()
     }
+}
+
+/// A zeroed arena of `elems` f32, or an error when the allocator refuses.
+fn alloc_arena(elems: usize) -> Result<Vec<f32>, String> {
+    let mut arena = Vec::new();
+    arena.try_reserve_exact(elems).map_err(|_| {
+        format!(
+            "cannot allocate the arena of {} bytes; reduce the model with --set (batch, length, d, layers)",
+            elems as u128 * 4
+        )
+    })?;
+    arena.resize(elems, 0f32);
+    Ok(arena)
 }
 
 /// Run `f` over `0..n`, split in two at a multiple of `align` when `par`.
