@@ -72,7 +72,7 @@ impl Gen {
         &mut self,
         b: &mut FunctionBuilder,
         mm: &MatMulKernel,
-    ) -> Result<(), String> {
+    ) -> Result<(), super::CodegenError> {
         let params = self.entry(b, 3);
         let (begin, end) = (params[1], params[2]);
         let (pa, pb, pc) = (self.bufs[0], self.bufs[1], self.bufs[2]);
@@ -187,7 +187,7 @@ impl Gen {
                     vec![]
                 });
             }
-            MatPath::Gemm => return Err("internal error: gemm is not generated code".into()),
+            MatPath::Gemm => return Err(super::CodegenError::GemmNotGenerated),
         }
         b.ins().return_(&[]);
         Ok(())

@@ -13,8 +13,11 @@
 //! column count is a compile-time constant). Row reductions of level `l` are accumulated in
 //! pass `l - 1`; a stored column value of level `l` is written in pass `l`.
 
+mod error;
 pub mod math;
 pub mod matmul;
+
+pub use error::{CodegenError, JitError};
 
 use crate::kernels::{
     Access, BufId, KExpr, KernelBody, Kind, LoopKernel, MatPath, Program, RowMap,
@@ -88,13 +91,15 @@ fn signature(call_conv: CallConv) -> Signature {
     sig
 }
 
-fn new_module() -> Result<JITModule, String> {
+fn new_module() -> Result<JITModule, JitError> {
     let mut flags = settings::builder();
-    flags.set("opt_level", "speed").map_err(|e| e.to_string())?;
+    flags
+        .set("opt_level", "speed")
+        .map_err(|e| JitError::Host(e.to_string()))?;
     let isa = cranelift_native::builder()
-        .map_err(|e| format!("no JIT for this host: {e}"))?
+        .map_err(|e| JitError::Host(format!("no JIT for this host: {e}")))?
         .finish(settings::Flags::new(flags))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| JitError::Host(e.to_string()))?;
     Ok(JITModule::new(JITBuilder::with_isa(
         isa,
         default_libcall_names(),
@@ -168,7 +173,7 @@ fn build_function(
     call_conv: CallConv,
     fcfg: TargetFrontendConfig,
     fbc: &mut FunctionBuilderContext,
-) -> Result<Function, String> {
+) -> Result<Function, CodegenError> {
     let mut func = Function::with_name_signature(UserFuncName::user(0, name), signature(call_conv));
     {
         let mut b = FunctionBuilder::new(&mut func, fbc);
@@ -186,7 +191,7 @@ fn build_function(
                 out,
             } => g.col_reduce(&mut b, *rows, *cols, input, out)?,
             KernelBody::MatMul(mm) => g.matmul(&mut b, mm)?,
-            _ => return Err("internal error: kernel is not generated code".into()),
+            _ => return Err(CodegenError::NotGenerated),
         }
         b.seal_all_blocks();
         b.finalize(fcfg);
@@ -196,7 +201,7 @@ fn build_function(
 
 /// Compile every generated kernel of `p` for this host, buffer `b` at element `offsets[b]`.
 /// Kernels with equal canonical bodies share one function; distinct ones compile in parallel.
-pub fn compile(p: &Program, offsets: &[usize]) -> Result<CompiledKernels, String> {
+pub fn compile(p: &Program, offsets: &[usize]) -> Result<CompiledKernels, JitError> {
     use rayon::prelude::*;
     let mut module = new_module()?;
     let opts = CodegenOptions::host();
@@ -204,6 +209,8 @@ pub fn compile(p: &Program, offsets: &[usize]) -> Result<CompiledKernels, String
     let fcfg = module.target_config();
     // Distinct canonical bodies, and which one each kernel uses.
     let mut distinct: Vec<KernelBody> = vec![];
+    // The first kernel of each distinct body, which errors name.
+    let mut first: Vec<usize> = vec![];
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut which = vec![None; p.kernels.len()];
     let mut bufs = vec![vec![]; p.kernels.len()];
@@ -225,24 +232,29 @@ pub fn compile(p: &Program, offsets: &[usize]) -> Result<CompiledKernels, String
         let key = format!("{body:?}");
         let d = *index.entry(key).or_insert_with(|| {
             distinct.push(body);
+            first.push(k);
             distinct.len() - 1
         });
         which[k] = Some(d);
     }
     let isa = module.isa();
-    let code: Vec<Result<(Vec<u8>, u64), String>> = distinct
+    let code: Vec<Result<(Vec<u8>, u64), JitError>> = distinct
         .par_iter()
         .enumerate()
         .map(|(d, body)| {
+            let fail = |problem| JitError::Kernel {
+                kernel: first[d],
+                problem,
+            };
             let mut fbc = FunctionBuilderContext::new();
-            let func = build_function(body, d as u32, opts, cc, fcfg, &mut fbc)?;
+            let func = build_function(body, d as u32, opts, cc, fcfg, &mut fbc).map_err(fail)?;
             let mut ctx = cranelift_codegen::Context::for_function(func);
             let mut cp = cranelift_codegen::control::ControlPlane::default();
             let compiled = ctx
                 .compile(isa, &mut cp)
-                .map_err(|e| format!("internal error: cranelift rejected a kernel: {e:?}"))?;
+                .map_err(|e| fail(CodegenError::Rejected(format!("{e:?}"))))?;
             if !compiled.buffer.relocs().is_empty() {
-                return Err("internal error: kernel code needs relocations".into());
+                return Err(fail(CodegenError::Relocations));
             }
             let align = (compiled.buffer.alignment as u64)
                 .max(isa.function_alignment().minimum as u64)
@@ -255,15 +267,15 @@ pub fn compile(p: &Program, offsets: &[usize]) -> Result<CompiledKernels, String
         let (bytes, align) = c?;
         let id = module
             .declare_function(&format!("k{d}"), Linkage::Local, &signature(cc))
-            .map_err(|e| format!("internal error: {e}"))?;
+            .map_err(|e| JitError::Module(e.to_string()))?;
         module
             .define_function_bytes(id, align, &bytes, &[])
-            .map_err(|e| format!("internal error: {e}"))?;
+            .map_err(|e| JitError::Module(e.to_string()))?;
         ids.push(id);
     }
     module
         .finalize_definitions()
-        .map_err(|e| format!("internal error: {e}"))?;
+        .map_err(|e| JitError::Module(e.to_string()))?;
     let ptrs: Vec<KernelFn> = ids
         .iter()
         .map(|&id| {
@@ -283,13 +295,13 @@ pub fn compile(p: &Program, offsets: &[usize]) -> Result<CompiledKernels, String
 
 /// The CLIF of every generated kernel, for `--stage clif`: built for a fixed target
 /// (x86-64 System V, FMA on) so the text does not depend on the host.
-pub fn clif_text(p: &Program) -> Result<String, String> {
+pub fn clif_text(p: &Program) -> Result<String, JitError> {
     let opts = CodegenOptions {
         fma: true,
         unroll: 4,
     };
     let mut ib = cranelift_codegen::isa::lookup_by_name("x86_64-unknown-linux-gnu")
-        .map_err(|e| format!("internal error: {e}"))?;
+        .map_err(|e| JitError::Target(e.to_string()))?;
     for f in [
         "has_sse3",
         "has_ssse3",
@@ -299,13 +311,15 @@ pub fn clif_text(p: &Program) -> Result<String, String> {
         "has_avx2",
         "has_fma",
     ] {
-        ib.enable(f).map_err(|e| format!("internal error: {e}"))?;
+        ib.enable(f).map_err(|e| JitError::Target(e.to_string()))?;
     }
     let mut flags = settings::builder();
-    flags.set("opt_level", "speed").map_err(|e| e.to_string())?;
+    flags
+        .set("opt_level", "speed")
+        .map_err(|e| JitError::Host(e.to_string()))?;
     let isa = ib
         .finish(settings::Flags::new(flags))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| JitError::Host(e.to_string()))?;
     let fcfg = isa.frontend_config();
     let mut fbc = FunctionBuilderContext::new();
     let mut out = String::new();
@@ -314,7 +328,8 @@ pub fn clif_text(p: &Program) -> Result<String, String> {
             continue;
         }
         let (body, _) = canonical(&p.kernels[k].body);
-        let func = build_function(&body, k as u32, opts, CallConv::SystemV, fcfg, &mut fbc)?;
+        let func = build_function(&body, k as u32, opts, CallConv::SystemV, fcfg, &mut fbc)
+            .map_err(|problem| JitError::Kernel { kernel: k, problem })?;
         out.push_str(&format!("; k{k}\n{}\n", func.display()));
     }
     Ok(out)
@@ -520,7 +535,7 @@ impl Gen {
         l: &LoopKernel,
         st: &mut RowState,
         n: usize,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, CodegenError> {
         if let Some(&v) = st.row_vals.get(&n) {
             return Ok(v);
         }
@@ -540,11 +555,7 @@ impl Gen {
                 let y = self.row_val(b, l, st, *y)?;
                 self.math.binary(b, op, x, y)
             }
-            _ => {
-                return Err(format!(
-                    "internal error: v{n} is not available as a row value yet"
-                ))
-            }
+            _ => return Err(CodegenError::RowValueNotReady { value: n }),
         };
         st.row_vals.insert(n, v);
         Ok(v)
@@ -561,14 +572,16 @@ impl Gen {
         pos: ColPos,
         scalar: bool,
         memo: &mut HashMap<usize, Value>,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, CodegenError> {
         if let Some(&v) = memo.get(&n) {
             return Ok(v);
         }
         if l.nodes[n].kind == Kind::Row {
-            return st.row_vals.get(&n).copied().ok_or_else(|| {
-                format!("internal error: row value v{n} used before it is computed")
-            });
+            return st
+                .row_vals
+                .get(&n)
+                .copied()
+                .ok_or(CodegenError::RowValueUnset { value: n });
         }
         let spill = st.spill.get(&n).copied();
         if let Some((slot, first)) = spill {
@@ -627,7 +640,7 @@ impl Gen {
                 let one = self.math.splat(b, 1.0);
                 b.ins().band(m, one)
             }
-            _ => return Err(format!("internal error: v{n} is not a column value")),
+            _ => return Err(CodegenError::NotAColumnValue { value: n }),
         };
         if let Some((slot, first)) = spill {
             if first == st.pass {
@@ -638,7 +651,7 @@ impl Gen {
         Ok(v)
     }
 
-    fn loop_kernel(&mut self, b: &mut FunctionBuilder, l: &LoopKernel) -> Result<(), String> {
+    fn loop_kernel(&mut self, b: &mut FunctionBuilder, l: &LoopKernel) -> Result<(), CodegenError> {
         let n = l.nodes.len();
         // Levels: how many row reductions a value depends on in sequence.
         let mut level = vec![0usize; n];
@@ -800,12 +813,7 @@ impl Gen {
             if !s.col {
                 let v = match st.row_vals.get(&s.value) {
                     Some(v) => *v,
-                    None => {
-                        return Err(format!(
-                            "internal error: row store of v{} has no value",
-                            s.value
-                        ))
-                    }
+                    None => return Err(CodegenError::RowStoreUnset { value: s.value }),
                 };
                 let x = self.math.lane0(b, v);
                 b.ins().store(flags(), x, store_ptr[si], 0);
@@ -828,7 +836,7 @@ impl Gen {
         reds: &[(usize, usize, bool)],
         stores: &[usize],
         store_ptr: &[Value],
-    ) -> Result<Vec<(usize, Value)>, String> {
+    ) -> Result<Vec<(usize, Value)>, CodegenError> {
         let cols = l.cols as i64;
         let u = self.unroll as i64;
         let step = 4 * u;
@@ -843,20 +851,22 @@ impl Gen {
             }
         };
         // Body at one position: returns the reduction operands.
-        let emit =
-            |b: &mut FunctionBuilder, pos: ColPos, scalar: bool| -> Result<Vec<Value>, String> {
-                let mut memo = HashMap::new();
-                let mut vals = vec![];
-                for &(_, a, _) in reds {
-                    vals.push(self.col_val(b, l, st, a, pos, scalar, &mut memo)?);
-                }
-                for &s in stores {
-                    let store = &l.stores[s];
-                    let v = self.col_val(b, l, st, store.value, pos, scalar, &mut memo)?;
-                    self.store_col(b, store_ptr[s], store.access.col_stride, pos, v, scalar);
-                }
-                Ok(vals)
-            };
+        let emit = |b: &mut FunctionBuilder,
+                    pos: ColPos,
+                    scalar: bool|
+         -> Result<Vec<Value>, CodegenError> {
+            let mut memo = HashMap::new();
+            let mut vals = vec![];
+            for &(_, a, _) in reds {
+                vals.push(self.col_val(b, l, st, a, pos, scalar, &mut memo)?);
+            }
+            for &s in stores {
+                let store = &l.stores[s];
+                let v = self.col_val(b, l, st, store.value, pos, scalar, &mut memo)?;
+                self.store_col(b, store_ptr[s], store.access.col_stride, pos, v, scalar);
+            }
+            Ok(vals)
+        };
         let mut accs: Vec<Value> = reds
             .iter()
             .map(|&(_, _, max)| self.math.splat(b, ident(max)))
@@ -953,7 +963,7 @@ impl Gen {
         _cols: usize,
         input: &Access,
         out: &Access,
-    ) -> Result<(), String> {
+    ) -> Result<(), CodegenError> {
         let nbufs = [input, out]
             .iter()
             .flat_map(|a| {

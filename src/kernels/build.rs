@@ -110,16 +110,12 @@ struct Builder<'g> {
     copies: HashMap<(BufId, i64, Vec<usize>, Vec<i64>), View>,
 }
 
-type R<T> = Result<T, String>;
-
-fn ierr<T>(msg: impl Into<String>) -> R<T> {
-    Err(format!("internal error: {}", msg.into()))
-}
+type R<T> = Result<T, KernelError>;
 
 /// Lower `g` to kernels.
 pub fn build_program(g: &Graph, opts: &BuildOptions) -> R<Program> {
     g.verify()
-        .map_err(|e| format!("internal error: ill-formed graph: {e}"))?;
+        .map_err(|e| KernelError::IllFormedGraph(e.to_string()))?;
     let wanted: Vec<(String, ValueId)> = match &opts.outputs {
         None => g
             .outputs
@@ -138,7 +134,7 @@ pub fn build_program(g: &Graph, opts: &BuildOptions) -> R<Program> {
                     by_name
                         .get(n.as_str())
                         .map(|&v| (n.clone(), v))
-                        .ok_or_else(|| format!("no output {n}"))
+                        .ok_or_else(|| KernelError::NoOutput(n.clone()))
                 })
                 .collect::<R<_>>()?
         }
@@ -301,6 +297,14 @@ fn merged_stride(shape: &[usize], strides: &[i64]) -> Option<i64> {
 }
 
 impl<'g> Builder<'g> {
+    /// An internal error while lowering the current node.
+    fn ierr<T>(&self, message: impl Into<String>) -> R<T> {
+        Err(KernelError::Internal {
+            node: self.cur,
+            message: message.into(),
+        })
+    }
+
     fn new_buf(&mut self, len: usize, dtype: DType, kind: BufKind, label: String) -> BufId {
         let id = BufId(self.buffers.len() as u32);
         self.buffers.push(BufInfo {
@@ -319,7 +323,7 @@ impl<'g> Builder<'g> {
     fn val(&self, v: ValueId) -> R<Val> {
         match self.vals.get(v.index()).cloned().flatten() {
             Some(x) => Ok(x),
-            None => ierr(format!("{v} used before it is lowered")),
+            None => self.ierr(format!("{v} used before it is lowered")),
         }
     }
 
@@ -400,9 +404,7 @@ impl<'g> Builder<'g> {
                     .zip(strides)
                     .map(|(&i, &s)| i as i64 * s)
                     .sum::<i64>();
-            t.push(
-                i32::try_from(off).map_err(|_| "internal error: offset beyond i32".to_string())?,
-            );
+            t.push(i32::try_from(off).or_else(|_| self.ierr("offset beyond i32"))?);
             for d in (0..shape.len()).rev() {
                 idx[d] += 1;
                 if idx[d] < shape[d] {
@@ -470,7 +472,7 @@ impl<'g> Builder<'g> {
         let c = self.copy_view(v)?;
         match self.access_for(&c, rows, cols)? {
             Some(a) => Ok(a),
-            None => ierr(format!("cannot read {:?} as {rows}x{cols}", v.shape)),
+            None => self.ierr(format!("cannot read {:?} as {rows}x{cols}", v.shape)),
         }
     }
 
@@ -500,7 +502,7 @@ impl<'g> Builder<'g> {
         let out = self.temp(numel, dtype, format!("copy of {}", v.buf));
         let src = match self.access_for(v, rows, cols)? {
             Some(a) => a,
-            None => return ierr(format!("view {:?} has no last-axis access", v.shape)),
+            None => return self.ierr(format!("view {:?} has no last-axis access", v.shape)),
         };
         let dst = Access {
             buf: out,
@@ -613,7 +615,7 @@ impl<'g> Builder<'g> {
         let shape = node.ty.shape.clone();
         let args = &node.args;
         match &node.op {
-            Op::Input { .. } | Op::Param { .. } => ierr("leaf lowered twice"),
+            Op::Input { .. } | Op::Param { .. } => self.ierr("leaf lowered twice"),
             Op::Full { value, .. } => Ok(Val::Const {
                 value: *value,
                 shape,
@@ -733,7 +735,7 @@ impl<'g> Builder<'g> {
                     let (rows, cols) = Self::domain(&src.shape);
                     let la = self.load_access(&src, rows, cols)?;
                     let Some(sa) = self.access_for(&dst, rows, cols)? else {
-                        return ierr("concat destination has no last-axis access");
+                        return self.ierr("concat destination has no last-axis access");
                     };
                     let l = LoopKernel {
                         rows,
@@ -752,7 +754,7 @@ impl<'g> Builder<'g> {
                 }
                 Ok(Val::View(full))
             }
-            op => ierr(format!("no lowering for {}", op.name())),
+            op => self.ierr(format!("no lowering for {}", op.name())),
         }
     }
 
@@ -843,7 +845,7 @@ impl<'g> Builder<'g> {
             Op::Reshape { shape } => reshape_view(&v, shape).map_or_else(
                 || {
                     let c = self.copy_view(&v)?;
-                    Ok::<View, String>(View::contiguous(c.buf, c.offset, shape.clone()))
+                    Ok::<View, KernelError>(View::contiguous(c.buf, c.offset, shape.clone()))
                 },
                 Ok,
             )?,
@@ -877,7 +879,7 @@ impl<'g> Builder<'g> {
                 s.shape[*axis] = end - start;
                 s
             }
-            _ => return ierr("not a view op"),
+            _ => return self.ierr("not a view op"),
         };
         Ok(Val::View(view))
     }
@@ -1254,7 +1256,9 @@ impl<'g> Builder<'g> {
         for a in &node.args {
             match self.arg_node(*a, gi, arg_kind, allow_copy)? {
                 Some(n) => an.push(n),
-                None => return ierr(format!("%{i}: argument {a} cannot be read in its kernel")),
+                None => {
+                    return self.ierr(format!("%{i}: argument {a} cannot be read in its kernel"))
+                }
             }
         }
         self.note_ir(gi);
@@ -1295,7 +1299,7 @@ impl<'g> Builder<'g> {
                 };
                 self.add_node(gi, KExpr::CausalMask { x: an[0], fill: f }, Kind::Col)
             }
-            op => return ierr(format!("{} is not fusable", op.name())),
+            op => return self.ierr(format!("{} is not fusable", op.name())),
         };
         Ok(Val::Fused {
             group: gi,
