@@ -4,7 +4,7 @@
 
 use lamina::driver::compile_source;
 use lamina::kernels::{build_program, BuildOptions, Program};
-use lamina::runtime::{memory, plan, Executable, MemoryLimit};
+use lamina::runtime::{memory, plan, Executable, MemoryLimit, RuntimeError};
 
 /// A model inside every documented limit whose training step needs an arena of 110 GB:
 /// tokens 64 x 4096, width 1024, 16 FFN-only layers.
@@ -35,10 +35,16 @@ fn a_step_larger_than_the_budget_is_refused() {
     let needed = memory::needed_bytes(&p, &plan(&p));
     assert!(needed > 100 << 30, "{needed}");
     let limit = MemoryLimit::fixed(64 << 30, "a test limit");
-    let err = match Executable::from_program_with(p, &limit) {
+    let oom = match Executable::from_program_with(p, &limit) {
+        Err(RuntimeError::OutOfMemory(oom)) => oom,
+        Err(e) => panic!("refused for another reason: {e}"),
         Ok(_) => panic!("a 110 GB step was compiled within 64 GiB"),
-        Err(e) => e.to_string(),
     };
+    assert_eq!(oom.needed, needed);
+    assert_eq!(oom.budget.bytes, 64 << 30);
+    assert_eq!(oom.largest.len(), 3);
+    assert!(oom.largest.iter().all(|b| b.bytes == 1 << 30), "{oom:?}");
+    let err = oom.to_string();
     assert!(
         err.starts_with("this step needs 10")
             && err.contains(" GiB, 64.0 GiB are available (a test limit)"),
@@ -68,7 +74,8 @@ fn a_step_within_the_budget_compiles() {
     let short = MemoryLimit::fixed(needed - 1, "one byte short");
     let err = Executable::from_program_with(p.clone(), &short)
         .err()
-        .expect("one byte short is refused");
+        .expect("one byte short is refused")
+        .to_string();
     assert!(err.contains("are available (one byte short)"), "{err}");
     // On this host (the default budget), a small model fits.
     assert!(Executable::from_program(p).is_ok());

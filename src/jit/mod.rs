@@ -13,8 +13,11 @@
 //! column count is a compile-time constant). Row reductions of level `l` are accumulated in
 //! pass `l - 1`; a stored column value of level `l` is written in pass `l`.
 
+mod error;
 pub mod math;
 pub mod matmul;
+
+pub use error::{CodegenError, JitError};
 
 use crate::ir::{BinaryOp, UnaryOp};
 use crate::kernels::{
@@ -89,13 +92,15 @@ fn signature(call_conv: CallConv) -> Signature {
     sig
 }
 
-fn new_module() -> Result<JITModule, String> {
+fn new_module() -> Result<JITModule, JitError> {
     let mut flags = settings::builder();
-    flags.set("opt_level", "speed").map_err(|e| e.to_string())?;
+    flags
+        .set("opt_level", "speed")
+        .map_err(|e| JitError::Host(e.to_string()))?;
     let isa = cranelift_native::builder()
-        .map_err(|e| format!("no JIT for this host: {e}"))?
+        .map_err(|e| JitError::Host(format!("no JIT for this host: {e}")))?
         .finish(settings::Flags::new(flags))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| JitError::Host(e.to_string()))?;
     Ok(JITModule::new(JITBuilder::with_isa(
         isa,
         default_libcall_names(),
@@ -169,7 +174,7 @@ fn build_function(
     call_conv: CallConv,
     fcfg: TargetFrontendConfig,
     fbc: &mut FunctionBuilderContext,
-) -> Result<Function, String> {
+) -> Result<Function, CodegenError> {
     let mut func = Function::with_name_signature(UserFuncName::user(0, name), signature(call_conv));
     {
         let mut b = FunctionBuilder::new(&mut func, fbc);
@@ -187,7 +192,7 @@ fn build_function(
                 out,
             } => g.col_reduce(&mut b, *rows, *cols, input, out)?,
             KernelBody::MatMul(mm) => g.matmul(&mut b, mm)?,
-            _ => return Err("internal error: kernel is not generated code".into()),
+            _ => return Err(CodegenError::NotGenerated),
         }
         b.seal_all_blocks();
         b.finalize(fcfg);
@@ -197,7 +202,7 @@ fn build_function(
 
 /// Compile every generated kernel of `p` for this host, buffer `b` at element `offsets[b]`.
 /// Kernels with equal canonical bodies share one function; distinct ones compile in parallel.
-pub fn compile(p: &Program, offsets: &[usize]) -> Result<CompiledKernels, String> {
+pub fn compile(p: &Program, offsets: &[usize]) -> Result<CompiledKernels, JitError> {
     use rayon::prelude::*;
     let mut module = new_module()?;
     let opts = CodegenOptions::host();
@@ -205,6 +210,8 @@ pub fn compile(p: &Program, offsets: &[usize]) -> Result<CompiledKernels, String
     let fcfg = module.target_config();
     // Distinct canonical bodies, and which one each kernel uses.
     let mut distinct: Vec<KernelBody> = vec![];
+    // The first kernel of each distinct body, which errors name.
+    let mut first: Vec<usize> = vec![];
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut which = vec![None; p.kernels.len()];
     let mut bufs = vec![vec![]; p.kernels.len()];
@@ -226,24 +233,29 @@ pub fn compile(p: &Program, offsets: &[usize]) -> Result<CompiledKernels, String
         let key = format!("{body:?}");
         let d = *index.entry(key).or_insert_with(|| {
             distinct.push(body);
+            first.push(k);
             distinct.len() - 1
         });
         which[k] = Some(d);
     }
     let isa = module.isa();
-    let code: Vec<Result<(Vec<u8>, u64), String>> = distinct
+    let code: Vec<Result<(Vec<u8>, u64), JitError>> = distinct
         .par_iter()
         .enumerate()
         .map(|(d, body)| {
+            let fail = |problem| JitError::Kernel {
+                kernel: first[d],
+                problem,
+            };
             let mut fbc = FunctionBuilderContext::new();
-            let func = build_function(body, d as u32, opts, cc, fcfg, &mut fbc)?;
+            let func = build_function(body, d as u32, opts, cc, fcfg, &mut fbc).map_err(fail)?;
             let mut ctx = cranelift_codegen::Context::for_function(func);
             let mut cp = cranelift_codegen::control::ControlPlane::default();
             let compiled = ctx
                 .compile(isa, &mut cp)
-                .map_err(|e| format!("internal error: cranelift rejected a kernel: {e:?}"))?;
+                .map_err(|e| fail(CodegenError::Rejected(format!("{e:?}"))))?;
             if !compiled.buffer.relocs().is_empty() {
-                return Err("internal error: kernel code needs relocations".into());
+                return Err(fail(CodegenError::Relocations));
             }
             let align = (compiled.buffer.alignment as u64)
                 .max(isa.function_alignment().minimum as u64)
@@ -256,15 +268,15 @@ pub fn compile(p: &Program, offsets: &[usize]) -> Result<CompiledKernels, String
         let (bytes, align) = c?;
         let id = module
             .declare_function(&format!("k{d}"), Linkage::Local, &signature(cc))
-            .map_err(|e| format!("internal error: {e}"))?;
+            .map_err(|e| JitError::Module(e.to_string()))?;
         module
             .define_function_bytes(id, align, &bytes, &[])
-            .map_err(|e| format!("internal error: {e}"))?;
+            .map_err(|e| JitError::Module(e.to_string()))?;
         ids.push(id);
     }
     module
         .finalize_definitions()
-        .map_err(|e| format!("internal error: {e}"))?;
+        .map_err(|e| JitError::Module(e.to_string()))?;
     let ptrs: Vec<KernelFn> = ids
         .iter()
         .map(|&id| {
@@ -284,13 +296,13 @@ pub fn compile(p: &Program, offsets: &[usize]) -> Result<CompiledKernels, String
 
 /// The CLIF of every generated kernel, for `--stage clif`: built for a fixed target
 /// (x86-64 System V, FMA on) so the text does not depend on the host.
-pub fn clif_text(p: &Program) -> Result<String, String> {
+pub fn clif_text(p: &Program) -> Result<String, JitError> {
     let opts = CodegenOptions {
         fma: true,
         unroll: 4,
     };
     let mut ib = cranelift_codegen::isa::lookup_by_name("x86_64-unknown-linux-gnu")
-        .map_err(|e| format!("internal error: {e}"))?;
+        .map_err(|e| JitError::Target(e.to_string()))?;
     for f in [
         "has_sse3",
         "has_ssse3",
@@ -300,13 +312,15 @@ pub fn clif_text(p: &Program) -> Result<String, String> {
         "has_avx2",
         "has_fma",
     ] {
-        ib.enable(f).map_err(|e| format!("internal error: {e}"))?;
+        ib.enable(f).map_err(|e| JitError::Target(e.to_string()))?;
     }
     let mut flags = settings::builder();
-    flags.set("opt_level", "speed").map_err(|e| e.to_string())?;
+    flags
+        .set("opt_level", "speed")
+        .map_err(|e| JitError::Host(e.to_string()))?;
     let isa = ib
         .finish(settings::Flags::new(flags))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| JitError::Host(e.to_string()))?;
     let fcfg = isa.frontend_config();
     let mut fbc = FunctionBuilderContext::new();
     let mut out = String::new();
@@ -315,7 +329,8 @@ pub fn clif_text(p: &Program) -> Result<String, String> {
             continue;
         }
         let (body, _) = canonical(&p.kernels[k].body);
-        let func = build_function(&body, k as u32, opts, CallConv::SystemV, fcfg, &mut fbc)?;
+        let func = build_function(&body, k as u32, opts, CallConv::SystemV, fcfg, &mut fbc)
+            .map_err(|problem| JitError::Kernel { kernel: k, problem })?;
         out.push_str(&format!("; k{k}\n{}\n", func.display()));
     }
     Ok(out)
@@ -352,6 +367,34 @@ struct RowState {
     /// the pass that writes it (later passes read it instead of recomputing).
     spill: HashMap<usize, (Value, usize)>,
     pass: usize,
+}
+
+/// What one column pass of a row computes: reductions `(node, operand, is_max)` and the
+/// column stores (by index, with every store's row pointer).
+struct PassWork<'a> {
+    l: &'a LoopKernel,
+    st: &'a RowState,
+    reds: &'a [(usize, usize, bool)],
+    stores: &'a [usize],
+    store_ptr: &'a [Value],
+}
+
+/// The identity of a row reduction.
+fn ident(max: bool) -> f32 {
+    if max {
+        f32::NEG_INFINITY
+    } else {
+        0.0
+    }
+}
+
+/// Combine two partial row reductions.
+fn combine(b: &mut FunctionBuilder, max: bool, x: Value, y: Value) -> Value {
+    if max {
+        b.ins().fmax(x, y)
+    } else {
+        b.ins().fadd(x, y)
+    }
 }
 
 /// Column ops worth keeping in a scratch row rather than recomputing in a later pass.
@@ -532,7 +575,7 @@ impl Gen {
         l: &LoopKernel,
         st: &mut RowState,
         n: usize,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, CodegenError> {
         if let Some(&v) = st.row_vals.get(&n) {
             return Ok(v);
         }
@@ -552,11 +595,7 @@ impl Gen {
                 let y = self.row_val(b, l, st, *y)?;
                 self.math.binary(b, op, x, y)
             }
-            _ => {
-                return Err(format!(
-                    "internal error: v{n} is not available as a row value yet"
-                ))
-            }
+            _ => return Err(CodegenError::RowValueNotReady { value: n }),
         };
         st.row_vals.insert(n, v);
         Ok(v)
@@ -573,14 +612,16 @@ impl Gen {
         pos: ColPos,
         scalar: bool,
         memo: &mut HashMap<usize, Value>,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, CodegenError> {
         if let Some(&v) = memo.get(&n) {
             return Ok(v);
         }
         if l.nodes[n].kind == Kind::Row {
-            return st.row_vals.get(&n).copied().ok_or_else(|| {
-                format!("internal error: row value v{n} used before it is computed")
-            });
+            return st
+                .row_vals
+                .get(&n)
+                .copied()
+                .ok_or(CodegenError::RowValueUnset { value: n });
         }
         let spill = st.spill.get(&n).copied();
         if let Some((slot, first)) = spill {
@@ -639,7 +680,7 @@ impl Gen {
                 let one = self.math.splat(b, 1.0);
                 b.ins().band(m, one)
             }
-            _ => return Err(format!("internal error: v{n} is not a column value")),
+            _ => return Err(CodegenError::NotAColumnValue { value: n }),
         };
         if let Some((slot, first)) = spill {
             if first == st.pass {
@@ -650,31 +691,8 @@ impl Gen {
         Ok(v)
     }
 
-    fn loop_kernel(&mut self, b: &mut FunctionBuilder, l: &LoopKernel) -> Result<(), String> {
-        let n = l.nodes.len();
-        // Levels: how many row reductions a value depends on in sequence.
-        let mut level = vec![0usize; n];
-        for i in 0..n {
-            level[i] = match &l.nodes[i].expr {
-                KExpr::Load(_) | KExpr::Const(_) | KExpr::OneHot { .. } => 0,
-                KExpr::Unary(_, a) => level[*a],
-                KExpr::Binary(_, x, y) => level[*x].max(level[*y]),
-                KExpr::CausalMask { x, .. } => level[*x],
-                KExpr::RowSum(a) | KExpr::RowMax(a) => level[*a] + 1,
-            };
-        }
-        let mut npasses = 0;
-        for (i, node) in l.nodes.iter().enumerate() {
-            if matches!(node.expr, KExpr::RowSum(_) | KExpr::RowMax(_)) {
-                npasses = npasses.max(level[i]);
-            }
-        }
-        for s in &l.stores {
-            if s.col {
-                npasses = npasses.max(level[s.value] + 1);
-            }
-        }
-
+    fn loop_kernel(&mut self, b: &mut FunctionBuilder, l: &LoopKernel) -> Result<(), CodegenError> {
+        let (level, npasses) = levels(l);
         let params = self.entry(b, kernel_buf_count(l));
         let (base, begin, end) = (params[0], params[1], params[2]);
         let head = b.create_block();
@@ -696,55 +714,28 @@ impl Gen {
             spill: HashMap::new(),
             pass: 0,
         };
-        // Column nodes each pass evaluates (reduction operands and stores, through column
-        // arguments); a costly one needed again in a later pass is kept in a stack row.
-        let mut first_pass: Vec<Option<usize>> = vec![None; n];
-        let mut reused = vec![false; n];
+        st.spill = spill_rows(b, l, &level, npasses);
+        let store_ptr = self.row_pointers(b, l, &mut st);
         for pass in 0..npasses {
-            let mut seen = vec![false; n];
-            let mut stack: Vec<usize> = vec![];
-            for (i, node) in l.nodes.iter().enumerate() {
-                if let KExpr::RowSum(a) | KExpr::RowMax(a) = node.expr {
-                    if level[i] == pass + 1 {
-                        stack.push(a);
-                    }
-                }
-            }
-            for s in &l.stores {
-                if s.col && level[s.value] == pass {
-                    stack.push(s.value);
-                }
-            }
-            while let Some(i) = stack.pop() {
-                if seen[i] || l.nodes[i].kind != Kind::Col {
-                    continue;
-                }
-                seen[i] = true;
-                match first_pass[i] {
-                    None => first_pass[i] = Some(pass),
-                    Some(p) if p < pass => reused[i] = true,
-                    _ => {}
-                }
-                match &l.nodes[i].expr {
-                    KExpr::Unary(_, a) | KExpr::CausalMask { x: a, .. } => stack.push(*a),
-                    KExpr::Binary(_, x, y) => stack.extend([*x, *y]),
-                    _ => {}
-                }
-            }
+            self.pass(b, l, &mut st, &level, pass, &store_ptr)?;
         }
-        let mut spill_bytes = 0;
-        for i in 0..n {
-            if reused[i] && costly(&l.nodes[i].expr) && spill_bytes + 4 * l.cols <= SPILL_BYTES {
-                spill_bytes += 4 * l.cols;
-                let slot = b.create_sized_stack_slot(cranelift_codegen::ir::StackSlotData::new(
-                    cranelift_codegen::ir::StackSlotKind::ExplicitSlot,
-                    4 * l.cols as u32,
-                    4,
-                ));
-                let addr = b.ins().stack_addr(I64, slot, 0);
-                st.spill.insert(i, (addr, first_pass[i].unwrap_or(0)));
-            }
-        }
+        self.row_stores(b, l, &mut st, &store_ptr)?;
+        let next = b.ins().iadd_imm_s(r, 1);
+        b.ins().jump(head, &[next.into()]);
+        b.switch_to_block(exit);
+        b.ins().return_(&[]);
+        Ok(())
+    }
+
+    /// The row pointers of the current row: of every column load and one-hot (into
+    /// `st.load_ptr`), and of every store (returned, by store index).
+    fn row_pointers(
+        &self,
+        b: &mut FunctionBuilder,
+        l: &LoopKernel,
+        st: &mut RowState,
+    ) -> Vec<Value> {
+        let (base, r) = (st.base, st.r);
         for (i, node) in l.nodes.iter().enumerate() {
             match &node.expr {
                 KExpr::Load(a) if node.kind == Kind::Col => {
@@ -758,41 +749,58 @@ impl Gen {
                 _ => {}
             }
         }
-        let mut store_ptr = vec![];
-        for s in &l.stores {
-            store_ptr.push(self.row_ptr(b, base, r, &s.access));
-        }
+        l.stores
+            .iter()
+            .map(|s| self.row_ptr(b, base, r, &s.access))
+            .collect()
+    }
 
-        for pass in 0..npasses {
-            st.pass = pass;
-            // Row values this pass may read.
-            for (i, &lv) in level.iter().enumerate() {
-                if l.nodes[i].kind == Kind::Row
-                    && lv <= pass
-                    && !matches!(l.nodes[i].expr, KExpr::RowSum(_) | KExpr::RowMax(_))
-                {
-                    self.row_val(b, l, &mut st, i)?;
-                }
+    /// Column pass `pass` of a row: the row values it may read, then its reductions (of
+    /// level `pass + 1`) and its column stores (of level `pass`).
+    fn pass(
+        &self,
+        b: &mut FunctionBuilder,
+        l: &LoopKernel,
+        st: &mut RowState,
+        level: &[usize],
+        pass: usize,
+        store_ptr: &[Value],
+    ) -> Result<(), CodegenError> {
+        st.pass = pass;
+        // Row values this pass may read.
+        for (i, &lv) in level.iter().enumerate() {
+            if l.nodes[i].kind == Kind::Row
+                && lv <= pass
+                && !matches!(l.nodes[i].expr, KExpr::RowSum(_) | KExpr::RowMax(_))
+            {
+                self.row_val(b, l, st, i)?;
             }
-            let reds: Vec<(usize, usize, bool)> = (0..n)
-                .filter_map(|i| match l.nodes[i].expr {
-                    KExpr::RowSum(a) if level[i] == pass + 1 => Some((i, a, false)),
-                    KExpr::RowMax(a) if level[i] == pass + 1 => Some((i, a, true)),
-                    _ => None,
-                })
-                .collect();
-            let stores: Vec<usize> = (0..l.stores.len())
-                .filter(|&s| l.stores[s].col && level[l.stores[s].value] == pass)
-                .collect();
-            self.column_pass(b, l, &st, &reds, &stores, &store_ptr)
-                .map(|vals| {
-                    for (i, v) in vals {
-                        st.row_vals.insert(i, v);
-                    }
-                })?;
         }
-        // Row stores once per row, after every pass.
-        let mut row_stored = vec![false; n];
+        let reds: Vec<(usize, usize, bool)> = (0..l.nodes.len())
+            .filter_map(|i| match l.nodes[i].expr {
+                KExpr::RowSum(a) if level[i] == pass + 1 => Some((i, a, false)),
+                KExpr::RowMax(a) if level[i] == pass + 1 => Some((i, a, true)),
+                _ => None,
+            })
+            .collect();
+        let stores: Vec<usize> = (0..l.stores.len())
+            .filter(|&s| l.stores[s].col && level[l.stores[s].value] == pass)
+            .collect();
+        for (i, v) in self.column_pass(b, l, st, &reds, &stores, store_ptr)? {
+            st.row_vals.insert(i, v);
+        }
+        Ok(())
+    }
+
+    /// Row stores, once per row after every pass.
+    fn row_stores(
+        &self,
+        b: &mut FunctionBuilder,
+        l: &LoopKernel,
+        st: &mut RowState,
+        store_ptr: &[Value],
+    ) -> Result<(), CodegenError> {
+        let mut row_stored = vec![false; l.nodes.len()];
         for s in l.stores.iter().filter(|s| !s.col) {
             if let Some(x) = row_stored.get_mut(s.value) {
                 *x = true;
@@ -804,7 +812,7 @@ impl Gen {
                     continue;
                 }
                 if stored {
-                    self.row_val(b, l, &mut st, i)?;
+                    self.row_val(b, l, st, i)?;
                 }
             }
         }
@@ -812,21 +820,12 @@ impl Gen {
             if !s.col {
                 let v = match st.row_vals.get(&s.value) {
                     Some(v) => *v,
-                    None => {
-                        return Err(format!(
-                            "internal error: row store of v{} has no value",
-                            s.value
-                        ))
-                    }
+                    None => return Err(CodegenError::RowStoreUnset { value: s.value }),
                 };
                 let x = self.math.lane0(b, v);
                 b.ins().store(flags(), x, store_ptr[si], 0);
             }
         }
-        let next = b.ins().iadd_imm_s(r, 1);
-        b.ins().jump(head, &[next.into()]);
-        b.switch_to_block(exit);
-        b.ins().return_(&[]);
         Ok(())
     }
 
@@ -840,93 +839,28 @@ impl Gen {
         reds: &[(usize, usize, bool)],
         stores: &[usize],
         store_ptr: &[Value],
-    ) -> Result<Vec<(usize, Value)>, String> {
+    ) -> Result<Vec<(usize, Value)>, CodegenError> {
+        let w = PassWork {
+            l,
+            st,
+            reds,
+            stores,
+            store_ptr,
+        };
         let cols = l.cols as i64;
-        let u = self.unroll as i64;
-        let step = 4 * u;
+        let step = 4 * self.unroll as i64;
         let n_main = cols / step * step;
         let n_vec = cols / 4 * 4;
-        let ident = |max: bool| if max { f32::NEG_INFINITY } else { 0.0 };
-        let combine = |b: &mut FunctionBuilder, max: bool, x: Value, y: Value| {
-            if max {
-                b.ins().fmax(x, y)
-            } else {
-                b.ins().fadd(x, y)
-            }
-        };
-        // Body at one position: returns the reduction operands.
-        let emit =
-            |b: &mut FunctionBuilder, pos: ColPos, scalar: bool| -> Result<Vec<Value>, String> {
-                let mut memo = HashMap::new();
-                let mut vals = vec![];
-                for &(_, a, _) in reds {
-                    vals.push(self.col_val(b, l, st, a, pos, scalar, &mut memo)?);
-                }
-                for &s in stores {
-                    let store = &l.stores[s];
-                    let v = self.col_val(b, l, st, store.value, pos, scalar, &mut memo)?;
-                    self.store_col(b, store_ptr[s], store.access.col_stride, pos, v, scalar);
-                }
-                Ok(vals)
-            };
         let mut accs: Vec<Value> = reds
             .iter()
             .map(|&(_, _, max)| self.math.splat(b, ident(max)))
             .collect();
         if n_main > 0 {
-            let lp = b.create_block();
-            let after = b.create_block();
-            b.append_block_param(lp, I64);
-            let mut init: Vec<cranelift_codegen::ir::BlockArg> = vec![];
-            let c0 = b.ins().iconst(I64, 0);
-            init.push(c0.into());
-            for &(_, _, max) in reds {
-                for _ in 0..u {
-                    let z = self.math.splat(b, ident(max));
-                    init.push(z.into());
-                }
-            }
-            for _ in 0..reds.len() * u as usize {
-                b.append_block_param(lp, F32X4);
-                b.append_block_param(after, F32X4);
-            }
-            b.ins().jump(lp, &init);
-            b.switch_to_block(lp);
-            let ps = b.block_params(lp).to_vec();
-            let c = ps[0];
-            let mut next: Vec<Value> = ps[1..].to_vec();
-            for j in 0..u {
-                let vals = emit(b, ColPos::Var(c, 4 * j), false)?;
-                for (ri, v) in vals.into_iter().enumerate() {
-                    let idx = ri * u as usize + j as usize;
-                    next[idx] = combine(b, reds[ri].2, next[idx], v);
-                }
-            }
-            let c2 = b.ins().iadd_imm_s(c, step);
-            let more = b.ins().icmp_imm_s(IntCC::SignedLessThan, c2, n_main);
-            let mut back: Vec<cranelift_codegen::ir::BlockArg> = vec![c2.into()];
-            back.extend(
-                next.iter()
-                    .map(|v| cranelift_codegen::ir::BlockArg::from(*v)),
-            );
-            let out: Vec<cranelift_codegen::ir::BlockArg> = next
-                .iter()
-                .map(|v| cranelift_codegen::ir::BlockArg::from(*v))
-                .collect();
-            b.ins().brif(more, lp, &back, after, &out);
-            b.switch_to_block(after);
-            let ps = b.block_params(after).to_vec();
-            for (ri, acc) in accs.iter_mut().enumerate() {
-                let mut a = ps[ri * u as usize];
-                for j in 1..u as usize {
-                    a = combine(b, reds[ri].2, a, ps[ri * u as usize + j]);
-                }
-                *acc = a;
-            }
+            accs = self.unrolled_columns(b, &w, n_main)?;
         }
         let mut c = n_main;
         while c < n_vec {
-            let vals = emit(b, ColPos::Const(c), false)?;
+            let vals = self.emit_at(b, &w, ColPos::Const(c), false)?;
             for (ri, v) in vals.into_iter().enumerate() {
                 accs[ri] = combine(b, reds[ri].2, accs[ri], v);
             }
@@ -943,7 +877,7 @@ impl Gen {
             sc.push(s);
         }
         while c < cols {
-            let vals = emit(b, ColPos::Const(c), true)?;
+            let vals = self.emit_at(b, &w, ColPos::Const(c), true)?;
             for (ri, v) in vals.into_iter().enumerate() {
                 let x = self.math.lane0(b, v);
                 sc[ri] = combine(b, reds[ri].2, sc[ri], x);
@@ -957,6 +891,93 @@ impl Gen {
             .collect())
     }
 
+    /// The main column loop of a pass over columns `0..n_main`, `unroll` vectors per
+    /// iteration with an accumulator each; returns each reduction's accumulators combined.
+    fn unrolled_columns(
+        &self,
+        b: &mut FunctionBuilder,
+        w: &PassWork,
+        n_main: i64,
+    ) -> Result<Vec<Value>, CodegenError> {
+        let reds = w.reds;
+        let u = self.unroll as i64;
+        let step = 4 * u;
+        let lp = b.create_block();
+        let after = b.create_block();
+        b.append_block_param(lp, I64);
+        let mut init: Vec<cranelift_codegen::ir::BlockArg> = vec![];
+        let c0 = b.ins().iconst(I64, 0);
+        init.push(c0.into());
+        for &(_, _, max) in reds {
+            for _ in 0..u {
+                let z = self.math.splat(b, ident(max));
+                init.push(z.into());
+            }
+        }
+        for _ in 0..reds.len() * u as usize {
+            b.append_block_param(lp, F32X4);
+            b.append_block_param(after, F32X4);
+        }
+        b.ins().jump(lp, &init);
+        b.switch_to_block(lp);
+        let ps = b.block_params(lp).to_vec();
+        let c = ps[0];
+        let mut next: Vec<Value> = ps[1..].to_vec();
+        for j in 0..u {
+            let vals = self.emit_at(b, w, ColPos::Var(c, 4 * j), false)?;
+            for (ri, v) in vals.into_iter().enumerate() {
+                let idx = ri * u as usize + j as usize;
+                next[idx] = combine(b, reds[ri].2, next[idx], v);
+            }
+        }
+        let c2 = b.ins().iadd_imm_s(c, step);
+        let more = b.ins().icmp_imm_s(IntCC::SignedLessThan, c2, n_main);
+        let mut back: Vec<cranelift_codegen::ir::BlockArg> = vec![c2.into()];
+        back.extend(
+            next.iter()
+                .map(|v| cranelift_codegen::ir::BlockArg::from(*v)),
+        );
+        let out: Vec<cranelift_codegen::ir::BlockArg> = next
+            .iter()
+            .map(|v| cranelift_codegen::ir::BlockArg::from(*v))
+            .collect();
+        b.ins().brif(more, lp, &back, after, &out);
+        b.switch_to_block(after);
+        let ps = b.block_params(after).to_vec();
+        Ok((0..reds.len())
+            .map(|ri| {
+                let mut a = ps[ri * u as usize];
+                for j in 1..u as usize {
+                    a = combine(b, reds[ri].2, a, ps[ri * u as usize + j]);
+                }
+                a
+            })
+            .collect())
+    }
+
+    /// The body of a pass at one column position: the reduction operands (returned) and
+    /// the column stores.
+    fn emit_at(
+        &self,
+        b: &mut FunctionBuilder,
+        w: &PassWork,
+        pos: ColPos,
+        scalar: bool,
+    ) -> Result<Vec<Value>, CodegenError> {
+        let (l, st) = (w.l, w.st);
+        let mut memo = HashMap::new();
+        let mut vals = vec![];
+        for &(_, a, _) in w.reds {
+            vals.push(self.col_val(b, l, st, a, pos, scalar, &mut memo)?);
+        }
+        for &s in w.stores {
+            let store = &l.stores[s];
+            let v = self.col_val(b, l, st, store.value, pos, scalar, &mut memo)?;
+            self.store_col(b, w.store_ptr[s], store.access.col_stride, pos, v, scalar);
+        }
+        Ok(vals)
+    }
+
     /// `out[c] = sum_r input(r, c)` for columns `begin..end`.
     fn col_reduce(
         &mut self,
@@ -965,7 +986,7 @@ impl Gen {
         _cols: usize,
         input: &Access,
         out: &Access,
-    ) -> Result<(), String> {
+    ) -> Result<(), CodegenError> {
         let nbufs = [input, out]
             .iter()
             .flat_map(|a| {
@@ -1067,6 +1088,101 @@ impl Gen {
         b.ins().return_(&[]);
         Ok(())
     }
+}
+
+/// The level of every node of a loop kernel (how many row reductions it depends on in
+/// sequence), and the number of column passes a row takes.
+fn levels(l: &LoopKernel) -> (Vec<usize>, usize) {
+    let n = l.nodes.len();
+    let mut level = vec![0usize; n];
+    for i in 0..n {
+        level[i] = match &l.nodes[i].expr {
+            KExpr::Load(_) | KExpr::Const(_) | KExpr::OneHot { .. } => 0,
+            KExpr::Unary(_, a) => level[*a],
+            KExpr::Binary(_, x, y) => level[*x].max(level[*y]),
+            KExpr::CausalMask { x, .. } => level[*x],
+            KExpr::RowSum(a) | KExpr::RowMax(a) => level[*a] + 1,
+        };
+    }
+    let mut npasses = 0;
+    for (i, node) in l.nodes.iter().enumerate() {
+        if matches!(node.expr, KExpr::RowSum(_) | KExpr::RowMax(_)) {
+            npasses = npasses.max(level[i]);
+        }
+    }
+    for s in &l.stores {
+        if s.col {
+            npasses = npasses.max(level[s.value] + 1);
+        }
+    }
+    (level, npasses)
+}
+
+/// The column nodes each pass evaluates (reduction operands and stores, through column
+/// arguments): the first pass that evaluates each, and whether a later pass needs it again.
+fn pass_uses(l: &LoopKernel, level: &[usize], npasses: usize) -> (Vec<Option<usize>>, Vec<bool>) {
+    let n = l.nodes.len();
+    let mut first_pass: Vec<Option<usize>> = vec![None; n];
+    let mut reused = vec![false; n];
+    for pass in 0..npasses {
+        let mut seen = vec![false; n];
+        let mut stack: Vec<usize> = vec![];
+        for (i, node) in l.nodes.iter().enumerate() {
+            if let KExpr::RowSum(a) | KExpr::RowMax(a) = node.expr {
+                if level[i] == pass + 1 {
+                    stack.push(a);
+                }
+            }
+        }
+        for s in &l.stores {
+            if s.col && level[s.value] == pass {
+                stack.push(s.value);
+            }
+        }
+        while let Some(i) = stack.pop() {
+            if seen[i] || l.nodes[i].kind != Kind::Col {
+                continue;
+            }
+            seen[i] = true;
+            match first_pass[i] {
+                None => first_pass[i] = Some(pass),
+                Some(p) if p < pass => reused[i] = true,
+                _ => {}
+            }
+            match &l.nodes[i].expr {
+                KExpr::Unary(_, a) | KExpr::CausalMask { x: a, .. } => stack.push(*a),
+                KExpr::Binary(_, x, y) => stack.extend([*x, *y]),
+                _ => {}
+            }
+        }
+    }
+    (first_pass, reused)
+}
+
+/// Stack rows for the costly column values a later pass needs again (up to
+/// `SPILL_BYTES`): node -> (row address, the pass that writes it).
+fn spill_rows(
+    b: &mut FunctionBuilder,
+    l: &LoopKernel,
+    level: &[usize],
+    npasses: usize,
+) -> HashMap<usize, (Value, usize)> {
+    let (first_pass, reused) = pass_uses(l, level, npasses);
+    let mut spill = HashMap::new();
+    let mut spill_bytes = 0;
+    for i in 0..l.nodes.len() {
+        if reused[i] && costly(&l.nodes[i].expr) && spill_bytes + 4 * l.cols <= SPILL_BYTES {
+            spill_bytes += 4 * l.cols;
+            let slot = b.create_sized_stack_slot(cranelift_codegen::ir::StackSlotData::new(
+                cranelift_codegen::ir::StackSlotKind::ExplicitSlot,
+                4 * l.cols as u32,
+                4,
+            ));
+            let addr = b.ins().stack_addr(I64, slot, 0);
+            spill.insert(i, (addr, first_pass[i].unwrap_or(0)));
+        }
+    }
+    spill
 }
 
 /// Buffers of a canonical loop kernel (one past the highest buffer index it uses).

@@ -111,75 +111,15 @@ struct Builder<'g> {
     copies: HashMap<(BufId, i64, Vec<usize>, Vec<i64>), View>,
 }
 
-type R<T> = Result<T, String>;
-
-fn ierr<T>(msg: impl Into<String>) -> R<T> {
-    Err(format!("internal error: {}", msg.into()))
-}
+type R<T> = Result<T, KernelError>;
 
 /// Lower `g` to kernels.
 pub fn build_program(g: &Graph, opts: &BuildOptions) -> R<Program> {
     g.verify()
-        .map_err(|e| format!("internal error: ill-formed graph: {e}"))?;
-    let wanted: Vec<(String, ValueId)> = match &opts.outputs {
-        None => g
-            .outputs
-            .iter()
-            .map(|o| (o.name.clone(), o.value))
-            .collect(),
-        Some(names) => {
-            // The first output of each name, as `Graph::output` finds it.
-            let mut by_name: HashMap<&str, ValueId> = HashMap::new();
-            for o in &g.outputs {
-                by_name.entry(o.name.as_str()).or_insert(o.value);
-            }
-            names
-                .iter()
-                .map(|n| {
-                    by_name
-                        .get(n.as_str())
-                        .map(|&v| (n.clone(), v))
-                        .ok_or_else(|| format!("no output {n}"))
-                })
-                .collect::<R<_>>()?
-        }
-    };
-    // Only nodes the wanted outputs depend on.
-    let mut live = vec![false; g.nodes.len()];
-    for (_, v) in &wanted {
-        live[v.index()] = true;
-    }
-    for i in (0..g.nodes.len()).rev() {
-        if live[i] {
-            for a in &g.nodes[i].args {
-                live[a.index()] = true;
-            }
-        }
-    }
-    let mut b = Builder {
-        g,
-        buffers: vec![],
-        slots: vec![],
-        groups: vec![],
-        vals: vec![None; g.nodes.len()],
-        producer: HashMap::new(),
-        tables: HashMap::new(),
-        index_inputs: vec![],
-        cur: 0,
-        users: vec![vec![]; g.nodes.len()],
-        scaled: HashMap::new(),
-        copies: HashMap::new(),
-    };
-    for (i, node) in g.nodes.iter().enumerate() {
-        if live[i] {
-            for a in &node.args {
-                b.users[a.index()].push(i);
-            }
-        }
-    }
-    for (_, v) in &wanted {
-        b.users[v.index()].push(usize::MAX);
-    }
+        .map_err(|e| KernelError::IllFormedGraph(e.to_string()))?;
+    let wanted = wanted_outputs(g, opts)?;
+    let live = live_nodes(g, &wanted);
+    let mut b = Builder::new(g, &live, &wanted);
     let inputs: Vec<BufId> = g
         .inputs
         .iter()
@@ -206,41 +146,8 @@ pub fn build_program(g: &Graph, opts: &BuildOptions) -> R<Program> {
             )
         })
         .collect();
-    for (i, &is_live) in live.iter().enumerate() {
-        if !is_live {
-            continue;
-        }
-        b.cur = i as u32;
-        let node = &g.nodes[i];
-        let val = match &node.op {
-            Op::Input { index } => {
-                Val::View(View::contiguous(inputs[*index], 0, node.ty.shape.clone()))
-            }
-            Op::Param { index } => {
-                Val::View(View::contiguous(params[*index], 0, node.ty.shape.clone()))
-            }
-            Op::Unary(UnaryOp::Scale { factor }) if b.only_matmuls_read(i) => {
-                // No kernel: each reading GEMM scales its product instead.
-                b.scaled.insert(i, (node.args[0], factor.get()));
-                continue;
-            }
-            _ => b.lower(i)?,
-        };
-        b.vals[i] = Some(val);
-    }
-    let mut outputs = vec![];
-    for (name, v) in &wanted {
-        let view = b.materialize_contiguous(*v)?;
-        let dtype = g.ty(*v).dtype;
-        b.buffers[view.buf.index()].dtype = dtype;
-        outputs.push(ProgramOutput {
-            name: name.clone(),
-            buf: view.buf,
-            offset: view.offset as usize,
-            shape: view.shape,
-            dtype,
-        });
-    }
+    b.lower_live(&live, &inputs, &params)?;
+    let outputs = b.program_outputs(&wanted)?;
     let Builder {
         buffers,
         slots,
@@ -248,8 +155,66 @@ pub fn build_program(g: &Graph, opts: &BuildOptions) -> R<Program> {
         index_inputs,
         ..
     } = b;
+    let prog = Program {
+        name: g.name.clone(),
+        buffers,
+        kernels: kernels_in_order(slots, groups),
+        inputs,
+        params,
+        outputs,
+        index_inputs,
+    };
+    check_program(&prog)?;
+    Ok(prog)
+}
+
+/// The outputs to compute, with their values: all the graph's, or those `opts` names.
+fn wanted_outputs(g: &Graph, opts: &BuildOptions) -> R<Vec<(String, ValueId)>> {
+    Ok(match &opts.outputs {
+        None => g
+            .outputs
+            .iter()
+            .map(|o| (o.name.clone(), o.value))
+            .collect(),
+        Some(names) => {
+            // The first output of each name, as `Graph::output` finds it.
+            let mut by_name: HashMap<&str, ValueId> = HashMap::new();
+            for o in &g.outputs {
+                by_name.entry(o.name.as_str()).or_insert(o.value);
+            }
+            names
+                .iter()
+                .map(|n| {
+                    by_name
+                        .get(n.as_str())
+                        .map(|&v| (n.clone(), v))
+                        .ok_or_else(|| KernelError::NoOutput(n.clone()))
+                })
+                .collect::<R<_>>()?
+        }
+    })
+}
+
+/// Which nodes the wanted outputs depend on.
+fn live_nodes(g: &Graph, wanted: &[(String, ValueId)]) -> Vec<bool> {
+    let mut live = vec![false; g.nodes.len()];
+    for (_, v) in wanted {
+        live[v.index()] = true;
+    }
+    for i in (0..g.nodes.len()).rev() {
+        if live[i] {
+            for a in &g.nodes[i].args {
+                live[a.index()] = true;
+            }
+        }
+    }
+    live
+}
+
+/// The kernels in slot order: fixed kernels as they are, groups as loop kernels.
+fn kernels_in_order(slots: Vec<Slot>, groups: Vec<Group>) -> Vec<Kernel> {
     let mut groups: Vec<Option<Group>> = groups.into_iter().map(Some).collect();
-    let kernels = slots
+    slots
         .into_iter()
         .map(|s| match s {
             Slot::Fixed(k) => *k,
@@ -267,18 +232,7 @@ pub fn build_program(g: &Graph, opts: &BuildOptions) -> R<Program> {
                 }
             }
         })
-        .collect();
-    let prog = Program {
-        name: g.name.clone(),
-        buffers,
-        kernels,
-        inputs,
-        params,
-        outputs,
-        index_inputs,
-    };
-    check_program(&prog)?;
-    Ok(prog)
+        .collect()
 }
 
 /// Non-size-1 dims of a shape with their strides.
@@ -302,6 +256,90 @@ fn merged_stride(shape: &[usize], strides: &[i64]) -> Option<i64> {
 }
 
 impl<'g> Builder<'g> {
+    /// A builder for the `live` nodes of `g`, with the users of each (a wanted output
+    /// counts as a user `usize::MAX`).
+    fn new(g: &'g Graph, live: &[bool], wanted: &[(String, ValueId)]) -> Builder<'g> {
+        let mut b = Builder {
+            g,
+            buffers: vec![],
+            slots: vec![],
+            groups: vec![],
+            vals: vec![None; g.nodes.len()],
+            producer: HashMap::new(),
+            tables: HashMap::new(),
+            index_inputs: vec![],
+            cur: 0,
+            users: vec![vec![]; g.nodes.len()],
+            scaled: HashMap::new(),
+            copies: HashMap::new(),
+        };
+        for (i, node) in g.nodes.iter().enumerate() {
+            if live[i] {
+                for a in &node.args {
+                    b.users[a.index()].push(i);
+                }
+            }
+        }
+        for (_, v) in wanted {
+            b.users[v.index()].push(usize::MAX);
+        }
+        b
+    }
+
+    /// Lower every live node in order; leaves read the `inputs` and `params` buffers.
+    fn lower_live(&mut self, live: &[bool], inputs: &[BufId], params: &[BufId]) -> R<()> {
+        let g = self.g;
+        for (i, &is_live) in live.iter().enumerate() {
+            if !is_live {
+                continue;
+            }
+            self.cur = i as u32;
+            let node = &g.nodes[i];
+            let val = match &node.op {
+                Op::Input { index } => {
+                    Val::View(View::contiguous(inputs[*index], 0, node.ty.shape.clone()))
+                }
+                Op::Param { index } => {
+                    Val::View(View::contiguous(params[*index], 0, node.ty.shape.clone()))
+                }
+                Op::Unary(UnaryOp::Scale { factor }) if self.only_matmuls_read(i) => {
+                    // No kernel: each reading GEMM scales its product instead.
+                    self.scaled.insert(i, (node.args[0], factor.get()));
+                    continue;
+                }
+                _ => self.lower(i)?,
+            };
+            self.vals[i] = Some(val);
+        }
+        Ok(())
+    }
+
+    /// Every wanted output, materialized contiguously with its dtype.
+    fn program_outputs(&mut self, wanted: &[(String, ValueId)]) -> R<Vec<ProgramOutput>> {
+        let mut outputs = vec![];
+        for (name, v) in wanted {
+            let view = self.materialize_contiguous(*v)?;
+            let dtype = self.g.ty(*v).dtype;
+            self.buffers[view.buf.index()].dtype = dtype;
+            outputs.push(ProgramOutput {
+                name: name.clone(),
+                buf: view.buf,
+                offset: view.offset as usize,
+                shape: view.shape,
+                dtype,
+            });
+        }
+        Ok(outputs)
+    }
+
+    /// An internal error while lowering the current node.
+    fn ierr<T>(&self, message: impl Into<String>) -> R<T> {
+        Err(KernelError::Internal {
+            node: self.cur,
+            message: message.into(),
+        })
+    }
+
     fn new_buf(&mut self, len: usize, dtype: DType, kind: BufKind, label: String) -> BufId {
         let id = BufId(self.buffers.len() as u32);
         self.buffers.push(BufInfo {
@@ -320,7 +358,7 @@ impl<'g> Builder<'g> {
     fn val(&self, v: ValueId) -> R<Val> {
         match self.vals.get(v.index()).cloned().flatten() {
             Some(x) => Ok(x),
-            None => ierr(format!("{v} used before it is lowered")),
+            None => self.ierr(format!("{v} used before it is lowered")),
         }
     }
 
@@ -401,9 +439,7 @@ impl<'g> Builder<'g> {
                     .zip(strides)
                     .map(|(&i, &s)| i as i64 * s)
                     .sum::<i64>();
-            t.push(
-                i32::try_from(off).map_err(|_| "internal error: offset beyond i32".to_string())?,
-            );
+            t.push(i32::try_from(off).or_else(|_| self.ierr("offset beyond i32"))?);
             for d in (0..shape.len()).rev() {
                 idx[d] += 1;
                 if idx[d] < shape[d] {
@@ -471,7 +507,7 @@ impl<'g> Builder<'g> {
         let c = self.copy_view(v)?;
         match self.access_for(&c, rows, cols)? {
             Some(a) => Ok(a),
-            None => ierr(format!("cannot read {:?} as {rows}x{cols}", v.shape)),
+            None => self.ierr(format!("cannot read {:?} as {rows}x{cols}", v.shape)),
         }
     }
 
@@ -501,7 +537,7 @@ impl<'g> Builder<'g> {
         let out = self.temp(numel, dtype, format!("copy of {}", v.buf));
         let src = match self.access_for(v, rows, cols)? {
             Some(a) => a,
-            None => return ierr(format!("view {:?} has no last-axis access", v.shape)),
+            None => return self.ierr(format!("view {:?} has no last-axis access", v.shape)),
         };
         let dst = Access {
             buf: out,
@@ -614,7 +650,7 @@ impl<'g> Builder<'g> {
         let shape = node.ty.shape.clone();
         let args = &node.args;
         match &node.op {
-            Op::Input { .. } | Op::Param { .. } => ierr("leaf lowered twice"),
+            Op::Input { .. } | Op::Param { .. } => self.ierr("leaf lowered twice"),
             Op::Full { value, .. } => Ok(Val::Const {
                 value: value.get(),
                 shape,
@@ -641,119 +677,147 @@ impl<'g> Builder<'g> {
             | Op::LogSoftmax
             | Op::CausalMask { .. } => self.lower_fusable(i),
             Op::MatMul { ta, tb } => self.lower_matmul(args[0], args[1], *ta, *tb, &shape),
-            Op::Gather => {
-                let table = self.materialize(args[0])?;
-                let ids = self.materialize_contiguous(args[1])?;
-                let (v, d) = (table.shape[0], table.shape[1]);
-                self.note_index(args[1], v);
-                let rows = shape[..shape.len() - 1].iter().product();
-                let gi = self.new_group(rows, d);
-                let a = Access {
-                    buf: table.buf,
-                    offset: table.offset,
-                    rows: RowMap::Indirect {
-                        ids: ids.buf,
-                        ids_offset: ids.offset,
-                        limit: v as i64,
-                        stride: table.strides[0],
-                    },
-                    col_stride: table.strides[1],
-                };
-                let n = self.add_node(gi, KExpr::Load(a), Kind::Col);
-                self.note_ir(gi);
-                Ok(Val::Fused {
-                    group: gi,
-                    node: n,
-                    kind: Kind::Col,
-                    shape,
-                })
-            }
-            Op::OneHot { classes } => {
-                let ids = self.materialize_contiguous(args[0])?;
-                self.note_index(args[0], *classes);
-                let rows = ids.shape.iter().product();
-                let gi = self.new_group(rows, *classes);
-                let a = Access {
-                    buf: ids.buf,
-                    offset: ids.offset,
-                    rows: RowMap::Affine { stride: 1 },
-                    col_stride: 0,
-                };
-                let n = self.add_node(
-                    gi,
-                    KExpr::OneHot {
-                        ids: a,
-                        classes: *classes as i64,
-                    },
-                    Kind::Col,
-                );
-                self.note_ir(gi);
-                Ok(Val::Fused {
-                    group: gi,
-                    node: n,
-                    kind: Kind::Col,
-                    shape,
-                })
-            }
-            Op::ScatterAdd { rows } => {
-                let ids = self.materialize_contiguous(args[0])?;
-                let src = self.materialize_contiguous(args[1])?;
-                self.note_index(args[0], *rows);
-                let d = *shape.last().unwrap_or(&1);
-                let n = ids.shape.iter().product();
-                // The scatter kernel indexes from each buffer's start.
-                let ids_b = self.rebase(&ids)?;
-                let src_b = self.rebase(&src)?;
-                let out = self.temp(rows * d, DType::F32, format!("%{i}"));
-                self.push_fixed(
-                    KernelBody::ScatterAdd {
-                        ids: ids_b,
-                        src: src_b,
-                        out,
-                        n,
-                        d,
-                        out_rows: *rows,
-                    },
-                    &[out],
-                );
-                Ok(Val::View(View::contiguous(out, 0, shape)))
-            }
-            Op::Concat { axis } => {
-                let dtype = node.ty.dtype;
-                let numel = node.ty.numel();
-                let out = self.temp(numel, dtype, format!("%{i}"));
-                let full = View::contiguous(out, 0, shape.clone());
-                let mut start = 0usize;
-                for a in args {
-                    let src = self.materialize(*a)?;
-                    let len = src.shape[*axis];
-                    let mut dst = full.clone();
-                    dst.offset += start as i64 * dst.strides[*axis];
-                    dst.shape[*axis] = len;
-                    start += len;
-                    let (rows, cols) = Self::domain(&src.shape);
-                    let la = self.load_access(&src, rows, cols)?;
-                    let Some(sa) = self.access_for(&dst, rows, cols)? else {
-                        return ierr("concat destination has no last-axis access");
-                    };
-                    let l = LoopKernel {
-                        rows,
-                        cols,
-                        nodes: vec![KNode {
-                            expr: KExpr::Load(la),
-                            kind: Kind::Col,
-                        }],
-                        stores: vec![Store {
-                            value: 0,
-                            col: true,
-                            access: sa,
-                        }],
-                    };
-                    self.push_fixed(KernelBody::Loop(l), &[out]);
-                }
-                Ok(Val::View(full))
-            }
+            Op::Gather => self.lower_gather(i),
+            Op::OneHot { classes } => self.lower_one_hot(i, *classes),
+            Op::ScatterAdd { rows } => self.lower_scatter_add(i, *rows),
+            Op::Concat { axis } => self.lower_concat(i, *axis),
         }
+    }
+
+    /// `gather(table, ids)`: a loop kernel loading table rows through the ids.
+    fn lower_gather(&mut self, i: usize) -> R<Val> {
+        let g = self.g;
+        let node = &g.nodes[i];
+        let shape = node.ty.shape.clone();
+        let args = &node.args;
+        let table = self.materialize(args[0])?;
+        let ids = self.materialize_contiguous(args[1])?;
+        let (v, d) = (table.shape[0], table.shape[1]);
+        self.note_index(args[1], v);
+        let rows = shape[..shape.len() - 1].iter().product();
+        let gi = self.new_group(rows, d);
+        let a = Access {
+            buf: table.buf,
+            offset: table.offset,
+            rows: RowMap::Indirect {
+                ids: ids.buf,
+                ids_offset: ids.offset,
+                limit: v as i64,
+                stride: table.strides[0],
+            },
+            col_stride: table.strides[1],
+        };
+        let n = self.add_node(gi, KExpr::Load(a), Kind::Col);
+        self.note_ir(gi);
+        Ok(Val::Fused {
+            group: gi,
+            node: n,
+            kind: Kind::Col,
+            shape,
+        })
+    }
+
+    /// `one_hot(ids)`: a loop kernel comparing each column with the row's id.
+    fn lower_one_hot(&mut self, i: usize, classes: usize) -> R<Val> {
+        let g = self.g;
+        let node = &g.nodes[i];
+        let shape = node.ty.shape.clone();
+        let args = &node.args;
+        let ids = self.materialize_contiguous(args[0])?;
+        self.note_index(args[0], classes);
+        let rows = ids.shape.iter().product();
+        let gi = self.new_group(rows, classes);
+        let a = Access {
+            buf: ids.buf,
+            offset: ids.offset,
+            rows: RowMap::Affine { stride: 1 },
+            col_stride: 0,
+        };
+        let n = self.add_node(
+            gi,
+            KExpr::OneHot {
+                ids: a,
+                classes: classes as i64,
+            },
+            Kind::Col,
+        );
+        self.note_ir(gi);
+        Ok(Val::Fused {
+            group: gi,
+            node: n,
+            kind: Kind::Col,
+            shape,
+        })
+    }
+
+    /// `scatter_add(ids, src)`: a kernel of its own (rows may collide).
+    fn lower_scatter_add(&mut self, i: usize, rows: usize) -> R<Val> {
+        let g = self.g;
+        let node = &g.nodes[i];
+        let shape = node.ty.shape.clone();
+        let args = &node.args;
+        let ids = self.materialize_contiguous(args[0])?;
+        let src = self.materialize_contiguous(args[1])?;
+        self.note_index(args[0], rows);
+        let d = *shape.last().unwrap_or(&1);
+        let n = ids.shape.iter().product();
+        // The scatter kernel indexes from each buffer's start.
+        let ids_b = self.rebase(&ids)?;
+        let src_b = self.rebase(&src)?;
+        let out = self.temp(rows * d, DType::F32, format!("%{i}"));
+        self.push_fixed(
+            KernelBody::ScatterAdd {
+                ids: ids_b,
+                src: src_b,
+                out,
+                n,
+                d,
+                out_rows: rows,
+            },
+            &[out],
+        );
+        Ok(Val::View(View::contiguous(out, 0, shape)))
+    }
+
+    /// `concat(...)` along `axis`: one copy kernel per argument into slices of one buffer.
+    fn lower_concat(&mut self, i: usize, axis: usize) -> R<Val> {
+        let g = self.g;
+        let node = &g.nodes[i];
+        let shape = node.ty.shape.clone();
+        let args = &node.args;
+        let dtype = node.ty.dtype;
+        let numel = node.ty.numel();
+        let out = self.temp(numel, dtype, format!("%{i}"));
+        let full = View::contiguous(out, 0, shape.clone());
+        let mut start = 0usize;
+        for a in args {
+            let src = self.materialize(*a)?;
+            let len = src.shape[axis];
+            let mut dst = full.clone();
+            dst.offset += start as i64 * dst.strides[axis];
+            dst.shape[axis] = len;
+            start += len;
+            let (rows, cols) = Self::domain(&src.shape);
+            let la = self.load_access(&src, rows, cols)?;
+            let Some(sa) = self.access_for(&dst, rows, cols)? else {
+                return self.ierr("concat destination has no last-axis access");
+            };
+            let l = LoopKernel {
+                rows,
+                cols,
+                nodes: vec![KNode {
+                    expr: KExpr::Load(la),
+                    kind: Kind::Col,
+                }],
+                stores: vec![Store {
+                    value: 0,
+                    col: true,
+                    access: sa,
+                }],
+            };
+            self.push_fixed(KernelBody::Loop(l), &[out]);
+        }
+        Ok(Val::View(full))
     }
 
     /// A contiguous view as a buffer of its own (copying when it starts at an offset).
@@ -836,7 +900,7 @@ impl<'g> Builder<'g> {
             Op::View(ViewOp::Reshape { shape }) => reshape_view(&v, shape).map_or_else(
                 || {
                     let c = self.copy_view(&v)?;
-                    Ok::<View, String>(View::contiguous(c.buf, c.offset, shape.clone()))
+                    Ok::<View, KernelError>(View::contiguous(c.buf, c.offset, shape.clone()))
                 },
                 Ok,
             )?,
@@ -870,7 +934,7 @@ impl<'g> Builder<'g> {
                 s.shape[*axis] = end - start;
                 s
             }
-            _ => return ierr("not a view op"),
+            _ => return self.ierr("not a view op"),
         };
         Ok(Val::View(view))
     }
@@ -1251,7 +1315,9 @@ impl<'g> Builder<'g> {
         for a in &node.args {
             match self.arg_node(*a, gi, arg_kind, allow_copy)? {
                 Some(n) => an.push(n),
-                None => return ierr(format!("%{i}: argument {a} cannot be read in its kernel")),
+                None => {
+                    return self.ierr(format!("%{i}: argument {a} cannot be read in its kernel"))
+                }
             }
         }
         self.note_ir(gi);
@@ -1288,7 +1354,7 @@ impl<'g> Builder<'g> {
                 };
                 self.add_node(gi, KExpr::CausalMask { x: an[0], fill: f }, Kind::Col)
             }
-            op => return ierr(format!("{} is not fusable", op.name())),
+            op => return self.ierr(format!("{} is not fusable", op.name())),
         };
         Ok(Val::Fused {
             group: gi,

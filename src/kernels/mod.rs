@@ -15,9 +15,11 @@
 //! - `ScatterAdd`: embedding gradients (rows may collide, so it runs serially).
 
 mod build;
+mod error;
 mod print;
 
 pub use build::{build_program, BuildOptions};
+pub use error::{AccessError, CheckProblem, KernelError};
 pub use print::print_program;
 
 use crate::ir::{BinaryOp, DType, UnaryOp};
@@ -308,7 +310,7 @@ pub fn access_extent(
     rows: usize,
     cols: usize,
     buffers: &[BufInfo],
-) -> Result<Option<(i64, i64)>, String> {
+) -> Result<Option<(i64, i64)>, AccessError> {
     if rows == 0 || cols == 0 {
         return Ok(None);
     }
@@ -324,11 +326,7 @@ pub fn access_extent(
                 let hi = t.iter().copied().max().unwrap_or(0) as i64;
                 (lo, hi)
             }
-            _ => {
-                return Err(format!(
-                    "access uses {table} as a row table but it is not one"
-                ))
-            }
+            _ => return Err(AccessError::NotATable { table: *table }),
         },
         RowMap::Indirect {
             ids,
@@ -338,12 +336,12 @@ pub fn access_extent(
         } => {
             let ib = buffers
                 .get(ids.index())
-                .ok_or_else(|| format!("ids buffer {ids} does not exist"))?;
+                .ok_or(AccessError::NoIdsBuffer { ids: *ids })?;
             if *ids_offset < 0 || (*ids_offset as usize) + rows > ib.len || ib.dtype != DType::I32 {
-                return Err(format!("gather ids {ids} do not cover {rows} rows"));
+                return Err(AccessError::IdsTooShort { ids: *ids, rows });
             }
             if *limit <= 0 {
-                return Err("gather with an empty table".into());
+                return Err(AccessError::EmptyTable);
             }
             let last = (limit - 1) * stride;
             (last.min(0), last.max(0))
@@ -356,51 +354,60 @@ pub fn access_extent(
     )))
 }
 
-/// Check an access stays inside its buffer over the domain: an internal error otherwise.
+/// Check an access stays inside its buffer over the domain: an internal error otherwise,
+/// naming kernel `kernel` and the `part` of it that makes the access.
 pub fn check_access(
-    what: &str,
+    kernel: usize,
+    part: &str,
     a: &Access,
     rows: usize,
     cols: usize,
     buffers: &[BufInfo],
-) -> Result<(), String> {
+) -> Result<(), KernelError> {
+    let fail = |problem| KernelError::Check {
+        kernel,
+        part: part.to_string(),
+        problem,
+    };
     let b = buffers
         .get(a.buf.index())
-        .ok_or_else(|| format!("internal error: {what} uses undefined buffer {}", a.buf))?;
+        .ok_or_else(|| fail(CheckProblem::UndefinedBuffer { buf: a.buf }))?;
     if let Some((lo, hi)) =
-        access_extent(a, rows, cols, buffers).map_err(|e| format!("internal error: {what}: {e}"))?
+        access_extent(a, rows, cols, buffers).map_err(|e| fail(CheckProblem::Access(e)))?
     {
         if lo < 0 || hi >= b.len as i64 {
-            return Err(format!(
-                "internal error: {what} reaches elements {lo}..={hi} of {} which has {}",
-                a.buf, b.len
-            ));
+            return Err(fail(CheckProblem::OutOfBounds {
+                buf: a.buf,
+                lo,
+                hi,
+                len: b.len,
+            }));
         }
     }
     Ok(())
 }
 
 /// Check every access of every kernel against its buffer's extent.
-pub fn check_program(p: &Program) -> Result<(), String> {
+pub fn check_program(p: &Program) -> Result<(), KernelError> {
     for (ki, k) in p.kernels.iter().enumerate() {
-        let what = |s: &str| format!("kernel k{ki} {s}");
+        let fail = |part: &str, problem| KernelError::Check {
+            kernel: ki,
+            part: part.to_string(),
+            problem,
+        };
+        let check =
+            |part: &str, a: &Access, rows, cols| check_access(ki, part, a, rows, cols, &p.buffers);
         match &k.body {
             KernelBody::Loop(l) => {
                 for (i, n) in l.nodes.iter().enumerate() {
                     let args: Vec<usize> = match &n.expr {
                         KExpr::Load(a) => {
                             let cols = if n.kind == Kind::Row { 1 } else { l.cols };
-                            check_access(
-                                &what(&format!("load v{i}")),
-                                a,
-                                l.rows,
-                                cols,
-                                &p.buffers,
-                            )?;
+                            check(&format!("load v{i}"), a, l.rows, cols)?;
                             vec![]
                         }
                         KExpr::OneHot { ids, .. } => {
-                            check_access(&what("one_hot ids"), ids, l.rows, 1, &p.buffers)?;
+                            check("one_hot ids", ids, l.rows, 1)?;
                             vec![]
                         }
                         KExpr::Unary(_, a) | KExpr::RowSum(a) | KExpr::RowMax(a) => vec![*a],
@@ -409,21 +416,15 @@ pub fn check_program(p: &Program) -> Result<(), String> {
                         KExpr::Const(_) => vec![],
                     };
                     if args.iter().any(|&a| a >= i) {
-                        return Err(format!(
-                            "internal error: {} uses a later value",
-                            what("node")
-                        ));
+                        return Err(fail("node", CheckProblem::LaterValue { value: i }));
                     }
                 }
                 for s in &l.stores {
                     if s.value >= l.nodes.len() {
-                        return Err(format!(
-                            "internal error: {} stores an undefined value",
-                            what("")
-                        ));
+                        return Err(fail("", CheckProblem::UndefinedStore { value: s.value }));
                     }
                     let cols = if s.col { l.cols } else { 1 };
-                    check_access(&what("store"), &s.access, l.rows, cols, &p.buffers)?;
+                    check("store", &s.access, l.rows, cols)?;
                 }
             }
             KernelBody::ColReduce {
@@ -432,8 +433,8 @@ pub fn check_program(p: &Program) -> Result<(), String> {
                 input,
                 out,
             } => {
-                check_access(&what("col_reduce input"), input, *rows, *cols, &p.buffers)?;
-                check_access(&what("col_reduce output"), out, 1, *cols, &p.buffers)?;
+                check("col_reduce input", input, *rows, *cols)?;
+                check("col_reduce output", out, 1, *cols)?;
             }
             KernelBody::MatMul(mm) => {
                 let ops = [
@@ -444,7 +445,7 @@ pub fn check_program(p: &Program) -> Result<(), String> {
                 let batch = mm.c.offsets.len();
                 for (op, r, c) in ops {
                     if op.offsets.len() != batch {
-                        return Err(format!("internal error: {} batch mismatch", what("matmul")));
+                        return Err(fail("matmul", CheckProblem::BatchMismatch));
                     }
                     for &off in &op.offsets {
                         let a = Access {
@@ -453,13 +454,13 @@ pub fn check_program(p: &Program) -> Result<(), String> {
                             rows: RowMap::Affine { stride: op.rs },
                             col_stride: op.cs,
                         };
-                        check_access(&what("matmul operand"), &a, r, c, &p.buffers)?;
+                        check("matmul operand", &a, r, c)?;
                     }
                 }
                 if let Some(bias) = &mm.bias {
-                    check_access(&what("matmul bias"), bias, 1, mm.n, &p.buffers)?;
+                    check("matmul bias", bias, 1, mm.n)?;
                     if mm.path != MatPath::Gemm {
-                        return Err(format!("internal error: {} bias off gemm", what("matmul")));
+                        return Err(fail("matmul", CheckProblem::BiasOffGemm));
                     }
                 }
             }
@@ -473,10 +474,7 @@ pub fn check_program(p: &Program) -> Result<(), String> {
             } => {
                 let len = |b: &BufId| p.buffers.get(b.index()).map(|x| x.len).unwrap_or(0);
                 if len(ids) < *n || len(src) < n * d || len(out) < out_rows * d {
-                    return Err(format!(
-                        "internal error: {} out of range",
-                        what("scatter_add")
-                    ));
+                    return Err(fail("scatter_add", CheckProblem::ScatterOutOfRange));
                 }
             }
         }

@@ -9,6 +9,7 @@
 //! - Before the arena is allocated, `memory::check` compares what the plan needs with the
 //!   memory this host allows (`MemoryLimit`), so a step too large is an error, not an abort.
 
+mod error;
 pub mod memory;
 pub mod plan;
 
@@ -19,6 +20,7 @@ use crate::kernels::{
     RowMap,
 };
 use crate::tensor::Tensor;
+pub use error::RuntimeError;
 pub use memory::{MemoryBudget, MemoryLimit, OutOfMemory};
 pub use plan::{plan, print_plan, Plan};
 use std::collections::HashMap;
@@ -82,7 +84,7 @@ fn split_safe(l: &LoopKernel) -> bool {
 }
 
 impl Executable {
-    pub fn new(g: &Graph, opts: &BuildOptions) -> Result<Executable, String> {
+    pub fn new(g: &Graph, opts: &BuildOptions) -> Result<Executable, RuntimeError> {
         let t0 = Instant::now();
         let g = crate::passes::optimize(g);
         let program = kernels::build_program(&g, opts)?;
@@ -93,16 +95,19 @@ impl Executable {
 
     /// Plan, compile and allocate an already built (and checked) program, refusing one that
     /// needs more memory than this host allows.
-    pub fn from_program(program: Program) -> Result<Executable, String> {
+    pub fn from_program(program: Program) -> Result<Executable, RuntimeError> {
         Executable::from_program_with(program, &MemoryLimit::Host)
     }
 
     /// `from_program` with the memory check's budget taken from `limit`.
-    pub fn from_program_with(program: Program, limit: &MemoryLimit) -> Result<Executable, String> {
+    pub fn from_program_with(
+        program: Program,
+        limit: &MemoryLimit,
+    ) -> Result<Executable, RuntimeError> {
         let t0 = Instant::now();
         kernels::check_program(&program)?;
         let plan = plan::plan(&program);
-        memory::check(&program, &plan, limit).map_err(|e| e.to_string())?;
+        memory::check(&program, &plan, limit)?;
         let code = jit::compile(&program, &plan.offsets)?;
         let mut arena = alloc_arena(plan.total_elems.max(1))?;
         for (i, b) in program.buffers.iter().enumerate() {
@@ -147,38 +152,41 @@ impl Executable {
         )
     }
 
-    /// Set parameter `i` (converted to f32).
     /// Copy every parameter of `g` (this executable's graph) into the arena, checking the
     /// count and each type.
-    pub fn set_params(&mut self, g: &Graph, params: &[Tensor]) -> Result<(), String> {
+    pub fn set_params(&mut self, g: &Graph, params: &[Tensor]) -> Result<(), RuntimeError> {
         if params.len() != g.params.len() {
-            return Err(format!(
-                "{} parameter(s) expected, got {}",
-                g.params.len(),
-                params.len()
-            ));
+            return Err(RuntimeError::ParamCount {
+                expected: g.params.len(),
+                got: params.len(),
+            });
         }
         for (i, (t, p)) in params.iter().zip(&g.params).enumerate() {
             if t.ty() != p.ty() {
-                return Err(format!("parameter {} expects {}", p.name, p.ty()));
+                return Err(RuntimeError::ParamType {
+                    name: p.name.clone(),
+                    expected: p.ty(),
+                });
             }
             self.set_param(i, t)?;
         }
         Ok(())
     }
 
-    pub fn set_param(&mut self, i: usize, t: &Tensor) -> Result<(), String> {
+    /// Set parameter `i` (converted to f32).
+    pub fn set_param(&mut self, i: usize, t: &Tensor) -> Result<(), RuntimeError> {
         let buf = *self
             .program
             .params
             .get(i)
-            .ok_or_else(|| format!("no parameter #{i}"))?;
+            .ok_or(RuntimeError::NoParam { index: i })?;
         let (off, len) = self.region(buf);
         if t.data.len() != len {
-            return Err(format!(
-                "parameter #{i} needs {len} elements, got {}",
-                t.data.len()
-            ));
+            return Err(RuntimeError::ParamLen {
+                index: i,
+                expected: len,
+                got: t.data.len(),
+            });
         }
         for (d, s) in self.arena[off..off + len].iter_mut().zip(&t.data) {
             *d = *s as f32;
@@ -192,23 +200,21 @@ impl Executable {
     }
 
     /// Copy the inputs in, checking types and index ranges.
-    pub fn set_inputs(&mut self, g: &Graph, inputs: &[Tensor]) -> Result<(), String> {
+    pub fn set_inputs(&mut self, g: &Graph, inputs: &[Tensor]) -> Result<(), RuntimeError> {
         if inputs.len() != g.inputs.len() {
-            return Err(format!(
-                "{} takes {} input(s), got {}",
-                g.name,
-                g.inputs.len(),
-                inputs.len()
-            ));
+            return Err(RuntimeError::InputCount {
+                graph: g.name.clone(),
+                expected: g.inputs.len(),
+                got: inputs.len(),
+            });
         }
         for (i, (inp, t)) in g.inputs.iter().zip(inputs).enumerate() {
             if t.ty() != inp.ty || t.data.len() != inp.ty.numel() {
-                return Err(format!(
-                    "input {} expects {}, got {}",
-                    inp.name,
-                    inp.ty,
-                    t.ty()
-                ));
+                return Err(RuntimeError::InputType {
+                    name: inp.name.clone(),
+                    expected: inp.ty.clone(),
+                    got: t.ty(),
+                });
             }
             let (off, _) = self.region(self.program.inputs[i]);
             let dst = &mut self.arena[off..off + t.data.len()];
@@ -221,10 +227,11 @@ impl Executable {
                 DType::I32 => {
                     for (k, (d, s)) in dst.iter_mut().zip(&t.data).enumerate() {
                         if s.fract() != 0.0 || *s < i32::MIN as f64 || *s > i32::MAX as f64 {
-                            return Err(format!(
-                                "input {} is i32 but element {k} is {s}",
-                                inp.name
-                            ));
+                            return Err(RuntimeError::NotAnInteger {
+                                name: inp.name.clone(),
+                                element: k,
+                                value: *s,
+                            });
                         }
                         *d = f32::from_bits(*s as i32 as u32);
                     }
@@ -239,9 +246,12 @@ impl Executable {
                 .enumerate()
                 .find(|(_, v)| **v < 0.0 || **v >= bound as f64)
             {
-                return Err(format!(
-                    "input {name}: element {k} is {v}, outside 0..{bound}"
-                ));
+                return Err(RuntimeError::IndexOutOfRange {
+                    name: name.clone(),
+                    element: k,
+                    value: *v,
+                    bound,
+                });
             }
         }
         Ok(())
@@ -349,14 +359,13 @@ impl Executable {
 }
 
 /// A zeroed arena of `elems` f32, or an error when the allocator refuses.
-fn alloc_arena(elems: usize) -> Result<Vec<f32>, String> {
+fn alloc_arena(elems: usize) -> Result<Vec<f32>, RuntimeError> {
     let mut arena = Vec::new();
-    arena.try_reserve_exact(elems).map_err(|_| {
-        format!(
-            "cannot allocate the arena of {} bytes; reduce the model with --set (batch, length, d, layers)",
-            elems as u128 * 4
-        )
-    })?;
+    arena
+        .try_reserve_exact(elems)
+        .map_err(|_| RuntimeError::Allocation {
+            bytes: elems as u128 * 4,
+        })?;
     arena.resize(elems, 0f32);
     Ok(arena)
 }
@@ -468,7 +477,8 @@ pub struct CompiledGraph {
     pub exe: Executable,
 }
 
-/// Compile `g` to evaluate every output.
+/// Compile `g` to evaluate every output. (The error is text because callers chain it with
+/// `CompiledGraph::run`; `Executable::new` gives the typed error.)
 pub fn compile_graph(g: &Graph) -> Result<CompiledGraph, String> {
     let exe = Executable::new(g, &BuildOptions::default())?;
     Ok(CompiledGraph {
@@ -478,7 +488,8 @@ pub fn compile_graph(g: &Graph) -> Result<CompiledGraph, String> {
 }
 
 impl CompiledGraph {
-    /// Evaluate with the given inputs and parameters; outputs in graph order.
+    /// Evaluate with the given inputs and parameters; outputs in graph order. (The error is
+    /// text for callers that return it as theirs; `Executable` gives the typed error.)
     pub fn run(
         &mut self,
         inputs: &[Tensor],
@@ -490,9 +501,10 @@ impl CompiledGraph {
         Ok(self.exe.outputs())
     }
 
-    /// Copy every parameter into the arena, where `step` keeps them between runs.
+    /// Copy every parameter into the arena, where `step` keeps them between runs. (The
+    /// error is text for callers that return it as theirs.)
     pub fn load_params(&mut self, params: &[Tensor]) -> Result<(), String> {
-        self.exe.set_params(&self.graph, params)
+        Ok(self.exe.set_params(&self.graph, params)?)
     }
 
     /// Run on the resident parameters, then copy output `o` into parameter `p` for each
@@ -502,7 +514,7 @@ impl CompiledGraph {
         &mut self,
         inputs: &[Tensor],
         writeback: &[(usize, usize)],
-    ) -> Result<StepResult, String> {
+    ) -> Result<StepResult, RuntimeError> {
         let prog = &self.exe.program;
         let region = |buf: kernels::BufId, extra: usize, len: usize| {
             (self.exe.plan.offsets[buf.index()] + extra, len)
@@ -512,17 +524,17 @@ impl CompiledGraph {
             let out = prog
                 .outputs
                 .get(o)
-                .ok_or_else(|| format!("no output #{o}"))?;
+                .ok_or(RuntimeError::NoOutput { index: o })?;
             let pb = *prog
                 .params
                 .get(p)
-                .ok_or_else(|| format!("no parameter #{p}"))?;
+                .ok_or(RuntimeError::NoParam { index: p })?;
             let n: usize = out.shape.iter().product();
             if n != prog.buffers[pb.index()].len || out.dtype != DType::F32 {
-                return Err(format!(
-                    "output {} does not fit parameter {}",
-                    out.name, self.graph.params[p].name
-                ));
+                return Err(RuntimeError::WritebackMismatch {
+                    output: out.name.clone(),
+                    param: self.graph.params[p].name.clone(),
+                });
             }
             let staged = matches!(prog.buffers[out.buf.index()].kind, BufKind::Param(_));
             copies.push((region(out.buf, out.offset, n), region(pb, 0, n).0, staged));
@@ -536,7 +548,7 @@ impl CompiledGraph {
             .iter()
             .find(|o| OutputRole::of(&o.name) == OutputRole::Loss)
             .map(|o| arena[self.exe.plan.offsets[o.buf.index()] + o.offset])
-            .ok_or_else(|| "the step has no loss".to_string())?;
+            .ok_or(RuntimeError::NoLoss)?;
         let non_finite = prog
             .outputs
             .iter()
@@ -569,6 +581,7 @@ impl CompiledGraph {
 
     /// Run once on the resident parameters without writing anything back, timing each
     /// kernel (seconds, in kernel order).
+    /// (The error is text for callers that collect it as theirs.)
     pub fn profile(&mut self, inputs: &[Tensor]) -> Result<Vec<f64>, String> {
         self.exe.set_inputs(&self.graph, inputs)?;
         Ok(self.exe.run_profiled())
@@ -606,13 +619,13 @@ pub struct StepResult {
 
 /// Text of a back-end stage for `lamina ir --stage kernels|plan|clif` of any graph (the
 /// CLI passes the training step's).
-pub fn stage_text(g: &Graph, stage: &str) -> Result<String, String> {
+pub fn stage_text(g: &Graph, stage: &str) -> Result<String, RuntimeError> {
     let g = crate::passes::optimize(g);
     let program = kernels::build_program(&g, &BuildOptions::default())?;
     match stage {
         "kernels" => Ok(kernels::print_program(&program)),
         "plan" => Ok(print_plan(&program, &plan::plan(&program))),
-        "clif" => jit::clif_text(&program),
-        s => Err(format!("unknown back-end stage {s} (kernels, plan, clif)")),
+        "clif" => Ok(jit::clif_text(&program)?),
+        s => Err(RuntimeError::UnknownStage(s.to_string())),
     }
 }

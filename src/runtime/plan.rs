@@ -364,25 +364,21 @@ mod tests {
     }
 
     #[test]
-    fn indexed_plan_matches_the_scan_on_training_steps() {
-        // The training steps of the gallery, from their committed `--stage step` snapshots
-        // (IR text parses back), so that this test needs no later stage.
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots");
+    fn indexed_plan_matches_the_scan_on_the_examples() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("examples__step@"))
-            })
+            .filter(|p| p.extension().is_some_and(|x| x == "lam"))
             .collect();
         files.sort();
         assert!(!files.is_empty());
         for f in files {
-            let snap = std::fs::read_to_string(&f).unwrap();
-            let body = snap.splitn(3, "---\n").nth(2).unwrap();
-            let g = crate::ir::text::parse(body).unwrap();
-            let g = crate::passes::optimize(&g);
+            let src = std::fs::read_to_string(&f).unwrap();
+            let module = crate::syntax::parse(&src).unwrap();
+            let forward = crate::elab::elaborate(&module, "model", &[]).unwrap();
+            let joint = crate::autodiff::differentiate(&forward).unwrap();
+            let g = crate::passes::optimize(&joint);
             let prog = crate::kernels::build_program(&g, &Default::default()).unwrap();
             assert_eq!(
                 plan_with(&prog, place),

@@ -104,7 +104,7 @@ impl StepExecutor for JitStep {
         let r = self
             .graph
             .step(inputs, &self.writeback)
-            .map_err(ExecError::Run)?;
+            .map_err(|e| ExecError::Run(e.to_string()))?;
         Ok(StepOutcome {
             loss: r.loss as f64,
             non_finite: r.non_finite,
