@@ -2,12 +2,44 @@
 //! arena bytes of a compiled training step, and this machine's FMA peak for comparison.
 
 use crate::io::{init_params, random_batch};
-use crate::ir::{DType, Graph};
+use crate::ir::{DType, Graph, IrError};
 use crate::kernels::Program;
-use crate::runtime::compile_graph;
+use crate::runtime::{compile_graph, RuntimeError};
 use crate::train::optim::OptimConfig;
 use crate::train::step::TrainingStep;
 use std::time::Instant;
+
+/// Why a benchmark could not run.
+#[derive(Debug)]
+pub enum BenchError {
+    /// The training step graph could not be built.
+    Step(IrError),
+    /// Compiling or running it failed.
+    Runtime(RuntimeError),
+}
+
+impl std::fmt::Display for BenchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BenchError::Step(e) => write!(f, "{e}"),
+            BenchError::Runtime(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for BenchError {}
+
+impl From<IrError> for BenchError {
+    fn from(e: IrError) -> BenchError {
+        BenchError::Step(e)
+    }
+}
+
+impl From<RuntimeError> for BenchError {
+    fn from(e: RuntimeError) -> BenchError {
+        BenchError::Runtime(e)
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct BenchReport {
@@ -35,14 +67,14 @@ pub fn bench_step(
     optim: &OptimConfig,
     steps: usize,
     profile: bool,
-) -> Result<BenchReport, String> {
+) -> Result<BenchReport, BenchError> {
     let t0 = Instant::now();
     let step = TrainingStep::new(joint, optim, 0)?;
     let mut compiled = compile_graph(&step.graph)?;
     let compile_seconds = t0.elapsed().as_secs_f64();
     compiled.load_params(&init_params(&step.graph, 0))?;
     let batch = random_batch(joint, 0);
-    let mut run = |t: u64| -> Result<f64, String> {
+    let mut run = |t: u64| -> Result<f64, BenchError> {
         let start = Instant::now();
         let inputs = step.inputs(batch.clone(), t, optim.lr);
         compiled.step(&inputs, &step.writeback)?;
@@ -54,14 +86,14 @@ pub fn bench_step(
     let steps = steps.max(1);
     let mut times = (0..steps as u64)
         .map(|t| run(t + 2))
-        .collect::<Result<Vec<f64>, String>>()?;
+        .collect::<Result<Vec<f64>, BenchError>>()?;
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let profile = if profile {
         let inputs = step.inputs(batch.clone(), 0, optim.lr);
         let runs = (0..steps)
             .map(|_| compiled.profile(&inputs))
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
         Some(profile_text(&compiled.exe.program, &runs))
     } else {
         None
@@ -250,7 +282,7 @@ pub struct MatmulRow {
 pub fn matmul_table(
     programs: &[crate::kernels::Program],
     reps: usize,
-) -> Result<Vec<MatmulRow>, String> {
+) -> Result<Vec<MatmulRow>, BenchError> {
     use crate::kernels::{
         jit_form, matmul_path, BufInfo, BufKind, Kernel, KernelBody, MatMulKernel, MatOperand,
         MatPath, Program,
@@ -319,7 +351,7 @@ pub fn matmul_table(
             label: String::new(),
         })
         .collect();
-        let time = |path: MatPath, local: &mut MatMulKernel| -> Result<f64, String> {
+        let time = |path: MatPath, local: &mut MatMulKernel| -> Result<f64, BenchError> {
             local.path = path;
             let prog = Program {
                 name: "matmul".into(),

@@ -477,9 +477,8 @@ pub struct CompiledGraph {
     pub exe: Executable,
 }
 
-/// Compile `g` to evaluate every output. (The error is text because callers chain it with
-/// `CompiledGraph::run`; `Executable::new` gives the typed error.)
-pub fn compile_graph(g: &Graph) -> Result<CompiledGraph, String> {
+/// Compile `g` to evaluate every output.
+pub fn compile_graph(g: &Graph) -> Result<CompiledGraph, RuntimeError> {
     let exe = Executable::new(g, &BuildOptions::default())?;
     Ok(CompiledGraph {
         graph: g.clone(),
@@ -488,23 +487,21 @@ pub fn compile_graph(g: &Graph) -> Result<CompiledGraph, String> {
 }
 
 impl CompiledGraph {
-    /// Evaluate with the given inputs and parameters; outputs in graph order. (The error is
-    /// text for callers that return it as theirs; `Executable` gives the typed error.)
+    /// Evaluate with the given inputs and parameters; outputs in graph order.
     pub fn run(
         &mut self,
         inputs: &[Tensor],
         params: &[Tensor],
-    ) -> Result<Vec<(String, Tensor)>, String> {
+    ) -> Result<Vec<(String, Tensor)>, RuntimeError> {
         self.exe.set_params(&self.graph, params)?;
         self.exe.set_inputs(&self.graph, inputs)?;
         self.exe.run();
         Ok(self.exe.outputs())
     }
 
-    /// Copy every parameter into the arena, where `step` keeps them between runs. (The
-    /// error is text for callers that return it as theirs.)
-    pub fn load_params(&mut self, params: &[Tensor]) -> Result<(), String> {
-        Ok(self.exe.set_params(&self.graph, params)?)
+    /// Copy every parameter into the arena, where `step` keeps them between runs.
+    pub fn load_params(&mut self, params: &[Tensor]) -> Result<(), RuntimeError> {
+        self.exe.set_params(&self.graph, params)
     }
 
     /// Run on the resident parameters, then copy output `o` into parameter `p` for each
@@ -581,8 +578,7 @@ impl CompiledGraph {
 
     /// Run once on the resident parameters without writing anything back, timing each
     /// kernel (seconds, in kernel order).
-    /// (The error is text for callers that collect it as theirs.)
-    pub fn profile(&mut self, inputs: &[Tensor]) -> Result<Vec<f64>, String> {
+    pub fn profile(&mut self, inputs: &[Tensor]) -> Result<Vec<f64>, RuntimeError> {
         self.exe.set_inputs(&self.graph, inputs)?;
         Ok(self.exe.run_profiled())
     }

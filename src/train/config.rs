@@ -150,11 +150,27 @@ pub const MAX_SEED: u64 = 1 << 53;
 /// The rule for seeds, as a sentence.
 pub const SEED_RULE: &str = "the seed must be a whole number from 0 to 2^53 (9007199254740992)";
 
+/// A seed text that breaks the rule for seeds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeedError {
+    pub text: String,
+}
+
+impl std::fmt::Display for SeedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{SEED_RULE}, got `{}`", self.text)
+    }
+}
+
+impl std::error::Error for SeedError {}
+
 /// A seed given as text (`--seed` of `init`, `run`, `sample`).
-pub fn parse_seed(text: &str) -> Result<u64, String> {
+pub fn parse_seed(text: &str) -> Result<u64, SeedError> {
     match text.trim().replace('_', "").parse::<u64>() {
         Ok(v) if v <= MAX_SEED => Ok(v),
-        _ => Err(format!("{SEED_RULE}, got `{text}`")),
+        _ => Err(SeedError {
+            text: text.to_string(),
+        }),
     }
 }
 

@@ -46,7 +46,9 @@ impl Executor for Jit {
         inputs: &[Tensor],
         params: &[Tensor],
     ) -> Result<Vec<(String, Tensor)>, ExecError> {
-        self.0.run(inputs, params).map_err(ExecError::Run)
+        self.0
+            .run(inputs, params)
+            .map_err(|e| ExecError::Run(e.to_string()))
     }
 }
 
@@ -97,7 +99,9 @@ struct JitStep {
 
 impl StepExecutor for JitStep {
     fn load_params(&mut self, params: Vec<Tensor>) -> Result<(), ExecError> {
-        self.graph.load_params(&params).map_err(ExecError::Run)
+        self.graph
+            .load_params(&params)
+            .map_err(|e| ExecError::Run(e.to_string()))
     }
 
     fn step(&mut self, inputs: &[Tensor]) -> Result<StepOutcome, ExecError> {
@@ -165,7 +169,7 @@ pub fn step_executor(
 ) -> Result<Box<dyn StepExecutor>, ExecError> {
     match backend {
         Backend::Jit => Ok(Box::new(JitStep {
-            graph: runtime::compile_graph(g).map_err(ExecError::Compile)?,
+            graph: runtime::compile_graph(g).map_err(|e| ExecError::Compile(e.to_string()))?,
             writeback,
         })),
         Backend::Interp => Ok(Box::new(InterpStep {
@@ -180,7 +184,7 @@ pub fn step_executor(
 pub fn executor(g: &Graph, backend: Backend) -> Result<Box<dyn Executor>, ExecError> {
     match backend {
         Backend::Jit => Ok(Box::new(Jit(
-            runtime::compile_graph(g).map_err(ExecError::Compile)?
+            runtime::compile_graph(g).map_err(|e| ExecError::Compile(e.to_string()))?
         ))),
         Backend::Interp => Ok(Box::new(Interp(g.clone()))),
     }
