@@ -280,6 +280,44 @@ fn is_word_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_' || c == '+' || c == '-'
 }
 
+/// The escape that starts at `chars[i]` (a backslash) in a string at `line:col`: the
+/// character it stands for and how many characters it spans (`\n`, `\t`, `\r`, `\"`, `\\`,
+/// `\u{hex}`).
+fn escape(chars: &[char], i: usize, line: usize, col: usize) -> PResult<(char, usize)> {
+    let bad = || IrError::Parse(format!("{line}:{col}: bad escape in string"));
+    let simple = match chars.get(i + 1) {
+        Some('n') => Some('\n'),
+        Some('t') => Some('\t'),
+        Some('r') => Some('\r'),
+        Some('"') => Some('"'),
+        Some('\\') => Some('\\'),
+        Some('u') => None,
+        _ => return Err(bad()),
+    };
+    if let Some(ch) = simple {
+        return Ok((ch, 2));
+    }
+    if chars.get(i + 2) != Some(&'{') {
+        return Err(bad());
+    }
+    let mut j = i + 3;
+    let mut code: u32 = 0;
+    let mut digits = 0;
+    while let Some(d) = chars.get(j).and_then(|c| c.to_digit(16)) {
+        if digits == 6 {
+            return Err(bad());
+        }
+        code = code * 16 + d;
+        digits += 1;
+        j += 1;
+    }
+    if digits == 0 || chars.get(j) != Some(&'}') {
+        return Err(bad());
+    }
+    let ch = char::from_u32(code).ok_or_else(bad)?;
+    Ok((ch, j + 1 - i))
+}
+
 fn lex(text: &str) -> PResult<Vec<Token>> {
     let chars: Vec<char> = text.chars().collect();
     let mut toks = Vec::new();
@@ -335,44 +373,10 @@ fn lex(text: &str) -> PResult<Vec<Token>> {
                             break;
                         }
                         Some('\\') => {
-                            let (el, ec) = (line, col);
-                            let bad = || IrError::Parse(format!("{el}:{ec}: bad escape in string"));
-                            let simple = match chars.get(i + 1) {
-                                Some('n') => Some('\n'),
-                                Some('t') => Some('\t'),
-                                Some('r') => Some('\r'),
-                                Some('"') => Some('"'),
-                                Some('\\') => Some('\\'),
-                                Some('u') => None,
-                                _ => return Err(bad()),
-                            };
-                            if let Some(ch) = simple {
-                                s.push(ch);
-                                i += 2;
-                                col += 2;
-                                continue;
-                            }
-                            // `\u{hex}`
-                            if chars.get(i + 2) != Some(&'{') {
-                                return Err(bad());
-                            }
-                            let mut j = i + 3;
-                            let mut code: u32 = 0;
-                            let mut digits = 0;
-                            while let Some(d) = chars.get(j).and_then(|c| c.to_digit(16)) {
-                                if digits == 6 {
-                                    return Err(bad());
-                                }
-                                code = code * 16 + d;
-                                digits += 1;
-                                j += 1;
-                            }
-                            if digits == 0 || chars.get(j) != Some(&'}') {
-                                return Err(bad());
-                            }
-                            s.push(char::from_u32(code).ok_or_else(bad)?);
-                            col += j + 1 - i;
-                            i = j + 1;
+                            let (ch, n) = escape(&chars, i, line, col)?;
+                            s.push(ch);
+                            i += n;
+                            col += n;
                         }
                         Some(&ch) => {
                             s.push(ch);
