@@ -114,12 +114,19 @@ pub fn scalars(cfg: &OptimConfig, t: u64, lr: f64) -> Vec<(&'static str, f64)> {
 
 /// The (trainable) parameters the step updates: those with a `grad.<name>` output.
 fn updated_params(joint: &Graph) -> Vec<(usize, ValueId)> {
+    // One pass over the outputs, not one per parameter: deep models have thousands of both.
+    let mut grads: std::collections::HashMap<&str, ValueId> = Default::default();
+    for o in &joint.outputs {
+        if let OutputRole::Grad(p) = o.role() {
+            grads.entry(p).or_insert(o.value);
+        }
+    }
     joint
         .params
         .iter()
         .enumerate()
         .filter(|(_, p)| p.trainable)
-        .filter_map(|(i, p)| joint.output_with(OutputRole::Grad(&p.name)).map(|g| (i, g)))
+        .filter_map(|(i, p)| grads.get(p.name.as_str()).map(|&g| (i, g)))
         .collect()
 }
 
