@@ -707,14 +707,7 @@ impl<'g> Builder<'g> {
             },
             col_stride: table.strides[1],
         };
-        let n = self.add_node(gi, KExpr::Load(a), Kind::Col);
-        self.note_ir(gi);
-        Ok(Val::Fused {
-            group: gi,
-            node: n,
-            kind: Kind::Col,
-            shape,
-        })
+        Ok(self.column_node(gi, KExpr::Load(a), shape))
     }
 
     /// `one_hot(ids)`: a loop kernel comparing each column with the row's id.
@@ -733,21 +726,23 @@ impl<'g> Builder<'g> {
             rows: RowMap::Affine { stride: 1 },
             col_stride: 0,
         };
-        let n = self.add_node(
-            gi,
-            KExpr::OneHot {
-                ids: a,
-                classes: classes as i64,
-            },
-            Kind::Col,
-        );
+        let expr = KExpr::OneHot {
+            ids: a,
+            classes: classes as i64,
+        };
+        Ok(self.column_node(gi, expr, shape))
+    }
+
+    /// A per-element node that starts group `gi` on behalf of the current IR node.
+    fn column_node(&mut self, gi: usize, expr: KExpr, shape: Vec<usize>) -> Val {
+        let n = self.add_node(gi, expr, Kind::Col);
         self.note_ir(gi);
-        Ok(Val::Fused {
+        Val::Fused {
             group: gi,
             node: n,
             kind: Kind::Col,
             shape,
-        })
+        }
     }
 
     /// `scatter_add(ids, src)`: a kernel of its own (rows may collide).
