@@ -4,7 +4,8 @@
 use crate::io::{init_params, random_batch};
 use crate::ir::{DType, Graph, IrError};
 use crate::kernels::Program;
-use crate::runtime::{compile_graph, RuntimeError};
+use crate::runtime::{compile_graph_with, CompiledGraph, RuntimeError};
+use crate::tensor::Tensor;
 use crate::train::optim::OptimConfig;
 use crate::train::step::TrainingStep;
 use std::time::Instant;
@@ -47,8 +48,12 @@ pub struct BenchReport {
     pub optimizer: &'static str,
     /// Step graph, kernel building, planning and Cranelift compilation (seconds).
     pub compile_seconds: f64,
-    /// Median wall time of one step (seconds) over `steps` steps after warm-up.
+    /// Median wall time of one step (seconds) over `steps` steps after warm-up, on
+    /// `threads` threads.
     pub median_step_seconds: f64,
+    pub threads: usize,
+    /// The same on one thread (when `threads` > 1).
+    pub one_thread_step_seconds: Option<f64>,
     pub steps: usize,
     /// Tokens (elements of the first input) per second at the median step.
     pub tokens_per_second: f64,
@@ -70,25 +75,22 @@ pub fn bench_step(
 ) -> Result<BenchReport, BenchError> {
     let t0 = Instant::now();
     let step = TrainingStep::new(joint, optim, 0)?;
-    let mut compiled = compile_graph(&step.graph)?;
+    let mut compiled = compile_graph_with(&step.graph, &step.build_options())?;
     let compile_seconds = t0.elapsed().as_secs_f64();
     compiled.load_params(&init_params(&step.graph, 0))?;
     let batch = random_batch(joint, 0);
-    let mut run = |t: u64| -> Result<f64, BenchError> {
-        let start = Instant::now();
-        let inputs = step.inputs(batch.clone(), t, optim.lr);
-        compiled.step(&inputs, &step.writeback)?;
-        Ok(start.elapsed().as_secs_f64())
-    };
-    for t in 0..2 {
-        run(t)?;
-    }
     let steps = steps.max(1);
-    let mut times = (0..steps as u64)
-        .map(|t| run(t + 2))
-        .collect::<Result<Vec<f64>, BenchError>>()?;
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+    let threads = crate::runtime::threads();
+    let one_thread_step_seconds = if threads > 1 {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .map_err(|e| RuntimeError::Threads(e.to_string()))?;
+        Some(pool.install(|| median_step(&mut compiled, &step, &batch, steps))?)
+    } else {
+        None
+    };
+    let median = median_step(&mut compiled, &step, &batch, steps)?;
     let profile = if profile {
         let inputs = step.inputs(batch.clone(), 0, optim.lr);
         let runs = (0..steps)
@@ -104,6 +106,8 @@ pub fn bench_step(
         optimizer: optim.kind.name(),
         compile_seconds,
         median_step_seconds: median,
+        threads,
+        one_thread_step_seconds,
         steps,
         tokens_per_second: tokens / median,
         gflops: exe.program.matmul_flops() / median / 1e9,
@@ -111,6 +115,29 @@ pub fn bench_step(
         kernels: exe.program.kernel_count(),
         profile,
     })
+}
+
+/// The median time of `steps` steps after 2 warm-up steps, in seconds.
+fn median_step(
+    compiled: &mut CompiledGraph,
+    step: &TrainingStep,
+    batch: &[Tensor],
+    steps: usize,
+) -> Result<f64, BenchError> {
+    let mut run = |t: u64| -> Result<f64, BenchError> {
+        let start = Instant::now();
+        let inputs = step.inputs(batch.to_vec(), t, step.optim().lr);
+        compiled.step(&inputs, &step.writeback)?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    for t in 0..2 {
+        run(t)?;
+    }
+    let mut times = (0..steps as u64)
+        .map(|t| run(t + 2))
+        .collect::<Result<Vec<f64>, BenchError>>()?;
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }
 
 /// Measured single-core FMA peaks in GFLOP/s.
@@ -365,6 +392,7 @@ pub fn matmul_table(
                 params: vec![crate::kernels::BufId(0), crate::kernels::BufId(1)],
                 outputs: vec![],
                 index_inputs: vec![],
+                in_place: Default::default(),
             };
             let mut exe = Executable::from_program(prog)?;
             exe.run();

@@ -61,6 +61,10 @@ pub struct Cli {
     /// When to colour diagnostics.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto, global = true)]
     pub color: ColorChoice,
+    /// Threads a step runs on (loop kernels split their rows, GEMMs their tiles or batch).
+    /// Default: every core this process may use.
+    #[arg(long, value_name = "N", global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -478,6 +482,9 @@ pub fn main() -> i32 {
 }
 
 fn run(cli: Cli, color: bool) -> Result<i32> {
+    if let Some(n) = cli.threads {
+        crate::runtime::set_threads(n as usize)?;
+    }
     match cli.command {
         Command::Check { files, overrides } => cmd_check(&files, &overrides, color),
         Command::Ir {
@@ -1061,13 +1068,33 @@ fn cmd_bench(args: &BenchArgs, color: bool) -> Result<i32> {
         report.compile_seconds * 1e3
     );
     outln!(
-        "step           {:.2} ms median of {} (forward, backward, {} update)",
+        "step           {:.2} ms median of {} on {} thread{} (forward, backward, {} update)",
         report.median_step_seconds * 1e3,
         report.steps,
+        report.threads,
+        if report.threads == 1 { "" } else { "s" },
         report.optimizer
     );
+    if let Some(one) = report.one_thread_step_seconds {
+        outln!(
+            "1 thread       {:.2} ms median ({:.2}x faster on {} threads)",
+            one * 1e3,
+            one / report.median_step_seconds,
+            report.threads
+        );
+    }
     outln!("tokens/s       {:.0}", report.tokens_per_second);
-    outln!("matmul         {:.1} GFLOP/s", report.gflops);
+    let peak = crate::bench::peak();
+    match peak.fma256 {
+        Some(core) => outln!(
+            "matmul         {:.1} GFLOP/s, {:.0}% of the {}-thread 256-bit FMA peak ({:.0} GFLOP/s)",
+            report.gflops,
+            100.0 * report.gflops / (core * report.threads as f64),
+            report.threads,
+            core * report.threads as f64
+        ),
+        None => outln!("matmul         {:.1} GFLOP/s", report.gflops),
+    }
     outln!(
         "peak arena     {} bytes ({:.1} MiB), {} kernels",
         group_digits(report.peak_arena_bytes),

@@ -156,7 +156,12 @@ impl Compiled {
             Stage::Opt => text::print(&self.optimized()?),
             Stage::Step => text::print(&self.step()?),
             Stage::Kernels | Stage::Plan | Stage::Clif => {
-                crate::runtime::stage_text(&self.step()?, stage.name())
+                let step = self.step()?;
+                let opts = crate::kernels::BuildOptions {
+                    replaces: crate::train::step::writeback_pairs(&step),
+                    ..Default::default()
+                };
+                crate::runtime::stage_text(&step, stage.name(), &opts)
                     .map_err(|e| StageError::Backend(e.to_string()))?
             }
         })

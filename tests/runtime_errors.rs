@@ -33,6 +33,7 @@ fn joint() -> lamina::ir::Graph {
 fn an_unknown_output_is_named() {
     let opts = BuildOptions {
         outputs: Some(vec!["loss".into(), "nope".into()]),
+        ..Default::default()
     };
     let e = build_program(&joint(), &opts).unwrap_err();
     assert_eq!(e, KernelError::NoOutput("nope".into()));
@@ -86,14 +87,14 @@ fn bad_parameters_and_inputs_are_named() {
 
 #[test]
 fn an_unknown_stage_is_named() {
-    let e = stage_text(&joint(), "asm").unwrap_err();
+    let e = stage_text(&joint(), "asm", &Default::default()).unwrap_err();
     assert_eq!(e, RuntimeError::UnknownStage("asm".into()));
     assert_eq!(
         e.to_string(),
         "unknown back-end stage asm (kernels, plan, clif)"
     );
     // Callers that report text keep using `?` into `String`.
-    let text: Result<String, String> = (|| Ok(stage_text(&joint(), "asm")?))();
+    let text: Result<String, String> = (|| Ok(stage_text(&joint(), "asm", &Default::default())?))();
     assert_eq!(
         text.unwrap_err(),
         "unknown back-end stage asm (kernels, plan, clif)"

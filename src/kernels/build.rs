@@ -22,6 +22,10 @@ use std::collections::HashMap;
 pub struct BuildOptions {
     /// Compute only these outputs (all graph outputs when `None`).
     pub outputs: Option<Vec<String>>,
+    /// `(output index, parameter index)`: after a run, output `o` (of the program's outputs,
+    /// the graph's when `outputs` is `None`) replaces parameter `p` (a training step's update). Such outputs are stored into the parameter's own buffer
+    /// where that is safe (`in_place`).
+    pub replaces: Vec<(usize, usize)>,
 }
 
 #[derive(Clone, Debug)]
@@ -155,7 +159,7 @@ pub fn build_program(g: &Graph, opts: &BuildOptions) -> R<Program> {
         index_inputs,
         ..
     } = b;
-    let prog = Program {
+    let mut prog = Program {
         name: g.name.clone(),
         buffers,
         kernels: kernels_in_order(slots, groups),
@@ -163,7 +167,23 @@ pub fn build_program(g: &Graph, opts: &BuildOptions) -> R<Program> {
         params,
         outputs,
         index_inputs,
+        in_place: Default::default(),
     };
+    if !opts.replaces.is_empty() {
+        // A kernel that mixes phases (backward work with an update) computes more than the
+        // guards can vouch for, so it never stores in place.
+        let one_phase: Vec<bool> = prog
+            .kernels
+            .iter()
+            .map(|k| {
+                let phase = |n: &u32| g.nodes[*n as usize].phase;
+                k.nodes
+                    .first()
+                    .is_none_or(|f| k.nodes.iter().all(|n| phase(n) == phase(f)))
+            })
+            .collect();
+        super::in_place::write_in_place(&mut prog, &opts.replaces, &one_phase);
+    }
     check_program(&prog)?;
     Ok(prog)
 }
@@ -1247,6 +1267,44 @@ impl<'g> Builder<'g> {
         Ok(Some(kind))
     }
 
+    /// The newest group, when elementwise node `i` reads nothing fused but can start a
+    /// column value there: same domain and phase, every operand ready and readable in
+    /// place. Chains that begin from stored buffers (an optimizer's `beta m` beside
+    /// `(1 - beta) g`) then share one pass over memory instead of storing each start for the
+    /// next kernel. Phases stay apart so that a kernel updating parameters does no
+    /// backward work (see `in_place`).
+    fn sibling_group(&mut self, i: usize) -> R<Option<usize>> {
+        let node = &self.g.nodes[i];
+        if !matches!(node.op, Op::Unary(_) | Op::Binary(_)) {
+            return Ok(None);
+        }
+        let Some(gi) = self.groups.len().checked_sub(1) else {
+            return Ok(None);
+        };
+        let (rows, cols) = (self.groups[gi].rows, self.groups[gi].cols);
+        if Self::domain(&node.ty.shape) != (rows, cols) || node.ty.numel() != rows * cols {
+            return Ok(None);
+        }
+        let same_phase = self.groups[gi]
+            .ir_nodes
+            .first()
+            .is_some_and(|&n| self.g.nodes[n as usize].phase == node.phase);
+        if !same_phase {
+            return Ok(None);
+        }
+        for a in node.args.clone() {
+            if !self.arg_ready_for(a, gi)? {
+                return Ok(None);
+            }
+            if let Val::View(view) = self.val(a)? {
+                if self.access_for(&view, rows, cols)?.is_none() {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(gi))
+    }
+
     fn lower_fusable(&mut self, i: usize) -> R<Val> {
         let node = &self.g.nodes[i];
         let mut cand: Option<usize> = None;
@@ -1261,6 +1319,8 @@ impl<'g> Builder<'g> {
             if let Some(kind) = self.join_kind(i, gi)? {
                 return self.emit(i, gi, kind, false);
             }
+        } else if let Some(gi) = self.sibling_group(i)? {
+            return self.emit(i, gi, Kind::Col, false);
         }
         // A new group: its domain comes from the node.
         let shape = node.ty.shape.clone();

@@ -16,10 +16,12 @@
 
 mod build;
 mod error;
+mod in_place;
 mod print;
 
 pub use build::{build_program, BuildOptions};
 pub use error::{AccessError, CheckProblem, KernelError};
+pub use in_place::InPlace;
 pub use print::print_program;
 
 use crate::ir::{BinaryOp, DType, UnaryOp};
@@ -250,6 +252,63 @@ pub enum KernelBody {
     },
 }
 
+fn access_bufs(a: &Access, out: &mut Vec<BufId>) {
+    out.push(a.buf);
+    match &a.rows {
+        RowMap::Table { table } => out.push(*table),
+        RowMap::Indirect { ids, .. } => out.push(*ids),
+        RowMap::Affine { .. } => {}
+    }
+}
+
+impl KernelBody {
+    /// Buffers the kernel reads or writes (with repeats).
+    pub fn buffers(&self) -> Vec<BufId> {
+        let mut v = vec![];
+        match self {
+            KernelBody::Loop(l) => {
+                for n in &l.nodes {
+                    match &n.expr {
+                        KExpr::Load(a) => access_bufs(a, &mut v),
+                        KExpr::OneHot { ids, .. } => access_bufs(ids, &mut v),
+                        KExpr::Const(_)
+                        | KExpr::Unary(..)
+                        | KExpr::Binary(..)
+                        | KExpr::RowSum(_)
+                        | KExpr::RowMax(_)
+                        | KExpr::CausalMask { .. } => {}
+                    }
+                }
+                for s in &l.stores {
+                    access_bufs(&s.access, &mut v);
+                }
+            }
+            KernelBody::ColReduce { input, out, .. } => {
+                access_bufs(input, &mut v);
+                access_bufs(out, &mut v);
+            }
+            KernelBody::MatMul(mm) => {
+                v.extend([mm.a.buf, mm.b.buf, mm.c.buf]);
+                if let Some(bias) = &mm.bias {
+                    access_bufs(bias, &mut v);
+                }
+            }
+            KernelBody::ScatterAdd { ids, src, out, .. } => v.extend([*ids, *src, *out]),
+        }
+        v
+    }
+
+    /// Buffers the kernel writes.
+    pub fn written(&self) -> Vec<BufId> {
+        match self {
+            KernelBody::Loop(l) => l.stores.iter().map(|s| s.access.buf).collect(),
+            KernelBody::ColReduce { out, .. } => vec![out.buf],
+            KernelBody::MatMul(mm) => vec![mm.c.buf],
+            KernelBody::ScatterAdd { out, .. } => vec![*out],
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Kernel {
     /// IR nodes this kernel computes (for the printer and kernel counting).
@@ -282,6 +341,8 @@ pub struct Program {
     pub outputs: Vec<ProgramOutput>,
     /// Graph inputs used as indices, with the exclusive bound their values must respect.
     pub index_inputs: Vec<(usize, usize)>,
+    /// Outputs stored straight into the parameters they replace, and the guards of that.
+    pub in_place: InPlace,
 }
 
 impl Program {

@@ -87,11 +87,30 @@ pub fn print_program(p: &Program) -> String {
             b.label
         );
     }
-    for o in &p.outputs {
+    for (i, o) in p.outputs.iter().enumerate() {
+        let in_place = if p.in_place.pairs.iter().any(|&(po, _)| po == i) {
+            " in place"
+        } else {
+            ""
+        };
         let _ = writeln!(
             s,
-            "  output {} = {}[{}] {:?}",
+            "  output {} = {}[{}] {:?}{in_place}",
             o.name, o.buf, o.offset, o.shape
+        );
+    }
+    if !p.in_place.pairs.is_empty() {
+        let guards: Vec<String> = p
+            .in_place
+            .guards
+            .iter()
+            .map(|(b, off, len)| format!("{b}[{off}..{}]", off + len))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  in place from k{}, when finite: {}",
+            p.in_place.first_kernel,
+            guards.join(" ")
         );
     }
     for (ki, k) in p.kernels.iter().enumerate() {

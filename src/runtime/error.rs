@@ -62,6 +62,8 @@ pub enum RuntimeError {
     NoLoss,
     /// A back-end stage name that is not one.
     UnknownStage(String),
+    /// The thread pool could not be set up (already set, or the OS refused threads).
+    Threads(String),
 }
 
 impl fmt::Display for RuntimeError {
@@ -118,6 +120,7 @@ impl fmt::Display for RuntimeError {
             RuntimeError::UnknownStage(s) => {
                 write!(f, "unknown back-end stage {s} (kernels, plan, clif)")
             }
+            RuntimeError::Threads(e) => write!(f, "cannot set up the threads: {e}"),
         }
     }
 }

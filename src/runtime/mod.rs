@@ -1,6 +1,7 @@
 //! The runtime: one arena per compiled program, parameters and gradients in f32, and the
 //! kernel sequence of a step (generated code, GEMM calls, scatter-adds). Big kernels run on
-//! two threads: loop kernels split their rows, GEMMs their batch (or use gemm's own threads).
+//! every thread of the current rayon pool (all cores, or `--threads N`): loop kernels split
+//! their rows, GEMMs their batch (or use gemm's own threads).
 //!
 //! Public API:
 //! - `compile_graph(&Graph) -> CompiledGraph`: evaluates every graph output (no update);
@@ -32,7 +33,7 @@ pub struct Executable {
     pub plan: Plan,
     code: CompiledKernels,
     arena: Vec<f32>,
-    /// Whether each kernel may split its range across two threads.
+    /// Whether each kernel may split its range across threads.
     parallel: Vec<bool>,
     /// Seconds spent building kernels, planning and compiling.
     pub compile_seconds: f64,
@@ -50,10 +51,10 @@ impl ArenaPtr {
     }
 }
 
-/// Rows times columns above which a loop kernel is split across two threads.
+/// Rows times columns above which a loop kernel is split across threads.
 const PAR_ELEMS: usize = 1 << 15;
 
-/// Whether the rows of a loop kernel can run on two threads at once: every row writes its
+/// Whether the rows of a loop kernel can run on several threads at once: every row writes its
 /// own elements and reads, of the buffers the kernel writes, only what that same row writes.
 /// - An affine store's rows are `|stride|` apart and span `cols * |col_stride|` (one element
 ///   for a per-row store), so they are disjoint when the stride covers the span.
@@ -372,15 +373,41 @@ fn alloc_arena(elems: usize) -> Result<Vec<f32>, RuntimeError> {
 
 /// Run `f` over `0..n`, split in two at a multiple of `align` when `par`.
 fn split_run(par: bool, n: i64, align: i64, f: impl Fn(i64, i64) + Sync) {
-    if par && n >= 2 * align {
-        let mid = (n / 2 / align * align).max(align);
-        rayon::join(|| f(0, mid), || f(mid, n));
+    let parts = if par {
+        (threads() as i64).min(n / align.max(1)).max(1)
     } else {
-        f(0, n);
+        1
+    };
+    if parts == 1 {
+        return f(0, n);
     }
+    // Equal parts of whole `align` units; the last takes the remainder.
+    let chunk = (n / parts / align * align).max(align);
+    let f = &f;
+    rayon::scope(|s| {
+        for p in 1..parts {
+            let (a, z) = (p * chunk, if p == parts - 1 { n } else { (p + 1) * chunk });
+            s.spawn(move |_| f(a, z));
+        }
+        f(0, chunk);
+    });
 }
 
-/// A generated GEMM: batch items split across two threads, or the row tiles of one item.
+/// The threads a step may use: those of the current rayon pool (all cores unless
+/// `set_threads` or an installed pool says otherwise).
+pub fn threads() -> usize {
+    rayon::current_num_threads().max(1)
+}
+
+/// Use `n` threads for every step of this process (call once, before the first step).
+pub fn set_threads(n: usize) -> Result<(), RuntimeError> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n.max(1))
+        .build_global()
+        .map_err(|e| RuntimeError::Threads(e.to_string()))
+}
+
+/// A generated GEMM: batch items split across threads, or the row tiles of one item.
 fn run_jit_matmul(base: ArenaPtr, f: jit::KernelFn, bufs: &[i64], mm: &MatMulKernel) {
     let batch = mm.c.offsets.len();
     let tiles = (mm.m / jit::matmul::tile_rows(mm.path)) as i64;
@@ -391,14 +418,10 @@ fn run_jit_matmul(base: ArenaPtr, f: jit::KernelFn, bufs: &[i64], mm: &MatMulKer
     let par = batch * flops >= 1 << 17;
     if batch == 1 {
         split_run(par, tiles, 1, |a, z| item(0, a, z));
-    } else if par {
-        let mid = batch / 2;
-        rayon::join(
-            || (0..mid).for_each(|i| item(i, 0, tiles)),
-            || (mid..batch).for_each(|i| item(i, 0, tiles)),
-        );
     } else {
-        (0..batch).for_each(|i| item(i, 0, tiles));
+        split_run(par, batch as i64, 1, |a, z| {
+            (a as usize..z as usize).for_each(|i| item(i, 0, tiles))
+        });
     }
 }
 
@@ -454,20 +477,16 @@ fn run_matmul(base: ArenaPtr, offsets: &[usize], mm: &MatMulKernel) {
     };
     let flops = mm.m * mm.n * mm.k;
     if batch == 1 {
-        let par = if flops >= 1 << 18 {
-            gemm::Parallelism::Rayon(2)
+        let par = if flops >= 1 << 18 && threads() > 1 {
+            gemm::Parallelism::Rayon(threads())
         } else {
             gemm::Parallelism::None
         };
         one(0, par);
-    } else if batch * flops >= 1 << 18 {
-        let mid = batch / 2;
-        rayon::join(
-            || (0..mid).for_each(|i| one(i, gemm::Parallelism::None)),
-            || (mid..batch).for_each(|i| one(i, gemm::Parallelism::None)),
-        );
     } else {
-        (0..batch).for_each(|i| one(i, gemm::Parallelism::None));
+        split_run(batch * flops >= 1 << 18, batch as i64, 1, |a, z| {
+            (a as usize..z as usize).for_each(|i| one(i, gemm::Parallelism::None))
+        });
     }
 }
 
@@ -479,7 +498,13 @@ pub struct CompiledGraph {
 
 /// Compile `g` to evaluate every output.
 pub fn compile_graph(g: &Graph) -> Result<CompiledGraph, RuntimeError> {
-    let exe = Executable::new(g, &BuildOptions::default())?;
+    compile_graph_with(g, &BuildOptions::default())
+}
+
+/// Compile `g` with `opts` (for a training step: which outputs replace which parameters,
+/// so that they are stored in place).
+pub fn compile_graph_with(g: &Graph, opts: &BuildOptions) -> Result<CompiledGraph, RuntimeError> {
+    let exe = Executable::new(g, opts)?;
     Ok(CompiledGraph {
         graph: g.clone(),
         exe,
@@ -505,13 +530,49 @@ impl CompiledGraph {
     }
 
     /// Run on the resident parameters, then copy output `o` into parameter `p` for each
-    /// `(o, p)` of `writeback`, arena to arena. When an f32 output is not finite nothing is
-    /// written back, so the arena still holds the parameters the step read.
+    /// `(o, p)` of `writeback`, arena to arena (outputs the program stores in place are
+    /// there already). When a value is not finite before the first in-place kernel, the run
+    /// stops there and nothing is written; when an f32 output is not finite after the run,
+    /// nothing is copied (`StepResult::written` says whether in-place outputs were stored).
     pub fn step(
         &mut self,
         inputs: &[Tensor],
         writeback: &[(usize, usize)],
     ) -> Result<StepResult, RuntimeError> {
+        let copies = self.writeback_copies(writeback)?;
+        self.exe.set_inputs(&self.graph, inputs)?;
+        let ip = &self.exe.program.in_place;
+        let (first, in_place) = (ip.first_kernel, !ip.pairs.is_empty());
+        for k in 0..first {
+            self.exe.run_kernel(k);
+        }
+        if in_place {
+            if let Some(name) = self.failed_guard() {
+                return Ok(StepResult {
+                    loss: self.loss()?,
+                    non_finite: Some(name),
+                    written: false,
+                });
+            }
+        }
+        for k in first..self.exe.program.kernels.len() {
+            self.exe.run_kernel(k);
+        }
+        let loss = self.loss()?;
+        let non_finite = self.first_non_finite_output();
+        if non_finite.is_none() {
+            self.copy_back(copies);
+        }
+        Ok(StepResult {
+            loss,
+            written: non_finite.is_some() && in_place,
+            non_finite,
+        })
+    }
+
+    /// `((source, len), destination, staged)` arena regions of each write-back pair that is
+    /// not stored in place.
+    fn writeback_copies(&self, writeback: &[(usize, usize)]) -> Result<Vec<Copy>, RuntimeError> {
         let prog = &self.exe.program;
         let region = |buf: kernels::BufId, extra: usize, len: usize| {
             (self.exe.plan.offsets[buf.index()] + extra, len)
@@ -533,47 +594,74 @@ impl CompiledGraph {
                     param: self.graph.params[p].name.clone(),
                 });
             }
+            if out.buf == pb && out.offset == 0 {
+                continue;
+            }
             let staged = matches!(prog.buffers[out.buf.index()].kind, BufKind::Param(_));
             copies.push((region(out.buf, out.offset, n), region(pb, 0, n).0, staged));
         }
-        self.exe.set_inputs(&self.graph, inputs)?;
-        self.exe.run();
+        Ok(copies)
+    }
+
+    fn copy_back(&mut self, copies: Vec<Copy>) {
+        // An output read straight from a parameter is staged first, so that no copy reads a
+        // parameter another copy has already overwritten.
+        let staged: Vec<Vec<f32>> = copies
+            .iter()
+            .filter(|c| c.2)
+            .map(|&((src, n), _, _)| self.exe.arena[src..src + n].to_vec())
+            .collect();
+        let mut staged = staged.into_iter();
+        for ((src, n), dst, st) in copies {
+            if st {
+                let data = staged.next().unwrap_or_default();
+                self.exe.arena[dst..dst + data.len()].copy_from_slice(&data);
+            } else {
+                self.exe.arena.copy_within(src..src + n, dst);
+            }
+        }
+    }
+
+    fn loss(&self) -> Result<f32, RuntimeError> {
         let prog = &self.exe.program;
-        let arena = &self.exe.arena;
-        let loss = prog
-            .outputs
+        prog.outputs
             .iter()
             .find(|o| OutputRole::of(&o.name) == OutputRole::Loss)
-            .map(|o| arena[self.exe.plan.offsets[o.buf.index()] + o.offset])
-            .ok_or(RuntimeError::NoLoss)?;
-        let non_finite = prog
-            .outputs
+            .map(|o| self.exe.arena[self.exe.plan.offsets[o.buf.index()] + o.offset])
+            .ok_or(RuntimeError::NoLoss)
+    }
+
+    /// The first f32 output (graph order) holding a NaN or an infinity.
+    fn first_non_finite_output(&self) -> Option<String> {
+        let prog = &self.exe.program;
+        prog.outputs
             .iter()
             .find(|o| {
                 let off = self.exe.plan.offsets[o.buf.index()] + o.offset;
                 let n: usize = o.shape.iter().product();
-                o.dtype == DType::F32 && arena[off..off + n].iter().any(|x| !x.is_finite())
+                o.dtype == DType::F32 && !all_finite(&self.exe.arena[off..off + n])
             })
-            .map(|o| o.name.clone());
-        if non_finite.is_none() {
-            // An output read straight from a parameter is staged first, so that no copy
-            // reads a parameter another copy has already overwritten.
-            let staged: Vec<Vec<f32>> = copies
-                .iter()
-                .filter(|c| c.2)
-                .map(|&((src, n), _, _)| self.exe.arena[src..src + n].to_vec())
-                .collect();
-            let mut staged = staged.into_iter();
-            for ((src, n), dst, st) in copies {
-                if st {
-                    let data = staged.next().unwrap_or_default();
-                    self.exe.arena[dst..dst + data.len()].copy_from_slice(&data);
-                } else {
-                    self.exe.arena.copy_within(src..src + n, dst);
-                }
-            }
-        }
-        Ok(StepResult { loss, non_finite })
+            .map(|o| o.name.clone())
+    }
+
+    /// When a guard of the in-place stores is not finite: the output it is, or else the
+    /// first output stored in place (which it would have made non-finite).
+    fn failed_guard(&self) -> Option<String> {
+        let prog = &self.exe.program;
+        let (buf, off, len) = *prog.in_place.guards.iter().find(|&&(b, off, len)| {
+            let start = self.exe.plan.offsets[b.index()] + off;
+            !all_finite(&self.exe.arena[start..start + len])
+        })?;
+        let as_output = prog
+            .outputs
+            .iter()
+            .find(|o| o.buf == buf && o.offset == off && o.shape.iter().product::<usize>() == len);
+        let first_in_place = prog.in_place.pairs.first().map(|&(o, _)| o);
+        Some(match (as_output, first_in_place) {
+            (Some(o), _) => o.name.clone(),
+            (None, Some(o)) => prog.outputs[o].name.clone(),
+            (None, None) => prog.buffers[buf.index()].label.clone(),
+        })
     }
 
     /// Run once on the resident parameters without writing anything back, timing each
@@ -608,16 +696,34 @@ impl CompiledGraph {
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepResult {
     pub loss: f32,
-    /// The first f32 output (graph order) holding a NaN or an infinity; nothing was
-    /// written back then.
+    /// The first f32 output (graph order) holding a NaN or an infinity, or the output a
+    /// non-finite value would have reached; nothing was copied back then.
     pub non_finite: Option<String>,
+    /// Whether outputs stored in place were written before the non-finite value was found
+    /// (every value before the first in-place kernel was finite, so the update itself
+    /// overflowed); the resident parameters are then not those the step read.
+    pub written: bool,
+}
+
+/// `((source, len), destination, staged)`: one arena-to-arena write-back.
+type Copy = ((usize, usize), usize, bool);
+
+/// Whether every value is finite, checked on every thread for long slices.
+fn all_finite(xs: &[f32]) -> bool {
+    let bad = std::sync::atomic::AtomicBool::new(false);
+    split_run(xs.len() >= 1 << 17, xs.len() as i64, 1 << 12, |a, z| {
+        if !xs[a as usize..z as usize].iter().all(|x| x.is_finite()) {
+            bad.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    !bad.into_inner()
 }
 
 /// Text of a back-end stage for `lamina ir --stage kernels|plan|clif` of any graph (the
 /// CLI passes the training step's).
-pub fn stage_text(g: &Graph, stage: &str) -> Result<String, RuntimeError> {
+pub fn stage_text(g: &Graph, stage: &str, opts: &BuildOptions) -> Result<String, RuntimeError> {
     let g = crate::passes::optimize(g);
-    let program = kernels::build_program(&g, &BuildOptions::default())?;
+    let program = kernels::build_program(&g, opts)?;
     match stage {
         "kernels" => Ok(kernels::print_program(&program)),
         "plan" => Ok(print_plan(&program, &plan::plan(&program))),

@@ -2,7 +2,7 @@
 //! inputs, constants, index tables) come first; temporaries share the rest by liveness, each
 //! placed at the lowest offset free over its live range (largest first).
 
-use crate::kernels::{Access, BufId, BufKind, KExpr, KernelBody, Program, RowMap};
+use crate::kernels::{BufKind, Program};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -30,46 +30,6 @@ fn round_up(x: usize) -> usize {
     x.div_ceil(ALIGN) * ALIGN
 }
 
-fn access_bufs(a: &Access, out: &mut Vec<BufId>) {
-    out.push(a.buf);
-    match &a.rows {
-        RowMap::Table { table } => out.push(*table),
-        RowMap::Indirect { ids, .. } => out.push(*ids),
-        RowMap::Affine { .. } => {}
-    }
-}
-
-/// Buffers a kernel reads or writes.
-pub fn kernel_buffers(body: &KernelBody) -> Vec<BufId> {
-    let mut v = vec![];
-    match body {
-        KernelBody::Loop(l) => {
-            for n in &l.nodes {
-                match &n.expr {
-                    KExpr::Load(a) => access_bufs(a, &mut v),
-                    KExpr::OneHot { ids, .. } => access_bufs(ids, &mut v),
-                    _ => {}
-                }
-            }
-            for s in &l.stores {
-                access_bufs(&s.access, &mut v);
-            }
-        }
-        KernelBody::ColReduce { input, out, .. } => {
-            access_bufs(input, &mut v);
-            access_bufs(out, &mut v);
-        }
-        KernelBody::MatMul(mm) => {
-            v.extend([mm.a.buf, mm.b.buf, mm.c.buf]);
-            if let Some(bias) = &mm.bias {
-                access_bufs(bias, &mut v);
-            }
-        }
-        KernelBody::ScatterAdd { ids, src, out, .. } => v.extend([*ids, *src, *out]),
-    }
-    v
-}
-
 pub fn plan(p: &Program) -> Plan {
     plan_with(p, place)
 }
@@ -86,7 +46,7 @@ fn plan_with(p: &Program, placer: Placer) -> Plan {
     let nk = p.kernels.len();
     let mut live: Vec<Option<(usize, usize)>> = vec![None; nb];
     for (k, kernel) in p.kernels.iter().enumerate() {
-        for b in kernel_buffers(&kernel.body) {
+        for b in kernel.body.buffers() {
             let e = &mut live[b.index()];
             *e = Some(match *e {
                 None => (k, k),

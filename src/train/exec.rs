@@ -77,8 +77,11 @@ impl Executor for Interp {
 pub struct StepOutcome {
     pub loss: f64,
     /// The first output (graph order) that is not finite; the parameters were then left
-    /// as the step read them.
+    /// as the step read them, unless `updated`.
     pub non_finite: Option<String>,
+    /// The update had already been stored in place when the non-finite output was found
+    /// (every value before the update was finite: the update itself overflowed).
+    pub updated: bool,
 }
 
 /// Runs a training step graph whose parameters (weights and optimizer state) live in the
@@ -112,6 +115,7 @@ impl StepExecutor for JitStep {
         Ok(StepOutcome {
             loss: r.loss as f64,
             non_finite: r.non_finite,
+            updated: r.written,
         })
     }
 
@@ -152,7 +156,11 @@ impl StepExecutor for InterpStep {
                 *slot = out.1.clone();
             }
         }
-        Ok(StepOutcome { loss, non_finite })
+        Ok(StepOutcome {
+            loss,
+            non_finite,
+            updated: false,
+        })
     }
 
     fn params(&self) -> Vec<Tensor> {
@@ -168,10 +176,17 @@ pub fn step_executor(
     writeback: Vec<(usize, usize)>,
 ) -> Result<Box<dyn StepExecutor>, ExecError> {
     match backend {
-        Backend::Jit => Ok(Box::new(JitStep {
-            graph: runtime::compile_graph(g).map_err(|e| ExecError::Compile(e.to_string()))?,
-            writeback,
-        })),
+        Backend::Jit => {
+            let opts = crate::kernels::BuildOptions {
+                replaces: writeback.clone(),
+                ..Default::default()
+            };
+            Ok(Box::new(JitStep {
+                graph: runtime::compile_graph_with(g, &opts)
+                    .map_err(|e| ExecError::Compile(e.to_string()))?,
+                writeback,
+            }))
+        }
         Backend::Interp => Ok(Box::new(InterpStep {
             exec: Interp(g.clone()),
             params: vec![],

@@ -583,7 +583,8 @@ impl Run {
             };
             if let Some(what) = bad {
                 self.pb.abandon();
-                // Nothing was written back: these are the parameters the step read.
+                // Unless the update itself overflowed in place, nothing was written back:
+                // these are the parameters the step read.
                 return Err(non_finite(
                     step_g,
                     &inputs,
@@ -595,6 +596,7 @@ impl Run {
                         lr,
                         ckpt: plan.ckpt_path(),
                         last_ckpt: self.last_ckpt,
+                        updated: out.updated,
                     },
                 )
                 .into());
@@ -792,6 +794,9 @@ struct Failure {
     lr: f64,
     ckpt: PathBuf,
     last_ckpt: Option<u64>,
+    /// The update was stored in place before the value was found, so the resident
+    /// parameters are past the step and the interpreter cannot replay it.
+    updated: bool,
 }
 
 fn non_finite(g: &Graph, inputs: &[Tensor], params: &[Tensor], f: Failure) -> NonFiniteError {
@@ -799,7 +804,19 @@ fn non_finite(g: &Graph, inputs: &[Tensor], params: &[Tensor], f: Failure) -> No
         "non-finite value at step {}: {} is not finite (loss = {})\n",
         f.step, f.what, f.loss
     );
-    match exec::first_non_finite(g, inputs, params) {
+    let located = if f.updated {
+        None
+    } else {
+        exec::first_non_finite(g, inputs, params)
+    };
+    match located {
+        _ if f.updated => {
+            msg += &format!(
+                "  every value before the optimizer's update was finite: the update itself \
+                 overflowed in {}\n",
+                f.what
+            );
+        }
         Some(nf) => {
             msg += &format!(
                 "  first appears at node %{} `{}` in {} ({} pass): {}\n",

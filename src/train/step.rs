@@ -21,20 +21,34 @@ pub struct TrainingStep {
     seed: u64,
 }
 
+/// `(output index, parameter index)` of a step graph: output `new.X` replaces parameter `X`.
+pub fn writeback_pairs(graph: &Graph) -> Vec<(usize, usize)> {
+    graph
+        .outputs
+        .iter()
+        .enumerate()
+        .filter_map(|(o, out)| match out.role() {
+            OutputRole::Update(p) => graph.param_index(p).map(|i| (o, i)),
+            _ => None,
+        })
+        .collect()
+}
+
 impl TrainingStep {
+    /// What the back end builds for this step: its write-back pairs, stored in place where
+    /// that is safe.
+    pub fn build_options(&self) -> crate::kernels::BuildOptions {
+        crate::kernels::BuildOptions {
+            replaces: self.writeback.clone(),
+            ..Default::default()
+        }
+    }
+
     /// The step of `joint` (autodiff's graph of a model with `model_inputs` inputs) under
     /// `optim`; `seed` draws the gradient noise of each step.
     pub fn new(joint: &Graph, optim: &OptimConfig, seed: u64) -> Result<TrainingStep, IrError> {
         let graph = optim::step_graph(joint, optim)?;
-        let writeback = graph
-            .outputs
-            .iter()
-            .enumerate()
-            .filter_map(|(o, out)| match out.role() {
-                OutputRole::Update(p) => graph.param_index(p).map(|i| (o, i)),
-                _ => None,
-            })
-            .collect();
+        let writeback = writeback_pairs(&graph);
         let extra = graph.inputs[joint.inputs.len()..]
             .iter()
             .map(|inp| (inp.name.clone(), inp.ty.shape.clone()))
