@@ -1,7 +1,7 @@
 """PyTorch eager reference for `lamina bench`: median training-step time (forward, backward,
-optimizer update) of the brief's byte-level causal LM at sizes S, M, L in three block layouts,
-on 2 threads. The optimizer is AdamW (lr 1e-3, weight decay 0.01: lamina's default recipe) in
-PyTorch's fastest CPU mode, fused, or SGD (lr 1e-3) with `--optimizer sgd`.
+optimizer update) of the byte-level causal LM at sizes S, M, L in three block layouts. The
+optimizer is AdamW (lr 1e-3, weight decay 0.01: lamina's default recipe) in PyTorch's fastest
+CPU mode, fused, or SGD (lr 1e-3) with `--optimizer sgd`.
 
 The models match examples/bench/*.lam: embedding + learned positions, L blocks, final
 LayerNorm, untied head, vocab 256, Linear layers with biases, exact GELU, causal attention.
@@ -9,7 +9,8 @@ LayerNorm, untied head, vocab 256, Linear layers with biases, exact GELU, causal
 - macaron: x = x + 0.5 ffn0(LN(x)); x = x + attn(LN(x)); x = x + 0.5 ffn1(LN(x))
 - peri:    x = x + LN_out(attn(LN_in(x))); x = x + LN_out(ffn(LN_in(x)))
 
-Usage: python3 bench/torch_step.py [--optimizer adamw|sgd] [SIZE VARIANT ...]   e.g. `S pre M macaron`
+Usage: python3 bench/torch_step.py [--threads N] [--optimizer adamw|sgd] [SIZE VARIANT ...]
+  e.g. `S pre M macaron` (2 threads unless --threads)
 Prints one line per model: `torch <version> <size> <variant> median_ms <ms> peak_rss_kb <kb>`.
 Run it in the same session as `lamina bench` and compare ratios: the numbers are noisy.
 """
@@ -130,17 +131,26 @@ def bench(size, variant, optimizer="adamw", steps=10):
     return times[len(times) // 2]
 
 
+USAGE = "usage: torch_step.py [--threads N] [--optimizer adamw|sgd] [S|M|L pre|macaron|peri ...]"
+
+
 if __name__ == "__main__":
-    torch.set_num_threads(2)
     args = sys.argv[1:]
-    optimizer = "adamw"
-    if args[:1] == ["--optimizer"] and len(args) >= 2 and args[1] in ("adamw", "sgd"):
-        optimizer, args = args[1], args[2:]
+    optimizer, threads = "adamw", 2
+    while args[:1] in (["--optimizer"], ["--threads"]) and len(args) >= 2:
+        if args[0] == "--optimizer" and args[1] in ("adamw", "sgd"):
+            optimizer = args[1]
+        elif args[0] == "--threads" and args[1].isdigit() and int(args[1]) > 0:
+            threads = int(args[1])
+        else:
+            sys.exit(USAGE)
+        args = args[2:]
+    torch.set_num_threads(threads)
     args = args or ["S", "pre", "M", "pre"]
     if len(args) % 2 or any(s not in SIZES for s in args[::2]) or any(
         v not in ("pre", "macaron", "peri") for v in args[1::2]
     ):
-        sys.exit("usage: torch_step.py [--optimizer adamw|sgd] [S|M|L pre|macaron|peri ...]")
+        sys.exit(USAGE)
     for size, variant in zip(args[::2], args[1::2]):
         ms = bench(size, variant, optimizer) * 1e3
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

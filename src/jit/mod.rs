@@ -97,6 +97,18 @@ fn new_module() -> Result<JITModule, JitError> {
     flags
         .set("opt_level", "speed")
         .map_err(|e| JitError::Host(e.to_string()))?;
+    // Cranelift's IR verifier checks our code generator, not user input: debug builds (and so
+    // every test) run it; release builds skip it, which saves a good part of compile time.
+    flags
+        .set(
+            "enable_verifier",
+            if cfg!(debug_assertions) {
+                "true"
+            } else {
+                "false"
+            },
+        )
+        .map_err(|e| JitError::Host(e.to_string()))?;
     let isa = cranelift_native::builder()
         .map_err(|e| JitError::Host(format!("no JIT for this host: {e}")))?
         .finish(settings::Flags::new(flags))
@@ -317,6 +329,18 @@ pub fn clif_text(p: &Program) -> Result<String, JitError> {
     let mut flags = settings::builder();
     flags
         .set("opt_level", "speed")
+        .map_err(|e| JitError::Host(e.to_string()))?;
+    // Cranelift's IR verifier checks our code generator, not user input: debug builds (and so
+    // every test) run it; release builds skip it, which saves a good part of compile time.
+    flags
+        .set(
+            "enable_verifier",
+            if cfg!(debug_assertions) {
+                "true"
+            } else {
+                "false"
+            },
+        )
         .map_err(|e| JitError::Host(e.to_string()))?;
     let isa = ib
         .finish(settings::Flags::new(flags))
