@@ -664,8 +664,9 @@ impl CompiledGraph {
         })
     }
 
-    /// Run once on the resident parameters without writing anything back, timing each
-    /// kernel (seconds, in kernel order).
+    /// Run once on the resident parameters, timing each kernel (seconds, in kernel order).
+    /// Outputs stored in place update their parameters as in a step (without its checks);
+    /// nothing is copied back.
     pub fn profile(&mut self, inputs: &[Tensor]) -> Result<Vec<f64>, RuntimeError> {
         self.exe.set_inputs(&self.graph, inputs)?;
         Ok(self.exe.run_profiled())
