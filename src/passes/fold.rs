@@ -17,7 +17,7 @@
 use super::{rewrite, Action, Rewriter, Swept};
 use crate::interp::apply;
 use crate::ir::ops::MaskFill;
-use crate::ir::{DType, Graph, IrError, Op, ValueId, F64};
+use crate::ir::{DType, Graph, IrError, Node, Op, ValueId, F64};
 use crate::tensor::Tensor;
 use std::collections::HashMap;
 
@@ -36,10 +36,10 @@ pub fn const_fold(g: &Graph) -> Result<Graph, IrError> {
     super::single(g, const_fold_pass)
 }
 
-pub(super) fn const_fold_pass(g: Graph) -> Result<Swept, IrError> {
+pub(super) fn const_fold_pass(g: Graph, spare: &mut Vec<Node>) -> Result<Swept, IrError> {
     // Dense constant values, by value id in the output graph.
     let mut dense: HashMap<ValueId, Tensor> = HashMap::new();
-    rewrite(g, |rw, _, n| {
+    rewrite(g, spare, |rw, _, n| {
         if n.op.is_leaf() {
             if let Op::Sinusoidal { len, dim } = n.op {
                 if len.saturating_mul(dim) <= DENSE_LIMIT {

@@ -30,7 +30,7 @@ mod fold;
 mod simplify;
 
 use crate::ir::BinaryOp;
-use crate::ir::{infer_type, Graph, IrError, Node, Op, Phase, Type, ValueId};
+use crate::ir::{Graph, IrError, Node, Op, Phase, Type, ValueId};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 
@@ -43,8 +43,10 @@ pub const PASSES: &[&str] = &["canonicalize", "const_fold", "cse", "simplify", "
 /// Upper bound on rounds of the whole pipeline; real graphs settle in two or three.
 const MAX_ROUNDS: usize = 16;
 
-/// A pass over a graph it owns, so surviving nodes move instead of being cloned.
-type Pass = fn(Graph) -> Result<Swept, IrError>;
+/// A pass over a graph it owns, so surviving nodes move instead of being cloned. `spare`
+/// is an empty node list whose memory the pass may build its result in; it gets back the
+/// input's (emptied) list, so a chain of passes reuses two allocations.
+type Pass = fn(Graph, &mut Vec<Node>) -> Result<Swept, IrError>;
 
 /// What one pass made of a graph.
 pub(crate) struct Swept {
@@ -76,7 +78,7 @@ pub fn run_pass(name: &str, g: &Graph) -> Result<Graph, IrError> {
 
 fn single(g: &Graph, pass: Pass) -> Result<Graph, IrError> {
     check_input(g)?;
-    finish(pass(g.clone())?.graph)
+    finish(pass(g.clone(), &mut Vec::new())?.graph)
 }
 
 /// Every pass in `PASSES` order, repeated until a round changes nothing (at most
@@ -99,13 +101,14 @@ pub fn try_optimize(g: &Graph) -> Result<Graph, IrError> {
         .map(|p| pass_named(p))
         .collect::<Result<_, _>>()?;
     let mut cur = g.clone();
+    let mut spare = Vec::new();
     // Passes are pure functions of the graph, so once every pass in turn has left it
     // unchanged it is the fixed point, even in the middle of a round; the rest of the round
     // and the next one would change nothing.
     let mut unchanged_run = 0;
     'rounds: for _ in 0..MAX_ROUNDS {
         for pass in &passes {
-            let swept = pass(cur)?;
+            let swept = pass(cur, &mut spare)?;
             if cfg!(debug_assertions) {
                 swept.graph.verify().map_err(internal)?;
             }
@@ -166,8 +169,7 @@ impl Rewriter {
 
     /// Append `op(args)` with the scope and phase of the node being rewritten.
     pub fn emit(&mut self, op: Op, args: &[ValueId]) -> Result<ValueId, IrError> {
-        let tys: Vec<&Type> = args.iter().map(|a| self.out.ty(*a)).collect();
-        let ty = infer_type(&op, &tys)?;
+        let ty = self.out.infer(&op, args)?;
         let id = ValueId(self.out.nodes.len() as u32);
         self.out.nodes.push(Node {
             op,
@@ -190,20 +192,20 @@ impl Rewriter {
 /// `saved` is left as it was; `finish` recomputes it once the passes are done.
 pub(crate) fn rewrite(
     mut g: Graph,
+    spare: &mut Vec<Node>,
     mut rule: impl FnMut(&mut Rewriter, usize, &mut Node) -> Result<Action, IrError>,
 ) -> Result<Swept, IrError> {
-    let nodes = std::mem::take(&mut g.nodes);
+    let mut nodes = std::mem::replace(&mut g.nodes, std::mem::take(spare));
+    g.nodes.clear();
+    g.nodes.reserve(nodes.len());
     let mut rw = Rewriter {
-        out: Graph {
-            nodes: Vec::with_capacity(nodes.len()),
-            ..g
-        },
+        out: g,
         map: Vec::with_capacity(nodes.len()),
         changed: false,
         scope: String::new(),
         phase: Phase::Forward,
     };
-    for (i, mut n) in nodes.into_iter().enumerate() {
+    for (i, mut n) in nodes.drain(..).enumerate() {
         for a in &mut n.args {
             *a = rw.map[a.index()];
         }
@@ -226,6 +228,7 @@ pub(crate) fn rewrite(
         };
         rw.map.push(v);
     }
+    *spare = nodes;
     let Rewriter {
         mut out,
         map,
@@ -304,8 +307,8 @@ pub fn canonicalize(g: &Graph) -> Result<Graph, IrError> {
     single(g, canonicalize_pass)
 }
 
-fn canonicalize_pass(g: Graph) -> Result<Swept, IrError> {
-    rewrite(g, |rw, _, n| {
+fn canonicalize_pass(g: Graph, spare: &mut Vec<Node>) -> Result<Swept, IrError> {
+    rewrite(g, spare, |rw, _, n| {
         let commutative = n.op.binary().is_some_and(BinaryOp::is_commutative);
         if commutative && n.args.len() == 2 && n.args[0] > n.args[1] {
             n.args.swap(0, 1);
@@ -321,7 +324,7 @@ pub fn cse(g: &Graph) -> Result<Graph, IrError> {
     single(g, cse_pass)
 }
 
-fn cse_pass(g: Graph) -> Result<Swept, IrError> {
+fn cse_pass(g: Graph, spare: &mut Vec<Node>) -> Result<Swept, IrError> {
     // Kept nodes by the hash of (op, args): the latest in `heads`, each one's predecessor
     // with the same hash in `older` (indexed by output id; cse only keeps or replaces, so
     // every output node is a kept one). Keys are never cloned, so a sweep allocates nothing
@@ -329,7 +332,7 @@ fn cse_pass(g: Graph) -> Result<Swept, IrError> {
     let mut heads: HashMap<u64, ValueId, BuildHasherDefault<FxHasher>> =
         HashMap::with_capacity_and_hasher(g.nodes.len(), Default::default());
     let mut older: Vec<Option<ValueId>> = Vec::with_capacity(g.nodes.len());
-    rewrite(g, |rw, _, n| {
+    rewrite(g, spare, |rw, _, n| {
         let mut h = FxHasher::default();
         (&n.op, &n.args).hash(&mut h);
         let h = h.finish();
@@ -378,7 +381,8 @@ impl Hasher for FxHasher {
         self.add(i as u64);
     }
     fn finish(&self) -> u64 {
-        self.0
+        // The multiply leaves the low bits weak, and hash tables index by them.
+        self.0.rotate_left(26)
     }
 }
 
@@ -388,7 +392,7 @@ pub fn dce(g: &Graph) -> Result<Graph, IrError> {
     single(g, dce_pass)
 }
 
-fn dce_pass(mut g: Graph) -> Result<Swept, IrError> {
+fn dce_pass(mut g: Graph, spare: &mut Vec<Node>) -> Result<Swept, IrError> {
     let n = g.nodes.len();
     let mut live = vec![false; n];
     for o in &g.outputs {
@@ -408,9 +412,9 @@ fn dce_pass(mut g: Graph) -> Result<Swept, IrError> {
         });
     }
     let mut remap = vec![ValueId(0); n];
-    let kept = live.iter().filter(|&&l| l).count();
-    let nodes = std::mem::replace(&mut g.nodes, Vec::with_capacity(kept));
-    for (i, mut node) in nodes.into_iter().enumerate() {
+    let mut nodes = std::mem::replace(&mut g.nodes, std::mem::take(spare));
+    g.nodes.clear();
+    for (i, mut node) in nodes.drain(..).enumerate() {
         if live[i] {
             remap[i] = ValueId(g.nodes.len() as u32);
             for a in &mut node.args {
@@ -419,6 +423,7 @@ fn dce_pass(mut g: Graph) -> Result<Swept, IrError> {
             g.nodes.push(node);
         }
     }
+    *spare = nodes;
     for o in &mut g.outputs {
         o.value = remap[o.value.index()];
     }

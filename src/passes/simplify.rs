@@ -26,17 +26,17 @@
 //! than the scaled value, so the scale never gets more expensive.
 
 use super::{rewrite, splat_value, use_counts, Action, Rewriter, Swept};
-use crate::ir::{infer_type, Graph, IrError, Node, Op, Phase, Type, ValueId};
 use crate::ir::{BinaryOp, UnaryOp, ViewOp};
+use crate::ir::{Graph, IrError, Node, Op, Phase, ValueId};
 
 /// Local algebraic identities, then scales sunk into matmuls.
 pub fn simplify(g: &Graph) -> Result<Graph, IrError> {
     super::single(g, simplify_pass)
 }
 
-pub(super) fn simplify_pass(g: Graph) -> Result<Swept, IrError> {
-    let first = rewrite(g, |rw, _, n| local(rw, n))?;
-    let second = sink_scales(first.graph)?;
+pub(super) fn simplify_pass(g: Graph, spare: &mut Vec<Node>) -> Result<Swept, IrError> {
+    let first = rewrite(g, spare, |rw, _, n| local(rw, n))?;
+    let second = sink_scales(first.graph, spare)?;
     Ok(Swept {
         graph: second.graph,
         changed: first.changed || second.changed,
@@ -46,8 +46,7 @@ pub(super) fn simplify_pass(g: Graph) -> Result<Swept, IrError> {
 /// Replace the node by `op(args)`, itself simplified first (so `x * c` over a scale
 /// merges into one scale within a sweep).
 fn replace_with(rw: &mut Rewriter, op: Op, args: &[ValueId]) -> Result<Action, IrError> {
-    let tys: Vec<&Type> = args.iter().map(|a| rw.ty(*a)).collect();
-    let ty = infer_type(&op, &tys)?;
+    let ty = rw.out.infer(&op, args)?;
     let node = Node {
         op,
         args: args.to_vec(),
@@ -233,9 +232,9 @@ fn before(g: &Graph) -> Vec<Before> {
 
 /// The second sweep: `scale[c]` of a matmul (or of a matmul plus a broadcast bias) moved
 /// onto the matmul's smaller operand.
-fn sink_scales(g: Graph) -> Result<Swept, IrError> {
+fn sink_scales(g: Graph, spare: &mut Vec<Node>) -> Result<Swept, IrError> {
     let old = before(&g);
-    rewrite(g, |rw, i, n| {
+    rewrite(g, spare, |rw, i, n| {
         let Op::Unary(UnaryOp::Scale { factor }) = n.op else {
             return Ok(Action::Keep);
         };
