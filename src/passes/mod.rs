@@ -81,8 +81,8 @@ fn single(g: &Graph, pass: Pass) -> Result<Graph, IrError> {
     finish(pass(g.clone(), &mut Vec::new())?.graph)
 }
 
-/// Every pass in `PASSES` order, repeated until a round changes nothing (at most
-/// `MAX_ROUNDS` rounds). An invalid graph, or a pass failing an internal check, gives back
+/// Every pass in `PASSES` order, repeated until every pass in turn leaves the graph
+/// unchanged (at most `MAX_ROUNDS` rounds). An invalid graph, or a pass failing an internal check, gives back
 /// the input graph unchanged.
 pub fn optimize(g: &Graph) -> Graph {
     try_optimize(g).unwrap_or_else(|_| g.clone())
