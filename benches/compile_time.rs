@@ -1,7 +1,8 @@
 //! Compile time against depth: a narrow residual MLP whose block runs one tiny FFN eight
 //! times (`benches/models/deep_ffn.lam`), from 1 layer (8 steps) to 1024 layers (8192 steps,
 //! the language's limit). Prints milliseconds per stage and per size; each stage should
-//! grow linearly with the number of layers.
+//! grow linearly with the number of layers (the plan up to a log factor). The measured
+//! table is in docs/reliability.md, "Compile time".
 //!
 //! `cargo bench --bench compile_time [-- [MIN_LAYERS] MAX_LAYERS]`
 

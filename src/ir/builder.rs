@@ -5,9 +5,7 @@
 //! an internal-error diagnostic rather than a panic.
 
 use super::ops::{BinaryOp, UnaryOp, ViewOp, F64};
-use super::{
-    infer_type, Graph, Init, Input, IrError, Node, Op, Output, Param, Phase, Type, ValueId,
-};
+use super::{Graph, Init, Input, IrError, Node, Op, Output, Param, Phase, Type, ValueId};
 use std::collections::HashMap;
 
 pub type BuildResult = Result<ValueId, IrError>;
@@ -82,8 +80,7 @@ impl GraphBuilder {
 
     /// Append `op(args)`, deriving its type.
     pub fn push(&mut self, op: Op, args: &[ValueId]) -> BuildResult {
-        let tys: Vec<&Type> = args.iter().map(|a| self.graph.ty(*a)).collect();
-        let ty = infer_type(&op, &tys)?;
+        let ty = self.graph.infer(&op, args)?;
         Ok(self.push_typed(op, args.to_vec(), ty))
     }
 

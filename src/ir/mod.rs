@@ -298,6 +298,22 @@ impl Graph {
             .sum()
     }
 
+    /// The type `op` derives from the types of `args` (`ops::infer_type`), gathered without
+    /// allocating for the usual one to three args: graph-wide checks call this per node.
+    pub fn infer(&self, op: &Op, args: &[ValueId]) -> Result<Type, IrError> {
+        if let [first, rest @ ..] = args {
+            if rest.len() < 3 {
+                let mut tys = [self.ty(*first); 3];
+                for (t, a) in tys[1..].iter_mut().zip(rest) {
+                    *t = self.ty(*a);
+                }
+                return infer_type(op, &tys[..args.len()]);
+            }
+        }
+        let tys: Vec<&Type> = args.iter().map(|a| self.ty(*a)).collect();
+        infer_type(op, &tys)
+    }
+
     /// Check that the graph is well formed: arguments refer to earlier nodes, leaf indices
     /// are in range, every node's type equals the type its op derives, outputs exist.
     pub fn verify(&self) -> Result<(), IrError> {
@@ -310,7 +326,6 @@ impl Graph {
                     ));
                 }
             }
-            let arg_types: Vec<&Type> = node.args.iter().map(|a| self.ty(*a)).collect();
             let ty = match &node.op {
                 Op::Input { index } => self
                     .inputs
@@ -322,7 +337,9 @@ impl Graph {
                     .get(*index)
                     .map(|p| p.ty())
                     .ok_or_else(|| node_error(i, format!("param #{index} does not exist")))?,
-                op => infer_type(op, &arg_types).map_err(|e| node_error(i, e.to_string()))?,
+                op => self
+                    .infer(op, &node.args)
+                    .map_err(|e| node_error(i, e.to_string()))?,
             };
             if ty != node.ty {
                 return Err(node_error(

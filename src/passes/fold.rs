@@ -14,10 +14,10 @@
 //! rounding only). Non-splat constants are evaluated only up to `DENSE_LIMIT` elements, to
 //! bound the cost of the pass.
 
-use super::{rewrite, Action, Rewriter};
+use super::{rewrite, Action, Rewriter, Swept};
 use crate::interp::apply;
 use crate::ir::ops::MaskFill;
-use crate::ir::{DType, Graph, IrError, Op, ValueId, F64};
+use crate::ir::{DType, Graph, IrError, Node, Op, ValueId, F64};
 use crate::tensor::Tensor;
 use std::collections::HashMap;
 
@@ -33,9 +33,13 @@ enum Const {
 /// Fold nodes over constants (`full`, `sinusoidal`, and folded results) whose result is a
 /// splat into a `full`.
 pub fn const_fold(g: &Graph) -> Result<Graph, IrError> {
+    super::single(g, const_fold_pass)
+}
+
+pub(super) fn const_fold_pass(g: Graph, spare: &mut Vec<Node>) -> Result<Swept, IrError> {
     // Dense constant values, by value id in the output graph.
     let mut dense: HashMap<ValueId, Tensor> = HashMap::new();
-    rewrite(g, |rw, _, n| {
+    rewrite(g, spare, |rw, _, n| {
         if n.op.is_leaf() {
             if let Op::Sinusoidal { len, dim } = n.op {
                 if len.saturating_mul(dim) <= DENSE_LIMIT {
@@ -49,13 +53,19 @@ pub fn const_fold(g: &Graph) -> Result<Graph, IrError> {
         if n.ty.dtype != DType::F32 {
             return Ok(Action::Keep);
         }
-        let mut args = Vec::with_capacity(n.args.len());
-        for &a in &n.args {
-            match const_of(rw, &dense, a) {
-                Some(c) => args.push(c),
-                None => return Ok(Action::Keep),
-            }
+        // Checked before collecting, so the common case (a non-constant arg) allocates nothing.
+        let is_const = |a: &ValueId| {
+            matches!(rw.node(*a).op, Op::Full { .. })
+                || (!dense.is_empty() && dense.contains_key(a))
+        };
+        if !n.args.iter().all(is_const) {
+            return Ok(Action::Keep);
         }
+        let args: Vec<Const> = n
+            .args
+            .iter()
+            .filter_map(|&a| const_of(rw, &dense, a))
+            .collect();
         let shapes: Vec<Vec<usize>> = n.args.iter().map(|a| rw.ty(*a).shape.clone()).collect();
         match evaluate(&n.op, &args, &shapes, &n.ty.shape) {
             Some(Const::Splat(value)) => {

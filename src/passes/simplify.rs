@@ -25,21 +25,28 @@
 //! no other reader, so nothing is computed twice, and only when `s` has no more elements
 //! than the scaled value, so the scale never gets more expensive.
 
-use super::{rewrite, splat_value, use_counts, Action, Rewriter};
-use crate::ir::{infer_type, Graph, IrError, Node, Op, Phase, Type, ValueId};
+use super::{rewrite, splat_value, use_counts, Action, Rewriter, Swept};
 use crate::ir::{BinaryOp, UnaryOp, ViewOp};
+use crate::ir::{Graph, IrError, Node, Op, Phase, ValueId};
 
 /// Local algebraic identities, then scales sunk into matmuls.
 pub fn simplify(g: &Graph) -> Result<Graph, IrError> {
-    let g = rewrite(g, |rw, _, n| local(rw, n))?;
-    sink_scales(&g)
+    super::single(g, simplify_pass)
+}
+
+pub(super) fn simplify_pass(g: Graph, spare: &mut Vec<Node>) -> Result<Swept, IrError> {
+    let first = rewrite(g, spare, |rw, _, n| local(rw, n))?;
+    let second = sink_scales(first.graph, spare)?;
+    Ok(Swept {
+        graph: second.graph,
+        changed: first.changed || second.changed,
+    })
 }
 
 /// Replace the node by `op(args)`, itself simplified first (so `x * c` over a scale
 /// merges into one scale within a sweep).
 fn replace_with(rw: &mut Rewriter, op: Op, args: &[ValueId]) -> Result<Action, IrError> {
-    let tys: Vec<&Type> = args.iter().map(|a| rw.ty(*a)).collect();
-    let ty = infer_type(&op, &tys)?;
+    let ty = rw.out.infer(&op, args)?;
     let node = Node {
         op,
         args: args.to_vec(),
@@ -197,53 +204,77 @@ fn binary(rw: &mut Rewriter, op: &Op, a: ValueId, b: ValueId) -> Result<Action, 
     }
 }
 
+/// What the second sweep needs to know of a node of its input graph, which it consumes.
+#[derive(Clone, Copy)]
+struct Before {
+    /// A matmul with exactly one reader.
+    single_matmul: bool,
+    /// Read exactly once.
+    single: bool,
+    is_add: bool,
+    /// The first two args (as in the input graph), where the node has them.
+    args: [ValueId; 2],
+}
+
+fn before(g: &Graph) -> Vec<Before> {
+    let uses = use_counts(g);
+    g.nodes
+        .iter()
+        .zip(&uses)
+        .map(|(n, &u)| Before {
+            single_matmul: u == 1 && matches!(n.op, Op::MatMul { .. }),
+            single: u == 1,
+            is_add: matches!(n.op, Op::Binary(BinaryOp::Add)),
+            args: [0, 1].map(|k| n.args.get(k).copied().unwrap_or(ValueId(0))),
+        })
+        .collect()
+}
+
 /// The second sweep: `scale[c]` of a matmul (or of a matmul plus a broadcast bias) moved
 /// onto the matmul's smaller operand.
-fn sink_scales(g: &Graph) -> Result<Graph, IrError> {
-    let uses = use_counts(g);
-    let single = |v: ValueId| uses[v.index()] == 1;
-    rewrite(g, |rw, i, n| {
+fn sink_scales(g: Graph, spare: &mut Vec<Node>) -> Result<Swept, IrError> {
+    let old = before(&g);
+    rewrite(g, spare, |rw, i, n| {
         let Op::Unary(UnaryOp::Scale { factor }) = n.op else {
             return Ok(Action::Keep);
         };
         let factor = factor.get();
-        // Only scale nodes are replaced in this sweep, so every other node of `g` has an
-        // identical copy in the output, and `g`'s use counts describe it.
-        let (old_x, x) = (g.nodes[i].args[0], n.args[0]);
-        if !single(old_x) {
+        // Only scale nodes are replaced in this sweep, so every other node of the input has
+        // an identical copy in the output, and the input's use counts describe it.
+        let (old_x, x) = (old[i].args[0], n.args[0]);
+        let ox = old[old_x.index()];
+        if !ox.single {
             return Ok(Action::Keep);
         }
         let limit = n.ty.numel();
-        match g.node(old_x).op {
-            Op::MatMul { .. } => match scaled_matmul(rw, x, factor, limit)? {
+        if ox.single_matmul {
+            return match scaled_matmul(rw, x, factor, limit)? {
                 Some(v) => Ok(Action::Replace(v)),
                 None => Ok(Action::Keep),
-            },
-            Op::Binary(BinaryOp::Add) => {
-                let old = &g.node(old_x).args;
-                let new = rw.node(x).args.clone();
-                for k in 0..2 {
-                    let (m, r) = (new[k], new[1 - k]);
-                    let is_mm = matches!(g.node(old[k]).op, Op::MatMul { .. }) && single(old[k]);
-                    let Op::View(ViewOp::Broadcast { shape }) = rw.node(r).op.clone() else {
-                        continue;
-                    };
-                    if !is_mm || old[0] == old[1] || !can_scale(rw, m, limit) {
-                        continue;
-                    }
-                    let Some(mm) = scaled_matmul(rw, m, factor, limit)? else {
-                        continue;
-                    };
-                    let bias = rw.node(r).args[0];
-                    let sb = rw.emit(Op::scale(factor), &[bias])?;
-                    let rb = rw.emit(Op::View(ViewOp::Broadcast { shape }), &[sb])?;
-                    let args = if k == 0 { [mm, rb] } else { [rb, mm] };
-                    return Ok(Action::Replace(rw.emit(Op::Binary(BinaryOp::Add), &args)?));
-                }
-                Ok(Action::Keep)
-            }
-            _ => Ok(Action::Keep),
+            };
         }
+        if !ox.is_add || ox.args[0] == ox.args[1] {
+            return Ok(Action::Keep);
+        }
+        let new = rw.node(x).args.clone();
+        for k in 0..2 {
+            let (m, r) = (new[k], new[1 - k]);
+            let Op::View(ViewOp::Broadcast { shape }) = rw.node(r).op.clone() else {
+                continue;
+            };
+            if !old[ox.args[k].index()].single_matmul || !can_scale(rw, m, limit) {
+                continue;
+            }
+            let Some(mm) = scaled_matmul(rw, m, factor, limit)? else {
+                continue;
+            };
+            let bias = rw.node(r).args[0];
+            let sb = rw.emit(Op::scale(factor), &[bias])?;
+            let rb = rw.emit(Op::View(ViewOp::Broadcast { shape }), &[sb])?;
+            let args = if k == 0 { [mm, rb] } else { [rb, mm] };
+            return Ok(Action::Replace(rw.emit(Op::Binary(BinaryOp::Add), &args)?));
+        }
+        Ok(Action::Keep)
     })
 }
 

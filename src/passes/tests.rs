@@ -37,3 +37,42 @@ fn optimize_terminates_with_nan_constants() {
     assert_eq!(g.nodes.len(), 2, "{}", text::print(&g));
     assert_eq!(text::print(&optimize(&g)), text::print(&g));
 }
+
+/// A pass that reports no change gives back its input exactly: `optimize` stops at the
+/// first full cycle of such passes without comparing graphs. Checked on every pass case
+/// file, through several rounds of the pipeline.
+#[test]
+fn passes_that_report_no_change_return_their_input() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/passes");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "ir"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    let mut spare = Vec::new();
+    let mut reported = 0;
+    for path in files {
+        let mut g = text::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for _ in 0..3 {
+            for p in PASSES {
+                let before = g.clone();
+                let swept = pass_named(p).unwrap()(g, &mut spare).unwrap();
+                if !swept.changed {
+                    assert_eq!(swept.graph.nodes, before.nodes, "{}: {p}", path.display());
+                    assert_eq!(
+                        swept.graph.outputs,
+                        before.outputs,
+                        "{}: {p}",
+                        path.display()
+                    );
+                } else {
+                    reported += 1;
+                }
+                g = swept.graph;
+            }
+        }
+    }
+    assert!(reported > 0, "no pass changed anything");
+}

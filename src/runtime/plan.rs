@@ -140,12 +140,12 @@ impl Ranges {
 
     /// The lowest `y >= x` with `[y, y + len)` outside every range.
     fn first_fit(&self, x: usize, len: usize) -> usize {
+        // The last range starting before `y + len` is the only one that can overlap
+        // `[y, y + len)` (the ranges before it end before it starts); if it does, no
+        // offset below its end fits. One lookup per step, and usually one step.
         let mut y = x;
-        if let Some((_, &e)) = self.0.range(..=y).next_back() {
-            y = y.max(e);
-        }
-        while let Some((&s, &e)) = self.0.range(y..).next() {
-            if s >= y + len {
+        while let Some((_, &e)) = self.0.range(..y + len).next_back() {
+            if e <= y {
                 break;
             }
             y = e;

@@ -8,6 +8,7 @@ use super::optim::{self, OptimConfig};
 use super::tasks;
 use crate::ir::{Graph, IrError, OutputRole};
 use crate::tensor::Tensor;
+use std::collections::HashMap;
 
 /// A step graph with what an executor needs to run it step after step.
 #[derive(Clone, Debug)]
@@ -23,12 +24,18 @@ pub struct TrainingStep {
 
 /// `(output index, parameter index)` of a step graph: output `new.X` replaces parameter `X`.
 pub fn writeback_pairs(graph: &Graph) -> Vec<(usize, usize)> {
+    // Parameters by name, found once: a deep model has tens of thousands, each with an
+    // update output, so a scan per output would be quadratic.
+    let mut by_name: HashMap<&str, usize> = HashMap::with_capacity(graph.params.len());
+    for (i, p) in graph.params.iter().enumerate() {
+        by_name.entry(p.name.as_str()).or_insert(i);
+    }
     graph
         .outputs
         .iter()
         .enumerate()
         .filter_map(|(o, out)| match out.role() {
-            OutputRole::Update(p) => graph.param_index(p).map(|i| (o, i)),
+            OutputRole::Update(p) => by_name.get(p).map(|&i| (o, i)),
             _ => None,
         })
         .collect()
