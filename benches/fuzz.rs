@@ -225,7 +225,7 @@ fn mutated(r: &mut ChaCha8Rng, gallery: &[String]) -> (usize, String) {
 fn case_source(seed: u64, case: u64, gallery: &[String]) -> (String, String) {
     let mut r = ChaCha8Rng::seed_from_u64(seed);
     r.set_stream(case);
-    if case % 2 == 0 {
+    if case.is_multiple_of(2) {
         generated(&mut r)
     } else {
         let (file, src) = mutated(&mut r, gallery);
@@ -390,7 +390,7 @@ fn progress(cases: u64, done: &AtomicU64, start: Instant, finished: impl Fn() ->
 
 fn report(o: &Options, t: &Tally, wall: Duration) {
     let mut kinds: Vec<_> = t.kinds.iter().collect();
-    kinds.sort_by(|a, b| b.1 .1.cmp(&a.1 .1));
+    kinds.sort_by_key(|k| std::cmp::Reverse(k.1 .1));
     println!("time by kind of case (count, mean, longest):");
     for (k, (n, total, max)) in kinds {
         println!(

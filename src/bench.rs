@@ -5,6 +5,7 @@ use crate::io::{init_params, random_batch};
 use crate::ir::{DType, Graph, IrError};
 use crate::kernels::Program;
 use crate::runtime::{compile_graph, RuntimeError};
+use crate::tensor::AllocError;
 use crate::train::optim::OptimConfig;
 use crate::train::step::TrainingStep;
 use std::time::Instant;
@@ -16,6 +17,8 @@ pub enum BenchError {
     Step(IrError),
     /// Compiling or running it failed.
     Runtime(RuntimeError),
+    /// The allocator refused the parameters or the batch.
+    Alloc(AllocError),
 }
 
 impl std::fmt::Display for BenchError {
@@ -23,11 +26,18 @@ impl std::fmt::Display for BenchError {
         match self {
             BenchError::Step(e) => write!(f, "{e}"),
             BenchError::Runtime(e) => write!(f, "{e}"),
+            BenchError::Alloc(e) => write!(f, "{e}"),
         }
     }
 }
 
 impl std::error::Error for BenchError {}
+
+impl From<AllocError> for BenchError {
+    fn from(e: AllocError) -> BenchError {
+        BenchError::Alloc(e)
+    }
+}
 
 impl From<IrError> for BenchError {
     fn from(e: IrError) -> BenchError {
@@ -72,8 +82,8 @@ pub fn bench_step(
     let step = TrainingStep::new(joint, optim, 0)?;
     let mut compiled = compile_graph(&step.graph)?;
     let compile_seconds = t0.elapsed().as_secs_f64();
-    compiled.load_params(&init_params(&step.graph, 0))?;
-    let batch = random_batch(joint, 0);
+    compiled.load_params(&init_params(&step.graph, 0)?)?;
+    let batch = random_batch(joint, 0)?;
     let mut run = |t: u64| -> Result<f64, BenchError> {
         let start = Instant::now();
         let inputs = step.inputs(batch.clone(), t, optim.lr);
