@@ -19,7 +19,7 @@ use crate::kernels::{
     self, BufKind, BuildOptions, KExpr, KernelBody, LoopKernel, MatMulKernel, MatPath, Program,
     RowMap,
 };
-use crate::tensor::{try_collect, AllocError, Tensor};
+use crate::tensor::{try_collect, try_copy, AllocError, Tensor};
 pub use error::RuntimeError;
 pub use memory::{MemoryBudget, MemoryLimit, OutOfMemory};
 pub use plan::{plan, print_plan, Plan};
@@ -570,8 +570,11 @@ impl CompiledGraph {
             let staged: Vec<Vec<f32>> = copies
                 .iter()
                 .filter(|c| c.2)
-                .map(|&((src, n), _, _)| self.exe.arena[src..src + n].to_vec())
-                .collect();
+                .map(|&((src, n), _, _)| {
+                    let what = || format!("a parameter staged for write-back ({n} elements)");
+                    try_copy(&self.exe.arena[src..src + n], what).map_err(RuntimeError::Host)
+                })
+                .collect::<Result<_, _>>()?;
             let mut staged = staged.into_iter();
             for ((src, n), dst, st) in copies {
                 if st {
