@@ -5,7 +5,7 @@ use crate::io::{init_params, random_batch};
 use crate::ir::{DType, Graph, IrError};
 use crate::kernels::Program;
 use crate::runtime::{compile_graph_with, CompiledGraph, RuntimeError};
-use crate::tensor::Tensor;
+use crate::tensor::{AllocError, Tensor};
 use crate::train::optim::OptimConfig;
 use crate::train::step::TrainingStep;
 use std::time::Instant;
@@ -17,6 +17,8 @@ pub enum BenchError {
     Step(IrError),
     /// Compiling or running it failed.
     Runtime(RuntimeError),
+    /// The allocator refused the parameters or the batch.
+    Alloc(AllocError),
 }
 
 impl std::fmt::Display for BenchError {
@@ -24,11 +26,18 @@ impl std::fmt::Display for BenchError {
         match self {
             BenchError::Step(e) => write!(f, "{e}"),
             BenchError::Runtime(e) => write!(f, "{e}"),
+            BenchError::Alloc(e) => write!(f, "{e}"),
         }
     }
 }
 
 impl std::error::Error for BenchError {}
+
+impl From<AllocError> for BenchError {
+    fn from(e: AllocError) -> BenchError {
+        BenchError::Alloc(e)
+    }
+}
 
 impl From<IrError> for BenchError {
     fn from(e: IrError) -> BenchError {
@@ -77,8 +86,8 @@ pub fn bench_step(
     let step = TrainingStep::new(joint, optim, 0)?;
     let mut compiled = compile_graph_with(&step.graph, &step.build_options())?;
     let compile_seconds = t0.elapsed().as_secs_f64();
-    compiled.load_params(&init_params(&step.graph, 0))?;
-    let batch = random_batch(joint, 0);
+    compiled.load_params(&init_params(&step.graph, 0)?)?;
+    let batch = random_batch(joint, 0)?;
     let steps = steps.max(1);
     let threads = crate::runtime::threads();
     let one_thread_step_seconds = if threads > 1 {

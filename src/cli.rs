@@ -519,7 +519,7 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             check_output_path(&output)?;
             let compiled = compile(&file, &overrides, color)?;
             let g = &compiled.forward;
-            let params = io::init_params(g, seed);
+            let params = io::init_params(g, seed)?;
             let named: Vec<(String, Tensor)> = g
                 .params
                 .iter()
@@ -958,11 +958,11 @@ fn cmd_run(
     }
     let params = match weights {
         Some(p) => load_weights(g, p)?,
-        None => io::init_params(g, seed),
+        None => io::init_params(g, seed)?,
     };
     let inputs = match batch {
         Some(p) => load_batch(g, p)?,
-        None => io::random_batch(g, seed),
+        None => io::random_batch(g, seed)?,
     };
     let joint = c
         .joint()

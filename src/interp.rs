@@ -17,7 +17,7 @@
 use crate::ir::ops::MaskFill;
 use crate::ir::{infer_type, DType, Graph, Op, Type};
 use crate::ir::{BinaryOp, UnaryOp, ViewOp};
-use crate::tensor::Tensor;
+use crate::tensor::{try_buffer, try_collect, try_copy, try_filled, AllocError, Tensor};
 
 /// Leaf values, in graph order: `inputs[i]` feeds `g.inputs[i]`, `params[i]` feeds `g.params[i]`.
 #[derive(Clone, Copy, Debug)]
@@ -32,6 +32,9 @@ pub struct InterpError {
     pub node: Option<usize>,
     /// Complete message; names the node and op when `node` is set.
     pub message: String,
+    /// Set when the error is a buffer the allocator refused (the model is too large for the
+    /// machine), not a property of the graph or its inputs.
+    pub alloc: Option<AllocError>,
 }
 
 impl std::fmt::Display for InterpError {
@@ -46,6 +49,7 @@ fn env_error(message: String) -> InterpError {
     InterpError {
         node: None,
         message,
+        alloc: None,
     }
 }
 
@@ -57,6 +61,13 @@ pub fn eval(g: &Graph, env: &Env) -> Result<Vec<Tensor>, InterpError> {
         let at = |detail: String| InterpError {
             node: Some(i),
             message: format!("{detail} at node %{i} ({})", node.op.name()),
+            alloc: None,
+        };
+        let what = || format!("node %{i} ({}, {})", node.op.name(), node.ty);
+        let refused = |alloc: AllocError| InterpError {
+            node: Some(i),
+            message: alloc.to_string(),
+            alloc: Some(alloc),
         };
         if let Some(a) = node.args.iter().find(|a| a.index() >= i) {
             return Err(at(format!("argument {a} is not defined before use")));
@@ -66,13 +77,15 @@ pub fn eval(g: &Graph, env: &Env) -> Result<Vec<Tensor>, InterpError> {
             Op::Input { index } => env
                 .inputs
                 .get(*index)
-                .cloned()
-                .ok_or_else(|| at(format!("input #{index} does not exist")))?,
+                .ok_or_else(|| at(format!("input #{index} does not exist")))?
+                .try_clone(what)
+                .map_err(refused)?,
             Op::Param { index } => env
                 .params
                 .get(*index)
-                .cloned()
-                .ok_or_else(|| at(format!("param #{index} does not exist")))?,
+                .ok_or_else(|| at(format!("param #{index} does not exist")))?
+                .try_clone(what)
+                .map_err(refused)?,
             op => {
                 let tys: Vec<Type> = args.iter().map(|t| t.ty()).collect();
                 let ty_refs: Vec<&Type> = tys.iter().collect();
@@ -83,7 +96,10 @@ pub fn eval(g: &Graph, env: &Env) -> Result<Vec<Tensor>, InterpError> {
                         node.ty
                     )));
                 }
-                apply(op, &args).map_err(|e| at(e.detail))?
+                apply(op, &args).map_err(|e| match e.alloc {
+                    Some(a) => refused(AllocError { what: what(), ..a }),
+                    None => at(e.detail),
+                })?
             }
         };
         if value.ty() != node.ty {
@@ -107,7 +123,13 @@ pub fn run(g: &Graph, env: &Env) -> Result<Vec<(String, Tensor)>, InterpError> {
         let v = values.get(i).ok_or_else(|| {
             env_error(format!("output {} refers to undefined {}", o.name, o.value))
         })?;
-        out.push((o.name.clone(), v.clone()));
+        let what = || format!("output {}", o.name);
+        let v = v.try_clone(what).map_err(|alloc| InterpError {
+            node: Some(i),
+            message: alloc.to_string(),
+            alloc: Some(alloc),
+        })?;
+        out.push((o.name.clone(), v));
     }
     Ok(out)
 }
@@ -185,16 +207,22 @@ fn unravel(mut lin: usize, shape: &[usize], idx: &mut [usize]) {
 
 /// Output element `o` (multi-index over `out_shape`) reads `src[offset + sum_i o[i] * step[i]]`.
 /// Transpose, broadcast (step 0) and slice are all this copy.
-fn strided_copy(src: &[f64], offset: usize, out_shape: &[usize], step: &[usize]) -> Vec<f64> {
+/// `out` is an empty buffer with room for the result.
+fn strided_copy(
+    src: &[f64],
+    offset: usize,
+    out_shape: &[usize],
+    step: &[usize],
+    mut out: Vec<f64>,
+) -> Vec<f64> {
     let n: usize = out_shape.iter().product();
     let mut idx = vec![0; out_shape.len()];
-    (0..n)
-        .map(|lin| {
-            unravel(lin, out_shape, &mut idx);
-            let at: usize = idx.iter().zip(step).map(|(i, s)| i * s).sum();
-            src[offset + at]
-        })
-        .collect()
+    out.extend((0..n).map(|lin| {
+        unravel(lin, out_shape, &mut idx);
+        let at: usize = idx.iter().zip(step).map(|(i, s)| i * s).sum();
+        src[offset + at]
+    }));
+    out
 }
 
 fn f32_tensor(shape: Vec<usize>, data: Vec<f64>) -> Tensor {
@@ -228,6 +256,26 @@ fn index(v: f64, limit: usize, what: &str, of: &str) -> Result<usize, String> {
 pub struct OpError {
     pub op: &'static str,
     pub detail: String,
+    /// Set when the allocator refused the result's buffer.
+    pub alloc: Option<AllocError>,
+}
+
+/// Why `apply_checked` failed: the arguments, or the allocator.
+enum Fail {
+    Detail(String),
+    Alloc(AllocError),
+}
+
+impl From<String> for Fail {
+    fn from(detail: String) -> Fail {
+        Fail::Detail(detail)
+    }
+}
+
+impl From<AllocError> for Fail {
+    fn from(e: AllocError) -> Fail {
+        Fail::Alloc(e)
+    }
 }
 
 impl std::fmt::Display for OpError {
@@ -242,47 +290,56 @@ impl std::error::Error for OpError {}
 /// shape rule (`eval` checks with `infer_type`); violations are errors, not panics.
 /// Usable on its own, e.g. for constant folding.
 pub fn apply(op: &Op, args: &[&Tensor]) -> Result<Tensor, OpError> {
-    apply_checked(op, args).map_err(|detail| OpError {
-        op: op.name(),
-        detail,
+    apply_checked(op, args).map_err(|fail| match fail {
+        Fail::Detail(detail) => OpError {
+            op: op.name(),
+            detail,
+            alloc: None,
+        },
+        Fail::Alloc(a) => OpError {
+            op: op.name(),
+            detail: a.to_string(),
+            alloc: Some(a),
+        },
     })
 }
 
-fn apply_checked(op: &Op, args: &[&Tensor]) -> Result<Tensor, String> {
-    {
+fn apply_checked(op: &Op, args: &[&Tensor]) -> Result<Tensor, Fail> {
+    let out_ty = {
         let tys: Vec<Type> = args.iter().map(|t| t.ty()).collect();
         let refs: Vec<&Type> = tys.iter().collect();
-        infer_type(op, &refs)?;
+        let ty = infer_type(op, &refs).map_err(|e| e.to_string())?;
         if let Some(t) = args.iter().find(|t| t.data.len() != t.ty().numel()) {
-            return Err(format!(
+            return Err(Fail::Detail(format!(
                 "argument {} holds {} elements",
                 t.ty(),
                 t.data.len()
-            ));
+            )));
         }
-    }
-    let unary = |f: &dyn Fn(f64) -> f64| -> Result<Tensor, String> {
-        let x = arg(args, 0, op)?;
-        Ok(f32_tensor(
-            x.shape.clone(),
-            x.data.iter().map(|&v| f(v)).collect(),
-        ))
+        ty
     };
-    let binary = |f: &dyn Fn(f64, f64) -> f64| -> Result<Tensor, String> {
+    // Every result buffer is as large as the result's type says; `eval` names the node.
+    let n = out_ty.numel();
+    let what = || format!("the result of {} ({out_ty})", op.name());
+    let unary = |f: &dyn Fn(f64) -> f64| -> Result<Tensor, Fail> {
+        let x = arg(args, 0, op)?;
+        let data = try_collect(n, x.data.iter().map(|&v| f(v)), what)?;
+        Ok(f32_tensor(x.shape.clone(), data))
+    };
+    let binary = |f: &dyn Fn(f64, f64) -> f64| -> Result<Tensor, Fail> {
         let (a, b) = (arg(args, 0, op)?, arg(args, 1, op)?);
-        let data = a.data.iter().zip(&b.data).map(|(&x, &y)| f(x, y)).collect();
-        Ok(f32_tensor(a.shape.clone(), data))
+        let items = a.data.iter().zip(&b.data).map(|(&x, &y)| f(x, y));
+        Ok(f32_tensor(a.shape.clone(), try_collect(n, items, what)?))
     };
     match op {
-        Op::Input { .. } | Op::Param { .. } => Err(format!(
+        Op::Input { .. } | Op::Param { .. } => Err(Fail::Detail(format!(
             "{} takes its value from the environment",
             op.name()
-        )),
-        Op::Full { value, shape } => Ok(f32_tensor(
-            shape.clone(),
-            vec![value.get(); shape.iter().product()],
-        )),
-        Op::Sinusoidal { len, dim } => Ok(sinusoidal(*len, *dim)),
+        ))),
+        Op::Full { value, shape } => {
+            Ok(f32_tensor(shape.clone(), try_filled(n, value.get(), what)?))
+        }
+        Op::Sinusoidal { len, dim } => Ok(sinusoidal(*len, *dim, try_buffer(n, what)?)),
 
         Op::Unary(UnaryOp::Neg) => unary(&|x| -x),
         Op::Unary(UnaryOp::Exp) => unary(&f64::exp),
@@ -310,18 +367,22 @@ fn apply_checked(op: &Op, args: &[&Tensor]) -> Result<Tensor, String> {
 
         Op::ReduceSum { axes, keep_dims } => {
             let x = arg(args, 0, op)?;
-            Ok(reduce_sum(x, axes, *keep_dims))
+            Ok(reduce_sum(x, axes, *keep_dims, try_filled(n, 0.0, what)?))
         }
-        Op::Softmax => softmax_rows(arg(args, 0, op)?, false),
-        Op::LogSoftmax => softmax_rows(arg(args, 0, op)?, true),
+        Op::Softmax => Ok(softmax_rows(
+            arg(args, 0, op)?,
+            false,
+            try_buffer(n, what)?,
+        )?),
+        Op::LogSoftmax => Ok(softmax_rows(arg(args, 0, op)?, true, try_buffer(n, what)?)?),
 
-        Op::View(v) => apply_view(v, arg(args, 0, op)?),
+        Op::View(v) => Ok(apply_view(v, arg(args, 0, op)?, try_buffer(n, what)?)),
         Op::Concat { axis } => {
             let first = arg(args, 0, op)?;
             let outer: usize = first.shape[..*axis].iter().product();
             let mut shape = first.shape.clone();
             shape[*axis] = args.iter().map(|t| t.shape[*axis]).sum();
-            let mut data = Vec::with_capacity(shape.iter().product());
+            let mut data = try_buffer(n, what)?;
             for o in 0..outer {
                 for t in args {
                     let chunk: usize = t.shape[*axis..].iter().product();
@@ -335,11 +396,14 @@ fn apply_checked(op: &Op, args: &[&Tensor]) -> Result<Tensor, String> {
             })
         }
 
-        Op::MatMul { ta, tb } => matmul(arg(args, 0, op)?, arg(args, 1, op)?, *ta, *tb),
+        Op::MatMul { ta, tb } => {
+            let out = try_buffer(n, what)?;
+            Ok(matmul(arg(args, 0, op)?, arg(args, 1, op)?, *ta, *tb, out))
+        }
         Op::Gather => {
             let (table, ids) = (arg(args, 0, op)?, arg(args, 1, op)?);
             let (v, d) = (table.shape[0], table.shape[1]);
-            let mut data = Vec::with_capacity(ids.data.len() * d);
+            let mut data = try_buffer(n, what)?;
             for &id in &ids.data {
                 let r = index(id, v, "token id", "vocab")?;
                 data.extend_from_slice(&table.data[r * d..(r + 1) * d]);
@@ -351,7 +415,7 @@ fn apply_checked(op: &Op, args: &[&Tensor]) -> Result<Tensor, String> {
         Op::ScatterAdd { rows } => {
             let (ids, src) = (arg(args, 0, op)?, arg(args, 1, op)?);
             let d = src.shape[src.shape.len() - 1];
-            let mut data = vec![0.0; rows * d];
+            let mut data = try_filled(n, 0.0, what)?;
             for (k, &id) in ids.data.iter().enumerate() {
                 let r = index(id, *rows, "index", "rows")?;
                 for j in 0..d {
@@ -362,7 +426,7 @@ fn apply_checked(op: &Op, args: &[&Tensor]) -> Result<Tensor, String> {
         }
         Op::OneHot { classes } => {
             let ids = arg(args, 0, op)?;
-            let mut data = vec![0.0; ids.data.len() * classes];
+            let mut data = try_filled(n, 0.0, what)?;
             for (k, &id) in ids.data.iter().enumerate() {
                 let c = index(id, *classes, "class id", "classes")?;
                 data[k * classes + c] = 1.0;
@@ -378,7 +442,7 @@ fn apply_checked(op: &Op, args: &[&Tensor]) -> Result<Tensor, String> {
                 MaskFill::NegInf => f64::NEG_INFINITY,
                 MaskFill::Zero => 0.0,
             };
-            let mut data = x.data.clone();
+            let mut data = try_copy(&x.data, what)?;
             for (k, v) in data.iter_mut().enumerate() {
                 let (row, col) = ((k / t) % t, k % t);
                 if col > row {
@@ -390,8 +454,7 @@ fn apply_checked(op: &Op, args: &[&Tensor]) -> Result<Tensor, String> {
     }
 }
 
-fn sinusoidal(len: usize, dim: usize) -> Tensor {
-    let mut data = Vec::with_capacity(len * dim);
+fn sinusoidal(len: usize, dim: usize, mut data: Vec<f64>) -> Tensor {
     for pos in 0..len {
         for j in 0..dim {
             // Columns 2i and 2i+1 share the frequency 1 / 10000^(2i/dim).
@@ -403,7 +466,8 @@ fn sinusoidal(len: usize, dim: usize) -> Tensor {
     f32_tensor(vec![len, dim], data)
 }
 
-fn reduce_sum(x: &Tensor, axes: &[usize], keep_dims: bool) -> Tensor {
+/// `out` holds the result's elements, zeroed.
+fn reduce_sum(x: &Tensor, axes: &[usize], keep_dims: bool, mut out: Vec<f64>) -> Tensor {
     let kept: Vec<usize> = x
         .shape
         .iter()
@@ -415,7 +479,6 @@ fn reduce_sum(x: &Tensor, axes: &[usize], keep_dims: bool) -> Tensor {
     let step: Vec<usize> = (0..kept.len())
         .map(|i| if axes.contains(&i) { 0 } else { ks[i] })
         .collect();
-    let mut out = vec![0.0; kept.iter().product()];
     let mut idx = vec![0; x.shape.len()];
     for (lin, &v) in x.data.iter().enumerate() {
         unravel(lin, &x.shape, &mut idx);
@@ -435,9 +498,10 @@ fn reduce_sum(x: &Tensor, axes: &[usize], keep_dims: bool) -> Tensor {
     f32_tensor(shape, out)
 }
 
-fn softmax_rows(x: &Tensor, log: bool) -> Result<Tensor, String> {
+/// `data` is an empty buffer with room for the result.
+fn softmax_rows(x: &Tensor, log: bool, mut data: Vec<f64>) -> Result<Tensor, String> {
     let n = x.shape[x.shape.len() - 1];
-    let mut data = x.data.clone();
+    data.extend_from_slice(&x.data);
     if n == 0 {
         return Ok(f32_tensor(x.shape.clone(), data));
     }
@@ -479,7 +543,8 @@ fn name(log: bool) -> &'static str {
     }
 }
 
-fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor, String> {
+/// `out` is an empty buffer with room for the result.
+fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, mut out: Vec<f64>) -> Tensor {
     let (ra, rb) = (a.shape.len(), b.shape.len());
     let (m, k) = if ta {
         (a.shape[ra - 1], a.shape[ra - 2])
@@ -489,7 +554,6 @@ fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor, String> 
     let n = if tb { b.shape[rb - 2] } else { b.shape[rb - 1] };
     let batch: usize = a.shape[..ra - 2].iter().product();
     let shared_b = rb == 2;
-    let mut out = Vec::with_capacity(batch * m * n);
     for bi in 0..batch {
         let a0 = bi * m * k;
         let b0 = if shared_b { 0 } else { bi * k * n };
@@ -508,7 +572,7 @@ fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor, String> 
     let mut shape = a.shape[..ra - 2].to_vec();
     shape.push(m);
     shape.push(n);
-    Ok(f32_tensor(shape, out))
+    f32_tensor(shape, out)
 }
 
 // ---- scalar functions (public so other stages test against the same definitions) ----
@@ -713,23 +777,27 @@ fn erfc_cf(x: f64) -> f64 {
 }
 
 /// The view ops: the same elements re-indexed.
-fn apply_view(v: &ViewOp, x: &Tensor) -> Result<Tensor, String> {
+/// `out` is an empty buffer with room for the result.
+fn apply_view(v: &ViewOp, x: &Tensor, mut out: Vec<f64>) -> Tensor {
     match v {
-        ViewOp::Reshape { shape } => Ok(Tensor {
-            dtype: x.dtype,
-            shape: shape.clone(),
-            data: x.data.clone(),
-        }),
+        ViewOp::Reshape { shape } => {
+            out.extend_from_slice(&x.data);
+            Tensor {
+                dtype: x.dtype,
+                shape: shape.clone(),
+                data: out,
+            }
+        }
         ViewOp::Transpose { perm } => {
             let s = strides(&x.shape);
             let out_shape: Vec<usize> = perm.iter().map(|&p| x.shape[p]).collect();
             let step: Vec<usize> = perm.iter().map(|&p| s[p]).collect();
-            let data = strided_copy(&x.data, 0, &out_shape, &step);
-            Ok(Tensor {
+            let data = strided_copy(&x.data, 0, &out_shape, &step, out);
+            Tensor {
                 dtype: x.dtype,
                 shape: out_shape,
                 data,
-            })
+            }
         }
         ViewOp::Broadcast { shape } => {
             let s = strides(&x.shape);
@@ -740,23 +808,23 @@ fn apply_view(v: &ViewOp, x: &Tensor) -> Result<Tensor, String> {
                     _ => 0,
                 })
                 .collect();
-            let data = strided_copy(&x.data, 0, shape, &step);
-            Ok(Tensor {
+            let data = strided_copy(&x.data, 0, shape, &step, out);
+            Tensor {
                 dtype: x.dtype,
                 shape: shape.clone(),
                 data,
-            })
+            }
         }
         ViewOp::Slice { axis, start, end } => {
             let s = strides(&x.shape);
             let mut out_shape = x.shape.clone();
             out_shape[*axis] = end - start;
-            let data = strided_copy(&x.data, start * s[*axis], &out_shape, &s);
-            Ok(Tensor {
+            let data = strided_copy(&x.data, start * s[*axis], &out_shape, &s, out);
+            Tensor {
                 dtype: x.dtype,
                 shape: out_shape,
                 data,
-            })
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 //! target, then a rename, so a failed or interrupted command never leaves a partial file.
 
 use crate::ir::{DType, Graph, Init, Op};
-use crate::tensor::Tensor;
+use crate::tensor::{try_buffer, try_collect, AllocError, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
@@ -37,6 +37,8 @@ pub enum IoErrorKind {
     Tensor { name: String, problem: String },
     /// Parameters of the model the file lacks.
     Missing(Vec<String>),
+    /// The allocator refused a buffer for its contents.
+    Alloc(AllocError),
 }
 
 /// A malformed safetensors file, or a tensor lamina cannot read.
@@ -48,6 +50,8 @@ pub enum FormatError {
     Dtype { name: String, dtype: String },
     /// An I64 value outside i32.
     IdRange { name: String, value: i64 },
+    /// The allocator refused a tensor's buffer.
+    Alloc(AllocError),
 }
 
 impl std::fmt::Display for FormatError {
@@ -61,6 +65,7 @@ impl std::fmt::Display for FormatError {
             FormatError::IdRange { name, value } => {
                 write!(f, "tensor `{name}`: value {value} does not fit in i32")
             }
+            FormatError::Alloc(e) => write!(f, "{e}"),
         }
     }
 }
@@ -94,6 +99,7 @@ impl std::fmt::Display for IoError {
             IoErrorKind::Format(e) => write!(f, "{p} is not a valid tensor file: {e}"),
             IoErrorKind::NotAFilePath => write!(f, "{p} is not a file path"),
             IoErrorKind::Tensor { name, problem } => write!(f, "{p}: `{name}` {problem}"),
+            IoErrorKind::Alloc(e) => write!(f, "cannot read {p}: {e}"),
             IoErrorKind::Missing(names) => {
                 let shown = names.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
                 write!(
@@ -143,7 +149,9 @@ pub fn read_file(path: &Path, limit: Option<u64>) -> Result<Vec<u8>, IoError> {
     if meta.len() > cap {
         return Err(fail(IoErrorKind::TooLarge { limit: cap }));
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    let what = || format!("the contents of {}", path.display());
+    let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
+    let mut bytes = try_buffer(len, what).map_err(|e| fail(IoErrorKind::Alloc(e)))?;
     // The file may grow while it is read: never more than the limit and one byte.
     file.take(cap.saturating_add(1))
         .read_to_end(&mut bytes)
@@ -214,32 +222,29 @@ pub fn safetensors_bytes_as(
     width: FloatWidth,
     metadata: Option<std::collections::HashMap<String, String>>,
 ) -> Result<Vec<u8>, FormatError> {
-    let raw: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
+    let raw = tensors
         .iter()
         .map(|(name, t)| {
+            let what = || format!("tensor `{name}` as bytes");
+            let n = t.data.len();
             let (dtype, bytes) = match (t.dtype, width) {
-                (DType::F32, FloatWidth::F32) => (
-                    Dtype::F32,
-                    t.data
-                        .iter()
-                        .flat_map(|&v| (v as f32).to_le_bytes())
-                        .collect::<Vec<u8>>(),
-                ),
-                (DType::F32, FloatWidth::F64) => (
-                    Dtype::F64,
-                    t.data.iter().flat_map(|&v| v.to_le_bytes()).collect(),
-                ),
-                (DType::I32, _) => (
-                    Dtype::I32,
-                    t.data
-                        .iter()
-                        .flat_map(|&v| (v as i32).to_le_bytes())
-                        .collect::<Vec<u8>>(),
-                ),
+                (DType::F32, FloatWidth::F32) => {
+                    let bytes = t.data.iter().flat_map(|&v| (v as f32).to_le_bytes());
+                    (Dtype::F32, try_collect(4 * n, bytes, what))
+                }
+                (DType::F32, FloatWidth::F64) => {
+                    let bytes = t.data.iter().flat_map(|&v| v.to_le_bytes());
+                    (Dtype::F64, try_collect(8 * n, bytes, what))
+                }
+                (DType::I32, _) => {
+                    let bytes = t.data.iter().flat_map(|&v| (v as i32).to_le_bytes());
+                    (Dtype::I32, try_collect(4 * n, bytes, what))
+                }
             };
-            (name.clone(), dtype, t.shape.clone(), bytes)
+            let bytes = bytes.map_err(FormatError::Alloc)?;
+            Ok((name.clone(), dtype, t.shape.clone(), bytes))
         })
-        .collect();
+        .collect::<Result<Vec<(String, Dtype, Vec<usize>, Vec<u8>)>, FormatError>>()?;
     let views = raw
         .iter()
         .map(|(name, dtype, shape, bytes)| {
@@ -344,36 +349,44 @@ pub fn parse_tensors(bytes: &[u8]) -> Result<Vec<FileTensor>, FormatError> {
             b.copy_from_slice(c);
             b
         };
+        // Each element becomes an f64: up to twice the bytes the file holds.
+        let n: usize = shape.iter().product();
+        let what = || format!("tensor `{name}` ({n} elements)");
+        let collect = |items: &mut dyn Iterator<Item = f64>| {
+            try_collect(n, items, what).map_err(FormatError::Alloc)
+        };
         let (tensor, stored) = match view.dtype() {
             Dtype::F32 => (
                 Tensor::f32(
                     shape,
-                    data.chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-                        .collect(),
+                    collect(
+                        &mut data
+                            .chunks_exact(4)
+                            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64),
+                    )?,
                 ),
                 "f32",
             ),
             Dtype::F64 => (
                 Tensor::f32(
                     shape,
-                    data.chunks_exact(8)
-                        .map(|c| f64::from_le_bytes(le8(c)))
-                        .collect(),
+                    collect(&mut data.chunks_exact(8).map(|c| f64::from_le_bytes(le8(c))))?,
                 ),
                 "f64",
             ),
             Dtype::I32 => (
                 Tensor::i32(
                     shape,
-                    data.chunks_exact(4)
-                        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-                        .collect(),
+                    collect(
+                        &mut data
+                            .chunks_exact(4)
+                            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64),
+                    )?,
                 ),
                 "i32",
             ),
             Dtype::I64 => {
-                let mut vals = Vec::with_capacity(data.len() / 8);
+                let mut vals = try_buffer(n, what).map_err(FormatError::Alloc)?;
                 for c in data.chunks_exact(8) {
                     let v = i64::from_le_bytes(le8(c));
                     if i32::try_from(v).is_err() {
@@ -422,25 +435,24 @@ pub fn normal(rng: &mut ChaCha8Rng) -> f64 {
 }
 
 /// Initial values of every parameter of `g`, in parameter order, rounded to f32.
-pub fn init_params(g: &Graph, seed: u64) -> Vec<Tensor> {
+pub fn init_params(g: &Graph, seed: u64) -> Result<Vec<Tensor>, AllocError> {
     g.params
         .iter()
         .map(|p| {
             let n: usize = p.shape.iter().product();
             let mut rng = ChaCha8Rng::seed_from_u64(seed ^ fnv(p.name.as_bytes()));
-            let data: Vec<f64> = match p.init {
-                Init::Zeros => vec![0.0; n],
-                Init::Ones => vec![1.0; n],
-                Init::Const(c) => vec![c; n],
-                Init::Normal { std } => (0..n).map(|_| std * normal(&mut rng)).collect(),
-                Init::Uniform { bound } => (0..n)
-                    .map(|_| bound * (2.0 * rng.gen::<f64>() - 1.0))
-                    .collect(),
+            let mut draw = || -> f64 {
+                match p.init {
+                    Init::Zeros => 0.0,
+                    Init::Ones => 1.0,
+                    Init::Const(c) => c,
+                    Init::Normal { std } => std * normal(&mut rng),
+                    Init::Uniform { bound } => bound * (2.0 * rng.gen::<f64>() - 1.0),
+                }
             };
-            Tensor::f32(
-                p.shape.clone(),
-                data.into_iter().map(|v| v as f32 as f64).collect(),
-            )
+            let what = || format!("parameter {} ({n} elements)", p.name);
+            let data = try_collect(n, (0..n).map(|_| draw() as f32 as f64), what)?;
+            Ok(Tensor::f32(p.shape.clone(), data))
         })
         .collect()
 }
@@ -470,26 +482,25 @@ pub fn index_bound(g: &Graph, input_index: usize) -> Option<usize> {
 
 /// A random batch of the graph's input shapes: ids uniform in their valid range, features
 /// and regression targets standard normal.
-pub fn random_batch(g: &Graph, seed: u64) -> Vec<Tensor> {
+pub fn random_batch(g: &Graph, seed: u64) -> Result<Vec<Tensor>, AllocError> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6261_7463_6800_0000);
     g.inputs
         .iter()
         .enumerate()
         .map(|(i, inp)| {
             let n = inp.ty.numel();
-            match inp.ty.dtype {
+            let what = || format!("input {} ({})", inp.name, inp.ty);
+            Ok(match inp.ty.dtype {
                 DType::I32 => {
                     let bound = index_bound(g, i).unwrap_or(1).max(1);
-                    Tensor::i32(
-                        inp.ty.shape.clone(),
-                        (0..n).map(|_| rng.gen_range(0..bound) as f64).collect(),
-                    )
+                    let ids = (0..n).map(|_| rng.gen_range(0..bound) as f64);
+                    Tensor::i32(inp.ty.shape.clone(), try_collect(n, ids, what)?)
                 }
-                DType::F32 => Tensor::f32(
-                    inp.ty.shape.clone(),
-                    (0..n).map(|_| normal(&mut rng) as f32 as f64).collect(),
-                ),
-            }
+                DType::F32 => {
+                    let xs = (0..n).map(|_| normal(&mut rng) as f32 as f64);
+                    Tensor::f32(inp.ty.shape.clone(), try_collect(n, xs, what)?)
+                }
+            })
         })
         .collect()
 }

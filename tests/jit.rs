@@ -390,7 +390,7 @@ fn check_step(name: &str, step: &TrainingStep, inputs: &[Tensor], params: &[Tens
         !step.writeback.is_empty(),
         "{name}: nothing is written back"
     );
-    let now = c.params();
+    let now = c.params().unwrap();
     // An update is the old value plus a small change: its error is measured against the
     // size of the change, not of the parameter. Changes that vanish analytically (a key
     // bias under softmax) are measured against 1e-3 of the largest change of the step.
@@ -441,7 +441,12 @@ fn optimizer_steps_match_interpreter() {
         let name = kind.name();
         let step = TrainingStep::new(&g, &optim(kind, 0.1), 0).unwrap();
         let mut params = vec![w.clone()];
-        params.extend(lamina::io::init_params(&step.graph, 0).into_iter().skip(1));
+        params.extend(
+            lamina::io::init_params(&step.graph, 0)
+                .unwrap()
+                .into_iter()
+                .skip(1),
+        );
         // The third step, so that the state tensors are not zero.
         for t in 0..3 {
             let inputs = step.inputs(vec![x.clone()], t, 0.1);
@@ -505,7 +510,12 @@ fn examples_train_like_the_interpreter() {
             })
             .collect();
         let n = params.len();
-        params.extend(lamina::io::init_params(&step.graph, 0).into_iter().skip(n));
+        params.extend(
+            lamina::io::init_params(&step.graph, 0)
+                .unwrap()
+                .into_iter()
+                .skip(n),
+        );
         let inputs = step.inputs(batch, 0, 0.05);
         check_step(&format!("{path:?}"), &step, &inputs, &params);
     }
@@ -539,8 +549,8 @@ fn two_thread_kernels_match_the_interpreter() {
     // The FFN hidden state [4, 64, 256] and the attention scores [4, 4, 64, 64] have 65536
     // elements each, past the runtime's thresholds for splitting work.
     let j = lamina::autodiff::differentiate(&g).unwrap();
-    let params = lamina::io::init_params(&j, 3);
-    let inputs = lamina::io::random_batch(&j, 3);
+    let params = lamina::io::init_params(&j, 3).unwrap();
+    let inputs = lamina::io::random_batch(&j, 3).unwrap();
     let want = run(
         &j,
         &Env {

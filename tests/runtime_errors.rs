@@ -44,7 +44,7 @@ fn an_unknown_output_is_named() {
 fn bad_parameters_and_inputs_are_named() {
     let g = joint();
     let mut exe = Executable::new(&g, &BuildOptions::default()).unwrap();
-    let params = init_params(&g, 0);
+    let params = init_params(&g, 0).unwrap();
     let e = exe.set_params(&g, &params[1..]).unwrap_err();
     assert_eq!(
         e,
@@ -57,7 +57,7 @@ fn bad_parameters_and_inputs_are_named() {
     let e = exe.set_param(params.len(), &params[0]).unwrap_err();
     assert_eq!(e.to_string(), format!("no parameter #{}", params.len()));
 
-    let mut batch = random_batch(&g, 0);
+    let mut batch = random_batch(&g, 0).unwrap();
     let e = exe.set_inputs(&g, &batch[..1]).unwrap_err();
     assert_eq!(e.to_string(), "tiny takes 2 input(s), got 1");
     // A token id beyond the vocabulary.

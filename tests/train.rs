@@ -606,14 +606,14 @@ fn resident_jit_step_matches_host_round_trip() {
                 .unwrap();
             params[i] = v;
         }
-        let got = resident.params();
+        let got = resident.params().unwrap();
         for (a, b) in got.iter().zip(&params) {
             assert_eq!(a, b, "step {t}");
         }
     }
     let r = resident.step(&inputs(5, f64::INFINITY)).unwrap();
     assert!(r.non_finite.is_some());
-    assert_eq!(resident.params(), params);
+    assert_eq!(resident.params().unwrap(), params);
 }
 
 #[test]

@@ -15,6 +15,7 @@ use super::*;
 use crate::ir::ops::MaskFill;
 use crate::ir::{BinaryOp, UnaryOp, ViewOp};
 use crate::ir::{Graph, Op, ValueId};
+use crate::tensor::{try_buffer, AllocError};
 use std::collections::HashMap;
 
 /// What to compile.
@@ -676,7 +677,7 @@ impl<'g> Builder<'g> {
                 shape,
             }),
             Op::Sinusoidal { len, dim } => {
-                let data = sinusoidal(*len, *dim);
+                let data = sinusoidal(*len, *dim).map_err(KernelError::Alloc)?;
                 let b = self.new_buf(
                     data.len().max(1),
                     DType::F32,
@@ -1554,8 +1555,10 @@ fn reshape_view(v: &View, shape: &[usize]) -> Option<View> {
     })
 }
 
-fn sinusoidal(len: usize, dim: usize) -> Vec<f32> {
-    let mut data = Vec::with_capacity(len * dim);
+/// The `[len, dim]` table, built when the program is (it is constant data of the program).
+fn sinusoidal(len: usize, dim: usize) -> Result<Vec<f32>, AllocError> {
+    let what = || format!("the sinusoidal position table [{len}, {dim}]");
+    let mut data = try_buffer(len * dim, what)?;
     for pos in 0..len {
         for j in 0..dim {
             let two_i = (j - j % 2) as f64;
@@ -1563,7 +1566,7 @@ fn sinusoidal(len: usize, dim: usize) -> Vec<f32> {
             data.push(if j % 2 == 0 { angle.sin() } else { angle.cos() } as f32);
         }
     }
-    data
+    Ok(data)
 }
 
 /// A batch of GEMMs sharing `b` whose `a` and `c` matrices are stacked row after row is one

@@ -3,11 +3,14 @@
 //! or a kernel that fails its own check.
 
 use super::BufId;
+use crate::tensor::AllocError;
 use std::fmt;
 
 /// Why building or checking a program failed.
 #[derive(Clone, Debug, PartialEq)]
 pub enum KernelError {
+    /// The allocator refused a constant table (a sinusoidal position table).
+    Alloc(AllocError),
     /// The graph fails `Graph::verify`.
     IllFormedGraph(String),
     /// An output asked for by name that the graph does not have.
@@ -81,6 +84,7 @@ impl fmt::Display for KernelError {
         match self {
             KernelError::IllFormedGraph(e) => write!(f, "internal error: ill-formed graph: {e}"),
             KernelError::NoOutput(name) => write!(f, "no output {name}"),
+            KernelError::Alloc(e) => write!(f, "{e}"),
             KernelError::Internal { message, .. } => write!(f, "internal error: {message}"),
             KernelError::Check {
                 kernel,

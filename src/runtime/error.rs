@@ -5,6 +5,7 @@ use super::memory::OutOfMemory;
 use crate::ir::Type;
 use crate::jit::JitError;
 use crate::kernels::KernelError;
+use crate::tensor::AllocError;
 use std::fmt;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -17,6 +18,8 @@ pub enum RuntimeError {
     OutOfMemory(OutOfMemory),
     /// The allocator refused an arena of `bytes`.
     Allocation { bytes: u128 },
+    /// The allocator refused a host copy (an output read back).
+    Host(AllocError),
     /// A parameter list of the wrong length.
     ParamCount { expected: usize, got: usize },
     /// Parameter `name` given with a type other than its own.
@@ -72,6 +75,7 @@ impl fmt::Display for RuntimeError {
             RuntimeError::Kernels(e) => write!(f, "{e}"),
             RuntimeError::Jit(e) => write!(f, "{e}"),
             RuntimeError::OutOfMemory(e) => write!(f, "{e}"),
+            RuntimeError::Host(e) => write!(f, "{e}"),
             RuntimeError::Allocation { bytes } => write!(
                 f,
                 "cannot allocate the arena of {bytes} bytes; reduce the model with --set (batch, length, d, layers)"

@@ -98,15 +98,9 @@ impl fmt::Display for OutOfMemory {
 
 impl std::error::Error for OutOfMemory {}
 
-/// Bytes in the largest binary unit that keeps the figure at least 1 (`110.3 GiB`).
+/// Bytes in words (`110.3 GiB`).
 fn human(bytes: u64) -> String {
-    const UNITS: [(&str, u32); 3] = [("GiB", 30), ("MiB", 20), ("KiB", 10)];
-    for (unit, shift) in UNITS {
-        if bytes >= 1 << shift {
-            return format!("{:.1} {unit}", bytes as f64 / (1u64 << shift) as f64);
-        }
-    }
-    format!("{bytes} bytes")
+    crate::tensor::human_bytes(bytes as u128)
 }
 
 /// Bytes the program needs once planned: its arena, plus the host's f64 copy of the

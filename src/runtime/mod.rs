@@ -20,7 +20,7 @@ use crate::kernels::{
     self, BufKind, BuildOptions, KExpr, KernelBody, LoopKernel, MatMulKernel, MatPath, Program,
     RowMap,
 };
-use crate::tensor::Tensor;
+use crate::tensor::{try_collect, try_copy, AllocError, Tensor};
 pub use error::RuntimeError;
 pub use memory::{MemoryBudget, MemoryLimit, OutOfMemory};
 pub use plan::{plan, print_plan, Plan};
@@ -325,28 +325,32 @@ impl Executable {
         }
     }
 
-    /// Output `name` of the last run.
-    pub fn output(&self, name: &str) -> Option<Tensor> {
+    /// Output `name` of the last run (`None`: the program has no such output).
+    pub fn output(&self, name: &str) -> Option<Result<Tensor, AllocError>> {
         let o = self.program.outputs.iter().find(|o| o.name == name)?;
         Some(self.read_output(o))
     }
 
-    fn read_output(&self, o: &kernels::ProgramOutput) -> Tensor {
+    /// A host copy of an output: f64, twice the bytes it has in the arena, so the allocation
+    /// can fail where the arena's did not.
+    fn read_output(&self, o: &kernels::ProgramOutput) -> Result<Tensor, AllocError> {
         let off = self.plan.offsets[o.buf.index()] + o.offset;
         let n: usize = o.shape.iter().product();
-        let data = self.arena[off..off + n]
-            .iter()
-            .map(|&x| match o.dtype {
-                DType::F32 => x as f64,
-                DType::I32 => x.to_bits() as i32 as f64,
-            })
-            .collect();
-        Tensor::new(o.dtype, o.shape.clone(), data)
+        let data = self.arena[off..off + n].iter().map(|&x| match o.dtype {
+            DType::F32 => x as f64,
+            DType::I32 => x.to_bits() as i32 as f64,
+        });
+        let what = || format!("output {}", o.name);
+        Ok(Tensor::new(
+            o.dtype,
+            o.shape.clone(),
+            try_collect(n, data, what)?,
+        ))
     }
 
     /// Every output of the last run, in program order (an output name that repeats reads
     /// its first output, as `output` does).
-    pub fn outputs(&self) -> Vec<(String, Tensor)> {
+    pub fn outputs(&self) -> Result<Vec<(String, Tensor)>, RuntimeError> {
         let mut first: HashMap<&str, &kernels::ProgramOutput> = HashMap::new();
         for o in &self.program.outputs {
             first.entry(o.name.as_str()).or_insert(o);
@@ -354,7 +358,12 @@ impl Executable {
         self.program
             .outputs
             .iter()
-            .map(|o| (o.name.clone(), self.read_output(first[o.name.as_str()])))
+            .map(|o| {
+                let t = self
+                    .read_output(first[o.name.as_str()])
+                    .map_err(RuntimeError::Host)?;
+                Ok((o.name.clone(), t))
+            })
             .collect()
     }
 }
@@ -527,7 +536,7 @@ impl CompiledGraph {
         self.exe.set_params(&self.graph, params)?;
         self.exe.set_inputs(&self.graph, inputs)?;
         self.exe.run();
-        Ok(self.exe.outputs())
+        self.exe.outputs()
     }
 
     /// Copy every parameter into the arena, where `step` keeps them between runs.
@@ -567,7 +576,7 @@ impl CompiledGraph {
         let loss = self.loss()?;
         let non_finite = self.first_non_finite_output();
         if non_finite.is_none() {
-            self.copy_back(copies);
+            self.copy_back(copies)?;
         }
         Ok(StepResult {
             loss,
@@ -609,14 +618,17 @@ impl CompiledGraph {
         Ok(copies)
     }
 
-    fn copy_back(&mut self, copies: Vec<Copy>) {
+    fn copy_back(&mut self, copies: Vec<Copy>) -> Result<(), RuntimeError> {
         // An output read straight from a parameter is staged first, so that no copy reads a
         // parameter another copy has already overwritten.
         let staged: Vec<Vec<f32>> = copies
             .iter()
             .filter(|c| c.2)
-            .map(|&((src, n), _, _)| self.exe.arena[src..src + n].to_vec())
-            .collect();
+            .map(|&((src, n), _, _)| {
+                let what = || format!("a parameter staged for write-back ({n} elements)");
+                try_copy(&self.exe.arena[src..src + n], what).map_err(RuntimeError::Host)
+            })
+            .collect::<Result<_, _>>()?;
         let mut staged = staged.into_iter();
         for ((src, n), dst, st) in copies {
             if st {
@@ -626,6 +638,7 @@ impl CompiledGraph {
                 self.exe.arena.copy_within(src..src + n, dst);
             }
         }
+        Ok(())
     }
 
     fn loss(&self) -> Result<f32, RuntimeError> {
@@ -679,22 +692,22 @@ impl CompiledGraph {
     }
 
     /// The resident parameters, in graph order.
-    pub fn params(&self) -> Vec<Tensor> {
+    pub fn params(&self) -> Result<Vec<Tensor>, AllocError> {
         self.graph
             .params
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                Tensor::f32(
-                    p.shape.clone(),
-                    self.exe.param_data(i).iter().map(|&x| x as f64).collect(),
-                )
+                let data = self.exe.param_data(i);
+                let what = || format!("a host copy of parameter {}", p.name);
+                let data = try_collect(data.len(), data.iter().map(|&x| x as f64), what)?;
+                Ok(Tensor::f32(p.shape.clone(), data))
             })
             .collect()
     }
 
-    /// Output `name` of the last run.
-    pub fn output(&self, name: &str) -> Option<Tensor> {
+    /// Output `name` of the last run (`None`: the graph has no such output).
+    pub fn output(&self, name: &str) -> Option<Result<Tensor, AllocError>> {
         self.exe.output(name)
     }
 }

@@ -1,6 +1,7 @@
 //! The errors of training: each says what it concerns (a file, an option, a step).
 
 use crate::io::IoError;
+use crate::tensor::AllocError;
 use std::path::PathBuf;
 
 /// Why a training run (or `compare`, `sample`, the recipe) failed.
@@ -22,6 +23,8 @@ pub enum TrainError {
     NonFinite(NonFiniteError),
     /// Compiling or running a graph failed, at a step when one was running.
     Exec { step: Option<u64>, error: ExecError },
+    /// The allocator refused a host buffer (parameters, a batch, samples).
+    Alloc(AllocError),
     /// Something lamina itself guarantees did not hold.
     Internal(String),
 }
@@ -46,6 +49,7 @@ impl std::fmt::Display for TrainError {
                 error,
             } => write!(f, "at step {step}: {error}"),
             TrainError::Exec { step: None, error } => write!(f, "{error}"),
+            TrainError::Alloc(e) => write!(f, "{e}"),
             TrainError::Internal(m) => write!(f, "internal error: {m}"),
         }
     }
@@ -54,6 +58,12 @@ impl std::fmt::Display for TrainError {
 /// The message says everything, including the inner error: no `source`, so that a report
 /// of the chain does not repeat it.
 impl std::error::Error for TrainError {}
+
+impl From<AllocError> for TrainError {
+    fn from(e: AllocError) -> Self {
+        TrainError::Alloc(e)
+    }
+}
 
 impl From<IoError> for TrainError {
     fn from(e: IoError) -> Self {

@@ -7,7 +7,7 @@
 use crate::interp;
 use crate::ir::{Graph, Op, OutputRole};
 use crate::runtime::{self, CompiledGraph};
-use crate::tensor::Tensor;
+use crate::tensor::{AllocError, Tensor};
 
 pub use super::error::ExecError;
 
@@ -91,7 +91,7 @@ pub trait StepExecutor {
     /// One step; on success output `o` becomes parameter `p` for each writeback pair.
     fn step(&mut self, inputs: &[Tensor]) -> Result<StepOutcome, ExecError>;
     /// The current parameters, in graph order.
-    fn params(&self) -> Vec<Tensor>;
+    fn params(&self) -> Result<Vec<Tensor>, AllocError>;
 }
 
 /// The JIT keeps parameters in its f32 arena and writes outputs back arena to arena.
@@ -119,7 +119,7 @@ impl StepExecutor for JitStep {
         })
     }
 
-    fn params(&self) -> Vec<Tensor> {
+    fn params(&self) -> Result<Vec<Tensor>, AllocError> {
         self.graph.params()
     }
 }
@@ -163,8 +163,9 @@ impl StepExecutor for InterpStep {
         })
     }
 
-    fn params(&self) -> Vec<Tensor> {
-        self.params.clone()
+    fn params(&self) -> Result<Vec<Tensor>, AllocError> {
+        let copy = |p: &Tensor| p.try_clone(|| format!("a copy of a parameter ({})", p.ty()));
+        self.params.iter().map(copy).collect()
     }
 }
 

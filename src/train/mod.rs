@@ -414,7 +414,7 @@ impl<'a> Plan<'a> {
     /// a checkpoint's after checking that it belongs to this run.
     fn initial_state(&self, resume: Option<&Path>) -> Result<(u64, Vec<Tensor>), TrainError> {
         let step_g = &self.step.graph;
-        let mut params = crate::io::init_params(step_g, self.cfg.seed);
+        let mut params = crate::io::init_params(step_g, self.cfg.seed)?;
         let Some(ck) = resume else {
             return Ok((0, params));
         };
@@ -532,7 +532,7 @@ impl Run {
             _lock: lock,
             step_exec,
             eval_exec,
-            eval_batches: plan.task.eval_batches(),
+            eval_batches: plan.task.eval_batches()?,
             log,
             t: start,
             last_ckpt: opts.resume.as_ref().map(|_| start),
@@ -559,7 +559,7 @@ impl Run {
                 checkpoint::save(
                     &plan.ckpt_path(),
                     step_g,
-                    &self.step_exec.params(),
+                    &self.step_exec.params()?,
                     &plan.meta(t),
                 )?;
                 self.interrupted = true;
@@ -567,7 +567,7 @@ impl Run {
             }
             let ts = Instant::now();
             let lr = cfg.schedule.lr(cfg.optim.lr, t, cfg.steps);
-            let inputs = plan.step.inputs(plan.task.batch(t).inputs, t, lr);
+            let inputs = plan.step.inputs(plan.task.batch(t)?.inputs, t, lr);
             // Only the loss and a finiteness flag come back; the parameters stay resident.
             let out = self
                 .step_exec
@@ -588,7 +588,7 @@ impl Run {
                 return Err(non_finite(
                     step_g,
                     &inputs,
-                    &self.step_exec.params(),
+                    &self.step_exec.params()?,
                     Failure {
                         step: t + 1,
                         loss: out.loss,
@@ -619,7 +619,7 @@ impl Run {
             "step": t, "loss": loss as f32, "lr": lr, "tokens_per_s": (tokens / dt).round()
         }))?;
         if t.is_multiple_of(cfg.eval_every) || t == cfg.steps {
-            let params = self.step_exec.params();
+            let params = self.step_exec.params()?;
             let e = self.evaluate(plan, &params)?;
             self.evals.push((t, e));
             self.log.line(serde_json::json!({
@@ -685,7 +685,7 @@ impl Run {
         let out_dir = &plan.out_dir;
         let forward = plan.forward;
         if !self.interrupted {
-            let params = self.step_exec.params();
+            let params = self.step_exec.params()?;
             let model: Vec<(String, Tensor)> = plan.step.graph.params[..forward.params.len()]
                 .iter()
                 .zip(&params)

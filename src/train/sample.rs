@@ -8,7 +8,7 @@ use super::error::{TaskError, TrainError};
 use super::exec;
 use super::tasks::{self, Head, InputKind, ModelShape};
 use crate::ir::Graph;
-use crate::tensor::Tensor;
+use crate::tensor::{try_filled, Tensor};
 use crate::train::exec::Backend;
 use rand::Rng;
 
@@ -65,22 +65,21 @@ pub fn sample(g: &Graph, params: &[Tensor], opts: &SampleOptions) -> Result<Vec<
     for _ in 0..opts.bytes {
         let window = &ctx[ctx.len().saturating_sub(*length)..];
         let pos = window.len() - 1;
-        let mut toks = vec![0.0; b * length];
+        let what = || format!("the sampling window [{b}, {length}]");
+        let mut toks = try_filled(b * length, 0.0, what)?;
         for (i, &c) in window.iter().enumerate() {
             toks[i] = c as f64;
         }
-        let inputs: Vec<Tensor> = g
+        let mut toks = Some(toks);
+        let inputs = g
             .inputs
             .iter()
             .enumerate()
-            .map(|(i, inp)| {
-                if i == tok_i {
-                    Tensor::i32(inp.ty.shape.clone(), toks.clone())
-                } else {
-                    Tensor::zeros(&inp.ty)
-                }
+            .map(|(i, inp)| match toks.take_if(|_| i == tok_i) {
+                Some(toks) => Ok(Tensor::i32(inp.ty.shape.clone(), toks)),
+                None => Tensor::try_zeros(&inp.ty, || format!("input {}", inp.name)),
             })
-            .collect();
+            .collect::<Result<Vec<Tensor>, _>>()?;
         let outs = ex.run(&inputs, params)?;
         let logits = &outs
             .iter()

@@ -6,7 +6,7 @@
 pub use super::error::TaskError;
 use crate::io::{fnv, normal};
 use crate::ir::{DType, Graph};
-use crate::tensor::Tensor;
+use crate::tensor::{try_buffer, try_collect, AllocError, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -245,13 +245,16 @@ impl Task {
     }
 
     /// Assemble `tokens`/`inputs` and `targets` in graph order.
-    fn assemble(&self, x: Tensor, y: Tensor, rows: usize) -> Batch {
+    fn assemble(&self, x: Tensor, y: Tensor, rows: usize) -> Result<Batch, AllocError> {
         let inputs = self
             .input_names
             .iter()
-            .map(|n| if n == "targets" { y.clone() } else { x.clone() })
-            .collect();
-        Batch { inputs, rows }
+            .map(|n| {
+                let t = if n == "targets" { &y } else { &x };
+                t.try_clone(|| format!("input {n} of a batch ({})", t.ty()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Batch { inputs, rows })
     }
 
     /// Examples `(x row, y row)` for one sample.
@@ -334,9 +337,11 @@ impl Task {
         (w[..t].to_vec(), w[1..].to_vec())
     }
 
-    fn build(&self, examples: Vec<(Vec<f64>, Vec<f64>)>, rows: usize) -> Batch {
+    fn build(&self, examples: Vec<(Vec<f64>, Vec<f64>)>, rows: usize) -> Result<Batch, AllocError> {
         let b = self.shape.batch;
-        let (mut xs, mut ys) = (Vec::new(), Vec::new());
+        let (xw, yw) = examples.first().map_or((0, 0), |(x, y)| (x.len(), y.len()));
+        let mut xs = try_buffer(b * xw, || format!("the inputs of a batch [{b}, {xw}]"))?;
+        let mut ys = try_buffer(b * yw, || format!("the targets of a batch [{b}, {yw}]"))?;
         for i in 0..b {
             // Pad by repeating the first example; padded rows are not scored.
             let (x, y) = &examples[if i < examples.len() { i } else { 0 }];
@@ -358,7 +363,7 @@ impl Task {
     }
 
     /// The training batch of step `t` (0-based).
-    pub fn batch(&self, t: u64) -> Batch {
+    pub fn batch(&self, t: u64) -> Result<Batch, AllocError> {
         let mut rng = rng_for(self.seed, STREAM_BATCH, t);
         let b = self.shape.batch;
         let examples = (0..b)
@@ -386,7 +391,7 @@ impl Task {
     }
 
     /// The held-out set, in batches of the model's batch size (the last one padded).
-    pub fn eval_batches(&self) -> Vec<Batch> {
+    pub fn eval_batches(&self) -> Result<Vec<Batch>, AllocError> {
         let b = self.shape.batch;
         let examples: Vec<(Vec<f64>, Vec<f64>)> = match &self.data {
             Data::Pairs { held, .. } => {
@@ -615,6 +620,9 @@ fn teacher_data(spec: &TaskSpec, shape: &ModelShape, seed: u64) -> Result<Data, 
     };
     let mut rng = rng_for(seed, STREAM_TEACHER, 0);
     let s = 1.0 / (width as f64).sqrt();
-    let w = (0..out * width).map(|_| s * normal(&mut rng)).collect();
+    let n = out * width;
+    let what = || format!("the teacher's weights [{out}, {width}]");
+    let w =
+        try_collect(n, (0..n).map(|_| s * normal(&mut rng)), what).map_err(|e| e.to_string())?;
     Ok(Data::Teacher { w, out, width })
 }
