@@ -172,6 +172,18 @@ pub fn to_stderr(text: &str) {
 
 /// Write `bytes` to `path` through a temporary file in the same directory and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
+    write_atomic_with(path, |tmp| {
+        let mut f = std::fs::File::create(tmp)?;
+        f.write_all(bytes)
+    })
+}
+
+/// `write_atomic` with the temporary file written by `write` (which creates it), so that a
+/// big file can be streamed rather than built in memory first.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<(), IoError> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -183,9 +195,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
         .into_owned();
     let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
     let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+        write(&tmp)?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&tmp)?
+            .sync_all()?;
         std::fs::rename(&tmp, path)
     })();
     if result.is_err() {
@@ -222,7 +236,18 @@ pub fn safetensors_bytes_as(
     width: FloatWidth,
     metadata: Option<std::collections::HashMap<String, String>>,
 ) -> Result<Vec<u8>, FormatError> {
-    let raw = tensors
+    let raw = tensor_bytes(tensors, width)?;
+    safetensors::serialize(views(&raw)?, &metadata).map_err(|e| FormatError::Invalid(describe(&e)))
+}
+
+/// Each tensor's name, dtype, shape and little-endian bytes (allocated fallibly).
+type RawTensor = (String, Dtype, Vec<usize>, Vec<u8>);
+
+fn tensor_bytes(
+    tensors: &[(String, Tensor)],
+    width: FloatWidth,
+) -> Result<Vec<RawTensor>, FormatError> {
+    tensors
         .iter()
         .map(|(name, t)| {
             let what = || format!("tensor `{name}` as bytes");
@@ -244,16 +269,17 @@ pub fn safetensors_bytes_as(
             let bytes = bytes.map_err(FormatError::Alloc)?;
             Ok((name.clone(), dtype, t.shape.clone(), bytes))
         })
-        .collect::<Result<Vec<(String, Dtype, Vec<usize>, Vec<u8>)>, FormatError>>()?;
-    let views = raw
-        .iter()
+        .collect()
+}
+
+fn views(raw: &[RawTensor]) -> Result<Vec<(String, TensorView<'_>)>, FormatError> {
+    raw.iter()
         .map(|(name, dtype, shape, bytes)| {
             TensorView::new(*dtype, shape.clone(), bytes)
                 .map(|v| (name.clone(), v))
                 .map_err(|e| FormatError::Invalid(format!("tensor `{name}`: {}", describe(&e))))
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    safetensors::serialize(views, &metadata).map_err(|e| FormatError::Invalid(describe(&e)))
+        .collect()
 }
 
 pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), IoError> {
@@ -266,9 +292,26 @@ pub fn save_safetensors_as(
     tensors: &[(String, Tensor)],
     width: FloatWidth,
 ) -> Result<(), IoError> {
-    let bytes = safetensors_bytes_as(tensors, width, None)
-        .map_err(|e| IoError::new(path, IoErrorKind::Format(e)))?;
-    write_atomic(path, &bytes)
+    save_safetensors_with(path, tensors, width, None)
+}
+
+/// Write named tensors with floats of `width` and optional metadata to `path`, atomically.
+/// The file is streamed: besides each tensor's bytes nothing of its size is held in memory.
+pub fn save_safetensors_with(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    width: FloatWidth,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<(), IoError> {
+    let format = |e| IoError::new(path, IoErrorKind::Format(e));
+    let raw = tensor_bytes(tensors, width).map_err(format)?;
+    let views = views(&raw).map_err(format)?;
+    write_atomic_with(path, |tmp| {
+        safetensors::serialize_to_file(views, &metadata, tmp).map_err(|e| match e {
+            SafeTensorError::IoError(e) => e,
+            e => std::io::Error::other(describe(&e)),
+        })
+    })
 }
 
 /// A tensor as read from a file, with the dtype the file stored it in.

@@ -2,7 +2,7 @@
 //! with the metadata a resume must match to continue bit-identically.
 
 use super::error::TrainError;
-use crate::io::{IoError, IoErrorKind};
+use crate::io::IoError;
 use crate::ir::Graph;
 use crate::tensor::Tensor;
 use std::collections::HashMap;
@@ -77,9 +77,7 @@ pub fn save_named(path: &Path, named: &[(String, Tensor)], meta: &Meta) -> Resul
         }),
     );
     entries.insert("checksum".into(), sum);
-    let bytes = crate::io::safetensors_bytes_as(named, crate::io::FloatWidth::F32, Some(entries))
-        .map_err(|e| IoError::new(path, IoErrorKind::Format(e)))?;
-    crate::io::write_atomic(path, &bytes)
+    crate::io::save_safetensors_with(path, named, crate::io::FloatWidth::F32, Some(entries))
 }
 
 /// A checkpoint as read: its metadata and tensors by name.
