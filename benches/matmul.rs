@@ -5,7 +5,7 @@
 //!
 //! `cargo bench --bench matmul [-- FILE.lam ...]`
 
-use lamina::bench::{matmul_table, peak};
+use lamina::bench::{matmul_table, peak256};
 use lamina::kernels::build_program;
 use std::time::Instant;
 
@@ -99,7 +99,7 @@ fn main() {
     }
     let rows = matmul_table(&programs, 15).expect("matmul table");
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let limit = peak().fma256.map(|p| p * threads as f64);
+    let limit = peak256().map(|p| p * threads as f64);
     println!(
         "{} threads; 256-bit FMA peak on them: {}",
         threads,

@@ -1084,8 +1084,7 @@ fn cmd_bench(args: &BenchArgs, color: bool) -> Result<i32> {
         );
     }
     outln!("tokens/s       {:.0}", report.tokens_per_second);
-    let peak = crate::bench::peak();
-    match peak.fma256 {
+    match crate::bench::peak256() {
         Some(core) => outln!(
             "matmul         {:.1} GFLOP/s, {:.0}% of the {}-thread 256-bit FMA peak ({:.0} GFLOP/s)",
             report.gflops,
