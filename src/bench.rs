@@ -280,6 +280,16 @@ fn profile_text(program: &Program, runs: &[Vec<f64>]) -> String {
     for (k, (t, n)) in by_kind {
         let _ = writeln!(s, "  {k:12} {:8.2} ms  {n} kernels", t * 1e3);
     }
+    // The optimizer's kernels carry its scope (`optim.<param>`, `optim.clip`).
+    let (ut, un) = med
+        .iter()
+        .filter(|&&(_, k)| program.kernels[k].scope.starts_with("optim"))
+        .fold((0.0, 0), |(t, n), &(kt, _)| (t + kt, n + 1));
+    let _ = writeln!(
+        s,
+        "  of which the optimizer's update {:.2} ms  {un} kernels",
+        ut * 1e3
+    );
     for &(t, k) in med.iter().take(40) {
         let kern = &program.kernels[k];
         let what = match &kern.body {
