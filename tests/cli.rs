@@ -764,3 +764,29 @@ fn seeds_data_and_checkpoints_say_what_is_wrong() {
         "{err}"
     );
 }
+
+#[test]
+fn threads_are_chosen_and_checked() {
+    let out = lamina(&["--threads", "0", "check", "tests/smoke/tiny.lam"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--threads"));
+    let out = lamina(&[
+        "--threads",
+        "1",
+        "bench",
+        "tests/smoke/tiny.lam",
+        "--steps",
+        "10",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("on 1 thread ("), "{text}");
+    assert!(
+        !text.contains("1 thread       "),
+        "no separate 1-thread line: {text}"
+    );
+}
