@@ -61,32 +61,8 @@ fn operand(o: &MatOperand) -> String {
     format!("{}[{first}{batch}] rs={} cs={}", o.buf, o.rs, o.cs)
 }
 
-/// Print the buffers and kernels of a program.
-pub fn print_program(p: &Program) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "program {}: {} kernels, {} buffers",
-        p.name,
-        p.kernels.len(),
-        p.buffers.len()
-    );
-    for (i, b) in p.buffers.iter().enumerate() {
-        let kind = match &b.kind {
-            BufKind::Param(_) => "param",
-            BufKind::Input(_) => "input",
-            BufKind::Const(_) => "const",
-            BufKind::Table(_) => "table",
-            BufKind::Temp => "temp",
-        };
-        let _ = writeln!(
-            s,
-            "  b{i}: {kind} {}[{}] ; {}",
-            b.dtype.name(),
-            b.len,
-            b.label
-        );
-    }
+/// The program's outputs, which of them are stored in place, and the guards of those.
+fn print_outputs(p: &Program, s: &mut String) {
     for (i, o) in p.outputs.iter().enumerate() {
         let in_place = if p.in_place.pairs.iter().any(|&(po, _)| po == i) {
             " in place"
@@ -113,6 +89,35 @@ pub fn print_program(p: &Program) -> String {
             guards.join(" ")
         );
     }
+}
+
+/// Print the buffers and kernels of a program.
+pub fn print_program(p: &Program) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "program {}: {} kernels, {} buffers",
+        p.name,
+        p.kernels.len(),
+        p.buffers.len()
+    );
+    for (i, b) in p.buffers.iter().enumerate() {
+        let kind = match &b.kind {
+            BufKind::Param(_) => "param",
+            BufKind::Input(_) => "input",
+            BufKind::Const(_) => "const",
+            BufKind::Table(_) => "table",
+            BufKind::Temp => "temp",
+        };
+        let _ = writeln!(
+            s,
+            "  b{i}: {kind} {}[{}] ; {}",
+            b.dtype.name(),
+            b.len,
+            b.label
+        );
+    }
+    print_outputs(p, &mut s);
     for (ki, k) in p.kernels.iter().enumerate() {
         let nodes: Vec<String> = k.nodes.iter().map(|n| format!("%{n}")).collect();
         let scope = if k.scope.is_empty() {
