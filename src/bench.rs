@@ -162,8 +162,13 @@ pub fn peak256() -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // The best of a few short runs: a run that starts before the clock ramps up, or
+            // shares its core, only reads low.
             // SAFETY: the features were just detected.
-            return Some(unsafe { x86::peak256() });
+            let best = (0..4)
+                .map(|_| unsafe { x86::peak256() })
+                .fold(0.0, f64::max);
+            return Some(best);
         }
     }
     None
