@@ -60,12 +60,15 @@ pub fn write_in_place(p: &mut Program, pairs: &[(usize, usize)], eligible: &[boo
         *seen.entry(c.param_buf).or_default() += 1;
         *seen.entry(c.out_buf).or_default() += 1;
     }
-    let output_bufs: Vec<BufId> = p.outputs.iter().map(|o| o.buf).collect();
+    let mut outputs_in: HashMap<BufId, usize> = HashMap::new();
+    for o in &p.outputs {
+        *outputs_in.entry(o.buf).or_default() += 1;
+    }
     cands.retain(|c| {
         seen[&c.param_buf] == 1
             && seen[&c.out_buf] == 1
-            && output_bufs.iter().filter(|&&b| b == c.out_buf).count() == 1
-            && !output_bufs.contains(&c.param_buf)
+            && outputs_in.get(&c.out_buf) == Some(&1)
+            && !outputs_in.contains_key(&c.param_buf)
     });
     // Every kernel in place reads only what is computed before the first of them; dropping
     // a kernel can move that point later, so repeat until it holds.
