@@ -92,26 +92,29 @@ fn signature(call_conv: CallConv) -> Signature {
     sig
 }
 
-fn new_module() -> Result<JITModule, JitError> {
+/// The Cranelift settings of every module: optimized code; the IR verifier checks our code
+/// generator, not user input, so debug builds (and so every test) run it and release builds
+/// skip it, which saves a good part of compile time.
+fn shared_flags() -> Result<settings::Flags, JitError> {
     let mut flags = settings::builder();
-    flags
-        .set("opt_level", "speed")
-        .map_err(|e| JitError::Host(e.to_string()))?;
-    // Cranelift's IR verifier checks our code generator, not user input: debug builds (and so
-    // every test) run it; release builds skip it, which saves a good part of compile time.
-    flags
-        .set(
-            "enable_verifier",
-            if cfg!(debug_assertions) {
-                "true"
-            } else {
-                "false"
-            },
-        )
-        .map_err(|e| JitError::Host(e.to_string()))?;
+    let verify = if cfg!(debug_assertions) {
+        "true"
+    } else {
+        "false"
+    };
+    for (name, value) in [("opt_level", "speed"), ("enable_verifier", verify)] {
+        flags
+            .set(name, value)
+            .map_err(|e| JitError::Host(e.to_string()))?;
+    }
+    Ok(settings::Flags::new(flags))
+}
+
+fn new_module() -> Result<JITModule, JitError> {
+    let flags = shared_flags()?;
     let isa = cranelift_native::builder()
         .map_err(|e| JitError::Host(format!("no JIT for this host: {e}")))?
-        .finish(settings::Flags::new(flags))
+        .finish(flags)
         .map_err(|e| JitError::Host(e.to_string()))?;
     Ok(JITModule::new(JITBuilder::with_isa(
         isa,
@@ -326,24 +329,9 @@ pub fn clif_text(p: &Program) -> Result<String, JitError> {
     ] {
         ib.enable(f).map_err(|e| JitError::Target(e.to_string()))?;
     }
-    let mut flags = settings::builder();
-    flags
-        .set("opt_level", "speed")
-        .map_err(|e| JitError::Host(e.to_string()))?;
-    // Cranelift's IR verifier checks our code generator, not user input: debug builds (and so
-    // every test) run it; release builds skip it, which saves a good part of compile time.
-    flags
-        .set(
-            "enable_verifier",
-            if cfg!(debug_assertions) {
-                "true"
-            } else {
-                "false"
-            },
-        )
-        .map_err(|e| JitError::Host(e.to_string()))?;
+    let flags = shared_flags()?;
     let isa = ib
-        .finish(settings::Flags::new(flags))
+        .finish(flags)
         .map_err(|e| JitError::Host(e.to_string()))?;
     let fcfg = isa.frontend_config();
     let mut fbc = FunctionBuilderContext::new();
