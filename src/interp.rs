@@ -342,6 +342,7 @@ fn apply_checked(op: &Op, args: &[&Tensor]) -> Result<Tensor, Fail> {
         Op::Sinusoidal { len, dim } => Ok(sinusoidal(*len, *dim, try_buffer(n, what)?)),
 
         Op::Unary(UnaryOp::Neg) => unary(&|x| -x),
+        Op::Unary(UnaryOp::StopGradient) => unary(&|x| x),
         Op::Unary(UnaryOp::Exp) => unary(&f64::exp),
         Op::Unary(UnaryOp::Log) => unary(&f64::ln),
         Op::Unary(UnaryOp::Sqrt) => unary(&f64::sqrt),

@@ -11,7 +11,7 @@
 
 mod vjp;
 
-use crate::ir::{DType, Graph, GraphBuilder, IrError, Op, OutputRole, Phase, ValueId};
+use crate::ir::{DType, Graph, GraphBuilder, IrError, Op, OutputRole, Phase, UnaryOp, ValueId};
 
 /// The joint forward+backward graph of `forward`, whose outputs must include a scalar
 /// f32 `loss`.
@@ -109,7 +109,9 @@ fn joint(forward: &Graph, prune: bool) -> Result<Graph, IrError> {
     Ok(g)
 }
 
-/// Which values need a gradient: f32 values on a path from a trainable parameter to `loss`.
+/// Which values need a gradient: f32 values on a path from a trainable parameter to `loss`
+/// that does not pass through a `stop_gradient`. What feeds only stopped paths gets no
+/// backward nodes and, unless the backward pass reads it, need not be kept.
 fn needs_grad(g: &Graph, loss: ValueId) -> Result<Vec<bool>, IrError> {
     let n = g.nodes.len();
     let mut from_param = vec![false; n];
@@ -124,13 +126,15 @@ fn needs_grad(g: &Graph, loss: ValueId) -> Result<Vec<bool>, IrError> {
         from_param[i] = node.ty.dtype == DType::F32
             && match node.op {
                 Op::Param { index } => g.params.get(index).is_some_and(|p| p.trainable),
+                Op::Unary(UnaryOp::StopGradient) => false,
                 _ => node.args.iter().any(|a| from_param[a.index()]),
             };
     }
     let mut to_loss = vec![false; n];
     to_loss[loss.index()] = true;
     for i in (0..n).rev() {
-        if to_loss[i] {
+        let stops = matches!(g.nodes[i].op, Op::Unary(UnaryOp::StopGradient));
+        if to_loss[i] && !stops {
             for a in &g.nodes[i].args {
                 to_loss[a.index()] = true;
             }

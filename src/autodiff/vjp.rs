@@ -30,6 +30,8 @@ pub(super) fn vjp(b: &mut GraphBuilder, y: ValueId, dy: ValueId, wants: &[bool])
     let g = match &node.op {
         // Leaves have no arguments.
         Op::Input { .. } | Op::Param { .. } | Op::Full { .. } | Op::Sinusoidal { .. } => vec![],
+        // No gradient flows through: the argument gets none.
+        Op::Unary(UnaryOp::StopGradient) => vec![None],
         // dx = -dy
         Op::Unary(UnaryOp::Neg) => vec![only_if!(0, b.unary(Op::Unary(UnaryOp::Neg), dy)?)],
         // dx = dy * y

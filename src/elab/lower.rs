@@ -4,12 +4,13 @@
 //! Norms are built from primitives (reductions and elementwise ops) so the passes can fuse
 //! them; sharing is expressed by asking the builder for the same parameter name again.
 
+use super::learning::{AuxHead, Learning};
 use super::resolve::{
     Act, Head, InputPlan, Loss, Norm, NormKind, Placement, Plan, Positions, Skip, Sub, Unit,
 };
 use crate::diag::Diagnostics;
 use crate::ir::ops::MaskFill;
-use crate::ir::{Graph, GraphBuilder, Init, IrError, Op, Type, UnaryOp, ValueId};
+use crate::ir::{Graph, GraphBuilder, Init, IrError, Op, OutputRole, Type, UnaryOp, ValueId};
 
 type R<T> = Result<T, IrError>;
 
@@ -29,6 +30,18 @@ struct Lower {
     d: usize,
 }
 
+/// The head's output width: the vocabulary, the classes or `out`.
+fn head_width(p: &Plan) -> R<usize> {
+    match (p.head, p.input) {
+        (Head::Lm { .. }, InputPlan::Tokens { vocab, .. }) => Ok(vocab),
+        (Head::Lm { .. }, InputPlan::Features { .. }) => {
+            Err(IrError::Graph("lm head on a features input".into()))
+        }
+        (Head::Classifier { classes }, _) => Ok(classes),
+        (Head::Linear { out }, _) => Ok(out),
+    }
+}
+
 /// GPT-style token and position embeddings start at N(0, 0.02) rather than PyTorch's
 /// `nn.Embedding` default N(0, 1): with N(0, 1) the embedding dwarfs the residual updates.
 const EMBED_STD: f64 = 0.02;
@@ -39,7 +52,10 @@ impl Lower {
         self.g.set_scope("embed");
         let (mut x, embed_table) = self.embedding(p, x0)?;
 
-        for layer in &p.layers {
+        // The local losses of a learning rule, in order.
+        let mut parts: Vec<ValueId> = Vec::new();
+        let n = p.layers.len();
+        for (i, layer) in p.layers.iter().enumerate() {
             let block = p
                 .blocks
                 .get(layer.block)
@@ -50,11 +66,23 @@ impl Lower {
             } else {
                 format!(".run{}", layer.run)
             };
+            if p.learning.detaches_before(i) {
+                self.g.set_scope(format!("{prefix}{run}"));
+                x = self.g.unary(Op::Unary(UnaryOp::StopGradient), x)?;
+            }
             for u in &block.units {
                 x = self.unit(x, u, &prefix, &run)?;
             }
+            if p.learning.local_loss_after(i, n) {
+                let k = parts.len();
+                self.g.set_scope(format!("local.{k}"));
+                parts.push(self.local_loss(p, x, targets, k)?);
+            }
         }
 
+        if p.learning.detaches_head() {
+            x = self.g.unary(Op::Unary(UnaryOp::StopGradient), x)?;
+        }
         if let Some((kind, eps)) = p.final_norm {
             self.g.set_scope("final_norm");
             x = self.norm(x, "final_norm", kind, eps)?;
@@ -62,11 +90,88 @@ impl Lower {
         self.g.set_scope("head");
         let logits = self.head(p, x, embed_table)?;
         self.g.set_scope("loss");
-        let loss = self.loss(p.loss, logits, targets)?;
+        let mut loss = self.loss(p.loss, logits, targets)?;
+        let head_loss = loss;
+        for &part in &parts {
+            loss = self.g.add(loss, part)?;
+        }
         self.g.set_scope("");
         self.g.output("loss", loss);
         self.g.output("logits", logits);
+        if !parts.is_empty() {
+            for (k, &part) in parts.iter().enumerate() {
+                self.g
+                    .output(OutputRole::PartLoss(&format!("local.{k}")).name(), part);
+            }
+            self.g
+                .output(OutputRole::PartLoss("head").name(), head_loss);
+        }
         Ok(())
+    }
+
+    /// The loss of group `k` of a local learning rule on its output `x`: an auxiliary
+    /// head's loss, or the distance to a fixed random projection of the targets.
+    fn local_loss(&mut self, p: &Plan, x: ValueId, targets: ValueId, k: usize) -> R<ValueId> {
+        let name = format!("local.{k}");
+        let x = match p.final_norm {
+            Some((kind, eps)) => self.norm(x, &format!("{name}.norm"), kind, eps)?,
+            None => x,
+        };
+        let h = self.pool(p, x)?;
+        match p.learning {
+            Learning::Local { head, .. } => {
+                let out = head_width(p)?;
+                let bias = !matches!(p.head, Head::Lm { .. });
+                let logits = match head {
+                    AuxHead::Linear => {
+                        self.linear(h, &format!("{name}.head"), self.d, out, bias, true)?
+                    }
+                    AuxHead::Ffn { hidden } => {
+                        let a =
+                            self.linear(h, &format!("{name}.head.up"), self.d, hidden, true, true)?;
+                        let a = self.g.unary(Op::Unary(UnaryOp::Gelu), a)?;
+                        self.linear(a, &format!("{name}.head.down"), hidden, out, bias, true)?
+                    }
+                };
+                self.loss(p.loss, logits, targets)
+            }
+            Learning::TargetProjection { .. } => {
+                let classes = head_width(p)?;
+                let shape = self.g.shape(h);
+                let n = shape.iter().rev().skip(1).product::<usize>();
+                let y = match p.head {
+                    Head::Lm { .. } | Head::Classifier { .. } => {
+                        let t = self.g.reshape(targets, vec![n])?;
+                        self.g.push(Op::OneHot { classes }, &[t])?
+                    }
+                    Head::Linear { .. } => self.g.reshape(targets, vec![n, classes])?,
+                };
+                // Fixed and random: seeded with the other parameters, never trained.
+                let proj = self.g.param(
+                    format!("{name}.projection"),
+                    vec![self.d, classes],
+                    Init::Normal { std: 1.0 },
+                    false,
+                )?;
+                let t = self.g.matmul(y, proj, false, true)?;
+                let t = self.g.reshape(t, shape)?;
+                self.loss(Loss::Mse, h, t)
+            }
+            Learning::Backprop => Err(IrError::Graph("a local loss under backprop".into())),
+        }
+    }
+
+    /// The head's input: per position for an lm head, the mean over the sequence for a
+    /// pooled head of a token model.
+    fn pool(&mut self, p: &Plan, x: ValueId) -> R<ValueId> {
+        match (p.input, p.head) {
+            (_, Head::Lm { .. }) | (InputPlan::Features { .. }, _) => Ok(x),
+            // Mean over the sequence: [B, T, d] -> [B, d].
+            (InputPlan::Tokens { length, .. }, Head::Classifier { .. } | Head::Linear { .. }) => {
+                let s = self.g.reduce_sum(x, vec![1], false)?;
+                self.g.scale(s, 1.0 / length as f64)
+            }
+        }
     }
 
     /// The model's inputs and its targets, in a stable order: tokens or inputs, then
@@ -152,38 +257,16 @@ impl Lower {
     /// The logits: per position for an lm head, pooled over the sequence otherwise.
     fn head(&mut self, p: &Plan, x: ValueId, embed_table: Option<ValueId>) -> R<ValueId> {
         let d = self.d;
-        let tokens_len = match p.input {
-            InputPlan::Tokens { length, .. } => Some(length),
-            InputPlan::Features { .. } => None,
-        };
-        let pooled = |l: &mut Lower, x: ValueId| -> R<ValueId> {
-            match tokens_len {
-                // Mean over the sequence: [B, T, d] -> [B, d].
-                Some(t) => {
-                    let s = l.g.reduce_sum(x, vec![1], false)?;
-                    l.g.scale(s, 1.0 / t as f64)
-                }
-                None => Ok(x),
-            }
-        };
+        let out = head_width(p)?;
         match p.head {
             Head::Lm { tied: true } => {
                 let table = embed_table
                     .ok_or_else(|| IrError::Graph("tied head without a token embedding".into()))?;
                 self.g.matmul(x, table, false, true)
             }
-            Head::Lm { tied: false } => {
-                let InputPlan::Tokens { vocab, .. } = p.input else {
-                    return Err(IrError::Graph("lm head on a features input".into()));
-                };
-                self.linear(x, "head", d, vocab, false, true)
-            }
-            Head::Classifier { classes } => {
-                let xp = pooled(self, x)?;
-                self.linear(xp, "head", d, classes, true, true)
-            }
-            Head::Linear { out } => {
-                let xp = pooled(self, x)?;
+            Head::Lm { tied: false } => self.linear(x, "head", d, out, false, true),
+            Head::Classifier { .. } | Head::Linear { .. } => {
+                let xp = self.pool(p, x)?;
                 self.linear(xp, "head", d, out, true, true)
             }
         }

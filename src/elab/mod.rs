@@ -12,6 +12,7 @@
 //! is skipped silently so one mistake gives one diagnostic.
 
 mod consts;
+mod learning;
 mod lower;
 mod resolve;
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! plan and the stacks that use it are skipped without further errors.
 
 use super::consts::{Bound, Consts, Ev, Value};
+use super::learning::Learning;
 use super::{
     closest, list, suggest, Override, MAX_ELEMENTS, MAX_LAYERS, MAX_STEPS, MAX_STEPS_PER_BLOCK,
 };
@@ -196,6 +197,7 @@ pub(crate) struct Plan {
     pub final_norm: Option<(NormKind, f64)>,
     pub head: Head,
     pub loss: Loss,
+    pub learning: Learning,
     /// Where to point a "too many parameters" error.
     pub stack_span: Span,
 }
@@ -378,6 +380,7 @@ struct TopLevel<'m> {
     final_norm: Once<'m, Call>,
     head: Once<'m, Call>,
     loss: Once<'m, Call>,
+    learning: Once<'m, Call>,
     blocks: Vec<&'m Block>,
     stacks: Vec<&'m Stack>,
 }
@@ -484,6 +487,16 @@ impl Resolver<'_> {
             self.check_sizes(&shapes, &ok_blocks, d_span, top.head.span(), input_span);
         }
 
+        let learning = match &layers {
+            Some(l) => super::learning::resolve(
+                top.learning.get(),
+                l.len(),
+                head_loss.map(|h| h.0),
+                &mut self.ev(),
+            ),
+            None => None,
+        };
+
         let plans: Vec<BlockPlan> = plans.into_iter().collect::<Option<_>>()?;
         let final_norm = final_norm?;
         model_skip?;
@@ -506,6 +519,7 @@ impl Resolver<'_> {
             final_norm,
             head: head_plan,
             loss: loss_plan,
+            learning: learning?,
             stack_span: top.stacks.first().map(|s| s.span).unwrap_or_default(),
         })
     }
@@ -522,6 +536,7 @@ impl Resolver<'_> {
             final_norm: Once::new("final_norm"),
             head: Once::new("head"),
             loss: Once::new("loss"),
+            learning: Once::new("learning"),
             blocks: Vec::new(),
             stacks: Vec::new(),
         };
@@ -553,6 +568,7 @@ impl Resolver<'_> {
                 Item::FinalNorm(c) => top.final_norm.set(c, c.span, d),
                 Item::Head(c) => top.head.set(c, c.span, d),
                 Item::Loss(c) => top.loss.set(c, c.span, d),
+                Item::Learning(c) => top.learning.set(c, c.span, d),
             }
         }
         top

@@ -212,6 +212,9 @@ pub enum OutputRole<'a> {
     Loss,
     /// The model's prediction.
     Logits,
+    /// One named term of a loss made of several (`loss.local.0`: a local learning
+    /// rule's group loss); `loss` is their sum.
+    PartLoss(&'a str),
     /// The gradient of the loss with respect to the named parameter.
     Grad(&'a str),
     /// The new value of the named parameter (or optimizer state) after a training step:
@@ -227,6 +230,7 @@ impl<'a> OutputRole<'a> {
         match self {
             OutputRole::Loss => "loss".into(),
             OutputRole::Logits => "logits".into(),
+            OutputRole::PartLoss(p) => format!("loss.{p}"),
             OutputRole::Grad(p) => format!("grad.{p}"),
             OutputRole::Update(p) => format!("new.{p}"),
             OutputRole::Other => String::new(),
@@ -239,6 +243,8 @@ impl<'a> OutputRole<'a> {
             OutputRole::Loss
         } else if name == "logits" {
             OutputRole::Logits
+        } else if let Some(p) = name.strip_prefix("loss.") {
+            OutputRole::PartLoss(p)
         } else if let Some(p) = name.strip_prefix("grad.") {
             OutputRole::Grad(p)
         } else if let Some(p) = name.strip_prefix("new.") {

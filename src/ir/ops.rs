@@ -104,6 +104,9 @@ pub enum UnaryOp {
     /// GELU with the tanh approximation.
     GeluTanh,
     Silu,
+    /// The identity whose vector-Jacobian product is zero: autodiff propagates no gradient
+    /// through it, so everything that only feeds it is left out of the backward pass.
+    StopGradient,
     /// `factor * x`.
     Scale {
         factor: F64,
@@ -116,7 +119,7 @@ pub enum UnaryOp {
 
 impl UnaryOp {
     /// The ops without attributes, each once.
-    pub const PLAIN: [UnaryOp; 12] = [
+    pub const PLAIN: [UnaryOp; 13] = [
         UnaryOp::Neg,
         UnaryOp::Exp,
         UnaryOp::Log,
@@ -129,6 +132,7 @@ impl UnaryOp {
         UnaryOp::Gelu,
         UnaryOp::GeluTanh,
         UnaryOp::Silu,
+        UnaryOp::StopGradient,
     ];
 
     pub fn name(self) -> &'static str {
@@ -145,6 +149,7 @@ impl UnaryOp {
             UnaryOp::Gelu => "gelu",
             UnaryOp::GeluTanh => "gelu_tanh",
             UnaryOp::Silu => "silu",
+            UnaryOp::StopGradient => "stop_gradient",
             UnaryOp::Scale { .. } => "scale",
             UnaryOp::AddScalar { .. } => "add_scalar",
         }

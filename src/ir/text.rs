@@ -244,7 +244,8 @@ fn op_text(
             | UnaryOp::Relu
             | UnaryOp::Gelu
             | UnaryOp::GeluTanh
-            | UnaryOp::Silu,
+            | UnaryOp::Silu
+            | UnaryOp::StopGradient,
         )
         | Op::Binary(_)
         | Op::Softmax

@@ -256,6 +256,7 @@ impl Math {
     pub fn unary(&self, b: &mut FunctionBuilder, op: &UnaryOp, x: Value) -> Value {
         match op {
             UnaryOp::Neg => b.ins().fneg(x),
+            UnaryOp::StopGradient => x,
             UnaryOp::Exp => self.exp(b, x),
             UnaryOp::Log => self.log(b, x),
             UnaryOp::Sqrt => b.ins().sqrt(x),

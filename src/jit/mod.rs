@@ -423,6 +423,7 @@ fn costly(e: &KExpr) -> bool {
             | UnaryOp::Rsqrt
             | UnaryOp::Recip => true,
             UnaryOp::Neg
+            | UnaryOp::StopGradient
             | UnaryOp::Sqrt
             | UnaryOp::Relu
             | UnaryOp::Scale { .. }

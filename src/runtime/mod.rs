@@ -565,6 +565,7 @@ impl CompiledGraph {
             if let Some(name) = self.failed_guard() {
                 return Ok(StepResult {
                     loss: self.loss()?,
+                    parts: self.part_losses(),
                     non_finite: Some(name),
                     written: false,
                 });
@@ -580,6 +581,7 @@ impl CompiledGraph {
         }
         Ok(StepResult {
             loss,
+            parts: self.part_losses(),
             written: non_finite.is_some() && in_place,
             non_finite,
         })
@@ -650,6 +652,21 @@ impl CompiledGraph {
             .ok_or(RuntimeError::NoLoss)
     }
 
+    /// The terms of a loss made of several (`loss.<part>` outputs), in graph order.
+    fn part_losses(&self) -> Vec<(String, f32)> {
+        let prog = &self.exe.program;
+        prog.outputs
+            .iter()
+            .filter_map(|o| match OutputRole::of(&o.name) {
+                OutputRole::PartLoss(p) => Some((
+                    p.to_string(),
+                    self.exe.arena[self.exe.plan.offsets[o.buf.index()] + o.offset],
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The first f32 output (graph order) holding a NaN or an infinity.
     fn first_non_finite_output(&self) -> Option<String> {
         let prog = &self.exe.program;
@@ -716,6 +733,8 @@ impl CompiledGraph {
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepResult {
     pub loss: f32,
+    /// The named terms of the loss (`loss.<part>` outputs), when it has several.
+    pub parts: Vec<(String, f32)>,
     /// The first f32 output (graph order) holding a NaN or an infinity, or the output a
     /// non-finite value would have reached; nothing was copied back then.
     pub non_finite: Option<String>,

@@ -77,6 +77,9 @@ pub enum Item {
     Head(Call),
     /// `loss cross_entropy`
     Loss(Call),
+    /// `learning local(head = linear)`: how the blocks learn (end-to-end backprop when
+    /// absent).
+    Learning(Call),
 }
 
 /// `norm` followed by a placement and/or a kind, in any order: `norm peri rmsnorm(eps = 1e-6)`.

@@ -386,6 +386,7 @@ fn want_of(rule: Rule) -> Option<Want> {
         | R::final_norm_stmt
         | R::head_stmt
         | R::loss_stmt
+        | R::learning_stmt
         | R::kw_model
         | R::kw_input
         | R::kw_embed
@@ -393,7 +394,8 @@ fn want_of(rule: Rule) -> Option<Want> {
         | R::kw_stack
         | R::kw_final_norm
         | R::kw_head
-        | R::kw_loss => Want::Statement,
+        | R::kw_loss
+        | R::kw_learning => Want::Statement,
         R::block_item | R::sublayer | R::sublayer_name | R::scheme | R::kw_scheme => {
             Want::BlockItem
         }
@@ -1238,6 +1240,7 @@ impl Builder {
                         Rule::final_norm_stmt => return Item::FinalNorm(self.call(arg)),
                         Rule::head_stmt => return Item::Head(self.call(arg)),
                         Rule::loss_stmt => return Item::Loss(self.call(arg)),
+                        Rule::learning_stmt => return Item::Learning(self.call(arg)),
                         _ => {}
                     }
                 }

@@ -41,6 +41,7 @@ fn item_text(out: &mut String, item: &Item) {
         Item::FinalNorm(c) => format!("final_norm {}", call(c)),
         Item::Head(c) => format!("head {}", call(c)),
         Item::Loss(c) => format!("loss {}", call(c)),
+        Item::Learning(c) => format!("learning {}", call(c)),
     };
     let _ = writeln!(out, "  {line}");
 }

@@ -76,6 +76,8 @@ impl Executor for Interp {
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepOutcome {
     pub loss: f64,
+    /// The named terms of the loss, when it has several (a local learning rule's groups).
+    pub parts: Vec<(String, f64)>,
     /// The first output (graph order) that is not finite; the parameters were then left
     /// as the step read them, unless `updated`.
     pub non_finite: Option<String>,
@@ -114,6 +116,7 @@ impl StepExecutor for JitStep {
             .map_err(|e| ExecError::Run(e.to_string()))?;
         Ok(StepOutcome {
             loss: r.loss as f64,
+            parts: r.parts.into_iter().map(|(n, v)| (n, v as f64)).collect(),
             non_finite: r.non_finite,
             updated: r.written,
         })
@@ -156,8 +159,16 @@ impl StepExecutor for InterpStep {
                 *slot = out.1.clone();
             }
         }
+        let parts = outs
+            .iter()
+            .filter_map(|(n, v)| match OutputRole::of(n) {
+                OutputRole::PartLoss(p) => Some((p.to_string(), v.data[0])),
+                _ => None,
+            })
+            .collect();
         Ok(StepOutcome {
             loss,
+            parts,
             non_finite,
             updated: false,
         })

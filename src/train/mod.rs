@@ -28,7 +28,7 @@ use crate::tensor::Tensor;
 use checkpoint::Meta;
 use config::TrainConfig;
 pub use error::{ExecError, NonFiniteError, TaskError, TrainError};
-use exec::Backend;
+use exec::{Backend, StepOutcome};
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -579,7 +579,7 @@ impl Run {
             let bad = if !out.loss.is_finite() {
                 Some("the loss".to_string())
             } else {
-                out.non_finite.map(|n| format!("`{n}`"))
+                out.non_finite.as_ref().map(|n| format!("`{n}`"))
             };
             if let Some(what) = bad {
                 self.pb.abandon();
@@ -602,22 +602,38 @@ impl Run {
                 .into());
             }
             let dt = ts.elapsed().as_secs_f64();
-            self.after_step(plan, out.loss, lr, dt)?;
+            self.after_step(plan, &out, lr, dt)?;
         }
         Ok(())
     }
 
     /// Log a finished step; evaluate and checkpoint when due; update the progress bar.
-    fn after_step(&mut self, plan: &Plan, loss: f64, lr: f64, dt: f64) -> Result<(), TrainError> {
+    fn after_step(
+        &mut self,
+        plan: &Plan,
+        out: &StepOutcome,
+        lr: f64,
+        dt: f64,
+    ) -> Result<(), TrainError> {
+        let loss = out.loss;
         let cfg = &plan.cfg;
         let tokens = plan.task.shape().tokens_per_batch() as f64;
         self.train_seconds += dt;
         self.t += 1;
         let t = self.t;
         self.losses.push((t, loss as f32));
-        self.log.line(serde_json::json!({
+        let mut line = serde_json::json!({
             "step": t, "loss": loss as f32, "lr": lr, "tokens_per_s": (tokens / dt).round()
-        }))?;
+        });
+        if !out.parts.is_empty() {
+            let parts: serde_json::Map<String, serde_json::Value> = out
+                .parts
+                .iter()
+                .map(|(n, v)| (n.clone(), serde_json::json!(*v as f32)))
+                .collect();
+            line["parts"] = serde_json::Value::Object(parts);
+        }
+        self.log.line(line)?;
         if t.is_multiple_of(cfg.eval_every) || t == cfg.steps {
             let params = self.step_exec.params()?;
             let e = self.evaluate(plan, &params)?;

@@ -385,12 +385,18 @@ pub fn step_graph(joint: &Graph, cfg: &OptimConfig) -> Result<Graph, IrError> {
     }
     let updates = std::mem::take(&mut st.updates);
     let mut g = st.b.finish();
-    // Outputs: `loss`, then per parameter its new state tensors and `new.<param>`, in
-    // parameter order.
+    // Outputs: `loss`, its named terms, then per parameter its new state tensors and
+    // `new.<param>`, in parameter order.
+    let parts = joint
+        .outputs
+        .iter()
+        .filter(|o| matches!(o.role(), OutputRole::PartLoss(_)))
+        .cloned();
     g.outputs = std::iter::once(Output {
         name: OutputRole::Loss.name(),
         value: loss,
     })
+    .chain(parts)
     .chain(
         updates
             .into_iter()

@@ -3,7 +3,8 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 use lamina::elab::{constants, elaborate, Override};
-use lamina::ir::{DType, Graph, Init};
+use lamina::interp::{run, Env};
+use lamina::ir::{DType, Graph, Init, Input, Op, Output, UnaryOp, ValueId};
 use lamina::tensor::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -130,4 +131,54 @@ pub fn max_rel_err(got: &[f64], want: &[f64], floor: f64) -> f64 {
         worst = worst.max((x - y).abs() / scale);
     }
     worst
+}
+
+/// `g` with every `stop_gradient` node replaced by a new input holding its value at
+/// `params`: a function whose derivative is what autodiff computes for `g`.
+pub fn freeze_stopped(
+    g: &Graph,
+    mut inputs: Vec<Tensor>,
+    params: &[Tensor],
+) -> Result<(Graph, Vec<Tensor>), String> {
+    let stopped: Vec<usize> = (0..g.nodes.len())
+        .filter(|&i| g.nodes[i].op == Op::Unary(UnaryOp::StopGradient))
+        .collect();
+    if stopped.is_empty() {
+        return Ok((g.clone(), inputs));
+    }
+    let mut probe = g.clone();
+    for &i in &stopped {
+        probe.outputs.push(Output {
+            name: format!("stopped.{i}"),
+            value: ValueId(i as u32),
+        });
+    }
+    let values = run(
+        &probe,
+        &Env {
+            inputs: &inputs,
+            params,
+        },
+    )
+    .map_err(|e| format!("interpreter: {e}"))?;
+    let mut frozen = g.clone();
+    for &i in &stopped {
+        let name = format!("stopped.{i}");
+        let (_, v) = values
+            .iter()
+            .find(|(n, _)| *n == name)
+            .ok_or("no stopped value")?;
+        frozen.inputs.push(Input {
+            name,
+            ty: g.nodes[i].ty.clone(),
+        });
+        let node = &mut frozen.nodes[i];
+        node.op = Op::Input {
+            index: frozen.inputs.len() - 1,
+        };
+        node.args.clear();
+        inputs.push(v.clone());
+    }
+    frozen.verify().map_err(|e| format!("frozen graph: {e}"))?;
+    Ok((frozen, inputs))
 }
