@@ -10,14 +10,19 @@ use lamina::driver::{compile_source, Stage};
 fn stage_small(path: &std::path::Path, stage: Stage) -> String {
     let src = std::fs::read_to_string(path).unwrap();
     let name = path.file_name().unwrap().to_string_lossy();
-    let mut overrides = common::small_overrides(&src);
-    if stage == Stage::Clif {
-        for o in overrides.iter_mut().filter(|o| o.name == "layers") {
-            o.value = 1.0;
-        }
+    let small = common::small_overrides(&src);
+    let mut one_layer = small.clone();
+    for o in one_layer.iter_mut().filter(|o| o.name == "layers") {
+        o.value = 1.0;
     }
-    let compiled =
-        compile_source(&src, &name, &overrides).unwrap_or_else(|e| panic!("{}", e.render(false)));
+    // A model that needs several layers (a local learning rule) keeps the small default.
+    let compiled = match stage {
+        Stage::Clif => {
+            compile_source(&src, &name, &one_layer).or_else(|_| compile_source(&src, &name, &small))
+        }
+        _ => compile_source(&src, &name, &small),
+    }
+    .unwrap_or_else(|e| panic!("{}", e.render(false)));
     compiled.stage_text(stage).unwrap()
 }
 

@@ -69,6 +69,7 @@ fn every_op_graph() -> Graph {
         Op::Unary(UnaryOp::Gelu),
         Op::Unary(UnaryOp::GeluTanh),
         Op::Unary(UnaryOp::Silu),
+        Op::Unary(UnaryOp::StopGradient),
         Op::scale(0.5),
         Op::scale(-0.1 - 0.2),
         Op::add_scalar(1e-5),

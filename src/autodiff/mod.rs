@@ -96,10 +96,20 @@ fn joint(forward: &Graph, prune: bool) -> Result<Graph, IrError> {
     if prune {
         prune_backward(&mut g, n_fwd);
     }
-    let mut saved: Vec<ValueId> = g.nodes[n_fwd..]
+    if forward
+        .nodes
         .iter()
+        .any(|n| n.op == Op::Unary(UnaryOp::StopGradient))
+    {
+        schedule_backward_early(&mut g, n_fwd);
+    }
+    // The forward values the backward pass reads (by phase: the schedule may interleave).
+    let mut saved: Vec<ValueId> = g
+        .nodes
+        .iter()
+        .filter(|n| n.phase == Phase::Backward)
         .flat_map(|n| n.args.iter().copied())
-        .filter(|a| a.index() < n_fwd)
+        .filter(|a| g.nodes[a.index()].phase == Phase::Forward)
         .collect();
     saved.sort();
     saved.dedup();
@@ -153,6 +163,66 @@ fn sum_contributions(b: &mut GraphBuilder, contribs: Vec<ValueId>) -> Result<Val
         acc = b.add(acc, c)?;
     }
     Ok(acc)
+}
+
+/// Move backward nodes (index >= `n_fwd`) in among the forward nodes, keeping each
+/// ordering the original graph has. A backward node goes right after the forward node
+/// `key`: the earliest forward value after which everything it reads exists (its
+/// "ready" point) for a gradient output, and for any other node the smallest key of its
+/// users, so a value is made just before it is first needed and nothing lives longer
+/// than before. Behind a `stop_gradient`, the backward pass of a group of layers depends
+/// only on that group (a local loss), so it then runs before the next group's forward
+/// pass and the group's activations die before the next group's are made. Applied only
+/// to graphs with a `stop_gradient`: under end-to-end backprop every gradient waits for
+/// the loss anyway.
+fn schedule_backward_early(g: &mut Graph, n_fwd: usize) {
+    let n = g.nodes.len();
+    let mut ready = vec![0usize; n];
+    for i in 0..n {
+        ready[i] = if i < n_fwd {
+            i
+        } else {
+            g.nodes[i]
+                .args
+                .iter()
+                .map(|a| ready[a.index()])
+                .max()
+                .unwrap_or(0)
+        };
+    }
+    let mut first_use: Vec<Option<usize>> = vec![None; n];
+    let mut key = ready.clone();
+    for i in (n_fwd..n).rev() {
+        if let Some(k) = first_use[i] {
+            key[i] = k;
+        }
+        for a in &g.nodes[i].args {
+            let slot = &mut first_use[a.index()];
+            *slot = Some(slot.map_or(key[i], |k| k.min(key[i])));
+        }
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| (key[i], i >= n_fwd, i));
+    if order.iter().enumerate().all(|(k, &i)| k == i) {
+        return;
+    }
+    let mut remap = vec![0u32; n];
+    for (k, &i) in order.iter().enumerate() {
+        remap[i] = k as u32;
+    }
+    let mut old: Vec<Option<crate::ir::Node>> =
+        std::mem::take(&mut g.nodes).into_iter().map(Some).collect();
+    for &i in &order {
+        if let Some(mut node) = old[i].take() {
+            for a in &mut node.args {
+                *a = ValueId(remap[a.index()]);
+            }
+            g.nodes.push(node);
+        }
+    }
+    for o in &mut g.outputs {
+        o.value = ValueId(remap[o.value.index()]);
+    }
 }
 
 /// Drop backward nodes (index >= `n_fwd`) that no output reads, renumbering the rest.

@@ -43,7 +43,9 @@ impl Learning {
         match *self {
             Learning::Backprop => false,
             Learning::Local { group, .. } => (i + 1).is_multiple_of(group) && i + 1 < layers,
-            Learning::TargetProjection { group } => (i + 1).is_multiple_of(group) || i + 1 == layers,
+            Learning::TargetProjection { group } => {
+                (i + 1).is_multiple_of(group) || i + 1 == layers
+            }
         }
     }
 
