@@ -23,6 +23,11 @@ pub(crate) enum Learning {
     /// a fixed random projection of the targets; the model's head learns on the last
     /// group's output with no gradient into the blocks.
     TargetProjection { group: usize },
+    /// Forward-Forward (Hinton), supervised: each layer learns to give a high goodness
+    /// (mean square of its output) to the input with its true label written in, and a low
+    /// one with a wrong label; the prediction is the label of highest total goodness.
+    /// Lowered on its own path (`lower::Lower::forward_forward`).
+    ForwardForward { threshold: f64 },
 }
 
 /// The auxiliary head of a local loss: the model's head kind, through this map.
@@ -34,14 +39,14 @@ pub(crate) enum AuxHead {
     Ffn { hidden: usize },
 }
 
-const RULES: &[&str] = &["backprop", "local", "target_projection"];
+const RULES: &[&str] = &["backprop", "local", "target_projection", "forward_forward"];
 const AUX_HEADS: &[&str] = &["linear", "ffn"];
 
 impl Learning {
     /// Whether layer `i` (0-based) of `layers` ends a group with a local loss.
     pub(crate) fn local_loss_after(&self, i: usize, layers: usize) -> bool {
         match *self {
-            Learning::Backprop => false,
+            Learning::Backprop | Learning::ForwardForward { .. } => false,
             Learning::Local { group, .. } => (i + 1).is_multiple_of(group) && i + 1 < layers,
             Learning::TargetProjection { group } => {
                 (i + 1).is_multiple_of(group) || i + 1 == layers
@@ -53,7 +58,7 @@ impl Learning {
     /// trains the embedding, so it is never cut from it.
     pub(crate) fn detaches_before(&self, i: usize) -> bool {
         match *self {
-            Learning::Backprop => false,
+            Learning::Backprop | Learning::ForwardForward { .. } => false,
             Learning::Local { group, .. } | Learning::TargetProjection { group } => {
                 i > 0 && i.is_multiple_of(group)
             }
@@ -63,7 +68,7 @@ impl Learning {
     /// Whether the model's head reads the blocks' output through `stop_gradient`.
     pub(crate) fn detaches_head(&self) -> bool {
         match self {
-            Learning::Backprop | Learning::Local { .. } => false,
+            Learning::Backprop | Learning::Local { .. } | Learning::ForwardForward { .. } => false,
             Learning::TargetProjection { .. } => true,
         }
     }
@@ -130,12 +135,39 @@ pub(crate) fn resolve(
             enough_groups(c, "target projection", layers, group, 1, ev)?;
             Some(Learning::TargetProjection { group })
         }
+        "forward_forward" => {
+            let b = Bound::bind(c, "forward-forward", &["threshold"], 0, ev.diags);
+            let threshold = match b.get("threshold") {
+                None => 2.0,
+                Some(e) => ev.number_of(e, "threshold")?,
+            };
+            match head? {
+                Head::Classifier { classes } if classes >= 2 => {
+                    Some(Learning::ForwardForward { threshold })
+                }
+                Head::Classifier { .. } | Head::Lm { .. } | Head::Linear { .. } => {
+                    ev.diags.push(
+                        Diagnostic::new(
+                            "forward-forward learning needs a classifier head with at least \
+                             2 classes",
+                            c.span,
+                            "the label is written into the input",
+                        )
+                        .with_hint(
+                            "use `head classifier(classes = ...)`; for other heads use \
+                             `learning local` or `learning target_projection`",
+                        ),
+                    );
+                    None
+                }
+            }
+        }
         other => {
             ev.diags.push(
                 Diagnostic::new(
                     format!("unknown learning rule `{other}`"),
                     c.name.span,
-                    "expected backprop, local or target_projection",
+                    "expected backprop, local, target_projection or forward_forward",
                 )
                 .with_hint(suggest(other, RULES, "the learning rules are")),
             );

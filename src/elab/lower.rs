@@ -10,7 +10,9 @@ use super::resolve::{
 };
 use crate::diag::Diagnostics;
 use crate::ir::ops::MaskFill;
-use crate::ir::{Graph, GraphBuilder, Init, IrError, Op, OutputRole, Type, UnaryOp, ValueId};
+use crate::ir::{
+    Graph, GraphBuilder, Init, IrError, Op, OutputRole, Type, UnaryOp, ValueId, ViewOp,
+};
 
 type R<T> = Result<T, IrError>;
 
@@ -52,6 +54,9 @@ impl Lower {
         self.g.set_scope("embed");
         let (mut x, embed_table) = self.embedding(p, x0)?;
 
+        if let Learning::ForwardForward { threshold } = p.learning {
+            return self.forward_forward(p, x, targets, threshold);
+        }
         // The local losses of a learning rule, in order.
         let mut parts: Vec<ValueId> = Vec::new();
         let n = p.layers.len();
@@ -109,6 +114,190 @@ impl Lower {
         Ok(())
     }
 
+    /// Forward-Forward, supervised (Hinton 2022, with the label written into the input):
+    /// `x_c = x + E[c]` with `E` a fixed random label table; layer `l` reads the previous
+    /// layer's output, stopped and scaled to unit RMS, and its goodness is
+    /// `g_l = mean(h_l^2)`. Its loss is `softplus(theta - g_l(x_y)) + softplus(g_l(x_n) -
+    /// theta)`, the mean over the batch, with `n = (y - 1) mod classes` a wrong label. The
+    /// logits of class `c` are `sum_l g_l(x_c)`: every class is run, for evaluation only
+    /// (the step's dead-code elimination drops it).
+    fn forward_forward(&mut self, p: &Plan, x: ValueId, y: ValueId, theta: f64) -> R<()> {
+        let (d, classes) = (self.d, head_width(p)?);
+        let shape = self.g.shape(x);
+        let batch = shape[0];
+        self.g.set_scope("ff.label");
+        let table = self.g.param(
+            "ff.label.weight",
+            vec![classes, d],
+            Init::Normal { std: 1.0 },
+            false,
+        )?;
+        let one_hot = self.g.push(Op::OneHot { classes }, &[y])?;
+        // A wrong label for every example: the one-hot rolled by one class.
+        let rest = self.g.push(
+            Op::View(ViewOp::Slice {
+                axis: 1,
+                start: 1,
+                end: classes,
+            }),
+            &[one_hot],
+        )?;
+        let first = self.g.push(
+            Op::View(ViewOp::Slice {
+                axis: 1,
+                start: 0,
+                end: 1,
+            }),
+            &[one_hot],
+        )?;
+        let wrong = self.g.push(Op::Concat { axis: 1 }, &[rest, first])?;
+        let mut lifted = Vec::new();
+        for labels in [one_hot, wrong] {
+            let e = self.g.matmul(labels, table, false, false)?;
+            let mut eshape = vec![batch];
+            eshape.extend(std::iter::repeat_n(1, shape.len() - 2));
+            eshape.push(d);
+            let e = self.g.reshape(e, eshape)?;
+            let e = self.g.broadcast(e, shape.clone())?;
+            lifted.push(self.g.add(x, e)?);
+        }
+        let both = self.g.push(Op::Concat { axis: 0 }, &lifted)?;
+        // Every class, for the logits: [classes * batch, ...].
+        let mut all_shape = vec![classes];
+        all_shape.extend(&shape);
+        let mut tshape = vec![classes];
+        tshape.extend(std::iter::repeat_n(1, shape.len() - 1));
+        tshape.push(d);
+        let t = self.g.reshape(table, tshape)?;
+        let t = self.g.broadcast(t, all_shape.clone())?;
+        let xb = self.g.broadcast(x, all_shape)?;
+        let every = self.g.add(xb, t)?;
+        let mut flat = vec![classes * batch];
+        flat.extend(&shape[1..]);
+        let every = self.g.reshape(every, flat)?;
+
+        let train = self.ff_goodness(p, both)?;
+        let eval = self.ff_goodness(p, every)?;
+        let mut total: Option<ValueId> = None;
+        let mut score: Option<ValueId> = None;
+        for (l, (&g, &ge)) in train.iter().zip(&eval).enumerate() {
+            self.g.set_scope(format!("local.{l}"));
+            let pos = self.g.push(
+                Op::View(ViewOp::Slice {
+                    axis: 0,
+                    start: 0,
+                    end: batch,
+                }),
+                &[g],
+            )?;
+            let neg = self.g.push(
+                Op::View(ViewOp::Slice {
+                    axis: 0,
+                    start: batch,
+                    end: 2 * batch,
+                }),
+                &[g],
+            )?;
+            let below = self.g.scale(pos, -1.0)?;
+            let below = self.g.add_scalar(below, theta)?;
+            let above = self.g.add_scalar(neg, -theta)?;
+            let z = self.g.push(Op::Concat { axis: 0 }, &[below, above])?;
+            let sp = self.softplus(z)?;
+            let s = self.g.reduce_sum(sp, vec![0], false)?;
+            let loss = self.g.scale(s, 1.0 / batch as f64)?;
+            self.g
+                .output(OutputRole::PartLoss(&format!("local.{l}")).name(), loss);
+            total = Some(match total {
+                None => loss,
+                Some(t) => self.g.add(t, loss)?,
+            });
+            score = Some(match score {
+                None => ge,
+                Some(s) => self.g.add(s, ge)?,
+            });
+        }
+        let (Some(total), Some(score)) = (total, score) else {
+            return Err(IrError::Graph("forward-forward without layers".into()));
+        };
+        self.g.set_scope("head");
+        let score = self.g.reshape(score, vec![classes, batch])?;
+        let logits = self.g.transpose(score, vec![1, 0])?;
+        self.g.set_scope("");
+        // `loss` and `logits` first, as for every other model.
+        let parts = std::mem::take(&mut self.g.graph.outputs);
+        self.g.output("loss", total);
+        self.g.output("logits", logits);
+        self.g.graph.outputs.extend(parts);
+        Ok(())
+    }
+
+    /// Each layer's goodness (mean square of its output over all but the batch axis) on
+    /// `x`; a layer after the first reads its predecessor stopped and at unit RMS.
+    fn ff_goodness(&mut self, p: &Plan, mut x: ValueId) -> R<Vec<ValueId>> {
+        let mut out = Vec::new();
+        for (i, layer) in p.layers.iter().enumerate() {
+            let block = p
+                .blocks
+                .get(layer.block)
+                .ok_or_else(|| IrError::Graph("layer refers to a missing block".into()))?;
+            let prefix = format!("blocks.{}", layer.weights);
+            let run = if layer.run == 0 {
+                String::new()
+            } else {
+                format!(".run{}", layer.run)
+            };
+            if i > 0 {
+                self.g.set_scope(format!("{prefix}{run}"));
+                x = self.g.unary(Op::Unary(UnaryOp::StopGradient), x)?;
+                let ms = self.mean_square(x, 1)?;
+                let r = self.g.add_scalar(ms, 1e-6)?;
+                let r = self.g.unary(Op::Unary(UnaryOp::Rsqrt), r)?;
+                let r = self.g.reshape(r, {
+                    let mut s = vec![self.g.shape(x)[0]];
+                    s.extend(std::iter::repeat_n(1, self.g.ty(x).rank() - 1));
+                    s
+                })?;
+                let r = self.g.broadcast(r, self.g.shape(x))?;
+                x = self.g.mul(x, r)?;
+            }
+            for u in &block.units {
+                x = self.unit(x, u, &prefix, &run)?;
+            }
+            out.push(self.mean_square(x, 1)?);
+        }
+        Ok(out)
+    }
+
+    /// The mean of `x^2` over the axes from `from` on: one value per leading index.
+    fn mean_square(&mut self, x: ValueId, from: usize) -> R<ValueId> {
+        let shape = self.g.shape(x);
+        let n: usize = shape[from..].iter().product();
+        let sq = self.g.mul(x, x)?;
+        let s = self
+            .g
+            .reduce_sum(sq, (from..shape.len()).collect(), false)?;
+        self.g.scale(s, 1.0 / n as f64)
+    }
+
+    /// `log(1 + exp(z))` of a vector, stably: `-log_softmax([0, z])[0]`.
+    fn softplus(&mut self, z: ValueId) -> R<ValueId> {
+        let n = self.g.shape(z)[0];
+        let z = self.g.reshape(z, vec![n, 1])?;
+        let zero = self.g.full(0.0, vec![n, 1])?;
+        let pair = self.g.push(Op::Concat { axis: 1 }, &[zero, z])?;
+        let ls = self.g.push(Op::LogSoftmax, &[pair])?;
+        let first = self.g.push(
+            Op::View(ViewOp::Slice {
+                axis: 1,
+                start: 0,
+                end: 1,
+            }),
+            &[ls],
+        )?;
+        let first = self.g.reshape(first, vec![n])?;
+        self.g.scale(first, -1.0)
+    }
+
     /// The loss of group `k` of a local learning rule on its output `x`: an auxiliary
     /// head's loss, or the distance to a fixed random projection of the targets.
     fn local_loss(&mut self, p: &Plan, x: ValueId, targets: ValueId, k: usize) -> R<ValueId> {
@@ -157,7 +346,9 @@ impl Lower {
                 let t = self.g.reshape(t, shape)?;
                 self.loss(Loss::Mse, h, t)
             }
-            Learning::Backprop => Err(IrError::Graph("a local loss under backprop".into())),
+            Learning::Backprop | Learning::ForwardForward { .. } => Err(IrError::Graph(
+                "a group loss outside local learning and target projection".into(),
+            )),
         }
     }
 

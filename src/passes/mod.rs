@@ -189,7 +189,8 @@ impl Rewriter {
 
 /// One forward sweep over a valid graph: `rule(rw, old_index, node)` sees each node with
 /// its args mapped and may modify it, emit nodes, or replace it by an existing value.
-/// `saved` is left as it was; `finish` recomputes it once the passes are done.
+/// `saved` is only renumbered (a replaced value may no longer be a forward value read by
+/// the backward pass); `finish` recomputes it once the passes are done.
 pub(crate) fn rewrite(
     mut g: Graph,
     spare: &mut Vec<Node>,
@@ -237,6 +238,9 @@ pub(crate) fn rewrite(
     } = rw;
     for o in &mut out.outputs {
         o.value = map[o.value.index()];
+    }
+    for s in &mut out.saved {
+        *s = map[s.index()];
     }
     Ok(Swept {
         graph: out,

@@ -94,6 +94,9 @@ pub trait StepExecutor {
     fn step(&mut self, inputs: &[Tensor]) -> Result<StepOutcome, ExecError>;
     /// The current parameters, in graph order.
     fn params(&self) -> Result<Vec<Tensor>, AllocError>;
+    /// The bytes of the step's arena (parameters, state and every value of the step), when
+    /// the executor plans one.
+    fn arena_bytes(&self) -> Option<usize>;
 }
 
 /// The JIT keeps parameters in its f32 arena and writes outputs back arena to arena.
@@ -120,6 +123,10 @@ impl StepExecutor for JitStep {
             non_finite: r.non_finite,
             updated: r.written,
         })
+    }
+
+    fn arena_bytes(&self) -> Option<usize> {
+        Some(self.graph.exe.peak_bytes())
     }
 
     fn params(&self) -> Result<Vec<Tensor>, AllocError> {
@@ -177,6 +184,10 @@ impl StepExecutor for InterpStep {
     fn params(&self) -> Result<Vec<Tensor>, AllocError> {
         let copy = |p: &Tensor| p.try_clone(|| format!("a copy of a parameter ({})", p.ty()));
         self.params.iter().map(copy).collect()
+    }
+
+    fn arena_bytes(&self) -> Option<usize> {
+        None
     }
 }
 

@@ -81,6 +81,9 @@ pub struct Summary {
     pub evals: Vec<(u64, Eval)>,
     pub seconds: f64,
     pub tokens_per_second: f64,
+    /// The step's peak arena in bytes (JIT only): parameters, optimizer state and every
+    /// value of the step that is alive at once.
+    pub arena_bytes: Option<usize>,
     pub out_dir: PathBuf,
     pub interrupted: bool,
     /// The signal that interrupted it (SIGINT or SIGTERM); `None` when it was not one.
@@ -730,6 +733,7 @@ impl Run {
             config: plan.cfg.clone(),
             steps_done: self.t,
             tokens_per_second: tokens * self.losses.len() as f64 / self.train_seconds.max(1e-9),
+            arena_bytes: self.step_exec.arena_bytes(),
             losses: self.losses,
             evals: self.evals,
             seconds: self.started.elapsed().as_secs_f64() + self.compile_seconds,
@@ -876,15 +880,23 @@ fn non_finite(g: &Graph, inputs: &[Tensor], params: &[Tensor], f: Failure) -> No
 /// The end-of-run table.
 pub fn summary_table(runs: &[Summary]) -> String {
     let mut s = format!(
-        "{:<22} {:>10} {:>7} {:>11} {:>10} {:>9} {:>8} {:>10}\n",
-        "model", "params", "steps", "train loss", "eval loss", "eval acc", "time s", "tokens/s"
+        "{:<22} {:>10} {:>7} {:>11} {:>10} {:>9} {:>8} {:>10} {:>9}\n",
+        "model",
+        "params",
+        "steps",
+        "train loss",
+        "eval loss",
+        "eval acc",
+        "time s",
+        "tokens/s",
+        "arena MiB"
     );
     for r in runs {
         let e = r.last_eval();
         let _ = std::fmt::Write::write_fmt(
             &mut s,
             format_args!(
-                "{:<22} {:>10} {:>7} {:>11} {:>10} {:>9} {:>8.1} {:>10.0}\n",
+                "{:<22} {:>10} {:>7} {:>11} {:>10} {:>9} {:>8.1} {:>10.0} {:>9}\n",
                 r.model,
                 r.params,
                 r.steps_done,
@@ -894,7 +906,10 @@ pub fn summary_table(runs: &[Summary]) -> String {
                     .map(|a| format!("{:.1}%", a * 100.0))
                     .unwrap_or_else(|| "-".into()),
                 r.seconds,
-                r.tokens_per_second
+                r.tokens_per_second,
+                r.arena_bytes
+                    .map(|b| format!("{:.1}", b as f64 / (1 << 20) as f64))
+                    .unwrap_or_else(|| "-".into())
             ),
         );
     }
