@@ -117,10 +117,10 @@ impl Lower {
     /// Forward-Forward, supervised (Hinton 2022, with the label written into the input):
     /// `x_c = x + E[c]` with `E` a fixed random label table; layer `l` reads the previous
     /// layer's output, stopped and scaled to unit RMS, and its goodness is
-    /// `g_l = mean(h_l^2)`. Its loss is `softplus(theta - g_l(x_y)) + softplus(g_l(x_n) -
-    /// theta)`, the mean over the batch, with `n = (y - 1) mod classes` a wrong label. The
-    /// logits of class `c` are `sum_l g_l(x_c)`: every class is run, for evaluation only
-    /// (the step's dead-code elimination drops it).
+    /// `g_l = mean(h_l^2)`. Every class is run (`[classes * batch]` rows): its loss is
+    /// `softplus(theta - g_l(x_y))` plus the mean over the wrong labels `c` of
+    /// `softplus(g_l(x_c) - theta)`, the expectation of the paper's loss with a uniformly
+    /// random wrong label, over the batch; the logits of class `c` are `sum_l g_l(x_c)`.
     fn forward_forward(&mut self, p: &Plan, x: ValueId, y: ValueId, theta: f64) -> R<()> {
         let (d, classes) = (self.d, head_width(p)?);
         let shape = self.g.shape(x);
@@ -132,37 +132,7 @@ impl Lower {
             Init::Normal { std: 1.0 },
             false,
         )?;
-        let one_hot = self.g.push(Op::OneHot { classes }, &[y])?;
-        // A wrong label for every example: the one-hot rolled by one class.
-        let rest = self.g.push(
-            Op::View(ViewOp::Slice {
-                axis: 1,
-                start: 1,
-                end: classes,
-            }),
-            &[one_hot],
-        )?;
-        let first = self.g.push(
-            Op::View(ViewOp::Slice {
-                axis: 1,
-                start: 0,
-                end: 1,
-            }),
-            &[one_hot],
-        )?;
-        let wrong = self.g.push(Op::Concat { axis: 1 }, &[rest, first])?;
-        let mut lifted = Vec::new();
-        for labels in [one_hot, wrong] {
-            let e = self.g.matmul(labels, table, false, false)?;
-            let mut eshape = vec![batch];
-            eshape.extend(std::iter::repeat_n(1, shape.len() - 2));
-            eshape.push(d);
-            let e = self.g.reshape(e, eshape)?;
-            let e = self.g.broadcast(e, shape.clone())?;
-            lifted.push(self.g.add(x, e)?);
-        }
-        let both = self.g.push(Op::Concat { axis: 0 }, &lifted)?;
-        // Every class, for the logits: [classes * batch, ...].
+        // x_c for every class c: [classes, batch, ...] flattened to [classes * batch, ...].
         let mut all_shape = vec![classes];
         all_shape.extend(&shape);
         let mut tshape = vec![classes];
@@ -175,35 +145,27 @@ impl Lower {
         let mut flat = vec![classes * batch];
         flat.extend(&shape[1..]);
         let every = self.g.reshape(every, flat)?;
+        let one_hot = self.g.push(Op::OneHot { classes }, &[y])?;
+        // sign = +1 for the true label, -1 for the others; weight 1 and 1 / (classes - 1).
+        let sign = self.g.scale(one_hot, -2.0)?;
+        let sign = self.g.add_scalar(sign, 1.0)?;
+        let weight = self.g.scale(one_hot, 1.0 - 1.0 / (classes - 1) as f64)?;
+        let weight = self.g.add_scalar(weight, 1.0 / (classes - 1) as f64)?;
 
-        let train = self.ff_goodness(p, both)?;
-        let eval = self.ff_goodness(p, every)?;
+        let goodness = self.ff_goodness(p, every)?;
         let mut total: Option<ValueId> = None;
         let mut score: Option<ValueId> = None;
-        for (l, (&g, &ge)) in train.iter().zip(&eval).enumerate() {
+        for (l, &g) in goodness.iter().enumerate() {
             self.g.set_scope(format!("local.{l}"));
-            let pos = self.g.push(
-                Op::View(ViewOp::Slice {
-                    axis: 0,
-                    start: 0,
-                    end: batch,
-                }),
-                &[g],
-            )?;
-            let neg = self.g.push(
-                Op::View(ViewOp::Slice {
-                    axis: 0,
-                    start: batch,
-                    end: 2 * batch,
-                }),
-                &[g],
-            )?;
-            let below = self.g.scale(pos, -1.0)?;
-            let below = self.g.add_scalar(below, theta)?;
-            let above = self.g.add_scalar(neg, -theta)?;
-            let z = self.g.push(Op::Concat { axis: 0 }, &[below, above])?;
+            let g = self.g.reshape(g, vec![classes, batch])?;
+            let g = self.g.transpose(g, vec![1, 0])?;
+            let off = self.g.add_scalar(g, -theta)?;
+            let z = self.g.mul(sign, off)?;
+            let z = self.g.reshape(z, vec![batch * classes])?;
             let sp = self.softplus(z)?;
-            let s = self.g.reduce_sum(sp, vec![0], false)?;
+            let sp = self.g.reshape(sp, vec![batch, classes])?;
+            let w = self.g.mul(sp, weight)?;
+            let s = self.g.reduce_sum(w, vec![0, 1], false)?;
             let loss = self.g.scale(s, 1.0 / batch as f64)?;
             self.g
                 .output(OutputRole::PartLoss(&format!("local.{l}")).name(), loss);
@@ -212,16 +174,13 @@ impl Lower {
                 Some(t) => self.g.add(t, loss)?,
             });
             score = Some(match score {
-                None => ge,
-                Some(s) => self.g.add(s, ge)?,
+                None => g,
+                Some(s) => self.g.add(s, g)?,
             });
         }
-        let (Some(total), Some(score)) = (total, score) else {
+        let (Some(total), Some(logits)) = (total, score) else {
             return Err(IrError::Graph("forward-forward without layers".into()));
         };
-        self.g.set_scope("head");
-        let score = self.g.reshape(score, vec![classes, batch])?;
-        let logits = self.g.transpose(score, vec![1, 0])?;
         self.g.set_scope("");
         // `loss` and `logits` first, as for every other model.
         let parts = std::mem::take(&mut self.g.graph.outputs);
