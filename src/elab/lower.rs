@@ -9,7 +9,7 @@ use super::resolve::{
 };
 use crate::diag::Diagnostics;
 use crate::ir::ops::MaskFill;
-use crate::ir::{Graph, GraphBuilder, Init, IrError, Op, Type, UnaryOp, ValueId};
+use crate::ir::{Graph, GraphBuilder, Init, IrError, Op, ParamRole, Type, UnaryOp, ValueId};
 
 type R<T> = Result<T, IrError>;
 
@@ -104,21 +104,23 @@ impl Lower {
                 length,
                 vocab,
             } => {
-                let table = self.g.param(
+                let table = self.g.role_param(
                     "embed.weight",
                     vec![vocab, d],
                     Init::Normal { std: EMBED_STD },
                     true,
+                    ParamRole::Embedding,
                 )?;
                 let x = self.g.push(Op::Gather, &[table, x0])?;
                 let shape = vec![batch, length, d];
                 let x = match p.positions {
                     Positions::Learned => {
-                        let pos = self.g.param(
+                        let pos = self.g.role_param(
                             "pos.weight",
                             vec![length, d],
                             Init::Normal { std: EMBED_STD },
                             true,
+                            ParamRole::Embedding,
                         )?;
                         let pb = self.g.broadcast(pos, shape)?;
                         self.g.add(x, pb)?
@@ -140,7 +142,7 @@ impl Lower {
             }
             InputPlan::Features { width, .. } => {
                 let x = if p.feature_embed {
-                    self.linear(x0, "embed", width, d, true, true)?
+                    self.linear(x0, "embed", (width, d), (true, true), ParamRole::Input)?
                 } else {
                     x0
                 };
@@ -176,15 +178,15 @@ impl Lower {
                 let InputPlan::Tokens { vocab, .. } = p.input else {
                     return Err(IrError::Graph("lm head on a features input".into()));
                 };
-                self.linear(x, "head", d, vocab, false, true)
+                self.linear(x, "head", (d, vocab), (false, true), ParamRole::Head)
             }
             Head::Classifier { classes } => {
                 let xp = pooled(self, x)?;
-                self.linear(xp, "head", d, classes, true, true)
+                self.linear(xp, "head", (d, classes), (true, true), ParamRole::Head)
             }
             Head::Linear { out } => {
                 let xp = pooled(self, x)?;
-                self.linear(xp, "head", d, out, true, true)
+                self.linear(xp, "head", (d, out), (true, true), ParamRole::Head)
             }
         }
     }
@@ -229,7 +231,7 @@ impl Lower {
             Skip::Hourglass {
                 width, trainable, ..
             } => (
-                self.linear(x, &format!("{name}.lift"), d, width, false, trainable)?,
+                self.hidden(x, &format!("{name}.lift"), (d, width), false, trainable)?,
                 width,
             ),
             _ => (x, d),
@@ -271,11 +273,12 @@ impl Lower {
                 self.g.add(xs, f)?
             }
             Skip::Learned(init) => {
-                let s = self.g.param(
+                let s = self.g.role_param(
                     format!("{name}.skip_scale"),
                     vec![],
                     Init::Const(init),
                     true,
+                    ParamRole::Scalar,
                 )?;
                 let shape = self.g.shape(xin);
                 let sb = self.g.broadcast(s, shape)?;
@@ -287,7 +290,7 @@ impl Lower {
             y = self.norm(y, &format!("{name}.norm"), kind, eps)?;
         }
         if let Skip::Hourglass { width, .. } = u.skip {
-            y = self.linear(y, &format!("{name}.down"), width, d, false, true)?;
+            y = self.hidden(y, &format!("{name}.down"), (width, d), false, true)?;
         }
         Ok(y)
     }
@@ -306,7 +309,7 @@ impl Lower {
                 glu,
                 bias,
             } => {
-                let h = self.linear(x, &format!("{name}.w1"), w, hidden, bias, true)?;
+                let h = self.hidden(x, &format!("{name}.w1"), (w, hidden), bias, true)?;
                 let op = match act {
                     Act::Relu => Op::Unary(UnaryOp::Relu),
                     Act::Gelu => Op::Unary(UnaryOp::Gelu),
@@ -315,12 +318,12 @@ impl Lower {
                 };
                 let mut a = self.g.unary(op, h)?;
                 if glu {
-                    let gate = self.linear(x, &format!("{name}.w3"), w, hidden, bias, true)?;
+                    let gate = self.hidden(x, &format!("{name}.w3"), (w, hidden), bias, true)?;
                     a = self.g.mul(a, gate)?;
                 }
-                self.linear(a, &format!("{name}.w2"), hidden, w, bias, true)
+                self.hidden(a, &format!("{name}.w2"), (hidden, w), bias, true)
             }
-            Sub::Linear { bias } => self.linear(x, name, w, w, bias, true),
+            Sub::Linear { bias } => self.hidden(x, name, (w, w), bias, true),
         }
     }
 
@@ -342,7 +345,7 @@ impl Lower {
         let dh = w / heads;
         let mut qkv = Vec::new();
         for p in ["wq", "wk", "wv"] {
-            let y = self.linear(x, &format!("{name}.{p}"), w, w, bias, true)?;
+            let y = self.hidden(x, &format!("{name}.{p}"), (w, w), bias, true)?;
             let y = self.g.reshape(y, vec![b, t, heads, dh])?;
             qkv.push(self.g.transpose(y, vec![0, 2, 1, 3])?);
         }
@@ -360,33 +363,49 @@ impl Lower {
         let o = self.g.matmul(probs, qkv[2], false, false)?;
         let o = self.g.transpose(o, vec![0, 2, 1, 3])?;
         let o = self.g.reshape(o, vec![b, t, w])?;
-        self.linear(o, &format!("{name}.wo"), w, w, bias, true)
+        self.hidden(o, &format!("{name}.wo"), (w, w), bias, true)
     }
 
-    /// PyTorch `Linear` with its default init: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
+    /// A hidden `Linear` inside a block (its weight has role `matrix`).
+    fn hidden(
+        &mut self,
+        x: ValueId,
+        name: &str,
+        (fan_in, out): (usize, usize),
+        bias: bool,
+        trainable: bool,
+    ) -> R<ValueId> {
+        self.linear(x, name, (fan_in, out), (bias, trainable), ParamRole::Matrix)
+    }
+
+    /// PyTorch `Linear` with its default init: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias;
+    /// the weight has role `role`, the bias role `bias`.
     fn linear(
         &mut self,
         x: ValueId,
         name: &str,
-        fan_in: usize,
-        out: usize,
-        bias: bool,
-        trainable: bool,
+        (fan_in, out): (usize, usize),
+        (bias, trainable): (bool, bool),
+        role: ParamRole,
     ) -> R<ValueId> {
         let init = Init::Uniform {
             bound: 1.0 / (fan_in as f64).sqrt(),
         };
-        let w = self.g.param(
+        let w = self.g.role_param(
             format!("{name}.weight"),
             vec![out, fan_in],
             init.clone(),
             trainable,
+            role,
         )?;
         let b = if bias {
-            Some(
-                self.g
-                    .param(format!("{name}.bias"), vec![out], init, trainable)?,
-            )
+            Some(self.g.role_param(
+                format!("{name}.bias"),
+                vec![out],
+                init,
+                trainable,
+                ParamRole::Bias,
+            )?)
         } else {
             None
         };
@@ -402,9 +421,13 @@ impl Lower {
             .ok_or_else(|| IrError::Graph("norm of a scalar".into()))?;
         let w = shape[last];
         let inv = 1.0 / w as f64;
-        let weight = self
-            .g
-            .param(format!("{name}.weight"), vec![w], Init::Ones, true)?;
+        let weight = self.g.role_param(
+            format!("{name}.weight"),
+            vec![w],
+            Init::Ones,
+            true,
+            ParamRole::Norm,
+        )?;
         let (centered, var) = match kind {
             NormKind::LayerNorm => {
                 let s = self.g.reduce_sum(x, vec![last], true)?;
@@ -426,9 +449,13 @@ impl Lower {
         let y = self.g.mul(y, wb)?;
         match kind {
             NormKind::LayerNorm => {
-                let bias = self
-                    .g
-                    .param(format!("{name}.bias"), vec![w], Init::Zeros, true)?;
+                let bias = self.g.role_param(
+                    format!("{name}.bias"),
+                    vec![w],
+                    Init::Zeros,
+                    true,
+                    ParamRole::Norm,
+                )?;
                 let bb = self.g.broadcast(bias, shape)?;
                 self.g.add(y, bb)
             }
