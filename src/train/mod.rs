@@ -210,9 +210,18 @@ fn check_recipe(
     let Err(fault) = optim::check_model(&cfg.optim, &c.forward) else {
         return Ok(());
     };
-    let (key, message) = match fault {
-        optim::Mismatch::Optimizer(m) => ("optimizer", m),
-        optim::Mismatch::Group(role, m) => (config::group_key(role).unwrap_or("optimizer"), m),
+    let (key, message, hint) = match fault {
+        optim::Mismatch::Optimizer(m) => (
+            "optimizer",
+            m,
+            "muon needs 2-D weights to update: the `matrix` role, or a group with \
+             `optimizer = muon`; otherwise use adamw",
+        ),
+        optim::Mismatch::Group(role, m) => (
+            config::group_key(role).unwrap_or("optimizer"),
+            m,
+            "muon updates 2-D weights only; give this group `optimizer = adamw`",
+        ),
     };
     if opts.settings.iter().any(|(k, _)| k == key) {
         return Err(TrainError::Option {
@@ -227,8 +236,7 @@ fn check_recipe(
         .and_then(|t| t.settings.iter().find(|s| s.key.name == key));
     match setting {
         Some(s) => {
-            let d = Diagnostic::new(message, config::value_span(&s.value), "here")
-                .with_hint("use adamw or sgd for this model, or give the 2-D weights a group");
+            let d = Diagnostic::new(message, config::value_span(&s.value), "here").with_hint(hint);
             Err(rendered(file_name, source, vec![d]))
         }
         None => Err(TrainError::Option {

@@ -956,7 +956,8 @@ pub fn check_model(cfg: &OptimConfig, model: &Graph) -> Result<(), Mismatch> {
     }
     if cfg.kind.muon().is_some() && muon_params == 0 {
         return Err(Mismatch::Optimizer(format!(
-            "{} updates 2-D hidden weights (role matrix), and this model has none",
+            "{} has no parameter to update: it updates 2-D hidden weights (role matrix) \
+             unless a group says otherwise, and this recipe leaves it none",
             cfg.kind.name()
         )));
     }
