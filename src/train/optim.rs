@@ -3,10 +3,15 @@
 //! `step_graph(joint, cfg)` returns a graph whose extra parameters are the optimizer state
 //! (`optim.m.<p>`, `optim.v.<p>`, `optim.momentum.<p>`: frozen, zero-initialised), whose
 //! extra inputs are the host-computed scalars (`lr`, `bias_correction1`,
-//! `bias_correction2`, `noise_scale`) and noise tensors (`noise.<p>`), and whose outputs are
+//! `bias_correction2`, `noise_scale`; a group's own `lr.<role>`, Muon's AdamW's `lr.adam`
+//! and its bias corrections; Drop-Muon's `mask.<p>`) and noise tensors (`noise.<p>`), and
+//! whose outputs are
 //! `loss` and `new.<name>` for every trainable parameter and state tensor. An executor runs
 //! it and writes each `new.X` back into `X`. Because the update is ordinary IR, the
 //! interpreter and the JIT both run it and `text::print` shows it.
+//!
+//! Each parameter is updated by the rule of its role (`role_rule`: the optimizer's, then the
+//! role's group): SGD, AdamW, LAMB or Muon (Newton–Schulz on the momentum, as matmuls).
 //!
 //! There is no `min`, `max` or `where` op, so:
 //! - clipping uses `min(1, c / n) = 1 - relu(1 - c / n)`, with `n` the global norm + 1e-6
