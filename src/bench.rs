@@ -101,7 +101,7 @@ pub fn bench_step(
     };
     let median = median_step(&mut compiled, &step, &batch, steps)?;
     let profile = if profile {
-        let inputs = step.inputs(batch.clone(), 0, optim.lr);
+        let inputs = step.inputs(batch.clone(), 0, &|peak| peak);
         let runs = (0..steps)
             .map(|_| compiled.profile(&inputs))
             .collect::<Result<Vec<_>, _>>()?;
@@ -135,7 +135,7 @@ fn median_step(
 ) -> Result<f64, BenchError> {
     let mut run = |t: u64| -> Result<f64, BenchError> {
         let start = Instant::now();
-        let inputs = step.inputs(batch.to_vec(), t, step.optim().lr);
+        let inputs = step.inputs(batch.to_vec(), t, &|peak| peak);
         compiled.step(&inputs, &step.writeback)?;
         Ok(start.elapsed().as_secs_f64())
     };

@@ -296,7 +296,7 @@ pub struct TrainFlags {
     /// Peak learning rate (replaces the optimizer's).
     #[arg(long)]
     pub lr: Option<f64>,
-    /// `sgd`, `adamw`, `lamb`, or a call such as `adamw(lr = 1e-3, weight_decay = 1.0)`.
+    /// `sgd`, `adamw`, `lamb`, `muon`, `drop_muon`, or a call such as `adamw(lr = 1e-3, weight_decay = 1.0)`.
     #[arg(long)]
     pub optimizer: Option<String>,
     /// `constant(warmup = N)` or `cosine(warmup = N, final = 0.0)`.
@@ -388,7 +388,7 @@ pub struct BenchArgs {
     /// Measure this machine's single-core FMA peak with 128-bit and 256-bit vectors.
     #[arg(long)]
     pub peak: bool,
-    /// The optimizer of the timed step, replacing the recipe's: `sgd`, `adamw`, `lamb`, or a
+    /// The optimizer of the timed step, replacing the recipe's: `sgd`, `adamw`, `lamb`, `muon`, `drop_muon`, or a
     /// call such as `sgd(lr = 0.001)`.
     #[arg(long)]
     pub optimizer: Option<String>,

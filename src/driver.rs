@@ -147,6 +147,20 @@ impl Compiled {
         Ok(crate::train::optim::step_graph(&self.joint()?, &cfg.optim)?)
     }
 
+    /// The step graph's text: a `;` header line per parameter group (its rule, inputs and
+    /// parameters), then the graph.
+    pub fn step_text(&self) -> Result<String, StageError> {
+        let opts = crate::train::TrainOptions {
+            overrides: self.overrides.clone(),
+            ..Default::default()
+        };
+        let cfg = crate::train::resolve_config(self, &self.file_name, &self.source, &opts)
+            .map_err(|e| StageError::Recipe(e.to_string()))?;
+        let joint = self.joint()?;
+        let step = crate::train::optim::step_graph(&joint, &cfg.optim)?;
+        Ok(crate::train::optim::describe_groups(&joint, &cfg.optim) + &text::print(&step))
+    }
+
     /// The deterministic text of one stage.
     pub fn stage_text(&self, stage: Stage) -> Result<String, StageError> {
         Ok(match stage {
@@ -154,7 +168,7 @@ impl Compiled {
             Stage::Ir => text::print(&self.forward),
             Stage::Grad => text::print(&self.joint()?),
             Stage::Opt => text::print(&self.optimized()?),
-            Stage::Step => text::print(&self.step()?),
+            Stage::Step => self.step_text()?,
             Stage::Kernels | Stage::Plan | Stage::Clif => {
                 let step = self.step()?;
                 let opts = crate::kernels::BuildOptions {

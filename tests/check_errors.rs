@@ -71,3 +71,24 @@ fn examples_elaborate() {
         );
     }
 }
+
+/// Training recipes that do not fit their model or are misspelled: every
+/// `tests/bad/train_*.lam` parses and elaborates, and its recipe fails with located errors.
+#[test]
+fn bad_recipes() {
+    insta::glob!("bad/train_*.lam", |path| {
+        let src = std::fs::read_to_string(path).expect("readable test file");
+        let name = path
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("model.lam");
+        let compiled = lamina::front::compile_source(&src, name, &[])
+            .unwrap_or_else(|e| panic!("{name} should compile: {}", e.render(false)));
+        let opts = lamina::train::TrainOptions::default();
+        let rendered = match lamina::train::resolve_config(&compiled, name, &src, &opts) {
+            Ok(_) => panic!("{name}: the recipe was accepted"),
+            Err(e) => e.to_string(),
+        };
+        insta::assert_snapshot!(rendered);
+    });
+}

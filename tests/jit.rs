@@ -360,7 +360,15 @@ fn bias_activation_residual_fuse_after_matmul() {
 fn tiny_training_graph() -> Graph {
     let mut b = GraphBuilder::new("train");
     let x = b.input("x", Type::f32(vec![4, 5]));
-    let w = b.param("w", vec![3, 5], Init::Zeros, true).unwrap();
+    let w = b
+        .role_param(
+            "w",
+            vec![3, 5],
+            Init::Zeros,
+            true,
+            lamina::ir::ParamRole::Matrix,
+        )
+        .unwrap();
     let y = b.matmul(x, w, false, true).unwrap();
     let sq = b.mul(y, y).unwrap();
     let s = b.reduce_sum(sq, vec![0, 1], false).unwrap();
@@ -419,7 +427,7 @@ fn optim(kind: OptimKind, lr: f64) -> OptimConfig {
     }
 }
 
-/// SGD with momentum, AdamW and LAMB on a graph whose gradient has no entry near zero
+/// SGD with momentum, AdamW, LAMB, Muon and Drop-Muon on a graph whose gradient has no entry near zero
 /// (Adam's first step divides each gradient by its own size).
 #[test]
 fn optimizer_steps_match_interpreter() {
@@ -437,7 +445,9 @@ fn optimizer_steps_match_interpreter() {
         beta2: 0.999,
         eps: 1e-6,
     };
-    for kind in [sgd, adam, lamb] {
+    let muon = OptimKind::Muon(Default::default());
+    let drop_muon = OptimKind::DropMuon(Default::default());
+    for kind in [sgd, adam, lamb, muon, drop_muon] {
         let name = kind.name();
         let step = TrainingStep::new(&g, &optim(kind, 0.1), 0).unwrap();
         let mut params = vec![w.clone()];
@@ -449,7 +459,7 @@ fn optimizer_steps_match_interpreter() {
         );
         // The third step, so that the state tensors are not zero.
         for t in 0..3 {
-            let inputs = step.inputs(vec![x.clone()], t, 0.1);
+            let inputs = step.inputs(vec![x.clone()], t, &|peak| peak);
             check_step(name, &step, &inputs, &params);
             let out = run(
                 &step.graph,
@@ -516,7 +526,7 @@ fn examples_train_like_the_interpreter() {
                 .into_iter()
                 .skip(n),
         );
-        let inputs = step.inputs(batch, 0, 0.05);
+        let inputs = step.inputs(batch, 0, &|peak| peak);
         check_step(&format!("{path:?}"), &step, &inputs, &params);
     }
 }

@@ -2,7 +2,7 @@
 //! and `compare`.
 
 use lamina::interp;
-use lamina::ir::{GraphBuilder, Init, OutputRole, Type};
+use lamina::ir::{GraphBuilder, Init, OutputRole, ParamRole, Type};
 use lamina::tensor::Tensor;
 use lamina::train::exec::Backend;
 use lamina::train::optim::{self, GradNoise, OptimConfig, OptimKind};
@@ -107,12 +107,28 @@ fn same_seed_same_losses_bit_for_bit() {
 
 #[test]
 fn resume_is_bit_identical_to_an_uninterrupted_run() {
-    let d = tmp("resume");
+    resume_check("resume", None);
+}
+
+#[test]
+fn resume_is_bit_identical_with_muon_and_drop_muon() {
+    resume_check("resume-muon", Some("muon(lr = 0.02, adam_lr = 3e-3)"));
+    resume_check(
+        "resume-drop-muon",
+        Some("drop_muon(lr = 0.02, adam_lr = 3e-3, weight_decay = 0.01)"),
+    );
+}
+
+fn resume_check(tag: &str, optimizer: Option<&str>) {
+    let d = tmp(tag);
     let m = write_model(&d, TINY);
     let mut o = opts(&d.join("full"));
     o.settings.push(("steps".into(), "40".into()));
     o.settings.push(("eval_every".into(), "10".into()));
     o.settings.push(("clip".into(), "1.0".into()));
+    if let Some(opt) = optimizer {
+        o.settings.push(("optimizer".into(), opt.into()));
+    }
     let full = train::train(&m, &o).unwrap();
 
     let mut o1 = o.clone();
@@ -229,8 +245,12 @@ fn train_section_prints_in_the_ast() {
 fn tiny_joint() -> lamina::ir::Graph {
     let mut g = GraphBuilder::new("t");
     let x = g.input("x", Type::f32(vec![2, 3]));
-    let w = g.param("w", vec![2, 3], Init::Zeros, true).unwrap();
-    let b = g.param("b", vec![3], Init::Zeros, true).unwrap();
+    let w = g
+        .role_param("w", vec![2, 3], Init::Zeros, true, ParamRole::Matrix)
+        .unwrap();
+    let b = g
+        .role_param("b", vec![3], Init::Zeros, true, ParamRole::Bias)
+        .unwrap();
     let ww = g.mul(w, w).unwrap();
     let wwx = g.mul(ww, x).unwrap();
     let s1 = g.reduce_sum(wwx, vec![0, 1], false).unwrap();
@@ -271,7 +291,7 @@ fn run_steps(
         params[0] = Tensor::f32(vec![2, 3], w0.to_vec());
         params[1] = Tensor::f32(vec![3], b0.to_vec());
         for (t, lr) in lrs.iter().enumerate() {
-            let sc = optim::scalars(cfg, t as u64 + 1, *lr);
+            let sc = optim::scalars(cfg, t as u64 + 1, &|peak| peak / cfg.lr * lr);
             let inputs: Vec<Tensor> = step
                 .inputs
                 .iter()
@@ -580,7 +600,7 @@ fn resident_jit_step_matches_host_round_trip() {
         })
         .collect();
     let inputs = |t: u64, x: f64| -> Vec<Tensor> {
-        let sc = optim::scalars(&cfg, t + 1, 0.01);
+        let sc = optim::scalars(&cfg, t + 1, &|_| 0.01);
         step.inputs
             .iter()
             .map(|i| match sc.iter().find(|(n, _)| *n == i.name) {
@@ -732,4 +752,281 @@ fn nan_locator_passes_over_the_causal_mask() {
     let msg = train::train(&m, &o).unwrap_err().to_string();
     assert!(msg.contains("in `blocks.0.f`"), "{msg}");
     assert!(!msg.contains("causal_mask"), "{msg}");
+}
+
+/// `a [n, k] @ b [k, m]`, row-major, in f64.
+fn matmul64(a: &[f64], b: &[f64], n: usize, k: usize, m: usize) -> Vec<f64> {
+    let mut out = vec![0.0; n * m];
+    for i in 0..n {
+        for j in 0..m {
+            out[i * m + j] = (0..k).map(|l| a[i * k + l] * b[l * m + j]).sum();
+        }
+    }
+    out
+}
+
+fn transpose64(a: &[f64], n: usize, m: usize) -> Vec<f64> {
+    (0..m * n).map(|i| a[(i % n) * m + i / n]).collect()
+}
+
+/// Keller Jordan's `zeropower_via_newtonschulz5` in f64, on `g` `[r, c]`.
+fn newton_schulz64(g: &[f64], r: usize, c: usize, steps: u32) -> Vec<f64> {
+    let (a, b, cc) = optim::NS_COEFFS;
+    let tall = r > c;
+    let (rows, cols) = if tall { (c, r) } else { (r, c) };
+    let mut x = if tall {
+        transpose64(g, r, c)
+    } else {
+        g.to_vec()
+    };
+    let n = x.iter().map(|v| v * v).sum::<f64>().sqrt() + optim::NS_EPS;
+    x.iter_mut().for_each(|v| *v /= n);
+    for _ in 0..steps {
+        let gram = matmul64(&x, &transpose64(&x, rows, cols), rows, cols, rows);
+        let gg = matmul64(&gram, &gram, rows, rows, rows);
+        let poly: Vec<f64> = gram.iter().zip(&gg).map(|(p, q)| b * p + cc * q).collect();
+        let px = matmul64(&poly, &x, rows, rows, cols);
+        x = x.iter().zip(&px).map(|(x, p)| a * x + p).collect();
+    }
+    if tall {
+        transpose64(&x, rows, cols)
+    } else {
+        x
+    }
+}
+
+fn muon_cfg(drop: bool) -> OptimConfig {
+    let mut m = optim::MuonConfig::default();
+    m.adam.lr = 0.5;
+    OptimConfig {
+        kind: if drop {
+            OptimKind::DropMuon(m)
+        } else {
+            OptimKind::Muon(m)
+        },
+        lr: 1.0,
+        weight_decay: 0.1,
+        ..Default::default()
+    }
+}
+
+/// Muon on the `matrix` parameter `w` (`[2, 3]`), its AdamW (lr 0.5 of the schedule,
+/// betas (0.9, 0.95), eps 1e-10) on the `bias` parameter `b`, against an f64 reference.
+#[test]
+#[allow(clippy::needless_range_loop)]
+fn muon_matches_reference() {
+    let cfg = muon_cfg(false);
+    let st = std::cell::RefCell::new([St::default(), St::default()]);
+    check(
+        &cfg,
+        |r, gw, gb, t, lr| {
+            let mut st = st.borrow_mut();
+            let mu = 0.95;
+            if st[0].a.is_empty() {
+                st[0].a = vec![0.0; 6];
+                st[1].a = vec![0.0; 3];
+                st[1].c = vec![0.0; 3];
+            }
+            for i in 0..6 {
+                st[0].a[i] = mu * st[0].a[i] + (1.0 - mu) * gw[i];
+            }
+            let u: Vec<f64> = (0..6)
+                .map(|i| (1.0 - mu) * gw[i] + mu * st[0].a[i])
+                .collect();
+            let o = newton_schulz64(&u, 2, 3, 5);
+            for i in 0..6 {
+                r.w[i] -= lr * (o[i] + 0.1 * r.w[i]);
+            }
+            let (b1, b2, eps): (f64, f64, f64) = (0.9, 0.95, 1e-10);
+            for i in 0..3 {
+                st[1].a[i] = b1 * st[1].a[i] + (1.0 - b1) * gb[i];
+                st[1].c[i] = b2 * st[1].c[i] + (1.0 - b2) * gb[i] * gb[i];
+                let mh = st[1].a[i] / (1.0 - b1.powi(t as i32));
+                let vh = st[1].c[i] / (1.0 - b2.powi(t as i32));
+                r.b[i] -= 0.5 * lr * mh / (vh.sqrt() + eps);
+            }
+        },
+        &[],
+    );
+}
+
+/// The step graph's Newton–Schulz against the f64 reference (interpreter, f64 both), wide
+/// and tall, with the result's singular values in the quintic's band: every eigenvalue of
+/// `O O^T` (smaller side) lies in [0.5, 1.5] (singular values in ~[0.7, 1.2]).
+#[test]
+fn newton_schulz_matches_f64_and_orthogonalises() {
+    for (r, c) in [(3usize, 5usize), (6, 4)] {
+        let mut b = GraphBuilder::new("ns");
+        let gi = b.input("g", Type::f32(vec![r, c]));
+        let w = b
+            .role_param("w", vec![r, c], Init::Zeros, true, ParamRole::Matrix)
+            .unwrap();
+        let s = b.reduce_sum(w, vec![0, 1], false).unwrap();
+        b.output("loss", s);
+        b.output("grad.w", gi);
+        let joint = b.finish();
+        let m = optim::MuonConfig {
+            momentum: 0.0,
+            nesterov: false,
+            ..Default::default()
+        };
+        let cfg = OptimConfig {
+            kind: OptimKind::Muon(m),
+            lr: 1.0,
+            weight_decay: 0.0,
+            ..Default::default()
+        };
+        let step = optim::step_graph(&joint, &cfg).unwrap();
+        // Well conditioned (a scaled identity plus a perturbation), as a gradient's
+        // momentum typically is at the scale Newton–Schulz resolves in five steps.
+        let g: Vec<f64> = (0..r * c)
+            .map(|i| {
+                let (row, col) = (i / c, i % c);
+                let diag = if row == col {
+                    1.0 + 0.3 * row as f64
+                } else {
+                    0.0
+                };
+                diag + 0.1 * (((i * 7 + 3) % 11) as f64 / 5.0 - 1.0)
+            })
+            .collect();
+        let inputs: Vec<Tensor> = step
+            .inputs
+            .iter()
+            .map(|i| match i.name.as_str() {
+                "g" => Tensor::f32(vec![r, c], g.clone()),
+                _ => Tensor::scalar(1.0),
+            })
+            .collect();
+        let params: Vec<Tensor> = step.params.iter().map(|p| Tensor::zeros(&p.ty())).collect();
+        let out = interp::run(
+            &step,
+            &interp::Env {
+                inputs: &inputs,
+                params: &params,
+            },
+        )
+        .unwrap();
+        let new_w = &out.iter().find(|(n, _)| n == "new.w").unwrap().1.data;
+        let scale = (r as f64 / c as f64).max(1.0).sqrt();
+        let want = newton_schulz64(&g, r, c, 5);
+        for (got, want) in new_w.iter().zip(&want) {
+            assert!((-got / scale - want).abs() < 1e-9, "{got} vs {want}");
+        }
+        // The singular values of the result: square roots of the eigenvalues of the
+        // smaller Gram matrix (Jacobi rotations, f64).
+        let (k, gram) = if r <= c {
+            (r, matmul64(&want, &transpose64(&want, r, c), r, c, r))
+        } else {
+            (c, matmul64(&transpose64(&want, r, c), &want, c, r, c))
+        };
+        for s in symmetric_eigenvalues(gram, k) {
+            let sigma = s.sqrt();
+            assert!(
+                (0.68..=1.2).contains(&sigma),
+                "{r}x{c}: singular value {sigma} outside the quintic's band"
+            );
+        }
+    }
+}
+
+/// The eigenvalues of a symmetric `[k, k]` matrix by cyclic Jacobi rotations.
+fn symmetric_eigenvalues(mut a: Vec<f64>, k: usize) -> Vec<f64> {
+    for _ in 0..100 {
+        for p in 0..k {
+            for q in p + 1..k {
+                let apq = a[p * k + q];
+                if apq.abs() < 1e-15 {
+                    continue;
+                }
+                let theta = (a[q * k + q] - a[p * k + p]) / (2.0 * apq);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let t = if theta == 0.0 { 1.0 } else { t };
+                let (c, s) = (1.0 / (t * t + 1.0).sqrt(), t / (t * t + 1.0).sqrt());
+                for i in 0..k {
+                    let (aip, aiq) = (a[i * k + p], a[i * k + q]);
+                    a[i * k + p] = c * aip - s * aiq;
+                    a[i * k + q] = s * aip + c * aiq;
+                }
+                for i in 0..k {
+                    let (api, aqi) = (a[p * k + i], a[q * k + i]);
+                    a[p * k + i] = c * api - s * aqi;
+                    a[q * k + i] = s * api + c * aqi;
+                }
+            }
+        }
+    }
+    (0..k).map(|i| a[i * k + i]).collect()
+}
+
+/// Drop-Muon: a parameter whose mask is 0 keeps its weights and its momentum bit for bit;
+/// with mask 1 the step equals Muon's.
+#[test]
+fn drop_muon_mask_holds_a_dropped_parameter() {
+    let joint = tiny_joint();
+    let drop = optim::step_graph(&joint, &muon_cfg(true)).unwrap();
+    let plain = optim::step_graph(&joint, &muon_cfg(false)).unwrap();
+    assert!(drop.inputs.iter().any(|i| i.name == "mask.w"));
+    assert!(!drop.inputs.iter().any(|i| i.name == "mask.b"));
+    let params: Vec<Tensor> = drop
+        .params
+        .iter()
+        .map(|p| {
+            let n = p.ty().numel();
+            Tensor::f32(
+                p.shape.clone(),
+                (0..n).map(|i| 0.25 + 0.1 * i as f64).collect(),
+            )
+        })
+        .collect();
+    let feed = |g: &lamina::ir::Graph, mask: f64| -> Vec<Tensor> {
+        g.inputs
+            .iter()
+            .map(|i| match i.name.as_str() {
+                "x" => Tensor::f32(vec![2, 3], X.to_vec()),
+                "mask.w" => Tensor::scalar(mask),
+                _ => Tensor::scalar(0.5),
+            })
+            .collect()
+    };
+    for backend in [Backend::Interp, Backend::Jit] {
+        let mut ex = train::exec::executor(&drop, backend).unwrap();
+        let held = ex.run(&feed(&drop, 0.0), &params).unwrap();
+        for name in ["new.w", "new.optim.momentum.w"] {
+            let p = name.trim_start_matches("new.");
+            let before = &params[drop.param_index(p).unwrap()].data;
+            let after = &held.iter().find(|(n, _)| n == name).unwrap().1.data;
+            let bits = |v: &[f64]| v.iter().map(|x| (*x as f32).to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(before), bits(after), "{backend:?}: {name} moved");
+        }
+        let kept = ex.run(&feed(&drop, 1.0), &params).unwrap();
+        let mut ex2 = train::exec::executor(&plain, backend).unwrap();
+        let full = ex2.run(&feed(&plain, 1.0), &params).unwrap();
+        for (name, v) in &full {
+            let got = &kept.iter().find(|(n, _)| n == name).unwrap().1.data;
+            close(got, &v.data, name);
+        }
+    }
+}
+
+/// The masks of a step are a pure function of (seed, step), progressive (a suffix of the
+/// parameters), and never empty.
+#[test]
+fn drop_masks_are_a_random_suffix() {
+    for t in 0..50 {
+        let m = optim::drop_masks(3, t, 6);
+        assert_eq!(m, optim::drop_masks(3, t, 6));
+        assert_eq!(m[5], 1.0);
+        let start = m.iter().position(|&x| x == 1.0).unwrap();
+        assert!(m[start..].iter().all(|&x| x == 1.0));
+    }
+    let starts: std::collections::HashSet<usize> = (0..200)
+        .map(|t| {
+            optim::drop_masks(3, t, 6)
+                .iter()
+                .position(|&x| x == 1.0)
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(starts.len(), 6, "every start index is drawn");
 }

@@ -11,7 +11,7 @@ use super::resolve::{
 use crate::diag::Diagnostics;
 use crate::ir::ops::MaskFill;
 use crate::ir::{
-    Graph, GraphBuilder, Init, IrError, Op, OutputRole, Type, UnaryOp, ValueId, ViewOp,
+    Graph, GraphBuilder, Init, IrError, Op, OutputRole, ParamRole, Type, UnaryOp, ValueId, ViewOp,
 };
 
 type R<T> = Result<T, IrError>;
@@ -126,11 +126,12 @@ impl Lower {
         let shape = self.g.shape(x);
         let batch = shape[0];
         self.g.set_scope("ff.label");
-        let table = self.g.param(
+        let table = self.g.role_param(
             "ff.label.weight",
             vec![classes, d],
             Init::Normal { std: 1.0 },
             false,
+            ParamRole::Embedding,
         )?;
         // x_c for every class c: [classes, batch, ...] flattened to [classes * batch, ...].
         let mut all_shape = vec![classes];
@@ -271,14 +272,29 @@ impl Lower {
                 let out = head_width(p)?;
                 let bias = !matches!(p.head, Head::Lm { .. });
                 let logits = match head {
-                    AuxHead::Linear => {
-                        self.linear(h, &format!("{name}.head"), self.d, out, bias, true)?
-                    }
+                    AuxHead::Linear => self.linear(
+                        h,
+                        &format!("{name}.head"),
+                        (self.d, out),
+                        (bias, true),
+                        ParamRole::Head,
+                    )?,
                     AuxHead::Ffn { hidden } => {
-                        let a =
-                            self.linear(h, &format!("{name}.head.up"), self.d, hidden, true, true)?;
+                        let a = self.linear(
+                            h,
+                            &format!("{name}.head.up"),
+                            (self.d, hidden),
+                            (true, true),
+                            ParamRole::Head,
+                        )?;
                         let a = self.g.unary(Op::Unary(UnaryOp::Gelu), a)?;
-                        self.linear(a, &format!("{name}.head.down"), hidden, out, bias, true)?
+                        self.linear(
+                            a,
+                            &format!("{name}.head.down"),
+                            (hidden, out),
+                            (bias, true),
+                            ParamRole::Head,
+                        )?
                     }
                 };
                 self.loss(p.loss, logits, targets)
@@ -295,11 +311,12 @@ impl Lower {
                     Head::Linear { .. } => self.g.reshape(targets, vec![n, classes])?,
                 };
                 // Fixed and random: seeded with the other parameters, never trained.
-                let proj = self.g.param(
+                let proj = self.g.role_param(
                     format!("{name}.projection"),
                     vec![self.d, classes],
                     Init::Normal { std: 1.0 },
                     false,
+                    ParamRole::Head,
                 )?;
                 let t = self.g.matmul(y, proj, false, true)?;
                 let t = self.g.reshape(t, shape)?;
@@ -359,21 +376,23 @@ impl Lower {
                 length,
                 vocab,
             } => {
-                let table = self.g.param(
+                let table = self.g.role_param(
                     "embed.weight",
                     vec![vocab, d],
                     Init::Normal { std: EMBED_STD },
                     true,
+                    ParamRole::Embedding,
                 )?;
                 let x = self.g.push(Op::Gather, &[table, x0])?;
                 let shape = vec![batch, length, d];
                 let x = match p.positions {
                     Positions::Learned => {
-                        let pos = self.g.param(
+                        let pos = self.g.role_param(
                             "pos.weight",
                             vec![length, d],
                             Init::Normal { std: EMBED_STD },
                             true,
+                            ParamRole::Embedding,
                         )?;
                         let pb = self.g.broadcast(pos, shape)?;
                         self.g.add(x, pb)?
@@ -395,7 +414,7 @@ impl Lower {
             }
             InputPlan::Features { width, .. } => {
                 let x = if p.feature_embed {
-                    self.linear(x0, "embed", width, d, true, true)?
+                    self.linear(x0, "embed", (width, d), (true, true), ParamRole::Input)?
                 } else {
                     x0
                 };
@@ -414,10 +433,12 @@ impl Lower {
                     .ok_or_else(|| IrError::Graph("tied head without a token embedding".into()))?;
                 self.g.matmul(x, table, false, true)
             }
-            Head::Lm { tied: false } => self.linear(x, "head", d, out, false, true),
+            Head::Lm { tied: false } => {
+                self.linear(x, "head", (d, out), (false, true), ParamRole::Head)
+            }
             Head::Classifier { .. } | Head::Linear { .. } => {
                 let xp = self.pool(p, x)?;
-                self.linear(xp, "head", d, out, true, true)
+                self.linear(xp, "head", (d, out), (true, true), ParamRole::Head)
             }
         }
     }
@@ -462,7 +483,7 @@ impl Lower {
             Skip::Hourglass {
                 width, trainable, ..
             } => (
-                self.linear(x, &format!("{name}.lift"), d, width, false, trainable)?,
+                self.hidden(x, &format!("{name}.lift"), (d, width), false, trainable)?,
                 width,
             ),
             _ => (x, d),
@@ -504,11 +525,12 @@ impl Lower {
                 self.g.add(xs, f)?
             }
             Skip::Learned(init) => {
-                let s = self.g.param(
+                let s = self.g.role_param(
                     format!("{name}.skip_scale"),
                     vec![],
                     Init::Const(init),
                     true,
+                    ParamRole::Scalar,
                 )?;
                 let shape = self.g.shape(xin);
                 let sb = self.g.broadcast(s, shape)?;
@@ -520,7 +542,7 @@ impl Lower {
             y = self.norm(y, &format!("{name}.norm"), kind, eps)?;
         }
         if let Skip::Hourglass { width, .. } = u.skip {
-            y = self.linear(y, &format!("{name}.down"), width, d, false, true)?;
+            y = self.hidden(y, &format!("{name}.down"), (width, d), false, true)?;
         }
         Ok(y)
     }
@@ -539,7 +561,7 @@ impl Lower {
                 glu,
                 bias,
             } => {
-                let h = self.linear(x, &format!("{name}.w1"), w, hidden, bias, true)?;
+                let h = self.hidden(x, &format!("{name}.w1"), (w, hidden), bias, true)?;
                 let op = match act {
                     Act::Relu => Op::Unary(UnaryOp::Relu),
                     Act::Gelu => Op::Unary(UnaryOp::Gelu),
@@ -548,12 +570,12 @@ impl Lower {
                 };
                 let mut a = self.g.unary(op, h)?;
                 if glu {
-                    let gate = self.linear(x, &format!("{name}.w3"), w, hidden, bias, true)?;
+                    let gate = self.hidden(x, &format!("{name}.w3"), (w, hidden), bias, true)?;
                     a = self.g.mul(a, gate)?;
                 }
-                self.linear(a, &format!("{name}.w2"), hidden, w, bias, true)
+                self.hidden(a, &format!("{name}.w2"), (hidden, w), bias, true)
             }
-            Sub::Linear { bias } => self.linear(x, name, w, w, bias, true),
+            Sub::Linear { bias } => self.hidden(x, name, (w, w), bias, true),
         }
     }
 
@@ -575,7 +597,7 @@ impl Lower {
         let dh = w / heads;
         let mut qkv = Vec::new();
         for p in ["wq", "wk", "wv"] {
-            let y = self.linear(x, &format!("{name}.{p}"), w, w, bias, true)?;
+            let y = self.hidden(x, &format!("{name}.{p}"), (w, w), bias, true)?;
             let y = self.g.reshape(y, vec![b, t, heads, dh])?;
             qkv.push(self.g.transpose(y, vec![0, 2, 1, 3])?);
         }
@@ -593,33 +615,49 @@ impl Lower {
         let o = self.g.matmul(probs, qkv[2], false, false)?;
         let o = self.g.transpose(o, vec![0, 2, 1, 3])?;
         let o = self.g.reshape(o, vec![b, t, w])?;
-        self.linear(o, &format!("{name}.wo"), w, w, bias, true)
+        self.hidden(o, &format!("{name}.wo"), (w, w), bias, true)
     }
 
-    /// PyTorch `Linear` with its default init: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
+    /// A hidden `Linear` inside a block (its weight has role `matrix`).
+    fn hidden(
+        &mut self,
+        x: ValueId,
+        name: &str,
+        (fan_in, out): (usize, usize),
+        bias: bool,
+        trainable: bool,
+    ) -> R<ValueId> {
+        self.linear(x, name, (fan_in, out), (bias, trainable), ParamRole::Matrix)
+    }
+
+    /// PyTorch `Linear` with its default init: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias;
+    /// the weight has role `role`, the bias role `bias`.
     fn linear(
         &mut self,
         x: ValueId,
         name: &str,
-        fan_in: usize,
-        out: usize,
-        bias: bool,
-        trainable: bool,
+        (fan_in, out): (usize, usize),
+        (bias, trainable): (bool, bool),
+        role: ParamRole,
     ) -> R<ValueId> {
         let init = Init::Uniform {
             bound: 1.0 / (fan_in as f64).sqrt(),
         };
-        let w = self.g.param(
+        let w = self.g.role_param(
             format!("{name}.weight"),
             vec![out, fan_in],
             init.clone(),
             trainable,
+            role,
         )?;
         let b = if bias {
-            Some(
-                self.g
-                    .param(format!("{name}.bias"), vec![out], init, trainable)?,
-            )
+            Some(self.g.role_param(
+                format!("{name}.bias"),
+                vec![out],
+                init,
+                trainable,
+                ParamRole::Bias,
+            )?)
         } else {
             None
         };
@@ -635,9 +673,13 @@ impl Lower {
             .ok_or_else(|| IrError::Graph("norm of a scalar".into()))?;
         let w = shape[last];
         let inv = 1.0 / w as f64;
-        let weight = self
-            .g
-            .param(format!("{name}.weight"), vec![w], Init::Ones, true)?;
+        let weight = self.g.role_param(
+            format!("{name}.weight"),
+            vec![w],
+            Init::Ones,
+            true,
+            ParamRole::Norm,
+        )?;
         let (centered, var) = match kind {
             NormKind::LayerNorm => {
                 let s = self.g.reduce_sum(x, vec![last], true)?;
@@ -659,9 +701,13 @@ impl Lower {
         let y = self.g.mul(y, wb)?;
         match kind {
             NormKind::LayerNorm => {
-                let bias = self
-                    .g
-                    .param(format!("{name}.bias"), vec![w], Init::Zeros, true)?;
+                let bias = self.g.role_param(
+                    format!("{name}.bias"),
+                    vec![w],
+                    Init::Zeros,
+                    true,
+                    ParamRole::Norm,
+                )?;
                 let bb = self.g.broadcast(bias, shape)?;
                 self.g.add(y, bb)
             }

@@ -5,7 +5,9 @@
 //! an internal-error diagnostic rather than a panic.
 
 use super::ops::{BinaryOp, UnaryOp, ViewOp, F64};
-use super::{Graph, Init, Input, IrError, Node, Op, Output, Param, Phase, Type, ValueId};
+use super::{
+    Graph, Init, Input, IrError, Node, Op, Output, Param, ParamRole, Phase, Type, ValueId,
+};
 use std::collections::HashMap;
 
 pub type BuildResult = Result<ValueId, IrError>;
@@ -93,8 +95,9 @@ impl GraphBuilder {
         self.push_typed(Op::Input { index }, vec![], ty)
     }
 
-    /// The node of parameter `name`, declaring it on first use. A second request with the
-    /// same name returns the same node (shared weights), and must agree on the shape.
+    /// The node of parameter `name` (role `other`), declaring it on first use. A second
+    /// request with the same name returns the same node (shared weights), and must agree on
+    /// the shape.
     pub fn param(
         &mut self,
         name: impl Into<String>,
@@ -102,12 +105,35 @@ impl GraphBuilder {
         init: Init,
         trainable: bool,
     ) -> BuildResult {
+        self.role_param(name, shape, init, trainable, ParamRole::Other)
+    }
+
+    /// The node of parameter `name` with its role, declaring it on first use. A second
+    /// request with the same name returns the same node (shared weights), and must agree on
+    /// the shape and the role.
+    pub fn role_param(
+        &mut self,
+        name: impl Into<String>,
+        shape: Vec<usize>,
+        init: Init,
+        trainable: bool,
+        role: ParamRole,
+    ) -> BuildResult {
         let name = name.into();
         if let Some(&v) = self.param_nodes.get(&name) {
             if self.graph.ty(v).shape != shape {
                 return Err(IrError::Graph(format!(
                     "parameter {name} requested as {shape:?} but declared as {}",
                     self.graph.ty(v)
+                )));
+            }
+            let declared = match self.graph.nodes.get(v.index()).map(|n| &n.op) {
+                Some(Op::Param { index }) => self.graph.params.get(*index).map(|p| p.role),
+                _ => None,
+            };
+            if let Some(declared) = declared.filter(|&r| r != role) {
+                return Err(IrError::Graph(format!(
+                    "parameter {name} requested as {role} but declared as {declared}"
                 )));
             }
             return Ok(v);
@@ -118,6 +144,7 @@ impl GraphBuilder {
             shape: shape.clone(),
             init,
             trainable,
+            role,
         });
         let v = self.push_typed(Op::Param { index }, vec![], Type::f32(shape));
         self.param_nodes.insert(name, v);

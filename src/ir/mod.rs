@@ -115,6 +115,79 @@ pub struct Param {
     pub init: Init,
     /// Frozen parameters (e.g. an hourglass lift kept at its random init) get no gradient.
     pub trainable: bool,
+    /// What the parameter is in the model, set by whoever declares it (the elaborator, the
+    /// optimizer); training recipes group parameters by it.
+    #[serde(default)]
+    pub role: ParamRole,
+}
+
+/// What a parameter is, as its declarer knows it. Optimizers pick their rule and
+/// hyperparameters per role (parameter groups); nothing infers a role from a name.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamRole {
+    /// A token or position table `[rows, d]`.
+    Embedding,
+    /// The input projection of a features model (`embed.weight` `[d, width]`).
+    Input,
+    /// A norm's weight or bias `[d]`.
+    Norm,
+    /// A Linear bias `[out]`.
+    Bias,
+    /// A 2-D hidden weight inside a block (`[out, in]`).
+    Matrix,
+    /// An untied head or classifier weight.
+    Head,
+    /// A learned scalar coefficient (a learned skip scale).
+    Scalar,
+    /// Optimizer state (moments, momentum buffers): never updated by a gradient.
+    State,
+    /// A parameter of a hand-written or generated graph that no declarer classified.
+    #[default]
+    Other,
+}
+
+impl ParamRole {
+    /// Every role, in declaration order.
+    pub const ALL: [ParamRole; 9] = [
+        ParamRole::Embedding,
+        ParamRole::Input,
+        ParamRole::Norm,
+        ParamRole::Bias,
+        ParamRole::Matrix,
+        ParamRole::Head,
+        ParamRole::Scalar,
+        ParamRole::State,
+        ParamRole::Other,
+    ];
+
+    /// The role's name in the IR text and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            ParamRole::Embedding => "embedding",
+            ParamRole::Input => "input",
+            ParamRole::Norm => "norm",
+            ParamRole::Bias => "bias",
+            ParamRole::Matrix => "matrix",
+            ParamRole::Head => "head",
+            ParamRole::Scalar => "scalar",
+            ParamRole::State => "state",
+            ParamRole::Other => "other",
+        }
+    }
+
+    /// The role called `name`.
+    pub fn from_name(name: &str) -> Option<ParamRole> {
+        ParamRole::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+impl std::fmt::Display for ParamRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl Param {

@@ -4,7 +4,7 @@
 //! graph tiny {
 //!   input tokens: i32[2, 4]
 //!   param embed.weight: f32[16, 8] init normal(0.02)
-//!   param lift.weight: f32[8, 8] init uniform(0.35355339059327373) frozen
+//!   param lift.weight: f32[8, 8] init uniform(0.35355339059327373) frozen role matrix
 //!
 //!   %0 = input tokens : i32[2, 4]
 //!   %1 = param embed.weight : f32[16, 8]
@@ -26,6 +26,7 @@
 //!   that a change stays a one-line diff.
 //! - Names are bare when they look like `blocks.0.attn.wq.weight`, quoted (`"a b"`) otherwise.
 //!   `input`/`param` nodes name their leaf, or use `#index` when the name is not unique.
+//! - A parameter's role follows its init (`role embedding`); role `other` is not printed.
 //! - Floats print with Rust's shortest round-trip form (`0.02`, `1e-5`, `-inf`, `NaN`).
 //! - `;` starts a comment that runs to the end of the line.
 //!
@@ -34,7 +35,9 @@
 
 use super::ops::MaskFill;
 use super::ops::{UnaryOp, ViewOp, F64};
-use super::{DType, Graph, Init, Input, IrError, Node, Op, Output, Param, Phase, Type, ValueId};
+use super::{
+    DType, Graph, Init, Input, IrError, Node, Op, Output, Param, ParamRole, Phase, Type, ValueId,
+};
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 
@@ -57,10 +60,14 @@ pub fn print(g: &Graph) -> String {
     }
     for p in &g.params {
         let frozen = if p.trainable { "" } else { " frozen" };
+        let role = match p.role {
+            ParamRole::Other => String::new(),
+            r => format!(" role {r}"),
+        };
         let ty = Type::f32(p.shape.clone());
         let _ = writeln!(
             out,
-            "  param {}: {ty} init {}{frozen}",
+            "  param {}: {ty} init {}{frozen}{role}",
             name_text(&p.name),
             init_text(&p.init)
         );
@@ -124,7 +131,7 @@ fn unique_names<'a>(names: impl Iterator<Item = &'a str>) -> HashMap<&'a str, us
     counts
 }
 
-fn float_text(v: f64) -> String {
+pub fn float_text(v: f64) -> String {
     // `{:?}` is the shortest form that parses back to the same f64; `inf`, `-inf`, `NaN`.
     format!("{v:?}")
 }
@@ -618,6 +625,22 @@ impl Parser {
         })
     }
 
+    /// An optional `role NAME` (a parameter's role; absent means `other`).
+    fn role(&mut self) -> PResult<ParamRole> {
+        if !matches!(&self.peek().tok, Tok::Word(w) if w == "role") {
+            return Ok(ParamRole::Other);
+        }
+        self.bump();
+        let (w, t) = self.word("a parameter role")?;
+        ParamRole::from_name(&w).ok_or_else(|| {
+            let names: Vec<&str> = ParamRole::ALL.iter().map(|r| r.name()).collect();
+            at(
+                &t,
+                format!("unknown role `{w}` (the roles are {})", names.join(", ")),
+            )
+        })
+    }
+
     fn graph(&mut self) -> PResult<State> {
         let mut st = State::default();
         self.skip_newlines();
@@ -659,12 +682,14 @@ impl Parser {
                         if !trainable {
                             self.bump();
                         }
+                        let role = self.role()?;
                         self.end_line()?;
                         st.graph.params.push(Param {
                             name,
                             shape: ty.shape,
                             init,
                             trainable,
+                            role,
                         });
                     }
                     "forward" | "backward" | "update" => {

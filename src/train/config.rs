@@ -4,9 +4,10 @@
 //! (`steps = 100 * p`). Every error is a `Diagnostic` pointing into the file (or into the
 //! text of the command-line option it came from).
 
-use super::optim::{GradNoise, OptimConfig, OptimKind};
+use super::optim::{GradNoise, Group, GroupOptim, MuonConfig, OptimConfig, OptimKind};
 use super::tasks::TaskSpec;
 use crate::diag::Diagnostic;
+use crate::ir::ParamRole;
 use crate::syntax::ast::{BinOp, Call, Expr, ExprKind, Span, TrainSection, TrainValue};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -298,7 +299,80 @@ pub const KEYS: &[&str] = &[
     "noise",
     "eval_every",
     "seed",
+    "embeddings",
+    "inputs",
+    "norms",
+    "biases",
+    "matrices",
+    "heads",
+    "scalars",
 ];
+
+/// The setting that configures a role's parameter group (`norms = group(...)`): the role's
+/// name in the plural (`norm` and `head` are keywords of the language).
+pub fn group_key(role: ParamRole) -> Option<&'static str> {
+    match role {
+        ParamRole::Embedding => Some("embeddings"),
+        ParamRole::Input => Some("inputs"),
+        ParamRole::Norm => Some("norms"),
+        ParamRole::Bias => Some("biases"),
+        ParamRole::Matrix => Some("matrices"),
+        ParamRole::Head => Some("heads"),
+        ParamRole::Scalar => Some("scalars"),
+        ParamRole::State | ParamRole::Other => None,
+    }
+}
+
+/// The role whose group setting is `key`.
+fn group_role(key: &str) -> Option<ParamRole> {
+    ParamRole::ALL
+        .into_iter()
+        .find(|&r| group_key(r) == Some(key))
+}
+
+/// `group(optimizer = adamw, lr = 3e-4, weight_decay = 0, betas = [0.9, 0.95], eps = 1e-8)`.
+fn group(
+    role: ParamRole,
+    value: &TrainValue,
+    consts: &HashMap<String, f64>,
+) -> Result<Group, Diagnostic> {
+    let c = expect_call(value, "a parameter group", "group(weight_decay = 0, ...)")?;
+    if c.name.name != "group" {
+        return Err(err(
+            format!("expected `group(...)`, found `{}`", c.name.name),
+            c.name.span,
+            "not a group",
+        )
+        .with_hint("write e.g. group(lr = 3e-4, weight_decay = 0)"));
+    }
+    let mut g = Group::new(role);
+    let allowed = ["optimizer", "lr", "weight_decay", "betas", "eps"];
+    for (k, e) in named_args(&c, &allowed)? {
+        match k {
+            "optimizer" => {
+                let names: Vec<&str> = GroupOptim::ALL.iter().map(|o| o.name()).collect();
+                g.optimizer = Some(match eval(e, consts)? {
+                    Val::Name(n) => GroupOptim::ALL
+                        .into_iter()
+                        .find(|o| o.name() == n)
+                        .ok_or_else(|| {
+                            err(format!("unknown group optimizer `{n}`"), e.span, "unknown")
+                                .with_hint(crate::elab::suggest(&n, &names, "they are"))
+                        })?,
+                    _ => {
+                        return Err(err("expected an optimizer name", e.span, "here")
+                            .with_hint(format!("write one of {}", names.join(", "))))
+                    }
+                });
+            }
+            "lr" => g.lr = Some(as_nonneg(e, consts)?),
+            "weight_decay" => g.weight_decay = Some(as_nonneg(e, consts)?),
+            "betas" => g.betas = Some(betas(e, consts)?),
+            _ => g.eps = Some(as_nonneg(e, consts)?),
+        }
+    }
+    Ok(g)
+}
 
 /// Apply one `key = value` setting to `cfg`.
 pub fn apply_setting(
@@ -338,7 +412,11 @@ pub fn apply_setting(
             }
         }
         "optimizer" => {
-            let c = expect_call(value, "an optimizer", "sgd(...), adamw(...), lamb(...)")?;
+            let c = expect_call(
+                value,
+                "an optimizer",
+                "sgd(...), adamw(...), lamb(...), muon(...), drop_muon(...)",
+            )?;
             optimizer(cfg, &c, consts)?;
         }
         "schedule" => {
@@ -376,12 +454,21 @@ pub fn apply_setting(
             cfg.optim.noise = Some(n);
         }
         other => {
-            return Err(err(
-                format!("unknown setting `{other}` in the train section"),
-                key.span,
-                "unknown",
-            )
-            .with_hint(format!("the settings are {}", KEYS.join(", "))))
+            let Some(role) = group_role(other) else {
+                let hint = match crate::elab::closest(other, KEYS.iter().copied()) {
+                    Some(c) => format!("did you mean `{c}`?"),
+                    None => format!("the settings are {}", KEYS.join(", ")),
+                };
+                return Err(err(
+                    format!("unknown setting `{other}` in the train section"),
+                    key.span,
+                    "unknown",
+                )
+                .with_hint(hint));
+            };
+            let g = group(role, value, consts)?;
+            cfg.optim.groups.retain(|x| x.role != role);
+            cfg.optim.groups.push(g);
         }
     }
     Ok(())
@@ -475,16 +562,80 @@ fn optimizer(
                 }
             };
         }
+        "muon" | "drop_muon" => {
+            let m = muon(o, c, consts)?;
+            o.kind = if c.name.name == "muon" {
+                OptimKind::Muon(m)
+            } else {
+                OptimKind::DropMuon(m)
+            };
+        }
         other => {
+            let names = ["sgd", "adamw", "lamb", "muon", "drop_muon"];
             return Err(err(
                 format!("unknown optimizer `{other}`"),
                 c.name.span,
                 "unknown",
             )
-            .with_hint("the optimizers are sgd, adamw and lamb"))
+            .with_hint(crate::elab::suggest(other, &names, "the optimizers are")));
         }
     }
     Ok(())
+}
+
+/// `muon(lr = 0.02, momentum = 0.95, nesterov = true, ns_steps = 5, weight_decay = 0,
+/// adam_lr = 3e-4, adam_betas = [0.9, 0.95], adam_eps = 1e-10, adam_weight_decay = 0)`
+/// (also `drop_muon`): sets `o`'s learning rate and weight decay (those of the Muon side).
+fn muon(
+    o: &mut OptimConfig,
+    c: &Call,
+    consts: &HashMap<String, f64>,
+) -> Result<MuonConfig, Diagnostic> {
+    let mut m = MuonConfig::default();
+    o.lr = 0.02;
+    o.weight_decay = 0.0;
+    o.width_scaling = None;
+    let allowed = [
+        "lr",
+        "momentum",
+        "nesterov",
+        "ns_steps",
+        "weight_decay",
+        "adam_lr",
+        "adam_betas",
+        "adam_eps",
+        "adam_weight_decay",
+    ];
+    for (k, e) in named_args(c, &allowed)? {
+        match k {
+            "lr" => o.lr = as_nonneg(e, consts)?,
+            "momentum" => {
+                m.momentum = as_nonneg(e, consts)?;
+                if m.momentum >= 1.0 {
+                    return Err(err("momentum must be in [0, 1)", e.span, "here"));
+                }
+            }
+            "nesterov" => {
+                m.nesterov = match eval(e, consts)? {
+                    Val::Bool(b) => b,
+                    _ => return Err(err("nesterov is true or false", e.span, "here")),
+                }
+            }
+            "ns_steps" => {
+                let n = as_count(e, consts, "ns_steps")?;
+                if !(1..=20).contains(&n) {
+                    return Err(err("ns_steps must be between 1 and 20", e.span, "here"));
+                }
+                m.ns_steps = n as u32;
+            }
+            "weight_decay" => o.weight_decay = as_nonneg(e, consts)?,
+            "adam_lr" => m.adam.lr = as_nonneg(e, consts)?,
+            "adam_betas" => (m.adam.beta1, m.adam.beta2) = betas(e, consts)?,
+            "adam_eps" => m.adam.eps = as_nonneg(e, consts)?,
+            _ => m.adam.weight_decay = as_nonneg(e, consts)?,
+        }
+    }
+    Ok(m)
 }
 
 fn schedule(c: &Call, consts: &HashMap<String, f64>) -> Result<Schedule, Diagnostic> {

@@ -197,7 +197,56 @@ pub fn resolve_config(
         }
         cfg.optim.lr = lr;
     }
+    check_recipe(c, &cfg, file_name, source, opts)?;
     Ok(cfg)
+}
+
+/// The recipe against the model: Muon only on 2-D weights, and on at least one. A fault is
+/// located at the setting that caused it (in the file, or the command-line option).
+fn check_recipe(
+    c: &Compiled,
+    cfg: &TrainConfig,
+    file_name: &str,
+    source: &str,
+    opts: &TrainOptions,
+) -> Result<(), TrainError> {
+    let Err(fault) = optim::check_model(&cfg.optim, &c.forward) else {
+        return Ok(());
+    };
+    let (key, message, hint) = match fault {
+        optim::Mismatch::Optimizer(m) => (
+            "optimizer",
+            m,
+            "muon needs 2-D weights to update: the `matrix` role, or a group with \
+             `optimizer = muon`; otherwise use adamw",
+        ),
+        optim::Mismatch::Group(role, m) => (
+            config::group_key(role).unwrap_or("optimizer"),
+            m,
+            "muon updates 2-D weights only; give this group `optimizer = adamw`",
+        ),
+    };
+    if opts.settings.iter().any(|(k, _)| k == key) {
+        return Err(TrainError::Option {
+            option: format!("--{key}"),
+            message,
+        });
+    }
+    let setting = c
+        .module
+        .train
+        .as_ref()
+        .and_then(|t| t.settings.iter().find(|s| s.key.name == key));
+    match setting {
+        Some(s) => {
+            let d = Diagnostic::new(message, config::value_span(&s.value), "here").with_hint(hint);
+            Err(rendered(file_name, source, vec![d]))
+        }
+        None => Err(TrainError::Option {
+            option: key.to_string(),
+            message,
+        }),
+    }
 }
 
 /// Append-only JSONL log.
@@ -570,7 +619,8 @@ impl Run {
             }
             let ts = Instant::now();
             let lr = cfg.schedule.lr(cfg.optim.lr, t, cfg.steps);
-            let inputs = plan.step.inputs(plan.task.batch(t)?.inputs, t, lr);
+            let scheduled = |peak: f64| cfg.schedule.lr(peak, t, cfg.steps);
+            let inputs = plan.step.inputs(plan.task.batch(t)?.inputs, t, &scheduled);
             // Only the loss and a finiteness flag come back; the parameters stay resident.
             let out = self
                 .step_exec

@@ -18,6 +18,8 @@ pub struct TrainingStep {
     pub writeback: Vec<(usize, usize)>,
     /// Inputs of the step graph after the model's own: host scalars or noise tensors.
     extra: Vec<(String, Vec<usize>)>,
+    /// How many of them are Drop-Muon masks (`mask.<param>`, in parameter order).
+    masks: usize,
     optim: OptimConfig,
     seed: u64,
 }
@@ -56,28 +58,38 @@ impl TrainingStep {
     pub fn new(joint: &Graph, optim: &OptimConfig, seed: u64) -> Result<TrainingStep, IrError> {
         let graph = optim::step_graph(joint, optim)?;
         let writeback = writeback_pairs(&graph);
-        let extra = graph.inputs[joint.inputs.len()..]
+        let extra: Vec<(String, Vec<usize>)> = graph.inputs[joint.inputs.len()..]
             .iter()
             .map(|inp| (inp.name.clone(), inp.ty.shape.clone()))
             .collect();
+        let masks = extra
+            .iter()
+            .filter(|(n, _)| n.starts_with(optim::MASK_PREFIX))
+            .count();
         Ok(TrainingStep {
             graph,
             writeback,
             extra,
+            masks,
             optim: optim.clone(),
             seed,
         })
     }
 
     /// The inputs of step `t` (0-based): the model's batch, then the scalars of the
-    /// scheduled learning rate `lr` and the noise of `(seed, t)`.
-    pub fn inputs(&self, batch: Vec<Tensor>, t: u64, lr: f64) -> Vec<Tensor> {
+    /// scheduled learning rates (`lr(peak)`: the learning rate of step `t` for a peak
+    /// learning rate), Drop-Muon's masks and the noise of `(seed, t)`.
+    pub fn inputs(&self, batch: Vec<Tensor>, t: u64, lr: &dyn Fn(f64) -> f64) -> Vec<Tensor> {
         let scalars = optim::scalars(&self.optim, t + 1, lr);
         let mut inputs = batch;
         let mut noise_rng = tasks::rng_for(self.seed, tasks::STREAM_NOISE, t);
+        let masks = optim::drop_masks(self.seed, t, self.masks);
+        let mut next_mask = masks.iter();
         for (name, shape) in &self.extra {
             if let Some((_, v)) = scalars.iter().find(|(n, _)| n == name) {
                 inputs.push(Tensor::scalar(*v as f32 as f64));
+            } else if name.starts_with(optim::MASK_PREFIX) {
+                inputs.push(Tensor::scalar(next_mask.next().copied().unwrap_or(1.0)));
             } else {
                 let n: usize = shape.iter().product();
                 inputs.push(Tensor::f32(

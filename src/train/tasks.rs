@@ -163,6 +163,8 @@ const STREAM_EVAL: u64 = 3;
 const STREAM_TEACHER: u64 = 4;
 /// Gradient noise (used by the trainer).
 pub const STREAM_NOISE: u64 = 5;
+/// Drop-Muon's layer subsets (used by the trainer).
+pub const STREAM_DROP: u64 = 6;
 /// Held-out examples for synthetic tasks.
 const EVAL_EXAMPLES: usize = 512;
 
