@@ -274,11 +274,17 @@ pub enum Command {
     #[command(
         after_help = "Example:\n  lamina compare examples/grokking.lam examples/grokking_macaron.lam --steps 1000\n\n\
         Every model uses the first model's recipe (its train section and these options). Writes \
-        DIR/compare.svg and one run directory per model under DIR (default runs/compare)."
+        DIR/compare.svg (loss against steps), DIR/compare_time.svg (training loss against step \
+        time) and one run directory per model under DIR (default runs/compare)."
     )]
     Compare {
         #[arg(required = true, num_args = 2..)]
         files: Vec<PathBuf>,
+        /// Train every model with its own train section (optimizer, schedule, steps, seed),
+        /// on the first model's task; command-line options still apply to all. Compares
+        /// recipes, for example AdamW against Muon on one model.
+        #[arg(long)]
+        each_recipe: bool,
         #[command(flatten)]
         train: TrainFlags,
     },
@@ -537,7 +543,11 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
         }
         Command::Bench(args) => cmd_bench(&args, color),
         Command::Train(args) => cmd_train(&args),
-        Command::Compare { files, train } => cmd_compare(&files, &train),
+        Command::Compare {
+            files,
+            each_recipe,
+            train,
+        } => cmd_compare(&files, each_recipe, &train),
         Command::Sample {
             file,
             weights,
@@ -656,8 +666,8 @@ fn cmd_train(args: &TrainArgs) -> Result<i32> {
     })
 }
 
-fn cmd_compare(files: &[PathBuf], train: &TrainFlags) -> Result<i32> {
-    let (runs, svg) = crate::train::compare(files, &train.options())?;
+fn cmd_compare(files: &[PathBuf], each_recipe: bool, train: &TrainFlags) -> Result<i32> {
+    let (runs, svg) = crate::train::compare(files, &train.options(), each_recipe)?;
     out!("{}", crate::train::summary_table(&runs));
     outln!("wrote {}", svg.display());
     let signal = crate::train::signals::requested();

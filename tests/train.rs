@@ -556,7 +556,7 @@ fn compare_draws_one_plot_and_a_table() {
     std::fs::write(&b, TINY.replace("stack layer", "norm peri\nstack layer")).unwrap();
     let mut o = opts(&d.join("cmp"));
     o.settings.push(("steps".into(), "20".into()));
-    let (runs, svg) = train::compare(&[a, b], &o).unwrap();
+    let (runs, svg) = train::compare(&[a, b], &o, false).unwrap();
     assert_eq!(runs.len(), 2);
     let text = std::fs::read_to_string(&svg).unwrap();
     assert_eq!(

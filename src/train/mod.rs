@@ -307,6 +307,15 @@ pub fn read_log(path: &Path) -> (Curve, Curve) {
     (train, eval)
 }
 
+/// The `(train_s, loss)` points of a run's log: the training loss against step time.
+pub fn read_log_time(path: &Path) -> Curve {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v.get("train_s")?.as_f64()?, v.get("loss")?.as_f64()?)))
+        .collect()
+}
+
 fn fmt_num(v: f64) -> String {
     let s = if v.is_nan() {
         "NaN".into()
@@ -675,8 +684,11 @@ impl Run {
         self.t += 1;
         let t = self.t;
         self.losses.push((t, loss as f32));
+        // `train_s`: seconds spent in training steps so far in this invocation (evaluation
+        // and checkpoints excluded), the x axis of `compare_time.svg`.
         let mut line = serde_json::json!({
-            "step": t, "loss": loss as f32, "lr": lr, "tokens_per_s": (tokens / dt).round()
+            "step": t, "loss": loss as f32, "lr": lr, "tokens_per_s": (tokens / dt).round(),
+            "train_s": self.train_seconds
         });
         if !out.parts.is_empty() {
             let parts: serde_json::Map<String, serde_json::Value> = out
@@ -969,10 +981,12 @@ pub fn summary_table(runs: &[Summary]) -> String {
 /// `lamina compare`: train each model on the same task, seed and steps (the first model's
 /// recipe, or the command line's), plot the curves together and tabulate. Every model,
 /// recipe and task is checked before any training starts; an interruption stops the whole
-/// comparison (the runs so far are returned, the last one `interrupted`).
+/// comparison (the runs so far are returned, the last one `interrupted`). With
+/// `each_recipe`, every model keeps its own recipe and only the task is the first one's.
 pub fn compare(
     files: &[PathBuf],
     opts: &TrainOptions,
+    each_recipe: bool,
 ) -> Result<(Vec<Summary>, PathBuf), TrainError> {
     if files.len() < 2 {
         return Err(TrainError::Option {
@@ -1003,6 +1017,10 @@ pub fn compare(
         // Same data, seed, length and optimizer for every model: the first one's recipe,
         // with its task as resolved for the first model.
         let cfg = match plans.first() {
+            Some((first, _)) if each_recipe => TrainConfig {
+                task: first.cfg.task.clone(),
+                ..cfg.clone()
+            },
             Some((first, _)) => first.cfg.clone(),
             None => cfg.clone(),
         };
@@ -1025,7 +1043,36 @@ pub fn compare(
     }
     let svg = out.join("compare.svg");
     write_compare_plot(&runs, &svg)?;
+    write_compare_time_plot(&runs, &out.join("compare_time.svg"))?;
     Ok((runs, svg))
+}
+
+/// Every run's training loss against the seconds its steps took, in one SVG.
+fn write_compare_time_plot(runs: &[Summary], svg: &Path) -> Result<(), IoError> {
+    let series: Vec<plot::Series> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let train = read_log_time(&r.out_dir.join("log.jsonl"));
+            let span = (train.len() / 50).max(1);
+            plot::Series {
+                name: format!("{} train", r.model),
+                points: plot::smooth(&train, span),
+                dashed: false,
+                color: i,
+            }
+        })
+        .collect();
+    let title = format!(
+        "{} on {}, against step time",
+        runs.iter()
+            .map(|r| r.model.as_str())
+            .collect::<Vec<_>>()
+            .join(" vs "),
+        runs.first().map(|r| r.task.as_str()).unwrap_or("")
+    );
+    let svg_text = plot::svg_over(&title, "training seconds", &series);
+    crate::io::write_atomic(svg, svg_text.as_bytes())
 }
 
 /// Every run's curves in one SVG.

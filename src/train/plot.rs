@@ -61,6 +61,11 @@ fn extent(series: &[Series]) -> (f64, f64, f64, f64) {
 
 /// An SVG line chart: x = step, y = loss (log scale when the range spans over 20x).
 pub fn svg(title: &str, series: &[Series]) -> String {
+    svg_over(title, "step", series)
+}
+
+/// `svg` with another quantity on the x axis (`x_label`), such as training seconds.
+pub fn svg_over(title: &str, x_label: &str, series: &[Series]) -> String {
     // The legend sits right of the plot; its width follows the longest name (about 7 px a
     // character at 12 px) so long model names are not cut off.
     let longest = series
@@ -128,9 +133,10 @@ pub fn svg(title: &str, series: &[Series]) -> String {
     }
     let _ = writeln!(
         s,
-        r#"<text x="{}" y="{}" text-anchor="middle">step</text>"#,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
         (l + w - r) / 2.0,
-        h - 12.0
+        h - 12.0,
+        esc(x_label)
     );
     let _ = writeln!(
         s,
