@@ -270,3 +270,66 @@ fn constant_loss_has_zero_gradients() {
     assert_eq!(g.nodes.len(), f.nodes.len() + 1);
     assert!(g.saved.is_empty());
 }
+
+/// `loss = sum(w2 * sg(w1 * x)) + sum(w1 * x)`: two groups, each with its own loss, the
+/// second reading the first through a `stop_gradient`.
+fn stopped_groups() -> Graph {
+    let mut b = GraphBuilder::new("stopped");
+    let x = b.input("x", Type::f32(vec![3, 4]));
+    b.set_scope("g0");
+    let w1 = b.param("w1", vec![3, 4], Init::Zeros, true).unwrap();
+    let h = b.mul(w1, x).unwrap();
+    let l0 = b.reduce_sum(h, vec![0, 1], false).unwrap();
+    b.set_scope("g1");
+    let hs = b.unary(Op::Unary(UnaryOp::StopGradient), h).unwrap();
+    let w2 = b.param("w2", vec![3, 4], Init::Zeros, true).unwrap();
+    let y = b.mul(w2, hs).unwrap();
+    let l1 = b.reduce_sum(y, vec![0, 1], false).unwrap();
+    b.set_scope("");
+    let loss = b.add(l0, l1).unwrap();
+    b.output("loss", loss);
+    b.finish()
+}
+
+#[test]
+fn nothing_flows_through_a_stop_gradient() {
+    let f = stopped_groups();
+    let g = differentiate(&f).unwrap();
+    // The stopped value gets no gradient: no backward node reads the product's gradient
+    // through `stop_gradient`, so w1's gradient is x alone (from its own group's loss).
+    let x = Tensor::f32(vec![3, 4], (0..12).map(|i| i as f64 - 5.0).collect());
+    let w = Tensor::f32(vec![3, 4], (0..12).map(|i| 0.5 * i as f64).collect());
+    let out = run(
+        &g,
+        &Env {
+            inputs: std::slice::from_ref(&x),
+            params: &[w.clone(), w.clone()],
+        },
+    )
+    .unwrap();
+    let grad = |name: &str| {
+        out.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.data.clone())
+            .unwrap()
+    };
+    assert_eq!(
+        grad("grad.w1"),
+        x.data,
+        "only the first group's loss reaches w1"
+    );
+    let hx: Vec<f64> = w.data.iter().zip(&x.data).map(|(a, b)| a * b).collect();
+    assert_eq!(grad("grad.w2"), hx);
+    // The first group's backward pass runs before the second group's forward pass.
+    let first_g1 = g.nodes.iter().position(|n| n.scope == "g1").unwrap();
+    let last_g0_backward = g
+        .nodes
+        .iter()
+        .rposition(|n| n.phase == Phase::Backward && n.scope == "g0")
+        .unwrap();
+    assert!(
+        last_g0_backward < first_g1,
+        "group 0's backward ends at {last_g0_backward}, group 1 starts at {first_g1}"
+    );
+    assert!(g.verify().is_ok());
+}
