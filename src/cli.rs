@@ -168,11 +168,33 @@ pub enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
-    /// List the parameters: name, shape, element count, trainable or frozen, and the total.
+    /// List the parameters: name, shape, element count, role, trainable or frozen; the
+    /// total and the forward FLOPs per token.
     #[command(after_help = "Example:\n  lamina params examples/hourglass.lam")]
     Params {
         /// The model file (.lam).
         file: PathBuf,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Compare two architectures as a reviewer would: parameters, forward FLOPs per token and
+    /// the training step's activation memory side by side with the delta, the parameters
+    /// added, removed or reshaped by name, and the IR diff grouped by model scope.
+    #[command(
+        after_help = "Examples:\n  lamina diff examples/transformer.lam examples/peri_ln.lam\n  \
+        lamina diff a.lam b.lam --stage opt --set layers=2\n\n\
+        Two models are compute-matched when their forward FLOPs per token (matmuls, 2 per \
+        multiply-add) agree within 1%. Node numbers are erased in the IR diff, so moving a \
+        norm shows as the few lines that moved. --set applies to both models."
+    )]
+    Diff {
+        /// The first model file (A, `-` lines).
+        a: PathBuf,
+        /// The second model file (B, `+` lines).
+        b: PathBuf,
+        /// Which graphs to diff: the elaborated forward IR, or the optimized joint IR.
+        #[arg(long, value_enum, default_value_t = DiffStage::Ir)]
+        stage: DiffStage,
         #[command(flatten)]
         overrides: Overrides,
     },
@@ -280,8 +302,8 @@ pub enum Command {
     Compare {
         #[arg(required = true, num_args = 2..)]
         files: Vec<PathBuf>,
-        /// Train every model with its own train section (optimizer, schedule, steps, seed),
-        /// on the first model's task; command-line options still apply to all. Compares
+        /// Train every model with its own train section (optimizer, schedule, steps), on the
+        /// first model's task and seed; command-line options still apply to all. Compares
         /// recipes, for example AdamW against Muon on one model.
         #[arg(long)]
         each_recipe: bool,
@@ -402,6 +424,15 @@ pub struct BenchArgs {
     pub overrides: Overrides,
 }
 
+/// The graphs `lamina diff` compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DiffStage {
+    /// The elaborated forward IR.
+    Ir,
+    /// The joint forward and backward IR after the optimizing passes.
+    Opt,
+}
+
 /// `--stage`: the library's stages, named and described once there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StageArg(pub Stage);
@@ -514,6 +545,33 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
         Command::Params { file, overrides } => {
             let compiled = compile(&file, &overrides, color)?;
             out!("{}", params_table(&compiled));
+            let g = &compiled.forward;
+            out!(
+                "forward: {} FLOPs per token (matmuls, {} tokens per batch)\n",
+                group_digits(
+                    (crate::analysis::forward_flops(g) as f64
+                        / crate::analysis::tokens_per_batch(g) as f64)
+                        .round() as usize
+                ),
+                crate::analysis::tokens_per_batch(g)
+            );
+            Ok(0)
+        }
+        Command::Diff {
+            a,
+            b,
+            stage,
+            overrides,
+        } => {
+            let (ca, cb) = (
+                compile(&a, &overrides, color)?,
+                compile(&b, &overrides, color)?,
+            );
+            let stage = match stage {
+                DiffStage::Ir => Stage::Ir,
+                DiffStage::Opt => Stage::Opt,
+            };
+            out!("{}", crate::analysis::diff(&ca, &cb, stage)?);
             Ok(0)
         }
         Command::Init {
@@ -806,8 +864,8 @@ fn params_table(c: &Compiled) -> String {
         .unwrap_or(5)
         .max(5);
     let mut out = format!(
-        "{:<name_w$}  {:<shape_w$}  {:>12}  status\n",
-        "name", "shape", "count"
+        "{:<name_w$}  {:<shape_w$}  {:>12}  {:<9}  status\n",
+        "name", "shape", "count", "role"
     );
     let (mut trainable, mut frozen) = (0usize, 0usize);
     for p in &g.params {
@@ -818,10 +876,11 @@ fn params_table(c: &Compiled) -> String {
             frozen += n;
         }
         out += &format!(
-            "{:<name_w$}  {:<shape_w$}  {:>12}  {}\n",
+            "{:<name_w$}  {:<shape_w$}  {:>12}  {:<9}  {}\n",
             p.name,
             shape_str(&p.shape),
             group_digits(n),
+            p.role.name(),
             if p.trainable { "trainable" } else { "frozen" }
         );
     }

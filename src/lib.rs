@@ -11,10 +11,12 @@
 //!   arena, the memory plan and the step executor;
 //! - `front`: source text to the forward and joint IR in one call; `train`: the optimizer update
 //!   as IR, the one training step (`train::step`), tasks, checkpoints and the training loop;
-//! - `bench`: timing that step; `driver`: the text of every stage; `cli`: the command line.
+//! - `bench`: timing that step; `driver`: the text of every stage; `analysis`: sizes and
+//!   `lamina diff`; `cli`: the command line.
 //!
 //! `tensor` and `io` hold host tensors and safetensors files.
 
+pub mod analysis;
 pub mod autodiff;
 pub mod bench;
 pub mod cli;

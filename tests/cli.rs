@@ -790,3 +790,57 @@ fn threads_are_chosen_and_checked() {
         "no separate 1-thread line: {text}"
     );
 }
+
+#[test]
+fn diff_compares_sizes_parameters_and_scopes() {
+    let dir = scratch("diff");
+    let a = write(&dir, "a.lam", TINY);
+    let b = write(
+        &dir,
+        "b.lam",
+        &TINY.replace("input tokens", "norm peri\ninput tokens"),
+    );
+    let out = lamina(&["diff", s(&a), s(&b)]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Peri-LN adds an output norm per step: more parameters, the same matmuls.
+    assert!(text.contains("compute-matched: yes"), "{text}");
+    assert!(text.contains("parameters added (only in B)"), "{text}");
+    assert!(text.contains("blocks.0.attn.norm_out.weight [8]"), "{text}");
+    assert!(text.contains("@blocks.0.attn\n"), "{text}");
+    assert!(text.contains("  + rsqrt % : f32[2, 5, 1]"), "{text}");
+    // The same model twice: nothing differs.
+    let same = lamina(&["diff", s(&a), s(&a), "--stage", "opt"]);
+    let text = String::from_utf8_lossy(&same.stdout);
+    assert!(text.contains("the same names and shapes"), "{text}");
+    assert!(text.contains("no difference"), "{text}");
+    // A wider FFN is not compute-matched.
+    let c = write(&dir, "c.lam", &TINY.replace("2 * d", "4 * d"));
+    let wider = lamina(&["diff", s(&a), s(&c)]);
+    let text = String::from_utf8_lossy(&wider.stdout);
+    assert!(text.contains("compute-matched: no"), "{text}");
+    assert!(text.contains("parameters reshaped"), "{text}");
+}
+
+#[test]
+fn params_shows_roles_and_flops() {
+    let dir = scratch("params-roles");
+    let model = write(&dir, "m.lam", TINY);
+    let out = lamina(&["params", s(&model)]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("embedding") && text.contains("matrix"),
+        "{text}"
+    );
+    // Per token: 2 layers x (4 attention projections 8x8 + FFN 8x16 + 16x8) + head 8x11,
+    // and the attention products over 5 positions (2 x 5 x 8 per token and layer, twice).
+    let per_token = 2 * (2 * (4 * 64 + 128 + 128) + 2 * 2 * 5 * 8) + 2 * 8 * 11;
+    assert_eq!(per_token, 2544);
+    let want = "forward: 2,544 FLOPs per token (matmuls, 10 tokens per batch)";
+    assert!(text.contains(want), "{want}\n{text}");
+}

@@ -147,7 +147,8 @@ impl Lower {
         flat.extend(&shape[1..]);
         let every = self.g.reshape(every, flat)?;
         let one_hot = self.g.push(Op::OneHot { classes }, &[y])?;
-        // sign = +1 for the true label, -1 for the others; weight 1 and 1 / (classes - 1).
+        // sign = -1 for the true label (softplus(theta - g)), +1 for the others
+        // (softplus(g - theta)); weight 1 and 1 / (classes - 1).
         let sign = self.g.scale(one_hot, -2.0)?;
         let sign = self.g.add_scalar(sign, 1.0)?;
         let weight = self.g.scale(one_hot, 1.0 - 1.0 / (classes - 1) as f64)?;

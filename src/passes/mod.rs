@@ -239,9 +239,11 @@ pub(crate) fn rewrite(
     for o in &mut out.outputs {
         o.value = map[o.value.index()];
     }
-    for s in &mut out.saved {
-        *s = map[s.index()];
-    }
+    out.saved = out
+        .saved
+        .iter()
+        .filter_map(|s| map.get(s.index()).copied())
+        .collect();
     Ok(Swept {
         graph: out,
         changed,
@@ -431,6 +433,13 @@ fn dce_pass(mut g: Graph, spare: &mut Vec<Node>) -> Result<Swept, IrError> {
     for o in &mut g.outputs {
         o.value = remap[o.value.index()];
     }
+    // Saved values that died are dropped (`finish` recomputes the list anyway).
+    g.saved = g
+        .saved
+        .iter()
+        .filter(|s| live.get(s.index()).copied().unwrap_or(false))
+        .map(|s| remap[s.index()])
+        .collect();
     Ok(Swept {
         graph: g,
         changed: true,

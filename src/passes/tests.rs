@@ -76,3 +76,24 @@ fn passes_that_report_no_change_return_their_input() {
     }
     assert!(reported > 0, "no pass changed anything");
 }
+
+/// A graph whose saved value sits after many nodes that die: every pass keeps `saved`
+/// within the graph (a stale index once made the next pass index out of bounds).
+#[test]
+fn saved_values_follow_the_nodes_that_die() {
+    let mut b = GraphBuilder::new("t");
+    let x = b.input("x", Type::f32([2, 3]));
+    let mut dead = x;
+    for _ in 0..20 {
+        dead = b.unary(Op::Unary(crate::ir::UnaryOp::Exp), dead).unwrap();
+    }
+    let kept = b.mul(x, x).unwrap();
+    b.set_phase(Phase::Backward);
+    let y = b.add(kept, x).unwrap();
+    b.output("y", y);
+    let mut g = b.finish();
+    g.saved = vec![dead, kept];
+    let opt = try_optimize(&g).expect("the passes keep saved values valid");
+    assert!(opt.verify().is_ok());
+    assert!(opt.saved.iter().all(|s| s.index() < opt.nodes.len()));
+}

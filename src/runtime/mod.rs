@@ -767,6 +767,15 @@ fn all_finite(xs: &[f32]) -> bool {
 
 /// Text of a back-end stage for `lamina ir --stage kernels|plan|clif` of any graph (the
 /// CLI passes the training step's).
+/// The arena of `g`'s step as `(persistent bytes, total bytes)`: parameters, state and
+/// inputs, and everything alive at the peak.
+pub fn step_memory(g: &Graph, opts: &BuildOptions) -> Result<(usize, usize), RuntimeError> {
+    let g = crate::passes::optimize(g);
+    let program = kernels::build_program(&g, opts)?;
+    let plan = plan::plan(&program);
+    Ok((plan.persistent_elems * 4, plan.peak_bytes()))
+}
+
 pub fn stage_text(g: &Graph, stage: &str, opts: &BuildOptions) -> Result<String, RuntimeError> {
     let g = crate::passes::optimize(g);
     let program = kernels::build_program(&g, opts)?;

@@ -79,6 +79,16 @@ fn err(msg: impl Into<String>, span: Span, label: impl Into<String>) -> Diagnost
     Diagnostic::new(msg, span, label)
 }
 
+/// An argument `named_args` accepted that its caller does not handle: a compiler bug.
+fn unlisted(name: &str, span: Span) -> Diagnostic {
+    err(
+        format!("internal compiler error: the argument `{name}` is accepted but not read"),
+        span,
+        "here",
+    )
+    .with_hint("this is a bug in lamina; please report it with the model file")
+}
+
 fn eval(e: &Expr, consts: &HashMap<String, f64>) -> Result<Val, Diagnostic> {
     let num = |v: Val, span: Span| match v {
         Val::Num(x, i) => Ok((x, i)),
@@ -368,7 +378,8 @@ fn group(
             "lr" => g.lr = Some(as_nonneg(e, consts)?),
             "weight_decay" => g.weight_decay = Some(as_nonneg(e, consts)?),
             "betas" => g.betas = Some(betas(e, consts)?),
-            _ => g.eps = Some(as_nonneg(e, consts)?),
+            "eps" => g.eps = Some(as_nonneg(e, consts)?),
+            other => return Err(unlisted(other, e.span)),
         }
     }
     Ok(g)
@@ -632,7 +643,8 @@ fn muon(
             "adam_lr" => m.adam.lr = as_nonneg(e, consts)?,
             "adam_betas" => (m.adam.beta1, m.adam.beta2) = betas(e, consts)?,
             "adam_eps" => m.adam.eps = as_nonneg(e, consts)?,
-            _ => m.adam.weight_decay = as_nonneg(e, consts)?,
+            "adam_weight_decay" => m.adam.weight_decay = as_nonneg(e, consts)?,
+            other => return Err(unlisted(other, e.span)),
         }
     }
     Ok(m)

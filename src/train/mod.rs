@@ -253,6 +253,8 @@ fn check_recipe(
 struct Log {
     path: PathBuf,
     file: std::fs::File,
+    /// The last `train_s` of the kept lines of a resumed run: step time goes on from there.
+    train_s_before: f64,
 }
 
 impl Log {
@@ -272,6 +274,12 @@ impl Log {
                 .collect(),
         };
         crate::io::write_atomic(path, kept.as_bytes())?;
+        let train_s_before = kept
+            .lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|v| v.get("train_s").and_then(|s| s.as_f64()))
+            .unwrap_or(0.0);
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(path)
@@ -279,6 +287,7 @@ impl Log {
         Ok(Log {
             path: path.to_path_buf(),
             file,
+            train_s_before,
         })
     }
     fn line(&mut self, v: serde_json::Value) -> Result<(), IoError> {
@@ -684,11 +693,11 @@ impl Run {
         self.t += 1;
         let t = self.t;
         self.losses.push((t, loss as f32));
-        // `train_s`: seconds spent in training steps so far in this invocation (evaluation
-        // and checkpoints excluded), the x axis of `compare_time.svg`.
+        // `train_s`: seconds spent in training steps so far, across resumes (evaluation and
+        // checkpoints excluded), the x axis of `compare_time.svg`.
         let mut line = serde_json::json!({
             "step": t, "loss": loss as f32, "lr": lr, "tokens_per_s": (tokens / dt).round(),
-            "train_s": self.train_seconds
+            "train_s": self.log.train_s_before + self.train_seconds
         });
         if !out.parts.is_empty() {
             let parts: serde_json::Map<String, serde_json::Value> = out
@@ -1016,14 +1025,30 @@ pub fn compare(
         o.out = Some(out.join(stem));
         // Same data, seed, length and optimizer for every model: the first one's recipe,
         // with its task as resolved for the first model.
+        // With `each_recipe`, the first one's task and seed (the same split and batches).
         let cfg = match plans.first() {
             Some((first, _)) if each_recipe => TrainConfig {
                 task: first.cfg.task.clone(),
+                seed: first.cfg.seed,
                 ..cfg.clone()
             },
             Some((first, _)) => first.cfg.clone(),
             None => cfg.clone(),
         };
+        // The first model's recipe was checked against the first model only.
+        if let Err(fault) = optim::check_model(&cfg.optim, &c.forward) {
+            let message = match fault {
+                optim::Mismatch::Optimizer(m) | optim::Mismatch::Group(_, m) => m,
+            };
+            return Err(TrainError::Option {
+                option: "compare".into(),
+                message: format!(
+                    "{} cannot train with {}'s recipe: {message}",
+                    f.display(),
+                    files[0].display()
+                ),
+            });
+        }
         let plan = Plan::new(c, cfg, &o)?;
         plans.push((plan, o));
     }

@@ -894,7 +894,11 @@ pub fn step_graph(joint: &Graph, cfg: &OptimConfig) -> Result<Graph, IrError> {
             param.role,
         )?;
         let rule = &rules[&param.role];
-        let mult = width_multiplier(cfg, param.role, &param.shape);
+        // Width scaling is AdamW's rule: a group that moves a role to Muon leaves it out.
+        let mult = match rule.rule {
+            Rule::Adam { lamb: false, .. } => width_multiplier(cfg, param.role, &param.shape),
+            _ => 1.0,
+        };
         let p = Param {
             name: &param.name,
             shape: &param.shape,
