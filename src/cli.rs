@@ -177,6 +177,34 @@ pub enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
+    /// Measure a trained model over depth on held-out batches: the residual stream's RMS,
+    /// variance, each step's contribution and the cosine of consecutive states; per layer
+    /// the loss change when it is skipped or repeated, and its gradient norm.
+    #[command(
+        after_help = "Example:\n  lamina train examples/peri_ln.lam --set layers=4 --data notes.txt --out runs/peri\n  \
+        lamina probe examples/peri_ln.lam --set layers=4 --weights runs/peri/final.safetensors --data notes.txt\n\n\
+        Writes DIR/probe.json and one SVG per metric (default DIR: runs/probe/<model>), and \
+        prints the tables. The held-out batches are those `lamina train` evaluates on (the \
+        recipe's task and seed, or --task)."
+    )]
+    Probe {
+        /// The model file (.lam).
+        file: PathBuf,
+        /// Trained weights (safetensors), e.g. a run's final.safetensors.
+        #[arg(long, value_name = "FILE")]
+        weights: PathBuf,
+        /// The task whose held-out batches are measured (default: the recipe's).
+        #[arg(long)]
+        task: Option<String>,
+        /// A text file for the char_lm task.
+        #[arg(long, value_name = "FILE")]
+        data: Option<PathBuf>,
+        /// Output directory.
+        #[arg(short, long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
     /// Compare two architectures as a reviewer would: parameters, forward FLOPs per token and
     /// the training step's activation memory side by side with the delta, the parameters
     /// added, removed or reshaped by name, and the IR diff grouped by model scope.
@@ -555,6 +583,35 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
                 ),
                 crate::analysis::tokens_per_batch(g)
             );
+            Ok(0)
+        }
+        Command::Probe {
+            file,
+            weights,
+            task,
+            data,
+            out,
+            overrides,
+        } => {
+            let compiled = compile(&file, &overrides, color)?;
+            let opts = crate::train::TrainOptions {
+                overrides: overrides.set.clone(),
+                settings: task
+                    .map(|t| vec![("task".to_string(), t)])
+                    .unwrap_or_default(),
+                data,
+                quiet: true,
+                ..Default::default()
+            };
+            let report = crate::probe::probe(&compiled, &weights, &opts)?;
+            let dir = out.unwrap_or_else(|| {
+                PathBuf::from("runs")
+                    .join("probe")
+                    .join(&compiled.forward.name)
+            });
+            let files = crate::probe::write(&report, &dir)?;
+            out!("{}", crate::probe::table(&report));
+            errln!("wrote {}/{{{}}}", dir.display(), files.join(", "));
             Ok(0)
         }
         Command::Diff {

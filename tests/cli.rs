@@ -844,3 +844,85 @@ fn params_shows_roles_and_flops() {
     let want = "forward: 2,544 FLOPs per token (matmuls, 10 tokens per batch)";
     assert!(text.contains(want), "{want}\n{text}");
 }
+
+#[test]
+fn probe_measures_every_step_and_layer() {
+    let dir = scratch("probe");
+    // An even length, so the default `copy` task fits.
+    let model = write(&dir, "m.lam", &TINY.replace("length = 5", "length = 6"));
+    let weights = dir.join("w.safetensors");
+    let init = lamina(&["init", s(&model), "-o", s(&weights), "--seed", "2"]);
+    assert_eq!(init.status.code(), Some(0));
+    let out_dir = dir.join("probe");
+    let out = lamina(&[
+        "probe",
+        s(&model),
+        "--weights",
+        s(&weights),
+        "-o",
+        s(&out_dir),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = std::fs::read_to_string(out_dir.join("probe.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    // The embedding and 2 layers x 2 steps; 2 executed layers.
+    let steps = v["steps"].as_array().unwrap();
+    let scopes: Vec<&str> = steps.iter().map(|s| s["scope"].as_str().unwrap()).collect();
+    assert_eq!(
+        scopes,
+        [
+            "embed",
+            "blocks.0.attn",
+            "blocks.0.ffn",
+            "blocks.1.attn",
+            "blocks.1.ffn"
+        ]
+    );
+    assert!(steps[0]["contribution"].is_null() && steps[1]["contribution"].is_number());
+    for s in steps {
+        let rms = s["rms"].as_f64().unwrap();
+        let var = s["variance"].as_f64().unwrap();
+        assert!(rms > 0.0 && var >= 0.0 && var <= rms * rms + 1e-12, "{s}");
+    }
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    for l in layers {
+        assert!(l["skip_delta"].as_f64().unwrap().is_finite(), "{l}");
+        assert!(l["repeat_delta"].as_f64().unwrap().is_finite(), "{l}");
+        assert!(l["grad_norm"].as_f64().unwrap() > 0.0, "{l}");
+    }
+    for f in [
+        "rms",
+        "variance",
+        "contribution",
+        "cosine",
+        "skip_repeat",
+        "grad_norm",
+    ] {
+        let svg = std::fs::read_to_string(out_dir.join(format!("{f}.svg"))).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{f}");
+    }
+    // Weights of another model are refused with the missing parameter named.
+    let other = write(
+        &dir,
+        "o.lam",
+        &TINY
+            .replace("length = 5", "length = 6")
+            .replace("* 2", "* 3"),
+    );
+    let bad = lamina(&[
+        "probe",
+        s(&other),
+        "--weights",
+        s(&weights),
+        "-o",
+        s(&out_dir),
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("blocks.2"));
+}

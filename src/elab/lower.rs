@@ -16,10 +16,12 @@ use crate::ir::{
 
 type R<T> = Result<T, IrError>;
 
-pub(crate) fn lower(p: &Plan) -> Result<Graph, Diagnostics> {
+pub(crate) fn lower(p: &Plan, probes: bool) -> Result<Graph, Diagnostics> {
     let mut l = Lower {
         g: GraphBuilder::new(p.name.clone()),
         d: p.d,
+        probes,
+        probed: Vec::new(),
     };
     match l.model(p) {
         Ok(()) => Ok(l.g.finish()),
@@ -30,6 +32,10 @@ pub(crate) fn lower(p: &Plan) -> Result<Graph, Diagnostics> {
 struct Lower {
     g: GraphBuilder,
     d: usize,
+    /// Whether to expose the residual stream (`elab::Probing::states`).
+    probes: bool,
+    /// `(output name, value)` of the residual stream after each step, when probing.
+    probed: Vec<(String, ValueId)>,
 }
 
 /// The head's output width: the vocabulary, the classes or `out`.
@@ -57,6 +63,9 @@ impl Lower {
         if let Learning::ForwardForward { threshold } = p.learning {
             return self.forward_forward(p, x, targets, threshold);
         }
+        if self.probes {
+            self.probed.push(("probe.0.embed".into(), x));
+        }
         // The local losses of a learning rule, in order.
         let mut parts: Vec<ValueId> = Vec::new();
         let n = p.layers.len();
@@ -77,6 +86,11 @@ impl Lower {
             }
             for u in &block.units {
                 x = self.unit(x, u, &prefix, &run)?;
+                if self.probes {
+                    let scope = self.g.scope().to_string();
+                    let k = self.probed.len();
+                    self.probed.push((format!("probe.{k}.{scope}"), x));
+                }
             }
             if p.learning.local_loss_after(i, n) {
                 let k = parts.len();
@@ -103,6 +117,9 @@ impl Lower {
         self.g.set_scope("");
         self.g.output("loss", loss);
         self.g.output("logits", logits);
+        for (name, v) in std::mem::take(&mut self.probed) {
+            self.g.output(name, v);
+        }
         if !parts.is_empty() {
             for (k, &part) in parts.iter().enumerate() {
                 self.g

@@ -43,6 +43,28 @@ pub const MAX_ELEMENTS: u64 = 1 << 28;
 /// Parameter elements in total (1 GiB of f32).
 pub const MAX_PARAMS: u64 = 1 << 28;
 
+/// How a model is elaborated for looking inside it (`lamina probe`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Probing {
+    /// Expose the residual stream after the embedding and after every sublayer step as
+    /// outputs `probe.<k>.<scope>` (k = 0 is the embedding's output).
+    pub states: bool,
+    /// Change the executed layers (indices into the stack's executed order).
+    pub layers: LayerEdit,
+}
+
+/// A change to the executed layers; the weights keep their names, so a trained model's
+/// weights load unchanged.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum LayerEdit {
+    #[default]
+    None,
+    /// Leave out executed layer `i`.
+    Skip(usize),
+    /// Run executed layer `i` twice in a row, with the same weights.
+    Repeat(usize),
+}
+
 /// Elaborate a parsed module into a forward graph with outputs `loss` and `logits`.
 /// `default_name` (the file stem) names the graph when there is no `model` statement.
 pub fn elaborate(
@@ -50,8 +72,56 @@ pub fn elaborate(
     default_name: &str,
     overrides: &[Override],
 ) -> Result<Graph, Diagnostics> {
+    elaborate_probed(m, default_name, overrides, Probing::default())
+}
+
+/// The weight set (`blocks.<w>`) of each layer a module executes, in order.
+pub fn executed_layers(
+    m: &Module,
+    default_name: &str,
+    overrides: &[Override],
+) -> Result<Vec<usize>, Diagnostics> {
     let plan = resolve::resolve(m, default_name, overrides)?;
-    let graph = lower::lower(&plan)?;
+    Ok(plan.layers.iter().map(|l| l.weights).collect())
+}
+
+/// `elaborate`, with the residual stream exposed and/or the executed layers changed.
+pub fn elaborate_probed(
+    m: &Module,
+    default_name: &str,
+    overrides: &[Override],
+    probing: Probing,
+) -> Result<Graph, Diagnostics> {
+    let mut plan = resolve::resolve(m, default_name, overrides)?;
+    match probing.layers {
+        LayerEdit::None => {}
+        LayerEdit::Skip(i) if i < plan.layers.len() && plan.layers.len() > 1 => {
+            plan.layers.remove(i);
+        }
+        LayerEdit::Repeat(i) if i < plan.layers.len() => {
+            let mut again = plan.layers[i];
+            // A fresh run index, so the repeat gets scopes of its own.
+            again.run = 1 + plan
+                .layers
+                .iter()
+                .filter(|l| l.weights == again.weights)
+                .map(|l| l.run)
+                .max()
+                .unwrap_or(0);
+            plan.layers.insert(i + 1, again);
+        }
+        LayerEdit::Skip(i) | LayerEdit::Repeat(i) => {
+            return Err(vec![Diagnostic::new(
+                format!(
+                    "the model runs {} layer(s); layer {i} cannot be skipped or repeated",
+                    plan.layers.len()
+                ),
+                plan.stack_span,
+                "these layers",
+            )]);
+        }
+    }
+    let graph = lower::lower(&plan, probing.states)?;
     let total = graph.params.iter().try_fold(0u64, |acc, p| {
         acc.checked_add(p.shape.iter().product::<usize>() as u64)
     });

@@ -368,6 +368,13 @@ pub fn train_compiled(
 }
 
 /// The task of a run: the recipe's, or the model's default; `--data` supplies char_lm's text.
+/// The task a model trains on under `opts` (its recipe's, the command line's or the
+/// model's default), built with the recipe's seed: its held-out batches are a run's.
+pub fn recipe_task(c: &Compiled, opts: &TrainOptions) -> Result<Task, TrainError> {
+    let cfg = resolve_config(c, &c.file_name, &c.source, opts)?;
+    Ok(choose_task(&c.forward, &cfg, opts)?.1)
+}
+
 fn choose_task(
     forward: &Graph,
     cfg: &TrainConfig,
