@@ -385,6 +385,10 @@ pub struct TrainFlags {
     /// Start over in an output directory that already holds a run (its files are replaced).
     #[arg(long)]
     pub force: bool,
+    /// Record the residual stream over depth (as `lamina probe` does) every N steps and at
+    /// the last, in probe.jsonl; `compare` then overlays the models' last records.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub probe_every: Option<u64>,
     #[command(flatten)]
     pub overrides: Overrides,
 }
@@ -428,6 +432,7 @@ impl TrainFlags {
             quiet: self.quiet,
             stop_after: None,
             force: self.force,
+            probe_every: self.probe_every,
         }
     }
 }
@@ -603,14 +608,14 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
                 quiet: true,
                 ..Default::default()
             };
-            let report = crate::probe::probe(&compiled, &weights, &opts)?;
+            let report = crate::train::probe::probe(&compiled, &weights, &opts)?;
             let dir = out.unwrap_or_else(|| {
                 PathBuf::from("runs")
                     .join("probe")
                     .join(&compiled.forward.name)
             });
-            let files = crate::probe::write(&report, &dir)?;
-            out!("{}", crate::probe::table(&report));
+            let files = crate::train::probe::write(&report, &dir)?;
+            out!("{}", crate::train::probe::table(&report));
             errln!("wrote {}/{{{}}}", dir.display(), files.join(", "));
             Ok(0)
         }

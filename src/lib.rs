@@ -12,7 +12,7 @@
 //! - `front`: source text to the forward and joint IR in one call; `train`: the optimizer update
 //!   as IR, the one training step (`train::step`), tasks, checkpoints and the training loop;
 //! - `bench`: timing that step; `driver`: the text of every stage; `analysis`: sizes and
-//!   `lamina diff`; `probe`: measurements over depth; `cli`: the command line.
+//!   `lamina diff`; `cli`: the command line.
 //!
 //! `tensor` and `io` hold host tensors and safetensors files.
 
@@ -30,7 +30,6 @@ pub mod ir;
 pub mod jit;
 pub mod kernels;
 pub mod passes;
-pub mod probe;
 pub mod runtime;
 pub mod syntax;
 pub mod tensor;

@@ -926,3 +926,55 @@ fn probe_measures_every_step_and_layer() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("blocks.2"));
 }
+
+#[test]
+fn compare_overlays_probes_recorded_during_training() {
+    let dir = scratch("probe-every");
+    let even = TINY.replace("length = 5", "length = 6");
+    let a = write(&dir, "a.lam", &even);
+    let b = write(
+        &dir,
+        "b.lam",
+        &even.replace("input tokens", "norm peri\ninput tokens"),
+    );
+    let out_dir = dir.join("cmp");
+    let out = lamina(&[
+        "compare",
+        s(&a),
+        s(&b),
+        "--steps",
+        "10",
+        "--probe-every",
+        "4",
+        "--out",
+        s(&out_dir),
+        "--quiet",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for run in ["0-a", "1-b"] {
+        let log = std::fs::read_to_string(out_dir.join(run).join("probe.jsonl")).unwrap();
+        let steps: Vec<u64> = log
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        // Every 4 steps, and the last.
+        assert_eq!(steps, [4, 8, 10], "{run}");
+    }
+    for f in ["variance", "rms", "contribution", "cosine"] {
+        let svg = std::fs::read_to_string(out_dir.join(format!("compare_{f}.svg"))).unwrap();
+        assert_eq!(
+            svg.matches("<polyline").count(),
+            2,
+            "{f}: one line per model"
+        );
+    }
+}

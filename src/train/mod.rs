@@ -13,6 +13,7 @@ pub mod error;
 pub mod exec;
 pub mod optim;
 pub mod plot;
+pub mod probe;
 pub mod rundir;
 pub mod sample;
 pub mod signals;
@@ -56,6 +57,8 @@ pub struct TrainOptions {
     pub stop_after: Option<u64>,
     /// Start a fresh run in a directory that already holds one, replacing it.
     pub force: bool,
+    /// Record the residual stream's metrics over depth every N steps (`probe.jsonl`).
+    pub probe_every: Option<u64>,
 }
 
 /// Held-out metrics.
@@ -428,6 +431,8 @@ struct Plan<'a> {
     meta: Meta,
     out_dir: PathBuf,
     backend: Backend,
+    /// The model with its residual stream as outputs, when probing during training.
+    probed: Option<Graph>,
 }
 
 impl<'a> Plan<'a> {
@@ -473,6 +478,10 @@ impl<'a> Plan<'a> {
             meta,
             out_dir,
             backend: opts.backend.unwrap_or(Backend::Jit),
+            probed: match opts.probe_every {
+                Some(_) => Some(probe::probed_graph(c)?),
+                None => None,
+            },
         })
     }
 
@@ -560,6 +569,8 @@ struct Run {
     eval_exec: Box<dyn exec::Executor>,
     eval_batches: Vec<tasks::Batch>,
     log: Log,
+    /// The probed model's executor, `probe.jsonl` and the interval, with `--probe-every`.
+    probe: Option<(Box<dyn exec::Executor>, Log, u64)>,
     /// Steps done (including those before a resume).
     t: u64,
     last_ckpt: Option<u64>,
@@ -594,6 +605,17 @@ impl Run {
             &out_dir.join("log.jsonl"),
             opts.resume.as_ref().map(|_| start),
         )?;
+        let probe = match (&plan.probed, opts.probe_every) {
+            (Some(g), Some(every)) => Some((
+                exec::executor(g, plan.backend)?,
+                Log::open(
+                    &out_dir.join("probe.jsonl"),
+                    opts.resume.as_ref().map(|_| start),
+                )?,
+                every.max(1),
+            )),
+            _ => None,
+        };
         let t_compile = Instant::now();
         let mut step_exec =
             exec::step_executor(&plan.step.graph, plan.backend, plan.step.writeback.clone())?;
@@ -611,6 +633,7 @@ impl Run {
             eval_exec,
             eval_batches: plan.task.eval_batches()?,
             log,
+            probe,
             t: start,
             last_ckpt: opts.resume.as_ref().map(|_| start),
             losses: Vec::new(),
@@ -725,6 +748,7 @@ impl Run {
             checkpoint::save(&plan.ckpt_path(), &plan.step.graph, &params, &plan.meta(t))?;
             self.last_ckpt = Some(t);
         }
+        self.probe_if_due(plan)?;
         if t.is_multiple_of(10) || t == cfg.steps {
             self.pb.set_message(self.progress_message(tokens));
         }
@@ -751,6 +775,27 @@ impl Run {
             fmt_num(mean),
             tokens * self.losses.len() as f64 / self.train_seconds.max(1e-9)
         )
+    }
+
+    /// With `--probe-every N`, every N steps (and at the last): the residual stream's
+    /// metrics on the first held-out batch, a line of `probe.jsonl`.
+    fn probe_if_due(&mut self, plan: &Plan) -> Result<(), TrainError> {
+        let t = self.t;
+        let Some((exec, log, every)) = &mut self.probe else {
+            return Ok(());
+        };
+        if !(t.is_multiple_of(*every) || t == plan.cfg.steps) {
+            return Ok(());
+        }
+        let Some(batch) = self.eval_batches.first() else {
+            return Ok(());
+        };
+        let params = self.step_exec.params()?;
+        let n_model = plan.forward.params.len();
+        let outs = exec.run(&batch.inputs, &params[..n_model])?;
+        let steps = probe::step_probes(&outs);
+        log.line(serde_json::json!({ "step": t, "probes": steps }))?;
+        Ok(())
     }
 
     /// Held-out loss and accuracy with the model's parameters (the first of `params`).
@@ -1076,6 +1121,7 @@ pub fn compare(
     let svg = out.join("compare.svg");
     write_compare_plot(&runs, &svg)?;
     write_compare_time_plot(&runs, &out.join("compare_time.svg"))?;
+    probe::write_compare_plots(&runs, &out)?;
     Ok((runs, svg))
 }
 

@@ -11,14 +11,14 @@
 //! The states come from the model elaborated with `elab::Probing` (more outputs, nothing
 //! else changed); everything runs on the JIT.
 
+use super::exec::{self, Backend};
+use super::plot::{self, Series};
+use super::tasks::{Batch, Task};
+use super::{TrainError, TrainOptions};
 use crate::driver::Compiled;
 use crate::elab::{LayerEdit, Probing};
 use crate::ir::{Graph, OutputRole};
 use crate::tensor::Tensor;
-use crate::train::exec::{self, Backend};
-use crate::train::plot::{self, Series};
-use crate::train::tasks::{Batch, Task};
-use crate::train::{TrainError, TrainOptions};
 use serde::Serialize;
 use std::path::Path;
 
@@ -57,9 +57,38 @@ pub struct Report {
     pub layers: Vec<LayerProbe>,
 }
 
+/// The model with its residual stream as outputs (`elab::Probing::states`); an error
+/// for a model that has none to expose.
+pub fn probed_graph(c: &Compiled) -> Result<Graph, TrainError> {
+    let probing = Probing {
+        states: true,
+        layers: LayerEdit::None,
+    };
+    let g = crate::elab::elaborate_probed(&c.module, &c.forward.name, &c.overrides, probing)
+        .map_err(|d| TrainError::Internal(format!("{} diagnostic(s) elaborating", d.len())))?;
+    if g.outputs
+        .iter()
+        .filter(|o| o.name.starts_with("probe."))
+        .count()
+        < 2
+    {
+        return Err(no_stream());
+    }
+    Ok(g)
+}
+
+fn no_stream() -> TrainError {
+    TrainError::Option {
+        option: "probe".into(),
+        message: "this model exposes no residual stream to probe (learning forward_forward \
+                  runs its layers on its own path)"
+            .into(),
+    }
+}
+
 /// Probe `c` with the weights in `weights` on its task's held-out batches.
 pub fn probe(c: &Compiled, weights: &Path, opts: &TrainOptions) -> Result<Report, TrainError> {
-    let task = crate::train::recipe_task(c, opts)?;
+    let task = super::recipe_task(c, opts)?;
     let batches = task.eval_batches()?;
     let elab = |edit: LayerEdit, states: bool| -> Result<Graph, TrainError> {
         let probing = Probing {
@@ -73,12 +102,7 @@ pub fn probe(c: &Compiled, weights: &Path, opts: &TrainOptions) -> Result<Report
     let (loss, outs) = held_out(&probed, weights, &task, &batches)?;
     let steps = step_probes(&outs);
     if steps.len() < 2 {
-        return Err(TrainError::Option {
-            option: "probe".into(),
-            message: "this model exposes no residual stream to probe (learning forward_forward \
-                      runs its layers on its own path)"
-                .into(),
-        });
+        return Err(no_stream());
     }
     let executed = crate::elab::executed_layers(&c.module, &c.forward.name, &c.overrides)
         .map_err(|d| TrainError::Internal(format!("{} diagnostic(s) elaborating", d.len())))?;
@@ -140,7 +164,7 @@ fn held_out(
 }
 
 /// The metrics of every probed state, in step order.
-fn step_probes(outs: &[(String, Tensor)]) -> Vec<StepProbe> {
+pub fn step_probes(outs: &[(String, Tensor)]) -> Vec<StepProbe> {
     let mut states: Vec<(usize, String, &Tensor)> = outs
         .iter()
         .filter_map(|(n, t)| {
@@ -294,6 +318,60 @@ pub fn write(report: &Report, dir: &Path) -> Result<Vec<String>, TrainError> {
         files.push(name);
     }
     Ok(files)
+}
+
+/// The last `probe.jsonl` record of a run directory, if it has one.
+pub fn last_probe(run_dir: &Path) -> Option<Vec<StepProbe>> {
+    let text = std::fs::read_to_string(run_dir.join("probe.jsonl")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(text.lines().last()?).ok()?;
+    let steps = v.get("probes")?.as_array()?;
+    steps
+        .iter()
+        .map(|s| {
+            Some(StepProbe {
+                k: s.get("k")?.as_u64()? as usize,
+                scope: s.get("scope")?.as_str()?.to_string(),
+                rms: s.get("rms")?.as_f64()?,
+                variance: s.get("variance")?.as_f64()?,
+                contribution: s.get("contribution").and_then(|x| x.as_f64()),
+                cosine: s.get("cosine").and_then(|x| x.as_f64()),
+            })
+        })
+        .collect()
+}
+
+/// With `--probe-every`: `compare_<metric>.svg` overlaying every model's last probe over
+/// depth (pre-LN against Peri-LN variance, for example). Nothing without probes.
+pub fn write_compare_plots(runs: &[super::Summary], dir: &Path) -> Result<(), TrainError> {
+    let probes: Vec<(String, Vec<StepProbe>)> = runs
+        .iter()
+        .filter_map(|r| Some((r.model.clone(), last_probe(&r.out_dir)?)))
+        .collect();
+    if probes.is_empty() {
+        return Ok(());
+    }
+    type Metric = fn(&StepProbe) -> Option<f64>;
+    let metrics: [(&str, &str, Metric); 4] = [
+        ("variance", "residual stream variance", |s| Some(s.variance)),
+        ("rms", "residual stream RMS", |s| Some(s.rms)),
+        ("contribution", "contribution of each step", |s| {
+            s.contribution
+        }),
+        ("cosine", "cosine of consecutive states", |s| s.cosine),
+    ];
+    for (file, what, f) in metrics {
+        let series: Vec<Series> = probes
+            .iter()
+            .enumerate()
+            .map(|(i, (model, steps))| {
+                let points = steps.iter().filter_map(|s| Some((s.k as f64, f(s)?)));
+                line(model, points.collect(), i)
+            })
+            .collect();
+        let svg = plot::svg_over(&format!("{what} over depth"), "step", &series);
+        crate::io::write_atomic(&dir.join(format!("compare_{file}.svg")), svg.as_bytes())?;
+    }
+    Ok(())
 }
 
 fn line(name: &str, points: Vec<(f64, f64)>, color: usize) -> Series {
