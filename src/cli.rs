@@ -205,6 +205,38 @@ pub enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
+    /// Search layer orders built from skips and loops of a trained model's layers (CoLa),
+    /// scored by the held-out loss; print the best and write it as a model file.
+    #[command(
+        name = "depth-search",
+        after_help = "Example:\n  lamina depth-search examples/transformer.lam --set layers=4 --weights runs/t/final.safetensors --data notes.txt\n\n\
+        Greedy: from the model's own order, each round tries every skip of one position and \
+        every loop (a position running the previous layer again) and keeps the best while the \
+        held-out loss falls, so the result is never deeper and never worse than the model on \
+        the held-out batches. The written file runs with the same weights: \
+        lamina run OUT.lam --weights W. It needs a model with one plain `stack` statement."
+    )]
+    DepthSearch {
+        /// The model file (.lam).
+        file: PathBuf,
+        /// Trained weights (safetensors).
+        #[arg(long, value_name = "FILE")]
+        weights: PathBuf,
+        /// The task whose held-out batches score an order (default: the recipe's).
+        #[arg(long)]
+        task: Option<String>,
+        /// A text file for the char_lm task.
+        #[arg(long, value_name = "FILE")]
+        data: Option<PathBuf>,
+        /// Rounds of the greedy search (each at most 2L orders).
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=64))]
+        rounds: u64,
+        /// Where to write the best order as a model file (default: runs/depth-search/<model>.lam).
+        #[arg(short, long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
     /// Compare two architectures as a reviewer would: parameters, forward FLOPs per token and
     /// the training step's activation memory side by side with the delta, the parameters
     /// added, removed or reshaped by name, and the IR diff grouped by model scope.
@@ -619,6 +651,27 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             errln!("wrote {}/{{{}}}", dir.display(), files.join(", "));
             Ok(0)
         }
+        Command::DepthSearch {
+            file,
+            weights,
+            task,
+            data,
+            rounds,
+            out,
+            overrides,
+        } => {
+            let compiled = compile(&file, &overrides, color)?;
+            let opts = crate::train::TrainOptions {
+                overrides: overrides.set.clone(),
+                settings: task
+                    .map(|t| vec![("task".to_string(), t)])
+                    .unwrap_or_default(),
+                data,
+                quiet: true,
+                ..Default::default()
+            };
+            cmd_depth_search(&compiled, &weights, &opts, rounds as usize, out)
+        }
         Command::Diff {
             a,
             b,
@@ -784,6 +837,53 @@ fn cmd_train(args: &TrainArgs) -> Result<i32> {
     } else {
         0
     })
+}
+
+fn cmd_depth_search(
+    c: &Compiled,
+    weights: &Path,
+    opts: &crate::train::TrainOptions,
+    rounds: usize,
+    out: Option<PathBuf>,
+) -> Result<i32> {
+    use crate::train::depth_search;
+    let task = crate::train::recipe_task(c, opts)?;
+    let batches = task.eval_batches()?;
+    let found = depth_search::search(c, weights, &task, &batches, rounds)?;
+    let fmt =
+        |s: &depth_search::Scored| format!("{:>10.4}  {:>6}  {:?}", s.loss, s.order.len(), s.order);
+    out!("{:>10}  {:>6}  order\n", "loss", "layers");
+    out!("{}   (the model)\n", fmt(&found.identity));
+    out!("best of {} orders tried:\n", found.ranked.len());
+    for s in found.ranked.iter().take(5) {
+        out!("{}\n", fmt(s));
+    }
+    if found.best == found.identity {
+        out!("no order of skips and loops beats the model's own on the held-out batches\n");
+        return Ok(0);
+    }
+    out!("found: {}\n", fmt(&found.best));
+    match depth_search::model_with_order(c, &found.best.order) {
+        Ok(text) => {
+            let path = out.unwrap_or_else(|| {
+                PathBuf::from("runs")
+                    .join("depth-search")
+                    .join(format!("{}.lam", c.forward.name))
+            });
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            io::write_atomic(&path, text.as_bytes())?;
+            errln!(
+                "wrote {}: run it with the same weights (`lamina run {} --weights {}`)",
+                path.display(),
+                path.display(),
+                weights.display()
+            );
+        }
+        Err(why) => errln!("the order was not written as a model file: {why}"),
+    }
+    Ok(0)
 }
 
 fn cmd_compare(files: &[PathBuf], each_recipe: bool, train: &TrainFlags) -> Result<i32> {

@@ -978,3 +978,63 @@ fn compare_overlays_probes_recorded_during_training() {
         );
     }
 }
+
+#[test]
+fn depth_search_finds_no_worse_order_and_writes_a_runnable_model() {
+    let dir = scratch("depth-search");
+    let src = TINY
+        .replace("length = 5", "length = 6")
+        .replace("stack layer * 2", "layers = 4\nstack layer * layers");
+    let model = write(&dir, "m.lam", &src);
+    for seed in ["1", "2"] {
+        let weights = dir.join(format!("w{seed}.safetensors"));
+        let init = lamina(&["init", s(&model), "-o", s(&weights), "--seed", seed]);
+        assert_eq!(init.status.code(), Some(0));
+        let found = dir.join(format!("found{seed}.lam"));
+        let out = lamina(&[
+            "depth-search",
+            s(&model),
+            "--weights",
+            s(&weights),
+            "-o",
+            s(&found),
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let loss_of = |line: &str| -> (f64, usize) {
+            let mut w = line.split_whitespace();
+            (
+                w.next().unwrap().parse().unwrap(),
+                w.next().unwrap().parse().unwrap(),
+            )
+        };
+        let model_line = text.lines().find(|l| l.contains("(the model)")).unwrap();
+        let (identity, depth) = loss_of(model_line);
+        assert_eq!(depth, 4, "{text}");
+        match text.lines().find_map(|l| l.strip_prefix("found:")) {
+            Some(line) => {
+                let (loss, layers) = loss_of(line);
+                assert!(loss < identity && layers <= 4, "{text}");
+                // The written model runs with the same weights.
+                let written = std::fs::read_to_string(&found).unwrap();
+                assert!(
+                    written.contains("stack layer * layers order ["),
+                    "{written}"
+                );
+                let run = lamina(&["run", s(&found), "--weights", s(&weights)]);
+                assert_eq!(
+                    run.status.code(),
+                    Some(0),
+                    "{}",
+                    String::from_utf8_lossy(&run.stderr)
+                );
+            }
+            None => assert!(text.contains("no order of skips and loops beats"), "{text}"),
+        }
+    }
+}

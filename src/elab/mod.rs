@@ -31,6 +31,22 @@ pub struct Override {
     pub is_int: bool,
 }
 
+/// The executed layers `order` picks out of `layers`, each run numbered anew per weight
+/// set (so every execution has scopes of its own).
+fn reorder(layers: &[resolve::LayerRun], order: &[usize]) -> Vec<resolve::LayerRun> {
+    let mut runs: std::collections::HashMap<usize, usize> = Default::default();
+    order
+        .iter()
+        .map(|&i| {
+            let mut l = layers[i];
+            let run = runs.entry(l.weights).or_insert(0);
+            l.run = *run;
+            *run += 1;
+            l
+        })
+        .collect()
+}
+
 /// Limits that keep every model small enough to compile quickly, to index with 32-bit
 /// sizes, and to fit this machine class's memory when run (the interpreter holds f64).
 pub const MAX_LAYERS: usize = 1024;
@@ -43,8 +59,8 @@ pub const MAX_ELEMENTS: u64 = 1 << 28;
 /// Parameter elements in total (1 GiB of f32).
 pub const MAX_PARAMS: u64 = 1 << 28;
 
-/// How a model is elaborated for looking inside it (`lamina probe`).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// How a model is elaborated for looking inside it (`lamina probe`, `depth-search`).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Probing {
     /// Expose the residual stream after the embedding and after every sublayer step as
     /// outputs `probe.<k>.<scope>` (k = 0 is the embedding's output).
@@ -55,7 +71,7 @@ pub struct Probing {
 
 /// A change to the executed layers; the weights keep their names, so a trained model's
 /// weights load unchanged.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub enum LayerEdit {
     #[default]
     None,
@@ -63,6 +79,8 @@ pub enum LayerEdit {
     Skip(usize),
     /// Run executed layer `i` twice in a row, with the same weights.
     Repeat(usize),
+    /// Run these executed layers in this order (indices may repeat or be left out).
+    Order(Vec<usize>),
 }
 
 /// Elaborate a parsed module into a forward graph with outputs `loss` and `logits`.
@@ -93,12 +111,27 @@ pub fn elaborate_probed(
     probing: Probing,
 ) -> Result<Graph, Diagnostics> {
     let mut plan = resolve::resolve(m, default_name, overrides)?;
-    match probing.layers {
+    match &probing.layers {
         LayerEdit::None => {}
-        LayerEdit::Skip(i) if i < plan.layers.len() && plan.layers.len() > 1 => {
+        LayerEdit::Order(order)
+            if !order.is_empty() && order.iter().all(|&i| i < plan.layers.len()) =>
+        {
+            plan.layers = reorder(&plan.layers, order);
+        }
+        LayerEdit::Order(order) => {
+            return Err(vec![Diagnostic::new(
+                format!(
+                    "the order {order:?} is not a non-empty list of the model's {} layers",
+                    plan.layers.len()
+                ),
+                plan.stack_span,
+                "these layers",
+            )]);
+        }
+        &LayerEdit::Skip(i) if i < plan.layers.len() && plan.layers.len() > 1 => {
             plan.layers.remove(i);
         }
-        LayerEdit::Repeat(i) if i < plan.layers.len() => {
+        &LayerEdit::Repeat(i) if i < plan.layers.len() => {
             let mut again = plan.layers[i];
             // A fresh run index, so the repeat gets scopes of its own.
             again.run = 1 + plan
@@ -110,7 +143,7 @@ pub fn elaborate_probed(
                 .unwrap_or(0);
             plan.layers.insert(i + 1, again);
         }
-        LayerEdit::Skip(i) | LayerEdit::Repeat(i) => {
+        &LayerEdit::Skip(i) | &LayerEdit::Repeat(i) => {
             return Err(vec![Diagnostic::new(
                 format!(
                     "the model runs {} layer(s); layer {i} cannot be skipped or repeated",

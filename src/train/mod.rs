@@ -9,6 +9,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod depth_search;
 pub mod error;
 pub mod exec;
 pub mod optim;

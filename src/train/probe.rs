@@ -15,8 +15,8 @@ use super::exec::{self, Backend};
 use super::plot::{self, Series};
 use super::tasks::{Batch, Task};
 use super::{TrainError, TrainOptions};
-use crate::driver::Compiled;
 use crate::elab::{LayerEdit, Probing};
+use crate::front::Compiled;
 use crate::ir::{Graph, OutputRole};
 use crate::tensor::Tensor;
 use serde::Serialize;
@@ -130,6 +130,16 @@ pub fn probe(c: &Compiled, weights: &Path, opts: &TrainOptions) -> Result<Report
         steps,
         layers,
     })
+}
+
+/// The held-out loss of `g` with the weights of `weights`.
+pub fn held_out_loss(
+    g: &Graph,
+    weights: &Path,
+    task: &Task,
+    batches: &[Batch],
+) -> Result<f64, TrainError> {
+    Ok(held_out(g, weights, task, batches)?.0)
 }
 
 /// The held-out loss of `g` with the weights of `weights`, and the probe outputs of the
