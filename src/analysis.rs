@@ -132,7 +132,8 @@ fn signed(d: f64, unit: &dyn Fn(f64) -> String) -> String {
     }
 }
 
-fn group_digits(n: u64) -> String {
+/// `1234567` as `1,234,567`.
+pub fn group_digits(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {

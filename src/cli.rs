@@ -631,15 +631,7 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             overrides,
         } => {
             let compiled = compile(&file, &overrides, color)?;
-            let opts = crate::train::TrainOptions {
-                overrides: overrides.set.clone(),
-                settings: task
-                    .map(|t| vec![("task".to_string(), t)])
-                    .unwrap_or_default(),
-                data,
-                quiet: true,
-                ..Default::default()
-            };
+            let opts = held_out_options(&overrides, task, data);
             let report = crate::train::probe::probe(&compiled, &weights, &opts)?;
             let dir = out.unwrap_or_else(|| {
                 PathBuf::from("runs")
@@ -661,15 +653,7 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             overrides,
         } => {
             let compiled = compile(&file, &overrides, color)?;
-            let opts = crate::train::TrainOptions {
-                overrides: overrides.set.clone(),
-                settings: task
-                    .map(|t| vec![("task".to_string(), t)])
-                    .unwrap_or_default(),
-                data,
-                quiet: true,
-                ..Default::default()
-            };
+            let opts = held_out_options(&overrides, task, data);
             cmd_depth_search(&compiled, &weights, &opts, rounds as usize, out)
         }
         Command::Diff {
@@ -989,15 +973,25 @@ fn expect_text(path: &Path, actual: &str, bless: bool) -> Result<i32> {
 }
 
 fn group_digits(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
+    crate::analysis::group_digits(n as u64)
+}
+
+/// The options that pick a model's held-out batches (`probe`, `depth-search`): the
+/// recipe's task and seed, or `--task`, and `--data` for char_lm.
+fn held_out_options(
+    overrides: &Overrides,
+    task: Option<String>,
+    data: Option<PathBuf>,
+) -> crate::train::TrainOptions {
+    crate::train::TrainOptions {
+        overrides: overrides.set.clone(),
+        settings: task
+            .map(|t| vec![("task".to_string(), t)])
+            .unwrap_or_default(),
+        data,
+        quiet: true,
+        ..Default::default()
     }
-    out
 }
 
 fn params_table(c: &Compiled) -> String {

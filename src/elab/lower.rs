@@ -6,7 +6,8 @@
 
 use super::learning::{AuxHead, Learning};
 use super::resolve::{
-    Act, Head, InputPlan, Loss, Norm, NormKind, Placement, Plan, Positions, Skip, Sub, Unit,
+    Act, BlockPlan, Head, InputPlan, LayerRun, Loss, Norm, NormKind, Placement, Plan, Positions,
+    Skip, Sub, Unit,
 };
 use crate::diag::Diagnostics;
 use crate::ir::ops::MaskFill;
@@ -36,6 +37,20 @@ struct Lower {
     probes: bool,
     /// `(output name, value)` of the residual stream after each step, when probing.
     probed: Vec<(String, ValueId)>,
+}
+
+/// An executed layer's block, its weights' prefix (`blocks.<w>`) and its run suffix
+/// (`.run<k>` for the k-th re-execution of the same weights, empty for the first).
+fn layer_parts<'p>(p: &'p Plan, layer: &LayerRun) -> R<(&'p BlockPlan, String, String)> {
+    let block = p
+        .blocks
+        .get(layer.block)
+        .ok_or_else(|| IrError::Graph("layer refers to a missing block".into()))?;
+    let run = match layer.run {
+        0 => String::new(),
+        k => format!(".run{k}"),
+    };
+    Ok((block, format!("blocks.{}", layer.weights), run))
 }
 
 /// The head's output width: the vocabulary, the classes or `out`.
@@ -70,16 +85,7 @@ impl Lower {
         let mut parts: Vec<ValueId> = Vec::new();
         let n = p.layers.len();
         for (i, layer) in p.layers.iter().enumerate() {
-            let block = p
-                .blocks
-                .get(layer.block)
-                .ok_or_else(|| IrError::Graph("layer refers to a missing block".into()))?;
-            let prefix = format!("blocks.{}", layer.weights);
-            let run = if layer.run == 0 {
-                String::new()
-            } else {
-                format!(".run{}", layer.run)
-            };
+            let (block, prefix, run) = layer_parts(p, layer)?;
             if p.learning.detaches_before(i) {
                 self.g.set_scope(format!("{prefix}{run}"));
                 x = self.g.unary(Op::Unary(UnaryOp::StopGradient), x)?;
@@ -214,16 +220,7 @@ impl Lower {
     fn ff_goodness(&mut self, p: &Plan, mut x: ValueId) -> R<Vec<ValueId>> {
         let mut out = Vec::new();
         for (i, layer) in p.layers.iter().enumerate() {
-            let block = p
-                .blocks
-                .get(layer.block)
-                .ok_or_else(|| IrError::Graph("layer refers to a missing block".into()))?;
-            let prefix = format!("blocks.{}", layer.weights);
-            let run = if layer.run == 0 {
-                String::new()
-            } else {
-                format!(".run{}", layer.run)
-            };
+            let (block, prefix, run) = layer_parts(p, layer)?;
             if i > 0 {
                 self.g.set_scope(format!("{prefix}{run}"));
                 x = self.g.unary(Op::Unary(UnaryOp::StopGradient), x)?;
