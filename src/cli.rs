@@ -188,22 +188,11 @@ pub enum Command {
         recipe's task and seed, or --task)."
     )]
     Probe {
-        /// The model file (.lam).
-        file: PathBuf,
-        /// Trained weights (safetensors), e.g. a run's final.safetensors.
-        #[arg(long, value_name = "FILE")]
-        weights: PathBuf,
-        /// The task whose held-out batches are measured (default: the recipe's).
-        #[arg(long)]
-        task: Option<String>,
-        /// A text file for the char_lm task.
-        #[arg(long, value_name = "FILE")]
-        data: Option<PathBuf>,
+        #[command(flatten)]
+        model: HeldOutArgs,
         /// Output directory.
         #[arg(short, long, value_name = "DIR")]
         out: Option<PathBuf>,
-        #[command(flatten)]
-        overrides: Overrides,
     },
     /// Search layer orders built from skips and loops of a trained model's layers (CoLa),
     /// scored by the held-out loss; print the best and write it as a model file.
@@ -217,25 +206,14 @@ pub enum Command {
         lamina run OUT.lam --weights W. It needs a model with one plain `stack` statement."
     )]
     DepthSearch {
-        /// The model file (.lam).
-        file: PathBuf,
-        /// Trained weights (safetensors).
-        #[arg(long, value_name = "FILE")]
-        weights: PathBuf,
-        /// The task whose held-out batches score an order (default: the recipe's).
-        #[arg(long)]
-        task: Option<String>,
-        /// A text file for the char_lm task.
-        #[arg(long, value_name = "FILE")]
-        data: Option<PathBuf>,
+        #[command(flatten)]
+        model: HeldOutArgs,
         /// Rounds of the greedy search (each at most 2L orders).
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=64))]
         rounds: u64,
         /// Where to write the best order as a model file (default: runs/depth-search/<model>.lam).
         #[arg(short, long, value_name = "FILE")]
         out: Option<PathBuf>,
-        #[command(flatten)]
-        overrides: Overrides,
     },
     /// Compare two architectures as a reviewer would: parameters, forward FLOPs per token and
     /// the training step's activation memory side by side with the delta, the parameters
@@ -489,6 +467,41 @@ pub struct BenchArgs {
     pub overrides: Overrides,
 }
 
+/// A trained model and the held-out batches it is measured on (`probe`, `depth-search`).
+#[derive(clap::Args, Debug)]
+pub struct HeldOutArgs {
+    /// The model file (.lam).
+    file: PathBuf,
+    /// Trained weights (safetensors), e.g. a run's final.safetensors.
+    #[arg(long, value_name = "FILE")]
+    weights: PathBuf,
+    /// The task whose held-out batches are measured (default: the recipe's).
+    #[arg(long)]
+    task: Option<String>,
+    /// A text file for the char_lm task.
+    #[arg(long, value_name = "FILE")]
+    data: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+impl HeldOutArgs {
+    /// The recipe's task and seed (or `--task`), and `--data` for char_lm.
+    fn options(&self) -> crate::train::TrainOptions {
+        crate::train::TrainOptions {
+            overrides: self.overrides.set.clone(),
+            settings: self
+                .task
+                .iter()
+                .map(|t| ("task".to_string(), t.clone()))
+                .collect(),
+            data: self.data.clone(),
+            quiet: true,
+            ..Default::default()
+        }
+    }
+}
+
 /// The graphs `lamina diff` compares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DiffStage {
@@ -622,17 +635,9 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             );
             Ok(0)
         }
-        Command::Probe {
-            file,
-            weights,
-            task,
-            data,
-            out,
-            overrides,
-        } => {
-            let compiled = compile(&file, &overrides, color)?;
-            let opts = held_out_options(&overrides, task, data);
-            let report = crate::train::probe::probe(&compiled, &weights, &opts)?;
+        Command::Probe { model, out } => {
+            let compiled = compile(&model.file, &model.overrides, color)?;
+            let report = crate::train::probe::probe(&compiled, &model.weights, &model.options())?;
             let dir = out.unwrap_or_else(|| {
                 PathBuf::from("runs")
                     .join("probe")
@@ -643,18 +648,10 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             errln!("wrote {}/{{{}}}", dir.display(), files.join(", "));
             Ok(0)
         }
-        Command::DepthSearch {
-            file,
-            weights,
-            task,
-            data,
-            rounds,
-            out,
-            overrides,
-        } => {
-            let compiled = compile(&file, &overrides, color)?;
-            let opts = held_out_options(&overrides, task, data);
-            cmd_depth_search(&compiled, &weights, &opts, rounds as usize, out)
+        Command::DepthSearch { model, rounds, out } => {
+            let compiled = compile(&model.file, &model.overrides, color)?;
+            let opts = model.options();
+            cmd_depth_search(&compiled, &model.weights, &opts, rounds as usize, out)
         }
         Command::Diff {
             a,
@@ -974,24 +971,6 @@ fn expect_text(path: &Path, actual: &str, bless: bool) -> Result<i32> {
 
 fn group_digits(n: usize) -> String {
     crate::analysis::group_digits(n as u64)
-}
-
-/// The options that pick a model's held-out batches (`probe`, `depth-search`): the
-/// recipe's task and seed, or `--task`, and `--data` for char_lm.
-fn held_out_options(
-    overrides: &Overrides,
-    task: Option<String>,
-    data: Option<PathBuf>,
-) -> crate::train::TrainOptions {
-    crate::train::TrainOptions {
-        overrides: overrides.set.clone(),
-        settings: task
-            .map(|t| vec![("task".to_string(), t)])
-            .unwrap_or_default(),
-        data,
-        quiet: true,
-        ..Default::default()
-    }
 }
 
 fn params_table(c: &Compiled) -> String {

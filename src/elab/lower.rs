@@ -178,6 +178,7 @@ impl Lower {
         let weight = self.g.add_scalar(weight, 1.0 / (classes - 1) as f64)?;
 
         let goodness = self.ff_goodness(p, every)?;
+        let mut parts: Vec<ValueId> = Vec::new();
         let mut total: Option<ValueId> = None;
         let mut score: Option<ValueId> = None;
         for (l, &g) in goodness.iter().enumerate() {
@@ -192,8 +193,7 @@ impl Lower {
             let w = self.g.mul(sp, weight)?;
             let s = self.g.reduce_sum(w, vec![0, 1], false)?;
             let loss = self.g.scale(s, 1.0 / batch as f64)?;
-            self.g
-                .output(OutputRole::PartLoss(&format!("local.{l}")).name(), loss);
+            parts.push(loss);
             total = Some(match total {
                 None => loss,
                 Some(t) => self.g.add(t, loss)?,
@@ -207,11 +207,12 @@ impl Lower {
             return Err(IrError::Graph("forward-forward without layers".into()));
         };
         self.g.set_scope("");
-        // `loss` and `logits` first, as for every other model.
-        let parts = std::mem::take(&mut self.g.graph.outputs);
         self.g.output("loss", total);
         self.g.output("logits", logits);
-        self.g.graph.outputs.extend(parts);
+        for (l, &part) in parts.iter().enumerate() {
+            self.g
+                .output(OutputRole::PartLoss(&format!("local.{l}")).name(), part);
+        }
         Ok(())
     }
 

@@ -1142,14 +1142,7 @@ fn write_compare_time_plot(runs: &[Summary], svg: &Path) -> Result<(), IoError> 
             }
         })
         .collect();
-    let title = format!(
-        "{} on {}, against step time",
-        runs.iter()
-            .map(|r| r.model.as_str())
-            .collect::<Vec<_>>()
-            .join(" vs "),
-        runs.first().map(|r| r.task.as_str()).unwrap_or("")
-    );
+    let title = format!("{}, against step time", compare_title(runs));
     let svg_text = plot::svg_over(&title, "training seconds", &series);
     crate::io::write_atomic(svg, svg_text.as_bytes())
 }
@@ -1175,13 +1168,12 @@ fn write_compare_plot(runs: &[Summary], svg: &Path) -> Result<(), IoError> {
             });
         }
     }
-    let title = format!(
-        "{} on {}",
-        runs.iter()
-            .map(|r| r.model.as_str())
-            .collect::<Vec<_>>()
-            .join(" vs "),
-        runs.first().map(|r| r.task.as_str()).unwrap_or("")
-    );
-    crate::io::write_atomic(svg, plot::svg(&title, &series).as_bytes())
+    crate::io::write_atomic(svg, plot::svg(&compare_title(runs), &series).as_bytes())
+}
+
+/// "a vs b on task": the title of a comparison's plots.
+fn compare_title(runs: &[Summary]) -> String {
+    let models: Vec<&str> = runs.iter().map(|r| r.model.as_str()).collect();
+    let task = runs.first().map(|r| r.task.as_str()).unwrap_or("");
+    format!("{} on {task}", models.join(" vs "))
 }
