@@ -215,6 +215,31 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// Draw the architecture as a block diagram (SVG, or Graphviz DOT with --dot), from the
+    /// elaborated model: the stack of executed layers with their weight sets and parameter
+    /// counts, and each block's residual steps with norms, coefficients and skips.
+    #[command(
+        after_help = "Examples:\n  lamina graph examples/macaron.lam -o macaron.svg\n  \
+        lamina graph examples/cola.lam --dot | dot -Tpng -o cola.png\n\n\
+        Left: input, embedding, one box per executed layer (same colour = same weights; \
+        brackets mark loops; dashed boxes are weight sets an `order` skips; red dashed arrows \
+        are stop_gradient cuts of a learning rule, with its losses beside), final norm, head \
+        and loss. Right: each block once, the residual stream on the left and each step's \
+        norm, sublayers (parallel ones in rows into a sum), coefficient and skip. Without -o \
+        the diagram goes to standard output."
+    )]
+    Graph {
+        /// The model file (.lam).
+        file: PathBuf,
+        /// Where to write the diagram (written whole or not at all).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Write Graphviz DOT instead of SVG.
+        #[arg(long)]
+        dot: bool,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
     /// Compare two architectures as a reviewer would: parameters, forward FLOPs per token and
     /// the training step's activation memory side by side with the delta, the parameters
     /// added, removed or reshaped by name, and the IR diff grouped by model scope.
@@ -652,6 +677,30 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             let compiled = compile(&model.file, &model.overrides, color)?;
             let opts = model.options();
             cmd_depth_search(&compiled, &model.weights, &opts, rounds as usize, out)
+        }
+        Command::Graph {
+            file,
+            output,
+            dot,
+            overrides,
+        } => {
+            if let Some(path) = &output {
+                check_output_path(path)?;
+            }
+            let c = compile(&file, &overrides, color)?;
+            let outline = c.outline().map_err(|e| Rendered(e.render(color)))?;
+            let text = match dot {
+                true => crate::diagram::dot(&outline, &c.forward),
+                false => crate::diagram::svg(&outline, &c.forward),
+            };
+            match &output {
+                Some(path) => {
+                    io::write_atomic(path, text.as_bytes())?;
+                    errln!("wrote {}", path.display());
+                }
+                None => out!("{text}"),
+            }
+            Ok(0)
         }
         Command::Diff {
             a,

@@ -117,6 +117,20 @@ impl Compiled {
         crate::autodiff::differentiate(&self.forward)
     }
 
+    /// The architecture as plain data, for diagrams.
+    pub fn outline(&self) -> Result<elab::Outline, CompileError> {
+        elab::outline(
+            &self.module,
+            &default_name(&self.file_name),
+            &self.overrides,
+        )
+        .map_err(|diagnostics| CompileError {
+            file_name: self.file_name.clone(),
+            source: self.source.clone(),
+            diagnostics,
+        })
+    }
+
     /// The joint graph after the optimizing passes.
     pub fn optimized(&self) -> Result<Graph, IrError> {
         Ok(crate::passes::optimize(&self.joint()?))

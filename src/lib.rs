@@ -21,6 +21,7 @@ pub mod autodiff;
 pub mod bench;
 pub mod cli;
 pub mod diag;
+pub mod diagram;
 pub mod driver;
 pub mod elab;
 pub mod front;

@@ -1038,3 +1038,32 @@ fn depth_search_finds_no_worse_order_and_writes_a_runnable_model() {
         }
     }
 }
+
+#[test]
+fn graph_writes_svg_or_dot_and_fails_cleanly() {
+    let dir = scratch("graph");
+    let model = write(&dir, "tiny.lam", TINY);
+    let svg = dir.join("tiny.svg");
+    let out = lamina(&["graph", s(&model), "-o", s(&svg), "--set", "d=16"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"));
+    assert!(text.contains("layer 1 · blocks.1"), "{text}");
+    let out = lamina(&["graph", s(&model), "--dot"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("digraph \"tiny\""));
+    // A bad model: the located error, no file.
+    let bad = write(&dir, "bad.lam", &TINY.replace("heads = 2", "heads = 3"));
+    let none = dir.join("bad.svg");
+    let out = lamina(&["graph", s(&bad), "-o", s(&none)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.lam:"));
+    assert!(!none.exists());
+    let out = lamina(&["graph", s(&model), "-o", s(&dir.join("missing/x.svg"))]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+}

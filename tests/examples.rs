@@ -1,5 +1,6 @@
 //! Every example at every stage: snapshot tests of the AST, the forward IR, the joint
-//! gradient IR, the optimized joint IR and the training step, plus the IR's text and JSON round trips.
+//! gradient IR, the optimized joint IR, the training step and the diagram (DOT), plus the IR's text
+//! and JSON round trips.
 
 use lamina::driver::{compile_file, Stage};
 use lamina::ir::text;
@@ -64,5 +65,14 @@ fn every_graph_verifies() {
         let c = compile(path);
         c.forward.verify().unwrap();
         c.joint().unwrap().verify().unwrap();
+    });
+}
+
+#[test]
+fn diagram() {
+    insta::glob!("../examples", "*.lam", |path| {
+        let c = compile(path);
+        let outline = c.outline().unwrap();
+        insta::assert_snapshot!(lamina::diagram::dot(&outline, &c.forward));
     });
 }

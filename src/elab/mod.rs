@@ -4,7 +4,8 @@
 //! - `consts`: constants, overrides and typed evaluation of argument expressions;
 //! - `resolve`: names, arguments, norm inheritance, skips, schemes and depth programs are
 //!   checked and expanded into a `Plan` (plain sizes and settings, no AST left);
-//! - `lower`: the plan is emitted as IR through `GraphBuilder`.
+//! - `lower`: the plan is emitted as IR through `GraphBuilder`;
+//! - `outline`: the plan read out as plain data for diagrams (`Outline`).
 //!
 //! Every user error is found in `consts`/`resolve`, so `lower` only fails on internal
 //! invariant violations (reported as an internal-error diagnostic, never a panic).
@@ -14,6 +15,7 @@
 mod consts;
 mod learning;
 mod lower;
+mod outline;
 mod resolve;
 #[cfg(test)]
 mod tests;
@@ -21,6 +23,10 @@ mod tests;
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::ir::Graph;
 use crate::syntax::ast::{Module, Span};
+pub use outline::{
+    BlockOutline, BranchOutline, LayerOutline, NormPlacement, Outline, SkipOutline, StepOutline,
+    Tap,
+};
 
 /// A `--set name=value` command-line override of a constant.
 #[derive(Clone, Debug, PartialEq)]
@@ -101,6 +107,19 @@ pub fn executed_layers(
 ) -> Result<Vec<usize>, Diagnostics> {
     let plan = resolve::resolve(m, default_name, overrides)?;
     Ok(plan.layers.iter().map(|l| l.weights).collect())
+}
+
+/// The architecture a module elaborates to, as plain data for diagrams.
+pub fn outline(
+    m: &Module,
+    default_name: &str,
+    overrides: &[Override],
+) -> Result<Outline, Diagnostics> {
+    Ok(outline::outline(&resolve::resolve(
+        m,
+        default_name,
+        overrides,
+    )?))
 }
 
 /// `elaborate`, with the residual stream exposed and/or the executed layers changed.

@@ -194,6 +194,8 @@ pub(crate) struct Plan {
     pub feature_embed: bool,
     pub blocks: Vec<BlockPlan>,
     pub layers: Vec<LayerRun>,
+    /// Weight sets the stacks declare (`blocks.0` ..); an `order` may leave some unrun.
+    pub weight_sets: usize,
     pub final_norm: Option<(NormKind, f64)>,
     pub head: Head,
     pub loss: Loss,
@@ -488,7 +490,7 @@ impl Resolver<'_> {
         }
 
         let learning = match &layers {
-            Some(l) => super::learning::resolve(
+            Some((l, _)) => super::learning::resolve(
                 top.learning.get(),
                 l.len(),
                 head_loss.map(|h| h.0),
@@ -500,7 +502,7 @@ impl Resolver<'_> {
         let plans: Vec<BlockPlan> = plans.into_iter().collect::<Option<_>>()?;
         let final_norm = final_norm?;
         model_skip?;
-        let layers = layers?;
+        let (layers, weight_sets) = layers?;
         let input_plan = input_plan?;
         let (d_model, positions, feature_embed, _) = embedding?;
         let (head_plan, loss_plan) = head_loss?;
@@ -516,6 +518,7 @@ impl Resolver<'_> {
             feature_embed,
             blocks: plans,
             layers,
+            weight_sets,
             final_norm,
             head: head_plan,
             loss: loss_plan,
@@ -575,13 +578,14 @@ impl Resolver<'_> {
     }
 
     /// The executed layers of all `stack` statements in order, within the depth limits;
-    /// `None` when a stack is wrong, a limit is passed or there is no stack at all.
+    /// `None` when a stack is wrong, a limit is passed or there is no stack at all. The
+    /// second value counts the weight sets the stacks declare.
     fn layers(
         &mut self,
         stacks: &[&Stack],
         blocks: &[&Block],
         plans: &[Option<BlockPlan>],
-    ) -> Option<Vec<LayerRun>> {
+    ) -> Option<(Vec<LayerRun>, usize)> {
         let mut layers = Vec::new();
         let mut next_weights = 0usize;
         let mut executed = 0usize;
@@ -631,7 +635,7 @@ impl Resolver<'_> {
             self.diags.push(d);
             depth_ok = false;
         }
-        depth_ok.then_some(layers)
+        depth_ok.then_some((layers, next_weights))
     }
 
     /// Whether the stacks so far, ending with `s`, execute too many steps or layers

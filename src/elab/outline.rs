@@ -1,0 +1,287 @@
+//! The elaborated architecture as plain data, for pictures of it (`lamina graph`, the
+//! explorer): what each block's steps are, which weight set every executed layer runs,
+//! and where the learning rule cuts or taps the stack. It is read off the resolved
+//! `Plan`, the same plan `lower` emits as IR, so a diagram shows what the compiler builds.
+
+use super::learning::{AuxHead, Learning};
+use super::resolve::{
+    Act, Head, InputPlan, Loss, NormKind, Placement, Plan, Positions, Skip, Sub, Unit,
+};
+
+/// A model's architecture, top to bottom.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outline {
+    pub name: String,
+    /// The input, e.g. `tokens [16, 64], vocab 256`.
+    pub input: String,
+    /// The embedding, e.g. `embedding 256 -> 128, learned positions`.
+    pub embed: String,
+    /// Width of the residual stream.
+    pub width: usize,
+    /// The distinct blocks, in definition order.
+    pub blocks: Vec<BlockOutline>,
+    /// The executed layers, in order.
+    pub layers: Vec<LayerOutline>,
+    /// Weight sets the stacks declare; those no layer runs are skipped by an `order`.
+    pub weight_sets: usize,
+    /// e.g. `LayerNorm`; `None` when the model has no final norm.
+    pub final_norm: Option<String>,
+    pub head: String,
+    pub loss: String,
+    /// `backprop`, or the learning rule with its settings.
+    pub learning: String,
+}
+
+/// A block: its residual steps in execution order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockOutline {
+    pub name: String,
+    pub steps: Vec<StepOutline>,
+}
+
+/// One residual step: `x <- skip(x) + coef * sum(branches(norm(x)))` under a placement.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepOutline {
+    /// The parameter prefix within a layer (`attn`, `ffn.1`), or the block's name for a
+    /// parallel group.
+    pub name: String,
+    pub coef: f64,
+    pub placement: NormPlacement,
+    /// `LayerNorm` or `RMSNorm`.
+    pub norm: String,
+    pub skip: SkipOutline,
+    /// One branch for a sequential step, several for a parallel group.
+    pub branches: Vec<BranchOutline>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum NormPlacement {
+    Pre,
+    Post,
+    Peri,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SkipOutline {
+    Residual,
+    None,
+    Scaled(f64),
+    /// A learned scalar starting at the value.
+    Learned(f64),
+    /// The step runs at `width` between a lift and a down projection.
+    Hourglass {
+        width: usize,
+        lift_trainable: bool,
+    },
+}
+
+/// A sublayer: its parameter prefix within a layer and what it is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BranchOutline {
+    pub name: String,
+    /// e.g. `attention, 4 heads, causal` or `ffn 512, gelu`.
+    pub what: String,
+}
+
+/// One executed layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LayerOutline {
+    /// Index into `Outline::blocks`.
+    pub block: usize,
+    /// The weight set `blocks.<weights>` it runs.
+    pub weights: usize,
+    /// Which execution of that weight set this is (0 for the first).
+    pub run: usize,
+    /// The layer reads its input through `stop_gradient`.
+    pub detached: bool,
+    /// A loss of the learning rule that taps the stream after this layer.
+    pub tap: Option<Tap>,
+}
+
+/// A loss of a learning rule on a layer's output.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Tap {
+    /// The auxiliary loss `loss.local.<k>` of a local rule or target projection.
+    Local(usize),
+    /// Forward-Forward's goodness loss of the layer.
+    Goodness,
+}
+
+pub(super) fn outline(p: &Plan) -> Outline {
+    let n = p.layers.len();
+    let ff = matches!(p.learning, Learning::ForwardForward { .. });
+    let mut taps = 0;
+    let mut tap = |i: usize| {
+        if ff {
+            Some(Tap::Goodness)
+        } else if p.learning.local_loss_after(i, n) {
+            taps += 1;
+            Some(Tap::Local(taps - 1))
+        } else {
+            None
+        }
+    };
+    Outline {
+        name: p.name.clone(),
+        input: input(p.input),
+        embed: embed(p),
+        width: p.d,
+        blocks: p
+            .blocks
+            .iter()
+            .map(|b| BlockOutline {
+                name: b.name.clone(),
+                steps: b.units.iter().map(|u| step(u, &b.name)).collect(),
+            })
+            .collect(),
+        layers: p
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| LayerOutline {
+                block: l.block,
+                weights: l.weights,
+                run: l.run,
+                detached: ff && i > 0 || p.learning.detaches_before(i),
+                tap: tap(i),
+            })
+            .collect(),
+        weight_sets: p.weight_sets,
+        // Forward-Forward predicts by goodness, with neither final norm nor head.
+        final_norm: p
+            .final_norm
+            .filter(|_| !ff)
+            .map(|(k, _)| norm_name(k).to_string()),
+        head: if ff {
+            "prediction: the label of highest goodness".to_string()
+        } else {
+            head(p.head)
+        },
+        loss: match (ff, p.loss) {
+            (true, _) => "the sum of the goodness losses",
+            (false, Loss::CrossEntropy) => "cross-entropy",
+            (false, Loss::Mse) => "mean squared error",
+        }
+        .to_string(),
+        learning: learning(p.learning),
+    }
+}
+
+fn input(i: InputPlan) -> String {
+    match i {
+        InputPlan::Tokens {
+            batch,
+            length,
+            vocab,
+        } => format!("tokens [{batch}, {length}], vocab {vocab}"),
+        InputPlan::Features { batch, width } => format!("features [{batch}, {width}]"),
+    }
+}
+
+fn embed(p: &Plan) -> String {
+    let what = match p.input {
+        InputPlan::Tokens { vocab, .. } => format!("embedding {vocab} -> {}", p.d),
+        InputPlan::Features { width, .. } if p.feature_embed => {
+            format!("linear {width} -> {}", p.d)
+        }
+        InputPlan::Features { .. } => "features as the stream".to_string(),
+    };
+    match p.positions {
+        Positions::Learned => format!("{what}, learned positions"),
+        Positions::Sinusoidal => format!("{what}, sinusoidal positions"),
+        Positions::None => what,
+    }
+}
+
+fn norm_name(k: NormKind) -> &'static str {
+    match k {
+        NormKind::LayerNorm => "LayerNorm",
+        NormKind::RmsNorm => "RMSNorm",
+    }
+}
+
+fn step(u: &Unit, block: &str) -> StepOutline {
+    StepOutline {
+        name: u.name.clone().unwrap_or_else(|| block.to_string()),
+        coef: u.coef,
+        placement: match u.norm.placement {
+            Placement::Pre => NormPlacement::Pre,
+            Placement::Post => NormPlacement::Post,
+            Placement::Peri => NormPlacement::Peri,
+            Placement::None => NormPlacement::None,
+        },
+        norm: norm_name(u.norm.kind).to_string(),
+        skip: match u.skip {
+            Skip::Residual => SkipOutline::Residual,
+            Skip::None => SkipOutline::None,
+            Skip::Scaled(a) => SkipOutline::Scaled(a),
+            Skip::Learned(a) => SkipOutline::Learned(a),
+            Skip::Hourglass {
+                width, trainable, ..
+            } => SkipOutline::Hourglass {
+                width,
+                lift_trainable: trainable,
+            },
+        },
+        branches: u
+            .branches
+            .iter()
+            .map(|b| BranchOutline {
+                name: b.name.clone(),
+                what: sublayer(&b.sub),
+            })
+            .collect(),
+    }
+}
+
+fn sublayer(s: &Sub) -> String {
+    match *s {
+        Sub::Attention { heads, causal, .. } => format!(
+            "attention, {heads} head{}{}",
+            if heads == 1 { "" } else { "s" },
+            if causal { ", causal" } else { "" }
+        ),
+        Sub::Ffn {
+            hidden, act, glu, ..
+        } => {
+            let act = match act {
+                Act::Relu => "relu",
+                Act::Gelu => "gelu",
+                Act::GeluTanh => "gelu_tanh",
+                Act::Silu => "silu",
+            };
+            format!("ffn {hidden}, {act}{}", if glu { " GLU" } else { "" })
+        }
+        Sub::Linear { .. } => "linear".to_string(),
+    }
+}
+
+fn head(h: Head) -> String {
+    match h {
+        Head::Lm { tied: true } => "lm head (tied to the embedding)".to_string(),
+        Head::Lm { tied: false } => "lm head".to_string(),
+        Head::Classifier { classes } => format!("classifier, {classes} classes"),
+        Head::Linear { out } => format!("linear head, {out} outputs"),
+    }
+}
+
+fn learning(l: Learning) -> String {
+    match l {
+        Learning::Backprop => "backprop".to_string(),
+        Learning::Local {
+            head: AuxHead::Linear,
+            group,
+        } => format!("local learning, linear heads, groups of {group}"),
+        Learning::Local {
+            head: AuxHead::Ffn { hidden },
+            group,
+        } => format!("local learning, ffn {hidden} heads, groups of {group}"),
+        Learning::TargetProjection { group } => {
+            format!("target projection, groups of {group}")
+        }
+        Learning::ForwardForward { threshold } => {
+            format!("forward-forward, threshold {threshold}")
+        }
+    }
+}
