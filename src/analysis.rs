@@ -298,3 +298,59 @@ fn line_diff<'a>(a: &'a [String], b: &'a [String]) -> Vec<(char, &'a str)> {
     }
     out
 }
+
+/// `lamina params`: every parameter with its shape, count, role and status, and the totals.
+pub fn params_table(g: &Graph) -> String {
+    let shape_str = |s: &[usize]| {
+        format!(
+            "[{}]",
+            s.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let name_w = g
+        .params
+        .iter()
+        .map(|p| p.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let shape_w = g
+        .params
+        .iter()
+        .map(|p| shape_str(&p.shape).len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let mut out = format!(
+        "{:<name_w$}  {:<shape_w$}  {:>12}  {:<9}  status\n",
+        "name", "shape", "count", "role"
+    );
+    let (mut trainable, mut frozen) = (0usize, 0usize);
+    for p in &g.params {
+        let n: usize = p.shape.iter().product();
+        if p.trainable {
+            trainable += n;
+        } else {
+            frozen += n;
+        }
+        out += &format!(
+            "{:<name_w$}  {:<shape_w$}  {:>12}  {:<9}  {}\n",
+            p.name,
+            shape_str(&p.shape),
+            group_digits(n as u64),
+            p.role.name(),
+            if p.trainable { "trainable" } else { "frozen" }
+        );
+    }
+    out += &format!(
+        "total: {} parameters in {} tensors ({} trainable, {} frozen)\n",
+        group_digits((trainable + frozen) as u64),
+        g.params.len(),
+        group_digits(trainable as u64),
+        group_digits(frozen as u64)
+    );
+    out
+}

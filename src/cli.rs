@@ -240,6 +240,24 @@ pub enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
+    /// Serve the explorer, a local web page on 127.0.0.1: the model files under DIR, an
+    /// editor with live diagnostics, every compiler stage beside the source (hover an IR
+    /// line to see its source line), the diagram, the parameter table and the loss curves
+    /// of the runs under DIR/runs.
+    #[command(
+        after_help = "Examples:\n  lamina serve\n  lamina serve examples --port 8080\n\n\
+        The page uses no network beyond this address. Files are read and saved only inside \
+        DIR; Save writes an existing .lam file whole or not at all. --port 0 picks a free \
+        port; the address is printed on the first line. Stop with Ctrl-C."
+    )]
+    Serve {
+        /// The directory to serve.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// The port on 127.0.0.1.
+        #[arg(long, default_value_t = 7878)]
+        port: u16,
+    },
     /// Compare two architectures as a reviewer would: parameters, forward FLOPs per token and
     /// the training step's activation memory side by side with the delta, the parameters
     /// added, removed or reshaped by name, and the IR diff grouped by model scope.
@@ -647,7 +665,7 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
         ),
         Command::Params { file, overrides } => {
             let compiled = compile(&file, &overrides, color)?;
-            out!("{}", params_table(&compiled));
+            out!("{}", crate::analysis::params_table(&compiled.forward));
             let g = &compiled.forward;
             out!(
                 "forward: {} FLOPs per token (matmuls, {} tokens per batch)\n",
@@ -700,6 +718,16 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
                 }
                 None => out!("{text}"),
             }
+            Ok(0)
+        }
+        Command::Serve { dir, port } => {
+            let root = crate::serve::Root::new(&dir).map_err(|e| anyhow!(e))?;
+            let (server, addr) = crate::serve::bind(port).map_err(|e| anyhow!(e))?;
+            out!(
+                "lamina explorer on http://{addr}/ serving {} (Ctrl-C stops it)\n",
+                root.dir().display()
+            );
+            crate::serve::run(&server, &root);
             Ok(0)
         }
         Command::Diff {
@@ -1020,62 +1048,6 @@ fn expect_text(path: &Path, actual: &str, bless: bool) -> Result<i32> {
 
 fn group_digits(n: usize) -> String {
     crate::analysis::group_digits(n as u64)
-}
-
-fn params_table(c: &Compiled) -> String {
-    let g = &c.forward;
-    let shape_str = |s: &[usize]| {
-        format!(
-            "[{}]",
-            s.iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
-    let name_w = g
-        .params
-        .iter()
-        .map(|p| p.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    let shape_w = g
-        .params
-        .iter()
-        .map(|p| shape_str(&p.shape).len())
-        .max()
-        .unwrap_or(5)
-        .max(5);
-    let mut out = format!(
-        "{:<name_w$}  {:<shape_w$}  {:>12}  {:<9}  status\n",
-        "name", "shape", "count", "role"
-    );
-    let (mut trainable, mut frozen) = (0usize, 0usize);
-    for p in &g.params {
-        let n: usize = p.shape.iter().product();
-        if p.trainable {
-            trainable += n;
-        } else {
-            frozen += n;
-        }
-        out += &format!(
-            "{:<name_w$}  {:<shape_w$}  {:>12}  {:<9}  {}\n",
-            p.name,
-            shape_str(&p.shape),
-            group_digits(n),
-            p.role.name(),
-            if p.trainable { "trainable" } else { "frozen" }
-        );
-    }
-    out += &format!(
-        "total: {} parameters in {} tensors ({} trainable, {} frozen)\n",
-        group_digits(trainable + frozen),
-        g.params.len(),
-        group_digits(trainable),
-        group_digits(frozen)
-    );
-    out
 }
 
 /// Load weights by name, checking that every parameter is present with the right shape.

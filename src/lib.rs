@@ -12,7 +12,8 @@
 //! - `front`: source text to the forward and joint IR in one call; `train`: the optimizer update
 //!   as IR, the one training step (`train::step`), tasks, checkpoints and the training loop;
 //! - `bench`: timing that step; `driver`: the text of every stage; `analysis`: sizes and
-//!   `lamina diff`; `cli`: the command line.
+//!   `lamina diff`; `diagram`: the block diagram (SVG, DOT); `serve`: the local explorer
+//!   page; `cli`: the command line.
 //!
 //! `tensor` and `io` hold host tensors and safetensors files.
 
@@ -32,6 +33,7 @@ pub mod jit;
 pub mod kernels;
 pub mod passes;
 pub mod runtime;
+pub mod serve;
 pub mod syntax;
 pub mod tensor;
 pub mod train;

@@ -907,7 +907,15 @@ fn progress_bar(quiet: bool, steps: u64, start: u64) -> indicatif::ProgressBar {
 
 /// `loss.svg` from the run's whole log.
 fn write_plot(plan: &Plan) -> Result<(), IoError> {
-    let (train_curve, eval_curve) = read_log(&plan.out_dir.join("log.jsonl"));
+    let title = format!("{} on {}", plan.forward.name, plan.spec.name());
+    let svg = loss_svg(&plan.out_dir.join("log.jsonl"), &title);
+    crate::io::write_atomic(&plan.out_dir.join("loss.svg"), svg.as_bytes())
+}
+
+/// The loss curves of a run's log as SVG: the training loss smoothed, the held-out loss
+/// dashed.
+pub fn loss_svg(log: &Path, title: &str) -> String {
+    let (train_curve, eval_curve) = read_log(log);
     let span = (train_curve.len() / 50).max(1);
     let series = vec![
         plot::Series {
@@ -923,11 +931,7 @@ fn write_plot(plan: &Plan) -> Result<(), IoError> {
             color: 1,
         },
     ];
-    let title = format!("{} on {}", plan.forward.name, plan.spec.name());
-    crate::io::write_atomic(
-        &plan.out_dir.join("loss.svg"),
-        plot::svg(&title, &series).as_bytes(),
-    )
+    plot::svg(title, &series)
 }
 
 /// A step whose loss or update was not finite.
