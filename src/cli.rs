@@ -297,7 +297,7 @@ pub enum Command {
     /// Train a model on a built-in task or your own data, with its `train { }` recipe.
     #[command(after_help = "Examples:\n  lamina train examples/grokking.lam\n  \
         lamina train examples/transformer.lam --data README.md --steps 300 --set layers=1\n  \
-        lamina train examples/mlp.lam --data examples.safetensors\n  \
+        lamina train examples/mlp.lam --data tabular.safetensors\n  \
         lamina train examples/transformer.lam --data train.bin --dtype u16 --set vocab=50304\n  \
         lamina train model.lam --optimizer 'lamb(lr = 0.01)' --schedule 'cosine(warmup = 50)'\n  \
         lamina train model.lam --resume runs/model-seed0/checkpoint.safetensors\n\n\
