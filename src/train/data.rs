@@ -88,7 +88,7 @@ impl DataFormat {
                  token ids were written with",
                 path.display()
             )),
-            _ => Ok(None),
+            (_, None) => Ok(None),
         }
     }
 }
@@ -168,7 +168,11 @@ impl Elem {
     }
 
     fn is_int(self) -> bool {
-        !matches!(self, Elem::F32)
+        match self {
+            Elem::U8 | Elem::I8 | Elem::U16 | Elem::I16 | Elem::U32 | Elem::I32 => true,
+            Elem::U64 | Elem::I64 => true,
+            Elem::F32 => false,
+        }
     }
 
     /// Element `k` of little-endian bytes.

@@ -1,7 +1,7 @@
 //! `lamina train`: training runs that are reproducible, resumable and watched.
 //!
 //! The pieces: `config` (the `train { }` section and command-line overrides), `tasks`
-//! (built-in data and held-out scoring), `optim` (the optimizer update appended to the
+//! (built-in data and held-out scoring), `data` (the user's data sets), `optim` (the optimizer update appended to the
 //! joint graph as IR), `exec` (JIT or interpreter executors), `plot` (SVG curves). This
 //! module runs the loop: batch of step t from (seed, t), one step graph run, `new.*`
 //! written back into host f32 tensors, a JSONL log line, evaluation and an atomic

@@ -1,4 +1,5 @@
-//! Built-in tasks: data without files, a held-out split, and scoring on it.
+//! Tasks: built-in data without files, a text file (`char_lm`) or the user's data set
+//! (`data`, read by `super::data`); a held-out split, and scoring on it.
 //!
 //! The batch of step `t` is a pure function of `(seed, t)` (a ChaCha8 stream seeded with a
 //! hash of both), so a resumed run needs only the step and the seed.
