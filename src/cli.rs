@@ -6,6 +6,7 @@ use crate::elab::Override;
 use crate::interp;
 use crate::io;
 use crate::tensor::Tensor;
+use crate::train::data::TokenDtype;
 use crate::train::exec::Backend;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -336,15 +337,26 @@ pub enum Command {
         per-kernel times."
     )]
     Bench(BenchArgs),
-    /// Train a model on a built-in task or a text file, with its `train { }` recipe.
+    /// Train a model on a built-in task or your own data, with its `train { }` recipe.
     #[command(after_help = "Examples:\n  lamina train examples/grokking.lam\n  \
         lamina train examples/transformer.lam --data README.md --steps 300 --set layers=1\n  \
+        lamina train examples/mlp.lam --data tabular.safetensors\n  \
+        lamina train examples/transformer.lam --data train.bin --dtype u16 --set vocab=50304\n  \
         lamina train model.lam --optimizer 'lamb(lr = 0.01)' --schedule 'cosine(warmup = 50)'\n  \
         lamina train model.lam --resume runs/model-seed0/checkpoint.safetensors\n\n\
         Writes DIR/log.jsonl (every step), DIR/loss.svg, DIR/checkpoint.safetensors (every \
         eval, atomic; weights, optimizer state, step) and DIR/final.safetensors. Ctrl-C saves a \
         checkpoint and exits (code 130); a NaN or Inf stops the run with the op and layer where \
-        it first appeared (code 1). Recipe reference: docs/training.md.")]
+        it first appeared (code 1).\n\n\
+        --data FILE.safetensors holds whole tensors of examples: `tokens` and `targets` \
+        (integer ids) for token models, `inputs` (f32) and `targets` (integer class ids, or \
+        f32 for a regression head) for feature models; the first dimension counts the \
+        examples and the rest must equal the model's input shape. A 1-D `tokens` tensor, or \
+        a flat little-endian file of u16 or u32 ids (--data FILE.bin --dtype u16, as nanoGPT \
+        writes them), is a token stream cut into windows of the model's length + 1 at random \
+        offsets; it is memory-mapped, so it may be larger than the memory. The last 10% is \
+        held out (or the file's `held_out.<name>` tensors). The file is checked before \
+        training starts. Recipe and data reference: docs/training.md.")]
     Train(TrainArgs),
     /// Generate text from a trained byte-level language model.
     #[command(
@@ -423,9 +435,14 @@ pub struct TrainFlags {
     /// Seed of the initial weights, the batches and the noise.
     #[arg(long)]
     pub seed: Option<String>,
-    /// A text file for the char_lm task (bytes; the last 10% held out).
+    /// Your own data, which replaces the recipe's task: FILE.safetensors with
+    /// `tokens`/`targets` or `inputs`/`targets` (the first dimension counts the examples), a
+    /// flat token file with --dtype, or a text file for char_lm. The last 10% is held out.
     #[arg(long, value_name = "FILE")]
     pub data: Option<PathBuf>,
+    /// The ids of a flat token file given with --data (nanoGPT's train.bin: u16).
+    #[arg(long, value_enum, requires = "data")]
+    pub dtype: Option<DtypeArg>,
     /// Output directory (default `runs/<model>-seed<N>`).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -479,6 +496,7 @@ impl TrainFlags {
             settings,
             lr: self.lr,
             data: self.data.clone(),
+            dtype: self.dtype.map(Into::into),
             out: self.out.clone(),
             resume: None,
             backend: Some(self.backend.into()),
@@ -521,9 +539,13 @@ pub struct HeldOutArgs {
     /// The task whose held-out batches are measured (default: the recipe's).
     #[arg(long)]
     task: Option<String>,
-    /// A text file for the char_lm task.
+    /// The data the model was trained on (--data of `lamina train`): its held-out part is
+    /// measured. FILE.safetensors, a flat token file with --dtype, or a text file.
     #[arg(long, value_name = "FILE")]
     data: Option<PathBuf>,
+    /// The ids of a flat token file given with --data: u16 or u32.
+    #[arg(long, value_enum, requires = "data")]
+    dtype: Option<DtypeArg>,
     #[command(flatten)]
     overrides: Overrides,
 }
@@ -539,6 +561,7 @@ impl HeldOutArgs {
                 .map(|t| ("task".to_string(), t.clone()))
                 .collect(),
             data: self.data.clone(),
+            dtype: self.dtype.map(Into::into),
             quiet: true,
             ..Default::default()
         }
@@ -597,6 +620,24 @@ impl From<BackendArg> for Backend {
         match b {
             BackendArg::Jit => Backend::Jit,
             BackendArg::Interp => Backend::Interp,
+        }
+    }
+}
+
+/// `--dtype`: the width of a flat token file's ids.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum DtypeArg {
+    /// Little-endian unsigned 16-bit ids (vocabularies up to 65536, e.g. GPT-2's).
+    U16,
+    /// Little-endian unsigned 32-bit ids.
+    U32,
+}
+
+impl From<DtypeArg> for TokenDtype {
+    fn from(d: DtypeArg) -> TokenDtype {
+        match d {
+            DtypeArg::U16 => TokenDtype::U16,
+            DtypeArg::U32 => TokenDtype::U32,
         }
     }
 }

@@ -129,10 +129,9 @@ fn human_bytes(n: u64) -> String {
 /// The largest `--data` file: 1 GiB.
 pub const MAX_DATA_BYTES: u64 = 1 << 30;
 
-/// Read a regular file, at most `limit` bytes of it (`None`: its size). Anything else
-/// (a directory, a FIFO, `/dev/zero`) is refused without reading or blocking, and a file
-/// over the limit is refused after reading at most `limit + 1` bytes.
-pub fn read_file(path: &Path, limit: Option<u64>) -> Result<Vec<u8>, IoError> {
+/// Open a regular file for reading, with its metadata. Anything else (a directory, a FIFO,
+/// `/dev/zero`) is refused without blocking.
+pub fn open_regular(path: &Path) -> Result<(std::fs::File, std::fs::Metadata), IoError> {
     let fail = |kind| IoError::new(path, kind);
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
@@ -145,6 +144,15 @@ pub fn read_file(path: &Path, limit: Option<u64>) -> Result<Vec<u8>, IoError> {
     if !meta.is_file() {
         return Err(fail(IoErrorKind::NotAFile));
     }
+    Ok((file, meta))
+}
+
+/// Read a regular file, at most `limit` bytes of it (`None`: its size). Anything else
+/// (a directory, a FIFO, `/dev/zero`) is refused without reading or blocking, and a file
+/// over the limit is refused after reading at most `limit + 1` bytes.
+pub fn read_file(path: &Path, limit: Option<u64>) -> Result<Vec<u8>, IoError> {
+    let fail = |kind| IoError::new(path, kind);
+    let (file, meta) = open_regular(path)?;
     let cap = limit.unwrap_or(u64::MAX);
     if meta.len() > cap {
         return Err(fail(IoErrorKind::TooLarge { limit: cap }));

@@ -35,10 +35,13 @@ impl std::fmt::Display for TrainError {
             TrainError::Diagnostics(text) => f.write_str(text.trim_end()),
             TrainError::Option { option, message } => write!(f, "{option}: {message}"),
             TrainError::Io(e) => write!(f, "{e}"),
-            TrainError::Task { model, error } => match &error.task {
-                Some(task) => write!(f, "task {task} on model `{model}`: {}", error.message),
-                None => write!(f, "{model}: {}", error.message),
-            },
+            TrainError::Task { model, error } => {
+                match &error.task {
+                    Some(task) => write!(f, "task {task} on model `{model}`: ")?,
+                    None => write!(f, "{model}: ")?,
+                }
+                error.write_body(f)
+            }
             TrainError::Checkpoint { path, problem } => {
                 write!(f, "cannot resume from {}: {problem}", path.display())
             }
@@ -105,6 +108,8 @@ pub struct TaskError {
     /// The task's name; `None` when no task was chosen yet.
     pub task: Option<&'static str>,
     pub message: String,
+    /// What to do about it, when there is something to say.
+    pub hint: Option<String>,
 }
 
 impl TaskError {
@@ -112,13 +117,28 @@ impl TaskError {
         TaskError {
             task,
             message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> TaskError {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// The message, and the hint on a line of its own.
+    fn write_body(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)?;
+        match &self.hint {
+            Some(h) => write!(f, "\n  hint: {h}"),
+            None => Ok(()),
         }
     }
 }
 
 impl std::fmt::Display for TaskError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
+        self.write_body(f)
     }
 }
 

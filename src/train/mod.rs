@@ -1,7 +1,7 @@
 //! `lamina train`: training runs that are reproducible, resumable and watched.
 //!
 //! The pieces: `config` (the `train { }` section and command-line overrides), `tasks`
-//! (built-in data and held-out scoring), `optim` (the optimizer update appended to the
+//! (built-in data and held-out scoring), `data` (the user's data sets), `optim` (the optimizer update appended to the
 //! joint graph as IR), `exec` (JIT or interpreter executors), `plot` (SVG curves). This
 //! module runs the loop: batch of step t from (seed, t), one step graph run, `new.*`
 //! written back into host f32 tensors, a JSONL log line, evaluation and an atomic
@@ -9,6 +9,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod data;
 pub mod depth_search;
 pub mod error;
 pub mod exec;
@@ -47,8 +48,11 @@ pub struct TrainOptions {
     pub settings: Vec<(String, String)>,
     /// `--lr`: replaces the optimizer's peak learning rate.
     pub lr: Option<f64>,
-    /// `--data FILE`: the text of the char_lm task.
+    /// `--data FILE`: the text of the char_lm task, a safetensors file of examples, or a
+    /// flat token file (with `dtype`).
     pub data: Option<PathBuf>,
+    /// `--dtype`: the width of a flat token file's ids.
+    pub dtype: Option<data::TokenDtype>,
     pub out: Option<PathBuf>,
     pub resume: Option<PathBuf>,
     pub backend: Option<Backend>,
@@ -389,8 +393,45 @@ fn choose_task(
         model: forward.name.clone(),
         error,
     };
-    let spec = match cfg.task.clone() {
-        Some(TaskSpec::CharLm { .. }) => match &data {
+    let format = match &opts.data {
+        Some(path) => {
+            data::DataFormat::of(path, opts.dtype).map_err(|message| TrainError::Option {
+                option: "--data".into(),
+                message,
+            })?
+        }
+        None if opts.dtype.is_some() => {
+            return Err(TrainError::Option {
+                option: "--dtype".into(),
+                message: "it gives the width of a flat token file: pass the file with --data"
+                    .into(),
+            })
+        }
+        None => None,
+    };
+    let spec = match (format, cfg.task.clone()) {
+        (Some(format), _) => {
+            if opts.settings.iter().any(|(k, _)| k == "task") {
+                return Err(TrainError::Option {
+                    option: "--task".into(),
+                    message: "a --data file of tensors or tokens is the task itself; drop --task"
+                        .into(),
+                });
+            }
+            TaskSpec::Data {
+                path: data.clone().unwrap_or_default(),
+                format,
+            }
+        }
+        (None, Some(TaskSpec::Data { .. })) => {
+            return Err(TrainError::Option {
+                option: "--data".into(),
+                message: "the data task reads the examples from a file: pass --data \
+                          FILE.safetensors, or --data FILE.bin --dtype u16"
+                    .into(),
+            })
+        }
+        (None, Some(TaskSpec::CharLm { .. })) => match &data {
             Some(p) => TaskSpec::CharLm { path: p.clone() },
             None => {
                 return Err(TrainError::Option {
@@ -399,19 +440,20 @@ fn choose_task(
                 })
             }
         },
-        Some(t) => t,
-        None => TaskSpec::default_for(
+        (None, Some(t)) => t,
+        (None, None) => TaskSpec::default_for(
             &tasks::ModelShape::of(forward).map_err(unfit)?,
             data.as_deref(),
         )
         .map_err(unfit)?,
     };
-    if data.is_some() && !matches!(spec, TaskSpec::CharLm { .. }) {
+    if data.is_some() && !matches!(spec, TaskSpec::CharLm { .. } | TaskSpec::Data { .. }) {
         return Err(TrainError::Option {
             option: "--data".into(),
             message: format!(
-                "only the char_lm task reads a data file, and this run's task is {}; drop \
-                 --data or use --task char_lm",
+                "a text file is read by the char_lm task only, and this run's task is {}; \
+                 drop --data or use --task char_lm (examples of other tasks go in a \
+                 .safetensors file)",
                 spec.name()
             ),
         });
@@ -448,7 +490,7 @@ impl<'a> Plan<'a> {
             .map_err(|e| TrainError::Internal(format!("the optimizer update: {e}")))?;
         // The config as stored, with the data file reduced to its fingerprint.
         let mut stored = cfg.clone();
-        if let Some(TaskSpec::CharLm { path }) = &mut stored.task {
+        if let Some(TaskSpec::CharLm { path } | TaskSpec::Data { path, .. }) = &mut stored.task {
             path.clear();
         }
         let meta = Meta {
@@ -885,6 +927,9 @@ fn announce(plan: &Plan, start: u64, compile_seconds: f64) {
         compile_seconds,
         plan.out_dir.display()
     );
+    if let Some(data) = plan.task.data_summary() {
+        errln!("data: {data}");
+    }
     if start > 0 {
         errln!("resuming at step {start}");
     }

@@ -1,8 +1,10 @@
-//! Built-in tasks: data without files, a held-out split, and scoring on it.
+//! Tasks: built-in data without files, a text file (`char_lm`) or the user's data set
+//! (`data`, read by `super::data`); a held-out split, and scoring on it.
 //!
 //! The batch of step `t` is a pure function of `(seed, t)` (a ChaCha8 stream seeded with a
 //! hash of both), so a resumed run needs only the step and the seed.
 
+use super::data::{DataFormat, UserData};
 pub use super::error::TaskError;
 use crate::io::{fnv, normal};
 use crate::ir::{DType, Graph};
@@ -94,6 +96,8 @@ pub enum TaskSpec {
     Reverse,
     /// Next byte of a text file; the last 10% is held out.
     CharLm { path: String },
+    /// The user's examples (`--data`): a safetensors file or a flat token stream.
+    Data { path: String, format: DataFormat },
     /// Features: the class is the argmax of a fixed random linear teacher.
     Classification,
     /// Features: targets are `tanh` of a fixed random linear teacher.
@@ -107,6 +111,7 @@ impl TaskSpec {
             TaskSpec::Copy => "copy",
             TaskSpec::Reverse => "reverse",
             TaskSpec::CharLm { .. } => "char_lm",
+            TaskSpec::Data { .. } => "data",
             TaskSpec::Classification => "classification",
             TaskSpec::Regression => "regression",
         }
@@ -161,12 +166,14 @@ const STREAM_BATCH: u64 = 1;
 const STREAM_SPLIT: u64 = 2;
 const STREAM_EVAL: u64 = 3;
 const STREAM_TEACHER: u64 = 4;
+/// The order of the user's examples in each epoch.
+pub const STREAM_SHUFFLE: u64 = 7;
 /// Gradient noise (used by the trainer).
 pub const STREAM_NOISE: u64 = 5;
 /// Drop-Muon's layer subsets (used by the trainer).
 pub const STREAM_DROP: u64 = 6;
-/// Held-out examples for synthetic tasks.
-const EVAL_EXAMPLES: usize = 512;
+/// Held-out examples per evaluation (synthetic tasks; at most, for the user's data).
+pub const EVAL_EXAMPLES: usize = 512;
 
 /// One batch in the model's input order, and which rows are real (eval padding).
 pub struct Batch {
@@ -207,29 +214,34 @@ enum Data {
         out: usize,
         width: usize,
     },
+    User(UserData),
 }
 
 impl Task {
     pub fn new(spec: TaskSpec, g: &Graph, seed: u64) -> Result<Task, TaskError> {
         let name = spec.name();
-        Self::build_task(spec, g, seed).map_err(|m| TaskError::new(Some(name), m))
-    }
-
-    fn build_task(spec: TaskSpec, g: &Graph, seed: u64) -> Result<Task, String> {
-        let shape = ModelShape::of_graph(g)?;
+        let fit = |m: String| TaskError::new(Some(name), m);
+        let shape = ModelShape::of_graph(g).map_err(fit)?;
         let input_names: Vec<String> = g.inputs.iter().map(|i| i.name.clone()).collect();
         let mut fp = format!("{spec:?}");
         let data = match &spec {
             TaskSpec::ModularAddition { p, train_fraction } => {
-                pairs_data(*p, *train_fraction, &shape, seed)?
+                pairs_data(*p, *train_fraction, &shape, seed).map_err(fit)?
             }
-            TaskSpec::Copy | TaskSpec::Reverse => seq_data(&spec, &shape)?,
+            TaskSpec::Copy | TaskSpec::Reverse => seq_data(&spec, &shape).map_err(fit)?,
             TaskSpec::CharLm { path } => {
-                let (data, text_fp) = text_data(path, &shape)?;
+                let (data, text_fp) = text_data(path, &shape).map_err(fit)?;
                 fp = text_fp;
                 data
             }
-            TaskSpec::Classification | TaskSpec::Regression => teacher_data(&spec, &shape, seed)?,
+            TaskSpec::Data { path, format } => {
+                let user = UserData::open(path, *format, &shape, g)?;
+                fp = user.fingerprint.clone();
+                Data::User(user)
+            }
+            TaskSpec::Classification | TaskSpec::Regression => {
+                teacher_data(&spec, &shape, seed).map_err(fit)?
+            }
         };
         let fingerprint = fnv(fp.as_bytes());
         Ok(Task {
@@ -244,6 +256,16 @@ impl Task {
 
     pub fn shape(&self) -> &ModelShape {
         &self.shape
+    }
+
+    /// How the user's data was split (`None` for built-in tasks).
+    pub fn data_summary(&self) -> Option<&str> {
+        match &self.data {
+            Data::User(u) => Some(&u.summary),
+            Data::Pairs { .. } | Data::Seq { .. } | Data::Text { .. } | Data::Teacher { .. } => {
+                None
+            }
+        }
     }
 
     /// Assemble `tokens`/`inputs` and `targets` in graph order.
@@ -369,7 +391,7 @@ impl Task {
         let mut rng = rng_for(self.seed, STREAM_BATCH, t);
         let b = self.shape.batch;
         let examples = (0..b)
-            .map(|_| match &self.data {
+            .map(|i| match &self.data {
                 Data::Pairs { train, .. } => {
                     let (a, c) = train[rng.gen_range(0..train.len())];
                     self.pair_example(a, c)
@@ -380,6 +402,7 @@ impl Task {
                     let t = self.window();
                     self.text_example(rng.gen_range(0..=split - t - 1))
                 }
+                Data::User(u) => u.train_example(&mut rng, self.seed, t, i, b),
             })
             .collect();
         self.build(examples, b)
@@ -420,6 +443,7 @@ impl Task {
                     .map(|i| self.text_example(split + i * room / n))
                     .collect()
             }
+            Data::User(u) => u.held_examples(b),
         };
         examples
             .chunks(b)
@@ -432,7 +456,7 @@ impl Task {
         match &self.data {
             Data::Pairs { eq_token, .. } => Some(vec![if eq_token.is_some() { 2 } else { 1 }]),
             Data::Seq { half, .. } => Some((*half..2 * half).collect()),
-            _ => None,
+            Data::Text { .. } | Data::Teacher { .. } | Data::User(_) => None,
         }
     }
 
