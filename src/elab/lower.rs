@@ -13,6 +13,7 @@ use crate::diag::Diagnostics;
 use crate::ir::ops::MaskFill;
 use crate::ir::{
     Graph, GraphBuilder, Init, IrError, Op, OutputRole, ParamRole, Type, UnaryOp, ValueId, ViewOp,
+    F64, SINUSOIDAL_BASE,
 };
 
 type R<T> = Result<T, IrError>;
@@ -418,6 +419,7 @@ impl Lower {
                             Op::Sinusoidal {
                                 len: length,
                                 dim: d,
+                                base: F64(SINUSOIDAL_BASE),
                             },
                             &[],
                         )?;
