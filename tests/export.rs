@@ -218,6 +218,8 @@ fn train_three_steps(py: &str, optimizer: &str, tag: &str) -> (f64, String) {
     run(
         Command::new(py).arg(out.join("train.py")).args([
             "--quiet",
+            "--threads",
+            "1",
             "--init",
             &p(&w),
             "--out",
@@ -238,12 +240,77 @@ fn three_steps_of_train_py_match_lamina_train() {
         ("sgd", "sgd(lr = 0.1, momentum = 0.9, weight_decay = 0.01)"),
         ("adamw", "adamw(lr = 0.01, weight_decay = 0.1)"),
         ("lamb", "lamb(lr = 0.01, weight_decay = 0.01)"),
+        ("muon", "muon(lr = 0.02, adam_lr = 0.003)"),
+        ("drop_muon", "drop_muon(lr = 0.02)"),
     ] {
         let (err, at) = train_three_steps(&py, optimizer, tag);
         report.push(format!("{tag}: worst {err:.2e} at {at}"));
         assert!(
             err < TOLERANCE,
             "{tag}: `{at}` differs by {err:.3e} after three steps"
+        );
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
+#[test]
+fn two_processes_under_torchrun_match_one() {
+    let Some(py) = python() else { return };
+    let dir = scratch("ddp");
+    let model = dir.join("lm.lam");
+    std::fs::write(&model, TRAIN_MODEL).unwrap();
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    let (out, w) = (dir.join("export"), dir.join("w.safetensors"));
+    lamina(
+        &["export", &p(&model), "--torch", "-o", &p(&out)],
+        &[
+            "--steps",
+            "4",
+            "--optimizer",
+            "adamw(lr = 0.01)",
+            "--clip",
+            "1.0",
+        ]
+        .map(String::from),
+        "export",
+    );
+    lamina(&["init", &p(&model), "-o", &p(&w)], &[], "init");
+    let train = p(&out.join("train.py"));
+    let common =
+        |run_dir: &Path| ["--quiet", "--init", &p(&w), "--out", &p(run_dir)].map(String::from);
+    let one = dir.join("one");
+    run(
+        Command::new(&py)
+            .arg(&train)
+            .args(common(&one))
+            .args(["--threads", "1"]),
+        "train.py on one process",
+    );
+    let want = load(&one.join("final.safetensors"));
+    let mut report = Vec::new();
+    for (tag, extra) in [("ddp", None), ("fsdp", Some("--fsdp"))] {
+        let run_dir = dir.join(tag);
+        run(
+            Command::new(&py)
+                .args([
+                    "-m",
+                    "torch.distributed.run",
+                    "--standalone",
+                    "--nproc-per-node",
+                    "2",
+                ])
+                .arg(&train)
+                .args(common(&run_dir))
+                .args(extra)
+                .env("OMP_NUM_THREADS", "1"),
+            &format!("train.py on two processes ({tag})"),
+        );
+        let got = load(&run_dir.join("final.safetensors"));
+        let (err, at) = compare(&got, &want, &|_| true);
+        report.push(format!("two processes, {tag}: worst {err:.2e} at {at}"));
+        assert!(
+            err < TOLERANCE,
+            "{tag}: `{at}` differs by {err:.3e} between one and two processes"
         );
     }
     eprintln!("{}", report.join("\n"));

@@ -100,6 +100,9 @@ pub(crate) fn write(
         let data: Vec<f64> = pos.iter().map(|&p| p as f64).collect();
         tensors.push(("eval.positions".into(), Tensor::i32(vec![data.len()], data)));
     }
+    if let Some(starts) = drop_starts(c, cfg, count) {
+        tensors.push(("drop_muon.start".into(), starts));
+    }
     let meta: HashMap<String, String> = [
         ("task".to_string(), task.spec.name().to_string()),
         ("seed".to_string(), cfg.seed.to_string()),
@@ -114,4 +117,31 @@ pub(crate) fn write(
         Some(meta),
     )?;
     Ok(Some(count))
+}
+
+/// Drop-Muon's first updated parameter (among the Muon parameters, in parameter order) of
+/// each step written, as `lamina train` draws it.
+fn drop_starts(c: &Compiled, cfg: &TrainConfig, steps: u64) -> Option<Tensor> {
+    use crate::train::optim::{drop_masks, role_rule, OptimKind, Rule};
+    match cfg.optim.kind {
+        OptimKind::DropMuon(_) => {}
+        OptimKind::Sgd { .. }
+        | OptimKind::AdamW { .. }
+        | OptimKind::Lamb { .. }
+        | OptimKind::Muon(_) => return None,
+    }
+    let n = c
+        .forward
+        .params
+        .iter()
+        .filter(|p| p.trainable)
+        .filter(|p| matches!(role_rule(&cfg.optim, p.role).rule, Rule::Muon { .. }))
+        .count();
+    let starts = (0..steps)
+        .map(|t| {
+            let masks = drop_masks(cfg.seed, t, n);
+            masks.iter().position(|&m| m == 1.0).unwrap_or(0) as f64
+        })
+        .collect();
+    Some(Tensor::i32(vec![steps as usize], starts))
 }

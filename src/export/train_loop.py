@@ -176,14 +176,17 @@ def build_optimizers(named):
     return made
 
 
-def drop_masks(named, t):
-    """Drop-Muon: a start index s drawn uniformly over the Muon parameters (in lamina's
-    order) from the seed and the step; parameters from s on are updated this step."""
+def drop_masks(named, t, data):
+    """Drop-Muon: a start index s uniform over the Muon parameters (in lamina's order);
+    parameters from s on are updated this step. The steps data.safetensors covers use the
+    indices `lamina train` draws; later ones are drawn here from the seed and the step."""
     muon = [named[n] for n, r in ROLES.items() if n in named and RULES[r]["rule"] == "muon"]
     if not muon:
         return None
-    gen = torch.Generator().manual_seed(SEED * 1_000_003 + 6 * 7919 + t)
-    start = int(torch.randint(len(muon), (1,), generator=gen))
+    start = data.drop_start(t)
+    if start is None:
+        gen = torch.Generator().manual_seed(SEED * 1_000_003 + 6 * 7919 + t)
+        start = int(torch.randint(len(muon), (1,), generator=gen))
     return {p: (1.0 if i >= start else 0.0) for i, p in enumerate(muon)}
 
 
@@ -232,6 +235,12 @@ class Data:
             return self.windows(starts)
         i = t % self.count
         return [self.tensors[f"train.{n}"][i] for n in INPUTS]
+
+    def drop_start(self, t):
+        starts = None if self.text is not None else self.tensors.get("drop_muon.start")
+        if starts is None or t >= starts.shape[0]:
+            return None
+        return int(starts[t])
 
     def windows(self, starts):
         w = torch.stack([self.text[s : s + LENGTH + 1] for s in starts.tolist()])
@@ -375,7 +384,7 @@ def main(argv):
             add_noise(named, t)
         for kind, opt in optimizers.items():
             if kind == "muon" and DROP_MUON:
-                opt.step(drop_masks(named, t))
+                opt.step(drop_masks(named, t, data))
             else:
                 opt.step()
         value = loss.detach().clone()
