@@ -315,3 +315,30 @@ fn two_processes_under_torchrun_match_one() {
     }
     eprintln!("{}", report.join("\n"));
 }
+
+#[test]
+fn a_name_torch_reserves_is_a_located_error() {
+    let dir = scratch("reserved");
+    let model = dir.join("bad.lam");
+    std::fs::write(
+        &model,
+        "input features(batch = 4, width = 8)\nblock layer {\n    to = ffn(hidden = 8)\n}\n\
+         stack layer * 1\nhead classifier(classes = 3)\n",
+    )
+    .unwrap();
+    let out = Command::new(LAMINA)
+        .args(["export", model.to_str().unwrap(), "--torch", "-o"])
+        .arg(dir.join("out"))
+        .args(["--color", "never"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("bad.lam:3:10"), "{text}");
+    assert!(
+        text.contains("cannot export the sublayer name `to`"),
+        "{text}"
+    );
+    assert!(text.contains("rename the sublayer"), "{text}");
+    assert!(!dir.join("out").join("model.py").exists());
+}

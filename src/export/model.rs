@@ -493,7 +493,7 @@ fn unit_forward(c: &mut Code, u: &Unit) {
     let y = match u.skip {
         Skip::Residual | Skip::Hourglass { .. } => format!("{x} + {f}"),
         Skip::None => f,
-        Skip::Scaled(a) if a == 1.0 => format!("{x} + {f}"),
+        Skip::Scaled(1.0) => format!("{x} + {f}"),
         Skip::Scaled(a) => format!("{} * {x} + {f}", float(a)),
         Skip::Learned(_) => format!("{m}.skip_scale * {x} + {f}"),
     };

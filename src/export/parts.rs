@@ -10,6 +10,7 @@ import torch.nn.functional as F
 "#;
 
 pub(crate) const LAYER_NORM: &str = r#"
+
 class LayerNorm(nn.Module):
     """LayerNorm over the last axis: (x - mean) / sqrt(var + eps) * weight + bias, the
     variance biased; weight starts at ones, bias at zeros."""
@@ -25,6 +26,7 @@ class LayerNorm(nn.Module):
 "#;
 
 pub(crate) const RMS_NORM: &str = r#"
+
 class RMSNorm(nn.Module):
     """RMSNorm over the last axis: x / sqrt(mean(x^2) + eps) * weight; no bias."""
 
@@ -38,6 +40,7 @@ class RMSNorm(nn.Module):
 "#;
 
 pub(crate) const ATTENTION: &str = r#"
+
 class Attention(nn.Module):
     """Multi-head self-attention: softmax(q k^T / sqrt(width / heads)) v, causally masked
     when `causal`, then the output projection `wo`."""
@@ -65,6 +68,7 @@ class Attention(nn.Module):
 "#;
 
 pub(crate) const FFN: &str = r#"
+
 ACTIVATIONS = {
     "relu": F.relu,
     "gelu": F.gelu,  # exact, with erf
@@ -105,6 +109,7 @@ def sinusoidal(length, dim):
 "#;
 
 pub(crate) const AUX_FFN: &str = r#"
+
 class AuxFFN(nn.Module):
     """An auxiliary head: Linear, GELU, Linear."""
 

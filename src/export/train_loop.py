@@ -351,6 +351,8 @@ def main(argv):
     args = ap.parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
+    if args.fsdp and "RANK" not in os.environ:
+        sys.exit("--fsdp shards over processes: run under torchrun --nproc-per-node N")
     if world > 1 or args.fsdp:
         dist.init_process_group("gloo")
     if args.threads:
