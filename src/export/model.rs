@@ -8,8 +8,8 @@ use super::py::{self, attr, boolean, camel, float, set_attr, Code};
 use super::Unsupported;
 use crate::elab::learning::{AuxHead, Learning};
 use crate::elab::resolve::{
-    Act, BlockPlan, Branch, Head, InputPlan, Loss, NormKind, Placement, Plan, Positions, Skip, Sub,
-    Unit,
+    Act, BlockPlan, Branch, Head, InputPlan, Loss, NormKind, Placement, Plan, Positions, RopePairs,
+    Skip, Sub, Unit,
 };
 use std::collections::BTreeMap;
 
@@ -24,6 +24,8 @@ struct Uses {
     rms_norm: bool,
     attention: bool,
     ffn: bool,
+    /// The model's rotary positions, which every attention applies.
+    rope: Option<(f64, RopePairs)>,
 }
 
 pub(crate) fn model_py(plan: &Plan, source_name: &str) -> Result<String, Unsupported> {
@@ -36,7 +38,13 @@ pub(crate) fn model_py(plan: &Plan, source_name: &str) -> Result<String, Unsuppo
         }
         names.insert(b, name);
     }
-    let mut uses = Uses::default();
+    let mut uses = Uses {
+        rope: match plan.positions {
+            Positions::Rope { base, pairs } => Some((base, pairs)),
+            Positions::Learned | Positions::Sinusoidal | Positions::None => None,
+        },
+        ..Uses::default()
+    };
     let mut classes = Code::default();
     for &b in &used {
         block_class(&mut classes, &plan.blocks[b], &names[&b], plan.d, &mut uses)?;
@@ -180,17 +188,35 @@ fn act_name(a: Act) -> &'static str {
     }
 }
 
-fn sub_new(sub: &Sub, width: &str, uses: &mut Uses) -> String {
+/// The constructor of a sublayer at `width`; `eps` is its step's norm eps (QK-norm's).
+fn sub_new(sub: &Sub, width: &str, eps: f64, uses: &mut Uses) -> String {
     match *sub {
         Sub::Attention {
             heads,
+            kv_heads,
             causal,
             bias,
+            qk_norm,
             ..
         } => {
             uses.attention = true;
+            let mut extra = String::new();
+            if kv_heads != heads {
+                extra += &format!(", kv_heads={kv_heads}");
+            }
+            if qk_norm {
+                uses.rms_norm = true;
+                extra += &format!(", qk_norm_eps={}", float(eps));
+            }
+            if let Some((base, pairs)) = uses.rope {
+                let pairs = match pairs {
+                    RopePairs::Half => "half",
+                    RopePairs::Interleaved => "interleaved",
+                };
+                extra += &format!(", rope=({}, \"{pairs}\")", float(base));
+            }
             format!(
-                "Attention({width}, heads={heads}, causal={}, bias={})",
+                "Attention({width}, heads={heads}, causal={}, bias={}{extra})",
                 boolean(causal),
                 boolean(bias)
             )
@@ -304,7 +330,7 @@ fn block_class(
                 continue;
             }
             seen.push(base);
-            let new = sub_new(&br.sub, &width, uses);
+            let new = sub_new(&br.sub, &width, br.norm.eps, uses);
             let value = match k {
                 Some(_) => {
                     let n = block

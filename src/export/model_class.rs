@@ -61,7 +61,7 @@ fn embed_init(c: &mut Code, plan: &Plan) {
                     2,
                     "self.register_buffer(\"positions\", sinusoidal(LENGTH, D), persistent=False)",
                 ),
-                Positions::None => {}
+                Positions::Rope { .. } | Positions::None => {}
             }
         }
         InputPlan::Features { .. } => {
@@ -78,7 +78,7 @@ fn embed_forward(c: &mut Code, plan: &Plan) {
             let pos = match plan.positions {
                 Positions::Learned => " + self.pos.weight",
                 Positions::Sinusoidal => " + self.positions",
-                Positions::None => "",
+                Positions::Rope { .. } | Positions::None => "",
             };
             c.line(2, format!("return self.embed(x.long()){pos}"));
         }

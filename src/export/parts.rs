@@ -41,24 +41,52 @@ class RMSNorm(nn.Module):
 
 pub(crate) const ATTENTION: &str = r#"
 
+def rotate(x, base, pairs):
+    """RoPE on x [b, h, t, dh]: pair i of a head at position m turns by m * base^(-2i / dh).
+    Pairs are (i, i + dh/2) with "half" (GPT-NeoX, Llama), (2i, 2i + 1) with "interleaved"
+    (RoFormer, GPT-J)."""
+    t, dh = x.shape[-2], x.shape[-1]
+    inv = base ** (-torch.arange(0, dh, 2, dtype=torch.float64) / dh)
+    angle = torch.arange(t, dtype=torch.float64)[:, None] * inv[None, :]
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    if pairs == "half":
+        x1, x2 = x[..., : dh // 2], x[..., dh // 2 :]
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).flatten(-2)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention: softmax(q k^T / sqrt(width / heads)) v, causally masked
-    when `causal`, then the output projection `wo`."""
+    when `causal`, then the output projection `wo`. Keys and values have `kv_heads` heads,
+    each serving heads / kv_heads query heads; `qk_norm_eps` puts an RMSNorm on each head's
+    queries and keys; `rope` = (base, pairs) rotates queries and keys by position."""
 
-    def __init__(self, width, heads, causal, bias):
+    def __init__(self, width, heads, causal, bias, kv_heads=None, qk_norm_eps=None, rope=None):
         super().__init__()
-        self.heads, self.causal = heads, causal
+        self.heads, self.causal, self.rope = heads, causal, rope
+        self.kv_heads = kv_heads or heads
+        dh = width // heads
         self.wq = nn.Linear(width, width, bias=bias)
-        self.wk = nn.Linear(width, width, bias=bias)
-        self.wv = nn.Linear(width, width, bias=bias)
+        self.wk = nn.Linear(width, self.kv_heads * dh, bias=bias)
+        self.wv = nn.Linear(width, self.kv_heads * dh, bias=bias)
         self.wo = nn.Linear(width, width, bias=bias)
+        self.q_norm = RMSNorm(dh, qk_norm_eps) if qk_norm_eps is not None else None
+        self.k_norm = RMSNorm(dh, qk_norm_eps) if qk_norm_eps is not None else None
 
     def forward(self, x):
         b, t, w = x.shape
         dh = w // self.heads
-        q, k, v = (
-            f(x).view(b, t, self.heads, dh).transpose(1, 2) for f in (self.wq, self.wk, self.wv)
-        )
+        q = self.wq(x).view(b, t, self.heads, dh)
+        k = self.wk(x).view(b, t, self.kv_heads, dh)
+        v = self.wv(x).view(b, t, self.kv_heads, dh)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (y.transpose(1, 2) for y in (q, k, v))
+        if self.rope is not None:
+            q, k = rotate(q, *self.rope), rotate(k, *self.rope)
+        group = self.heads // self.kv_heads
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(dh))
         if self.causal:
             mask = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
