@@ -854,14 +854,14 @@ impl Resolver<'_> {
                 "position kind",
                 &["learned", "sinusoidal", "rope", "none"],
             )
-            .and_then(|k| match k.as_str() {
-                "learned" => Some(Positions::Learned),
-                "sinusoidal" => Some(Positions::Sinusoidal),
-                "rope" => Some(Positions::Rope {
+            .map(|k| match k.as_str() {
+                "learned" => Positions::Learned,
+                "sinusoidal" => Positions::Sinusoidal,
+                "rope" => Positions::Rope {
                     base: SINUSOIDAL_BASE,
                     pairs: RopePairs::Half,
-                }),
-                _ => Some(Positions::None),
+                },
+                _ => Positions::None,
             })
     }
 

@@ -96,7 +96,7 @@ pub const SINUSOIDAL_BASE: f64 = 10000.0;
 pub fn sinusoidal_entry(pos: usize, j: usize, dim: usize, base: f64) -> f64 {
     let two_i = (j - j % 2) as f64;
     let angle = pos as f64 / base.powf(two_i / dim as f64);
-    if j % 2 == 0 {
+    if j.is_multiple_of(2) {
         angle.sin()
     } else {
         angle.cos()
