@@ -1381,9 +1381,13 @@ fn cmd_run(
         .map(|(_, t)| t.data[0])
         .ok_or_else(|| anyhow!("internal error: the graph has no loss output"))?;
     outln!("loss = {}", fixed(loss, 6));
+    let name = match (backend, crate::jit::baseline_cpu()) {
+        (Backend::Jit, true) => "jit (baseline x86-64: SSE2, no FMA)",
+        (Backend::Jit | Backend::Interp, _) => backend.name(),
+    };
     errln!(
         "{} backend, {:.1} ms, {} gradients{}",
-        backend.name(),
+        name,
         elapsed.as_secs_f64() * 1e3,
         outputs
             .iter()

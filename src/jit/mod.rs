@@ -60,7 +60,7 @@ impl CodegenOptions {
 pub fn host_has_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("fma")
+        !baseline_cpu() && std::is_x86_feature_detected!("fma")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -110,10 +110,23 @@ fn shared_flags() -> Result<settings::Flags, JitError> {
     Ok(settings::Flags::new(flags))
 }
 
+/// Whether `LAMINA_CPU=baseline` asks for code that runs on any x86-64 CPU: SSE2 only,
+/// no AVX, AVX2 or FMA, whatever this host has. It is how the portable path is tested on a
+/// machine that has the rest.
+pub fn baseline_cpu() -> bool {
+    cfg!(target_arch = "x86_64") && std::env::var_os("LAMINA_CPU").is_some_and(|v| v == "baseline")
+}
+
 fn new_module() -> Result<JITModule, JitError> {
     let flags = shared_flags()?;
-    let isa = cranelift_native::builder()
-        .map_err(|e| JitError::Host(format!("no JIT for this host: {e}")))?
+    let builder = if baseline_cpu() {
+        cranelift_codegen::isa::lookup_by_name("x86_64-unknown-linux-gnu")
+            .map_err(|e| JitError::Target(e.to_string()))?
+    } else {
+        cranelift_native::builder()
+            .map_err(|e| JitError::Host(format!("no JIT for this host: {e}")))?
+    };
+    let isa = builder
         .finish(flags)
         .map_err(|e| JitError::Host(e.to_string()))?;
     Ok(JITModule::new(JITBuilder::with_isa(
