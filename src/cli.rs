@@ -1315,7 +1315,7 @@ fn cmd_sample(
     let mut all = shown;
     all.extend_from_slice(&new);
     let mut bytes = match (&bpe, tokens) {
-        (Some(bpe), _) => bpe.decode(&all).map_err(|e| anyhow!("{e}"))?,
+        (Some(bpe), Tokens::Ids | Tokens::Bytes) => bpe.decode(&all).map_err(|e| anyhow!("{e}"))?,
         (None, Tokens::Ids) => {
             let ids: Vec<String> = all.iter().map(|i| i.to_string()).collect();
             ids.join(",").into_bytes()

@@ -555,6 +555,22 @@ fn import_errors_name_the_tensor_and_write_nothing() {
         "tensor `h.1.mlp.c_fc.bias` holds NaN at [3]",
     );
 
+    // A tokenizer beside the checkpoint whose ids do not fit the vocabulary.
+    let dir = scratch("tokenizer");
+    tiny_tokenizer(&dir);
+    let vocab = std::fs::read_to_string(dir.join("vocab.json")).unwrap();
+    std::fs::write(
+        dir.join("vocab.json"),
+        vocab.replace("\"f\":49", "\"f\":60"),
+    )
+    .unwrap();
+    let err = import_fails(&dir, &base, true, &[]);
+    assert!(
+        err.contains("has the id 60 but the model's vocabulary has 50 tokens"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+
     // An untied head: lm_head.weight is written from wte.weight, so change it after.
     let dir = scratch("untied");
     let ckpt = write_checkpoint(&dir, &base, "", true);

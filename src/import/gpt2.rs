@@ -33,12 +33,15 @@ pub struct Imported {
     /// lamina's parameters in the model's parameter order.
     pub tensors: Vec<(String, Tensor)>,
     /// The bytes of `vocab.json` and `merges.txt`, when both sit beside the checkpoint.
-    pub tokenizer: Option<(Vec<u8>, Vec<u8>)>,
+    pub tokenizer: Tokenizer,
     /// One line: the model's sizes.
     pub summary: String,
     /// Things the user should know (a tokenizer file without its partner).
     pub notes: Vec<String>,
 }
+
+/// The bytes of `vocab.json` and `merges.txt`, if both are copied.
+pub type Tokenizer = Option<(Vec<u8>, Vec<u8>)>;
 
 /// The largest `config.json` read: 64 MiB.
 const MAX_SIDE_FILE: u64 = 64 << 20;
@@ -90,6 +93,7 @@ pub fn convert(opts: &Gpt2Options) -> Result<Imported, ImportError> {
             ),
         });
     }
+    let (tokenizer, notes) = tokenizer_files(&dir, dims.vocab)?;
     let model_text = model_text(&dims, length, opts.batch, path);
     let compiled =
         front::compile_source(&model_text, "model.lam", &[]).map_err(ImportError::Model)?;
@@ -114,12 +118,11 @@ pub fn convert(opts: &Gpt2Options) -> Result<Imported, ImportError> {
     }
     if out.len() != rules.len() {
         return Err(ImportError::Internal(format!(
-            "{} tensors converted for a model of {} parameters",
+            "the mapping makes {} tensors but the model has {} parameters",
             rules.len(),
             out.len()
         )));
     }
-    let (tokenizer, notes) = tokenizer_files(&dir, dims.vocab)?;
     let count: usize = out.iter().map(|(_, t)| t.numel()).sum();
     let summary = format!(
         "GPT-2: {} layers, width {}, {} heads, vocabulary {}, {length} of {} positions; {count} parameters",
@@ -358,6 +361,15 @@ fn dims(
         .max()
         .map_or(0, |i| i + 1);
     let layers = config.n_layer.unwrap_or(found_layers);
+    if layers > crate::elab::MAX_LAYERS {
+        return Err(tensor_err(
+            &format!("h.{}", layers - 1),
+            format!(
+                "makes {layers} layers; a lamina model has at most {}",
+                crate::elab::MAX_LAYERS
+            ),
+        ));
+    }
     if layers == 0 {
         return Err(tensor_err(
             "h.0.ln_1.weight",
@@ -389,7 +401,7 @@ fn dims(
             })
         }
     };
-    if d % heads != 0 {
+    if heads == 0 || d % heads != 0 {
         return Err(ImportError::Option {
             option: "--heads",
             message: format!("{heads} heads do not divide the width {d}"),
@@ -719,11 +731,7 @@ fn apply(
 
 /// `vocab.json` and `merges.txt` beside the checkpoint: checked (they parse, every id fits
 /// the vocabulary) and returned to be copied, with notes on what was not copied.
-#[allow(clippy::type_complexity)]
-fn tokenizer_files(
-    dir: &Path,
-    vocab_size: usize,
-) -> Result<(Option<(Vec<u8>, Vec<u8>)>, Vec<String>), ImportError> {
+fn tokenizer_files(dir: &Path, vocab_size: usize) -> Result<(Tokenizer, Vec<String>), ImportError> {
     let (vp, mp) = (dir.join("vocab.json"), dir.join("merges.txt"));
     match (vp.exists(), mp.exists()) {
         (false, false) => return Ok((None, vec![])),
