@@ -403,6 +403,38 @@ pub enum Command {
     /// Import a pretrained checkpoint as a model file and its weights.
     #[command(subcommand)]
     Import(ImportCommand),
+    /// Write the model and its training recipe as plain PyTorch (model.py, train.py).
+    #[command(
+        after_help = "Examples:\n  lamina export examples/macaron.lam --torch -o out/macaron\n  \
+        lamina export examples/grokking.lam --torch -o out/grok --optimizer 'lamb(lr = 0.01)'\n\n\
+        Writes DIR/model.py (one nn.Module class per block kind; the state-dict names are lamina's \
+        parameter names, so `load_lamina(Model(), \"w.safetensors\")` loads `lamina init` weights \
+        or a run's final.safetensors, and forward returns (loss, logits) as `lamina run` does), \
+        DIR/train.py (the train { } recipe: the optimizer of each parameter role, schedule, \
+        clipping, noise; `python train.py` on one process or `torchrun --nproc-per-node N \
+        train.py [--fsdp]`) and DIR/data.safetensors (the built-in task's batches in step order \
+        and its held-out set; a char_lm task reads --data FILE in train.py instead).\n\n\
+        `python DIR/model.py --weights W --batch B --out O` writes loss, logits and gradients \
+        like `lamina run --out`. A construct without a PyTorch counterpart is a located error. \
+        See docs/export.md."
+    )]
+    Export {
+        /// The model file (.lam).
+        file: PathBuf,
+        /// Generate PyTorch (the only target).
+        #[arg(long, required = true)]
+        torch: bool,
+        /// The directory to write (created if missing; its model.py, train.py and
+        /// data.safetensors are replaced).
+        #[arg(short = 'o', long = "out", value_name = "DIR")]
+        out: PathBuf,
+        /// At most this many training batches in data.safetensors (default: one per step,
+        /// up to 2^26 elements; train.py cycles them).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        batches: Option<u64>,
+        #[command(flatten)]
+        recipe: RecipeFlags,
+    },
     /// Train several models with the same task, seed and recipe; plot and tabulate them.
     #[command(
         after_help = "Example:\n  lamina compare examples/grokking.lam examples/grokking_macaron.lam --steps 1000\n\n\
@@ -457,6 +489,71 @@ pub enum ImportCommand {
         #[arg(long, value_name = "H", value_parser = clap::value_parser!(u32).range(1..))]
         heads: Option<u32>,
     },
+}
+
+/// The recipe settings `export` writes into train.py (as `train` takes them).
+#[derive(clap::Args, Debug, Clone)]
+pub struct RecipeFlags {
+    /// The task, e.g. `modular_addition(p = 23)`, `copy`, `reverse`, `char_lm`.
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Training steps (replaces the recipe's).
+    #[arg(long)]
+    pub steps: Option<String>,
+    /// Peak learning rate (replaces the optimizer's).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// `sgd`, `adamw`, `lamb`, `muon`, `drop_muon`, or a call such as `sgd(lr = 0.1, momentum = 0.9)`.
+    #[arg(long)]
+    pub optimizer: Option<String>,
+    /// `constant(warmup = N)` or `cosine(warmup = N, final = 0.0)`.
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Clip the global gradient norm (`none` to turn off).
+    #[arg(long)]
+    pub clip: Option<String>,
+    /// `gradient_noise(eta = 0.01, gamma = 0.55)` or `none`.
+    #[arg(long)]
+    pub noise: Option<String>,
+    /// Evaluate on the held-out split every N steps.
+    #[arg(long)]
+    pub eval_every: Option<String>,
+    /// Seed of the batches written (and of train.py's initial weights and noise).
+    #[arg(long)]
+    pub seed: Option<String>,
+    /// A text file: its char_lm batches go into data.safetensors.
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+impl RecipeFlags {
+    fn options(&self) -> crate::train::TrainOptions {
+        let mut settings = Vec::new();
+        for (k, v) in [
+            ("task", &self.task),
+            ("steps", &self.steps),
+            ("optimizer", &self.optimizer),
+            ("schedule", &self.schedule),
+            ("clip", &self.clip),
+            ("noise", &self.noise),
+            ("eval_every", &self.eval_every),
+            ("seed", &self.seed),
+        ] {
+            if let Some(v) = v {
+                settings.push((k.to_string(), v.clone()));
+            }
+        }
+        crate::train::TrainOptions {
+            overrides: self.overrides.set.clone(),
+            settings,
+            lr: self.lr,
+            data: self.data.clone(),
+            quiet: true,
+            ..Default::default()
+        }
+    }
 }
 
 /// Recipe overrides shared by `train` and `compare`.
@@ -916,6 +1013,36 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             errln!("{}", imported.summary);
             for p in written {
                 outln!("wrote {}", p.display());
+            }
+            Ok(0)
+        }
+        Command::Export {
+            file,
+            torch: _,
+            out,
+            batches,
+            recipe,
+        } => {
+            let compiled = compile(&file, &recipe.overrides, color)?;
+            let opts = crate::export::ExportOptions {
+                out: out.clone(),
+                train: recipe.options(),
+                max_batches: batches,
+                color,
+            };
+            let done = crate::export::export(&compiled, &opts).map_err(|e| match e {
+                crate::export::ExportError::Diagnostics(text) => {
+                    anyhow::Error::from(Rendered(text))
+                }
+                other => anyhow::Error::from(other),
+            })?;
+            let data = match done.batches {
+                Some(n) => format!(", data.safetensors ({n} training batches)"),
+                None => String::new(),
+            };
+            errln!("wrote {}/{{model.py, train.py{data}}}", out.display());
+            if let Some(why) = done.no_data {
+                errln!("note: no data.safetensors, as the task does not fit the model ({why}); train.py needs --data FILE");
             }
             Ok(0)
         }

@@ -339,7 +339,9 @@ fn apply_checked(op: &Op, args: &[&Tensor]) -> Result<Tensor, Fail> {
         Op::Full { value, shape } => {
             Ok(f32_tensor(shape.clone(), try_filled(n, value.get(), what)?))
         }
-        Op::Sinusoidal { len, dim } => Ok(sinusoidal(*len, *dim, try_buffer(n, what)?)),
+        Op::Sinusoidal { len, dim, base } => {
+            Ok(sinusoidal((*len, *dim, base.get()), try_buffer(n, what)?))
+        }
 
         Op::Unary(UnaryOp::Neg) => unary(&|x| -x),
         Op::Unary(UnaryOp::StopGradient) => unary(&|x| x),
@@ -455,13 +457,10 @@ fn apply_checked(op: &Op, args: &[&Tensor]) -> Result<Tensor, Fail> {
     }
 }
 
-fn sinusoidal(len: usize, dim: usize, mut data: Vec<f64>) -> Tensor {
+fn sinusoidal((len, dim, base): (usize, usize, f64), mut data: Vec<f64>) -> Tensor {
     for pos in 0..len {
         for j in 0..dim {
-            // Columns 2i and 2i+1 share the frequency 1 / 10000^(2i/dim).
-            let two_i = (j - j % 2) as f64;
-            let angle = pos as f64 / 10000f64.powf(two_i / dim as f64);
-            data.push(if j % 2 == 0 { angle.sin() } else { angle.cos() });
+            data.push(crate::ir::sinusoidal_entry(pos, j, dim, base));
         }
     }
     f32_tensor(vec![len, dim], data)

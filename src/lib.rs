@@ -12,6 +12,7 @@
 //! - `front`: source text to the forward and joint IR in one call; `import`: pretrained
 //!   checkpoints (GPT-2) as a model file and weights, and GPT-2's BPE tokenizer; `train`: the optimizer update
 //!   as IR, the one training step (`train::step`), tasks, checkpoints and the training loop;
+//! - `export`: model.py and train.py, the model and its recipe as plain PyTorch;
 //! - `bench`: timing that step; `driver`: the text of every stage; `analysis`: sizes and
 //!   `lamina diff`; `diagram`: the block diagram (SVG, DOT); `serve`: the local explorer
 //!   page; `cli`: the command line.
@@ -26,6 +27,7 @@ pub mod diag;
 pub mod diagram;
 pub mod driver;
 pub mod elab;
+pub mod export;
 pub mod front;
 pub mod import;
 pub mod interp;

@@ -17,6 +17,7 @@ use lamina::interp::{run, Env};
 use lamina::ir::ops::MaskFill;
 use lamina::ir::{Graph, GraphBuilder, Init, Op, Phase, Type, ValueId};
 use lamina::ir::{UnaryOp, ViewOp};
+use lamina::ir::{F64, SINUSOIDAL_BASE};
 use lamina::tensor::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -420,7 +421,7 @@ cases! {
     // ---- leaves mixed with params ----
     full_and_sinusoidal => |s| {
         let x = s.p(&[5, 4])?;
-        let pe = s.b.push(Op::Sinusoidal { len: 5, dim: 4 }, &[])?;
+        let pe = s.b.push(Op::Sinusoidal { len: 5, dim: 4, base: F64(SINUSOIDAL_BASE) }, &[])?;
         let f = s.b.full(0.3, vec![5, 4])?;
         let y = s.b.add(x, pe)?;
         let y = s.b.mul(y, f)?;

@@ -4,6 +4,7 @@ use lamina::interp::{self, eval, run, Env};
 use lamina::ir::ops::MaskFill;
 use lamina::ir::{BinaryOp, UnaryOp, ViewOp};
 use lamina::ir::{Graph, GraphBuilder, Init, Op, Type, ValueId};
+use lamina::ir::{F64, SINUSOIDAL_BASE};
 use lamina::tensor::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -556,7 +557,16 @@ fn causal_mask_fills_upper_triangle() {
 fn sinusoidal_table_values() {
     let (len, dim) = (5, 7);
     let mut b = GraphBuilder::new("pe");
-    let pe = b.push(Op::Sinusoidal { len, dim }, &[]).unwrap();
+    let pe = b
+        .push(
+            Op::Sinusoidal {
+                len,
+                dim,
+                base: F64(SINUSOIDAL_BASE),
+            },
+            &[],
+        )
+        .unwrap();
     b.output("pe", pe);
     let t = run_single(&b.finish(), &[]);
     assert_eq!(t.shape, vec![len, dim]);

@@ -5,6 +5,7 @@ use lamina::ir::ops::MaskFill;
 use lamina::ir::text::{from_json, parse, print, to_json};
 use lamina::ir::{BinaryOp, UnaryOp, ViewOp};
 use lamina::ir::{Graph, GraphBuilder, Init, Node, Op, Phase, Type, ValueId};
+use lamina::ir::{F64, SINUSOIDAL_BASE};
 use proptest::prelude::*;
 
 /// Text and JSON round trips, exact.
@@ -30,7 +31,16 @@ fn every_op_graph() -> Graph {
         .param("embed.weight", vec![8, 6], Init::Normal { std: 0.02 }, true)
         .unwrap();
     let x = b.push(Op::Gather, &[embed, tokens]).unwrap();
-    let pos = b.push(Op::Sinusoidal { len: 4, dim: 6 }, &[]).unwrap();
+    let pos = b
+        .push(
+            Op::Sinusoidal {
+                len: 4,
+                dim: 6,
+                base: F64(SINUSOIDAL_BASE),
+            },
+            &[],
+        )
+        .unwrap();
     let pos = b.broadcast(pos, vec![2, 4, 6]).unwrap();
     let x = b.add(x, pos).unwrap();
 

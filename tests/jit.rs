@@ -6,6 +6,7 @@ use lamina::interp::{run, Env};
 use lamina::ir::ops::MaskFill;
 use lamina::ir::{BinaryOp, UnaryOp, ViewOp};
 use lamina::ir::{Graph, GraphBuilder, Init, Op, Type, ValueId};
+use lamina::ir::{F64, SINUSOIDAL_BASE};
 use lamina::kernels::{build_program, BuildOptions};
 use lamina::runtime::compile_graph;
 use lamina::tensor::Tensor;
@@ -295,7 +296,16 @@ fn indexing_ops_match_interpreter() {
     let h = b.add(e, pb).unwrap();
     let oh = b.push(Op::OneHot { classes: 7 }, &[ids]).unwrap();
     let sc = b.push(Op::ScatterAdd { rows: 7 }, &[ids, h]).unwrap();
-    let sin = b.push(Op::Sinusoidal { len: 3, dim: 5 }, &[]).unwrap();
+    let sin = b
+        .push(
+            Op::Sinusoidal {
+                len: 3,
+                dim: 5,
+                base: F64(SINUSOIDAL_BASE),
+            },
+            &[],
+        )
+        .unwrap();
     b.output("h", h);
     b.output("oh", oh);
     b.output("sc", sc);

@@ -209,6 +209,13 @@ const ALIASES: &[(&str, &str)] = &[
     ("absolute", "learned"),
     ("fixed", "frozen"),
     ("learned", "trainable"),
+    // Rotary pairings by the models that use them.
+    ("neox", "half"),
+    ("llama", "half"),
+    ("rotate_half", "half"),
+    ("gptj", "interleaved"),
+    ("roformer", "interleaved"),
+    ("rotary", "rope"),
 ];
 
 /// An evaluator over the constants, reporting into `diags`.
@@ -276,6 +283,16 @@ impl Ev<'_> {
                 let (va, vb) = (va?, vb?);
                 let (na, nb) = (self.number(va, a.span), self.number(vb, b.span));
                 self.binary(*op, na?, nb?, e.span, b.span)
+            }
+            ExprKind::Call(c) => {
+                let d = err(
+                    format!("`{}(...)` is not a value", c.name.name),
+                    e.span,
+                    "a call",
+                )
+                .with_hint("a call picks a kind with settings where an argument asks for one, as in `embed(dim = 64, positions = rope(base = 10000))`");
+                self.report(d);
+                None
             }
             ExprKind::List(items) => {
                 let mut out = Vec::new();

@@ -7,15 +7,25 @@
 use super::learning::{AuxHead, Learning};
 use super::resolve::{
     Act, BlockPlan, Head, InputPlan, LayerRun, Loss, Norm, NormKind, Placement, Plan, Positions,
-    Skip, Sub, Unit,
+    RopePairs, Skip, Sub, Unit,
 };
 use crate::diag::Diagnostics;
 use crate::ir::ops::MaskFill;
 use crate::ir::{
     Graph, GraphBuilder, Init, IrError, Op, OutputRole, ParamRole, Type, UnaryOp, ValueId, ViewOp,
+    F64, SINUSOIDAL_BASE,
 };
 
 type R<T> = Result<T, IrError>;
+
+/// An attention sublayer's settings; `qk_norm` holds the eps of its QK-norm.
+struct Attention {
+    heads: usize,
+    kv_heads: usize,
+    causal: bool,
+    bias: bool,
+    qk_norm: Option<f64>,
+}
 
 pub(crate) fn lower(p: &Plan, probes: bool) -> Result<Graph, Diagnostics> {
     let mut l = Lower {
@@ -23,6 +33,10 @@ pub(crate) fn lower(p: &Plan, probes: bool) -> Result<Graph, Diagnostics> {
         d: p.d,
         probes,
         probed: Vec::new(),
+        rope: match p.positions {
+            Positions::Rope { base, pairs } => Some((base, pairs)),
+            Positions::Learned | Positions::Sinusoidal | Positions::None => None,
+        },
     };
     match l.model(p) {
         Ok(()) => Ok(l.g.finish()),
@@ -37,6 +51,8 @@ struct Lower {
     probes: bool,
     /// `(output name, value)` of the residual stream after each step, when probing.
     probed: Vec<(String, ValueId)>,
+    /// Rotary positions (base, pairing) that every attention applies to its queries and keys.
+    rope: Option<(f64, RopePairs)>,
 }
 
 /// An executed layer's block, its weights' prefix (`blocks.<w>`) and its run suffix
@@ -418,13 +434,14 @@ impl Lower {
                             Op::Sinusoidal {
                                 len: length,
                                 dim: d,
+                                base: F64(SINUSOIDAL_BASE),
                             },
                             &[],
                         )?;
                         let pb = self.g.broadcast(pos, shape)?;
                         self.g.add(x, pb)?
                     }
-                    Positions::None => x,
+                    Positions::Rope { .. } | Positions::None => x,
                 };
                 Ok((x, Some(table)))
             }
@@ -518,7 +535,7 @@ impl Lower {
         for br in &u.branches {
             let bname = format!("{layer}.{}", br.name);
             self.g.set_scope(format!("{bname}{run}"));
-            let mut f = self.sublayer(normed, &br.sub, &bname, width)?;
+            let mut f = self.sublayer(normed, &br.sub, &bname, (width, br.norm.eps))?;
             if placement == Placement::Peri {
                 f = self.norm(f, &format!("{bname}.norm_out"), br.norm.kind, br.norm.eps)?;
             }
@@ -563,14 +580,32 @@ impl Lower {
         Ok(y)
     }
 
-    fn sublayer(&mut self, x: ValueId, sub: &Sub, name: &str, w: usize) -> R<ValueId> {
+    /// A sublayer at width `w`; `eps` is its step's norm eps (for QK-norm).
+    fn sublayer(
+        &mut self,
+        x: ValueId,
+        sub: &Sub,
+        name: &str,
+        (w, eps): (usize, f64),
+    ) -> R<ValueId> {
         match *sub {
             Sub::Attention {
                 heads,
+                kv_heads,
                 causal,
                 bias,
+                qk_norm,
                 ..
-            } => self.attention(x, name, heads, causal, bias, w),
+            } => {
+                let a = Attention {
+                    heads,
+                    kv_heads,
+                    causal,
+                    bias,
+                    qk_norm: qk_norm.then_some(eps),
+                };
+                self.attention(x, name, &a, w)
+            }
             Sub::Ffn {
                 hidden,
                 act,
@@ -595,31 +630,42 @@ impl Lower {
         }
     }
 
-    fn attention(
-        &mut self,
-        x: ValueId,
-        name: &str,
-        heads: usize,
-        causal: bool,
-        bias: bool,
-        w: usize,
-    ) -> R<ValueId> {
+    /// Multi-head attention at width `w`: queries in `heads` heads, keys and values in
+    /// `kv_heads` (each serving `heads / kv_heads` query heads), optional RMSNorm of each
+    /// head's queries and keys, rotary positions when the model has them.
+    fn attention(&mut self, x: ValueId, name: &str, a: &Attention, w: usize) -> R<ValueId> {
         let shape = self.g.shape(x);
         let [b, t, _] = shape[..] else {
             return Err(IrError::Graph(format!(
                 "attention on a value of shape {shape:?}"
             )));
         };
-        let dh = w / heads;
+        let (h, kv) = (a.heads, a.kv_heads);
+        let dh = w / h;
         let mut qkv = Vec::new();
-        for p in ["wq", "wk", "wv"] {
-            let y = self.hidden(x, &format!("{name}.{p}"), (w, w), bias, true)?;
-            let y = self.g.reshape(y, vec![b, t, heads, dh])?;
-            qkv.push(self.g.transpose(y, vec![0, 2, 1, 3])?);
+        for (p, heads) in [("wq", h), ("wk", kv), ("wv", kv)] {
+            let y = self.hidden(x, &format!("{name}.{p}"), (w, heads * dh), a.bias, true)?;
+            let mut y = self.g.reshape(y, vec![b, t, heads, dh])?;
+            if let (Some(eps), "wq" | "wk") = (a.qk_norm, p) {
+                let norm = format!("{name}.{}_norm", &p[1..2]);
+                y = self.norm(y, &norm, NormKind::RmsNorm, eps)?;
+            }
+            let mut y = self.g.transpose(y, vec![0, 2, 1, 3])?;
+            if let (Some(rope), "wq" | "wk") = (self.rope, p) {
+                y = self.rotate(y, rope)?;
+            }
+            if heads != h {
+                // [b, kv, t, dh] -> [b, kv, g, t, dh] -> [b, h, t, dh]: query head j reads
+                // key/value head j / g.
+                let y1 = self.g.reshape(y, vec![b, heads, 1, t, dh])?;
+                let yb = self.g.broadcast(y1, vec![b, heads, h / heads, t, dh])?;
+                y = self.g.reshape(yb, vec![b, h, t, dh])?;
+            }
+            qkv.push(y);
         }
         let scores = self.g.matmul(qkv[0], qkv[1], false, true)?;
         let mut scores = self.g.scale(scores, 1.0 / (dh as f64).sqrt())?;
-        if causal {
+        if a.causal {
             scores = self.g.push(
                 Op::CausalMask {
                     fill: MaskFill::NegInf,
@@ -631,7 +677,60 @@ impl Lower {
         let o = self.g.matmul(probs, qkv[2], false, false)?;
         let o = self.g.transpose(o, vec![0, 2, 1, 3])?;
         let o = self.g.reshape(o, vec![b, t, w])?;
-        self.hidden(o, &format!("{name}.wo"), (w, w), bias, true)
+        self.hidden(o, &format!("{name}.wo"), (w, w), a.bias, true)
+    }
+
+    /// RoPE on `x: [b, h, t, dh]`: each pair `(x1, x2)` of a head at position `m` turns by
+    /// `m * base^(-2i / dh)`: `(x1 cos - x2 sin, x2 cos + x1 sin)`. Pairs are `(i, i + dh/2)`
+    /// (half) or `(2i, 2i + 1)` (interleaved); the angles come from the sinusoidal table,
+    /// whose columns `2i`, `2i + 1` hold their sine and cosine.
+    fn rotate(&mut self, x: ValueId, (base, pairs): (f64, RopePairs)) -> R<ValueId> {
+        let shape = self.g.shape(x);
+        let [b, h, t, dh] = shape[..] else {
+            return Err(IrError::Graph(format!(
+                "rope on a value of shape {shape:?}"
+            )));
+        };
+        let half = dh / 2;
+        let table = self.g.push(
+            Op::Sinusoidal {
+                len: t,
+                dim: dh,
+                base: F64(base),
+            },
+            &[],
+        )?;
+        let table = self.g.reshape(table, vec![t, half, 2])?;
+        let mut column = |k: usize| -> R<ValueId> {
+            let c = self.g.slice(table, 2, k, k + 1)?;
+            let c = self.g.reshape(c, vec![t, half])?;
+            self.g.broadcast(c, vec![b, h, t, half])
+        };
+        let (sin, cos) = (column(0)?, column(1)?);
+        let (x1, x2) = match pairs {
+            RopePairs::Half => (self.g.slice(x, 3, 0, half)?, self.g.slice(x, 3, half, dh)?),
+            RopePairs::Interleaved => {
+                let xr = self.g.reshape(x, vec![b, h, t, half, 2])?;
+                let (a, c) = (self.g.slice(xr, 4, 0, 1)?, self.g.slice(xr, 4, 1, 2)?);
+                (
+                    self.g.reshape(a, vec![b, h, t, half])?,
+                    self.g.reshape(c, vec![b, h, t, half])?,
+                )
+            }
+        };
+        let (x1c, x2s) = (self.g.mul(x1, cos)?, self.g.mul(x2, sin)?);
+        let y1 = self.g.sub(x1c, x2s)?;
+        let (x2c, x1s) = (self.g.mul(x2, cos)?, self.g.mul(x1, sin)?);
+        let y2 = self.g.add(x2c, x1s)?;
+        match pairs {
+            RopePairs::Half => self.g.push(Op::Concat { axis: 3 }, &[y1, y2]),
+            RopePairs::Interleaved => {
+                let y1 = self.g.reshape(y1, vec![b, h, t, half, 1])?;
+                let y2 = self.g.reshape(y2, vec![b, h, t, half, 1])?;
+                let y = self.g.push(Op::Concat { axis: 4 }, &[y1, y2])?;
+                self.g.reshape(y, vec![b, h, t, dh])
+            }
+        }
     }
 
     /// A hidden `Linear` inside a block (its weight has role `matrix`).
@@ -729,5 +828,60 @@ impl Lower {
             }
             NormKind::RmsNorm => Ok(y),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::Tensor;
+
+    /// `rotate` against RoPE written out (Su et al., eq. 34): the pair `(x_a, x_b)` of a
+    /// head at position m turns by `m * base^(-2i / dh)`.
+    fn check_rotation(pairs: RopePairs) {
+        let (h, t, dh, base) = (2, 5, 6, 100.0);
+        let mut l = Lower {
+            g: GraphBuilder::new("rope"),
+            d: dh,
+            probes: false,
+            probed: vec![],
+            rope: Some((base, pairs)),
+        };
+        let x = l.g.input("x", Type::f32(vec![1, h, t, dh]));
+        let y = l.rotate(x, (base, pairs)).unwrap();
+        l.g.output("y", y);
+        let g = l.g.finish();
+        let data: Vec<f64> = (0..h * t * dh).map(|k| (k as f64 * 0.7).sin()).collect();
+        let inputs = [Tensor::f32(vec![1, h, t, dh], data.clone())];
+        let env = crate::interp::Env {
+            inputs: &inputs,
+            params: &[],
+        };
+        let out = crate::interp::run(&g, &env).unwrap();
+        let got = &out[0].1.data;
+        for head in 0..h {
+            for m in 0..t {
+                let row = (head * t + m) * dh;
+                for i in 0..dh / 2 {
+                    let (a, b) = match pairs {
+                        RopePairs::Half => (i, i + dh / 2),
+                        RopePairs::Interleaved => (2 * i, 2 * i + 1),
+                    };
+                    let theta = m as f64 * base.powf(-2.0 * i as f64 / dh as f64);
+                    let (xa, xb) = (data[row + a], data[row + b]);
+                    let ya = xa * theta.cos() - xb * theta.sin();
+                    let yb = xa * theta.sin() + xb * theta.cos();
+                    // The table is f32, so angles carry f32 rounding.
+                    assert!((got[row + a] - ya).abs() < 1e-6, "{pairs:?} {m} {i}");
+                    assert!((got[row + b] - yb).abs() < 1e-6, "{pairs:?} {m} {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rotary_positions_turn_each_pair_by_its_angle() {
+        check_rotation(RopePairs::Half);
+        check_rotation(RopePairs::Interleaved);
     }
 }

@@ -13,10 +13,10 @@
 //! is skipped silently so one mistake gives one diagnostic.
 
 mod consts;
-mod learning;
+pub(crate) mod learning;
 mod lower;
 mod outline;
-mod resolve;
+pub(crate) mod resolve;
 #[cfg(test)]
 mod tests;
 
@@ -97,6 +97,16 @@ pub fn elaborate(
     overrides: &[Override],
 ) -> Result<Graph, Diagnostics> {
     elaborate_probed(m, default_name, overrides, Probing::default())
+}
+
+/// The checked and expanded model (sizes, norms, skips, schemes, executed layers) that
+/// lowering turns into IR; `export` generates PyTorch code from it.
+pub(crate) fn plan(
+    m: &Module,
+    default_name: &str,
+    overrides: &[Override],
+) -> Result<resolve::Plan, Diagnostics> {
+    resolve::resolve(m, default_name, overrides)
 }
 
 /// The weight set (`blocks.<w>`) of each layer a module executes, in order.

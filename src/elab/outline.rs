@@ -5,7 +5,7 @@
 
 use super::learning::{AuxHead, Learning};
 use super::resolve::{
-    Act, Head, InputPlan, Loss, NormKind, Placement, Plan, Positions, Skip, Sub, Unit,
+    Act, Head, InputPlan, Loss, NormKind, Placement, Plan, Positions, RopePairs, Skip, Sub, Unit,
 };
 
 /// A model's architecture, top to bottom.
@@ -190,6 +190,13 @@ fn embed(p: &Plan) -> String {
     match p.positions {
         Positions::Learned => format!("{what}, learned positions"),
         Positions::Sinusoidal => format!("{what}, sinusoidal positions"),
+        Positions::Rope { base, pairs } => format!(
+            "{what}, rotary positions (base {base}, {} pairs)",
+            match pairs {
+                RopePairs::Half => "half-split",
+                RopePairs::Interleaved => "interleaved",
+            }
+        ),
         Positions::None => what,
     }
 }
@@ -237,9 +244,21 @@ fn step(u: &Unit, block: &str) -> StepOutline {
 
 fn sublayer(s: &Sub) -> String {
     match *s {
-        Sub::Attention { heads, causal, .. } => format!(
-            "attention, {heads} head{}{}",
+        Sub::Attention {
+            heads,
+            kv_heads,
+            causal,
+            qk_norm,
+            ..
+        } => format!(
+            "attention, {heads} head{}{}{}{}",
             if heads == 1 { "" } else { "s" },
+            match kv_heads {
+                1 if heads > 1 => ", 1 kv head".to_string(),
+                k if k != heads => format!(", {k} kv heads"),
+                _ => String::new(),
+            },
+            if qk_norm { ", qk-norm" } else { "" },
             if causal { ", causal" } else { "" }
         ),
         Sub::Ffn {

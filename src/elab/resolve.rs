@@ -10,6 +10,7 @@ use super::{
     closest, list, suggest, Override, MAX_ELEMENTS, MAX_LAYERS, MAX_STEPS, MAX_STEPS_PER_BLOCK,
 };
 use crate::diag::{Diagnostic, Diagnostics};
+use crate::ir::SINUSOIDAL_BASE;
 use crate::syntax::ast::{
     Block, BlockItem, Call, Expr, ExprKind, Ident, Item, Module, NormSpec, Scheme, Span, Stack,
     Step, Sublayer,
@@ -99,8 +100,12 @@ pub(crate) enum Act {
 pub(crate) enum Sub {
     Attention {
         heads: usize,
+        /// Key and value heads (grouped-query attention); `heads` when not grouped.
+        kv_heads: usize,
         causal: bool,
         bias: bool,
+        /// RMSNorm over each head's query and key before the scores.
+        qk_norm: bool,
         heads_span: Span,
     },
     Ffn {
@@ -167,7 +172,23 @@ pub(crate) enum InputPlan {
 pub(crate) enum Positions {
     Learned,
     Sinusoidal,
+    /// Rotary positions on every attention's queries and keys; nothing is added to the
+    /// embedding.
+    Rope {
+        base: f64,
+        pairs: RopePairs,
+    },
     None,
+}
+
+/// Which dimensions of a head RoPE rotates together. Both conventions are in use, and a
+/// model trained with one is ruined by the other, so the choice is spelled out.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum RopePairs {
+    /// `(i, i + d/2)`: GPT-NeoX and Llama.
+    Half,
+    /// `(2i, 2i + 1)`: the RoPE paper (RoFormer) and GPT-J.
+    Interleaved,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -799,14 +820,7 @@ impl Resolver<'_> {
         let positions = match (b.get("positions"), inp) {
             (None, InputPlan::Tokens { .. }) => Some(Positions::Learned),
             (None, InputPlan::Features { .. }) => Some(Positions::None),
-            (Some(pe), InputPlan::Tokens { .. }) => self
-                .ev()
-                .keyword(pe, "position kind", &["learned", "sinusoidal", "none"])
-                .map(|k| match k.as_str() {
-                    "learned" => Positions::Learned,
-                    "sinusoidal" => Positions::Sinusoidal,
-                    _ => Positions::None,
-                }),
+            (Some(pe), InputPlan::Tokens { .. }) => self.positions(pe),
             (Some(pe), InputPlan::Features { .. }) => {
                 self.diags.push(
                     err(
@@ -825,6 +839,64 @@ impl Resolver<'_> {
             matches!(inp, InputPlan::Features { .. }),
             dim_e.map(|e| e.span).unwrap_or(c.span),
         ))
+    }
+
+    /// `positions = learned | sinusoidal | none | rope(base = 10000, pairs = half)`.
+    fn positions(&mut self, e: &Expr) -> Option<Positions> {
+        if let ExprKind::Call(c) = &e.kind {
+            if c.name.name == "rope" {
+                return self.rope(c);
+            }
+        }
+        self.ev()
+            .keyword(
+                e,
+                "position kind",
+                &["learned", "sinusoidal", "rope", "none"],
+            )
+            .map(|k| match k.as_str() {
+                "learned" => Positions::Learned,
+                "sinusoidal" => Positions::Sinusoidal,
+                "rope" => Positions::Rope {
+                    base: SINUSOIDAL_BASE,
+                    pairs: RopePairs::Half,
+                },
+                _ => Positions::None,
+            })
+    }
+
+    fn rope(&mut self, c: &Call) -> Option<Positions> {
+        let b = Bound::bind(c, "`rope`", &["base", "pairs"], 0, &mut self.diags);
+        let base = match b.get("base") {
+            None => Some(SINUSOIDAL_BASE),
+            Some(e) => {
+                let v = self.ev().number_of(e, "the rotary base")?;
+                if v.is_finite() && v > 1.0 {
+                    Some(v)
+                } else {
+                    self.diags.push(
+                        err("the rotary base must be above 1", e.span, "not above 1").with_hint(
+                            "RoPE uses 10000; long-context models use larger bases such as 500000",
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        let pairs = match b.get("pairs") {
+            None => Some(RopePairs::Half),
+            Some(e) => self
+                .ev()
+                .keyword(e, "rotary pairing", &["half", "interleaved"])
+                .map(|k| match k.as_str() {
+                    "interleaved" => RopePairs::Interleaved,
+                    _ => RopePairs::Half,
+                }),
+        };
+        Some(Positions::Rope {
+            base: base?,
+            pairs: pairs?,
+        })
     }
 
     // ------------------------------------------------------------ norms and skips
@@ -1503,18 +1575,25 @@ impl Resolver<'_> {
                 let b = Bound::bind(
                     c,
                     "attention",
-                    &["heads", "causal", "bias"],
+                    &["heads", "kv_heads", "causal", "bias", "qk_norm"],
                     1,
                     &mut self.diags,
                 );
                 let he = b.require("heads", "attention(heads = 4)", &mut self.diags);
                 let heads = he.and_then(|e| self.ev().size(e, "heads"));
+                let kv_heads = match (b.get("kv_heads"), heads) {
+                    (None, h) => h,
+                    (Some(e), h) => self.kv_heads(e, h),
+                };
                 let causal = self.opt_bool(b.get("causal"), "causal", true);
                 let bias = self.opt_bool(b.get("bias"), "bias", true);
+                let qk_norm = self.opt_bool(b.get("qk_norm"), "qk_norm", false);
                 Some(Sub::Attention {
                     heads: heads?,
+                    kv_heads: kv_heads?,
                     causal: causal?,
                     bias: bias?,
+                    qk_norm: qk_norm?,
                     heads_span: he?.span,
                 })
             }
@@ -1571,6 +1650,31 @@ impl Resolver<'_> {
                 None
             }
         }
+    }
+
+    /// `kv_heads`: at least 1 and dividing `heads` (each key/value head serves a group).
+    fn kv_heads(&mut self, e: &Expr, heads: Option<usize>) -> Option<usize> {
+        let kv = self.ev().size(e, "kv_heads")?;
+        let heads = heads?;
+        if kv == 0 || !heads.is_multiple_of(kv) {
+            let divisors: Vec<String> = (1..=heads)
+                .filter(|k| heads.is_multiple_of(*k))
+                .map(|k| k.to_string())
+                .collect();
+            self.diags.push(
+                err(
+                    format!("`kv_heads = {kv}` does not divide `heads = {heads}`"),
+                    e.span,
+                    "each key/value head serves an equal group of query heads",
+                )
+                .with_hint(format!(
+                    "kv_heads that divide {heads}: {} (1 is multi-query attention, {heads} is plain multi-head)",
+                    divisors.join(", ")
+                )),
+            );
+            return None;
+        }
+        Some(kv)
     }
 
     fn opt_bool(&mut self, e: Option<&Expr>, what: &str, default: bool) -> Option<bool> {
@@ -1987,6 +2091,18 @@ impl Resolver<'_> {
                             };
                             if w % heads != 0 {
                                 self.heads_not_dividing(w, wname, wspan, heads, heads_span);
+                                continue;
+                            }
+                            let dh = w / heads;
+                            if matches!(p.positions, Positions::Rope { .. }) && dh % 2 != 0 {
+                                self.diags.push(
+                                    err(
+                                        format!("rotary positions rotate pairs of dimensions, and each of the {heads} heads has {dh}"),
+                                        heads_span,
+                                        format!("{w} / {heads} = {dh} is odd"),
+                                    )
+                                    .with_hint("choose heads so that each head has an even number of dimensions"),
+                                );
                                 continue;
                             }
                             self.numel(&[w, w], br.span, "an attention weight");

@@ -213,6 +213,10 @@ impl GraphBuilder {
         }
         self.push(Op::View(ViewOp::Broadcast { shape }), &[x])
     }
+    /// Elements `start..end` of `x` along `axis`.
+    pub fn slice(&mut self, x: ValueId, axis: usize, start: usize, end: usize) -> BuildResult {
+        self.push(Op::View(ViewOp::Slice { axis, start, end }), &[x])
+    }
     pub fn matmul(&mut self, a: ValueId, b: ValueId, ta: bool, tb: bool) -> BuildResult {
         self.push(Op::MatMul { ta, tb }, &[a, b])
     }

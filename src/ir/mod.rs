@@ -14,7 +14,9 @@ pub mod text;
 use serde::{Deserialize, Serialize};
 
 pub use builder::GraphBuilder;
-pub use ops::{infer_type, BinaryOp, MaskFill, Op, UnaryOp, ViewOp, F64};
+pub use ops::{
+    infer_type, sinusoidal_entry, BinaryOp, MaskFill, Op, UnaryOp, ViewOp, F64, SINUSOIDAL_BASE,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum DType {

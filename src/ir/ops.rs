@@ -87,6 +87,22 @@ impl From<f64> for F64 {
     }
 }
 
+/// The base of the additive sinusoidal positions (Vaswani et al.).
+pub const SINUSOIDAL_BASE: f64 = 10000.0;
+
+/// Entry `[pos, j]` of the sinusoidal table of width `dim`: columns `2i` and `2i + 1` hold
+/// the sine and the cosine of `pos / base^(2i / dim)`. The one definition that the
+/// interpreter, constant folding and the kernels' constant tables all use.
+pub fn sinusoidal_entry(pos: usize, j: usize, dim: usize, base: f64) -> f64 {
+    let two_i = (j - j % 2) as f64;
+    let angle = pos as f64 / base.powf(two_i / dim as f64);
+    if j.is_multiple_of(2) {
+        angle.sin()
+    } else {
+        angle.cos()
+    }
+}
+
 /// Elementwise ops of one f32 operand (same shape out).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum UnaryOp {
@@ -259,10 +275,12 @@ pub enum Op {
         value: F64,
         shape: Vec<usize>,
     },
-    /// Sinusoidal position table `[len, dim]` (Vaswani et al.): sin on even, cos on odd columns.
+    /// Sinusoidal table `[len, dim]` (Vaswani et al.): sin on even, cos on odd columns; see
+    /// `sinusoidal_entry`. Additive positions use base 10000; rotary positions their own.
     Sinusoidal {
         len: usize,
         dim: usize,
+        base: F64,
     },
 
     // ---- elementwise ----
@@ -344,7 +362,11 @@ impl Op {
                 value: F64(0.0),
                 shape: vec![],
             },
-            Op::Sinusoidal { len: 1, dim: 2 },
+            Op::Sinusoidal {
+                len: 1,
+                dim: 2,
+                base: F64(SINUSOIDAL_BASE),
+            },
         ];
         all.extend(UnaryOp::PLAIN.map(Op::Unary));
         all.push(Op::Unary(UnaryOp::Scale { factor: F64(1.0) }));
@@ -473,7 +495,7 @@ pub fn infer_type(op: &Op, args: &[&Type]) -> Result<Type, IrError> {
             expect_arity(op, args, 0)?;
             Ok(Type::f32(shape.clone()))
         }
-        Op::Sinusoidal { len, dim } => {
+        Op::Sinusoidal { len, dim, .. } => {
             expect_arity(op, args, 0)?;
             Ok(Type::f32(vec![*len, *dim]))
         }

@@ -34,7 +34,7 @@
 //! can overflow on a parsed graph.
 
 use super::ops::MaskFill;
-use super::ops::{UnaryOp, ViewOp, F64};
+use super::ops::{UnaryOp, ViewOp, F64, SINUSOIDAL_BASE};
 use super::{
     DType, Graph, Init, Input, IrError, Node, Op, Output, Param, ParamRole, Phase, Type, ValueId,
 };
@@ -211,7 +211,13 @@ fn op_text(
                 list_text(shape)
             )
         }
-        Op::Sinusoidal { len, dim } => format!("{name}[len={len}, dim={dim}]"),
+        Op::Sinusoidal { len, dim, base } if base.get() == SINUSOIDAL_BASE => {
+            format!("{name}[len={len}, dim={dim}]")
+        }
+        Op::Sinusoidal { len, dim, base } => format!(
+            "{name}[len={len}, dim={dim}, base={}]",
+            float_text(base.get())
+        ),
         Op::Unary(UnaryOp::Scale { factor }) => format!("{name}[{}]", float_text(factor.get())),
         Op::Unary(UnaryOp::AddScalar { value }) => format!("{name}[{}]", float_text(value.get())),
         Op::ReduceSum { axes, keep_dims } => {
@@ -938,6 +944,23 @@ impl Attrs<'_> {
         .ok_or_else(|| at(&a.tok, format!("`{key}` must be a number")))
     }
 
+    /// A keyed number, or `default` when the key is absent.
+    fn keyed_float_or(&mut self, key: &str, default: f64) -> PResult<f64> {
+        if !self
+            .items
+            .iter()
+            .any(|a| !a.used && a.key.as_deref() == Some(key))
+        {
+            return Ok(default);
+        }
+        let a = self.keyed(key)?;
+        match &a.val {
+            AttrVal::Word(w) => parse_f64(w).filter(|v| v.is_finite() && *v > 1.0),
+            _ => None,
+        }
+        .ok_or_else(|| at(&a.tok, format!("`{key}` must be a number above 1")))
+    }
+
     fn list(&mut self, key: &str) -> PResult<Vec<usize>> {
         let a = self.keyed(key)?;
         match &a.val {
@@ -1032,6 +1055,7 @@ fn build_op(name: &str, tok: &Token, items: Vec<Attr>) -> PResult<Op> {
         Op::Sinusoidal { .. } => Op::Sinusoidal {
             len: a.int("len")?,
             dim: a.int("dim")?,
+            base: F64(a.keyed_float_or("base", SINUSOIDAL_BASE)?),
         },
         Op::Unary(UnaryOp::Scale { .. }) => Op::Unary(UnaryOp::Scale {
             factor: F64(a.float()?),

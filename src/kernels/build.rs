@@ -676,8 +676,8 @@ impl<'g> Builder<'g> {
                 value: value.get(),
                 shape,
             }),
-            Op::Sinusoidal { len, dim } => {
-                let data = sinusoidal(*len, *dim).map_err(KernelError::Alloc)?;
+            Op::Sinusoidal { len, dim, base } => {
+                let data = sinusoidal(*len, *dim, base.get()).map_err(KernelError::Alloc)?;
                 let b = self.new_buf(
                     data.len().max(1),
                     DType::F32,
@@ -1556,14 +1556,12 @@ fn reshape_view(v: &View, shape: &[usize]) -> Option<View> {
 }
 
 /// The `[len, dim]` table, built when the program is (it is constant data of the program).
-fn sinusoidal(len: usize, dim: usize) -> Result<Vec<f32>, AllocError> {
-    let what = || format!("the sinusoidal position table [{len}, {dim}]");
+fn sinusoidal(len: usize, dim: usize, base: f64) -> Result<Vec<f32>, AllocError> {
+    let what = || format!("the sinusoidal table [{len}, {dim}]");
     let mut data = try_buffer(len * dim, what)?;
     for pos in 0..len {
         for j in 0..dim {
-            let two_i = (j - j % 2) as f64;
-            let angle = pos as f64 / 10000f64.powf(two_i / dim as f64);
-            data.push(if j % 2 == 0 { angle.sin() } else { angle.cos() } as f32);
+            data.push(crate::ir::sinusoidal_entry(pos, j, dim, base) as f32);
         }
     }
     Ok(data)

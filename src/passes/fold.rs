@@ -41,7 +41,7 @@ pub(super) fn const_fold_pass(g: Graph, spare: &mut Vec<Node>) -> Result<Swept, 
     let mut dense: HashMap<ValueId, Tensor> = HashMap::new();
     rewrite(g, spare, |rw, _, n| {
         if n.op.is_leaf() {
-            if let Op::Sinusoidal { len, dim } = n.op {
+            if let Op::Sinusoidal { len, dim, .. } = n.op {
                 if len.saturating_mul(dim) <= DENSE_LIMIT {
                     if let Ok(t) = apply(&n.op, &[]) {
                         dense.insert(rw.next_id(), t);

@@ -177,6 +177,8 @@ pub enum ExprKind {
     Neg(Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
     List(Vec<Expr>),
+    /// `rope(base = 10000)`: a kind with its settings, as an argument's value.
+    Call(Box<Call>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

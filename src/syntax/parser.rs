@@ -1684,6 +1684,10 @@ impl Builder {
             }
             Rule::bool => leaf(ExprKind::Bool(text == "true")),
             Rule::name => leaf(ExprKind::Name(text.to_string())),
+            Rule::call_value => {
+                let c = self.call(p);
+                leaf(ExprKind::Call(Box::new(c)))
+            }
             Rule::paren => match p.into_inner().find(|q| q.as_rule() == Rule::expr) {
                 Some(inner) => {
                     let (mut e, depth) = self.expr(inner);

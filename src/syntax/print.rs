@@ -130,6 +130,7 @@ pub fn expr(e: &Expr) -> String {
             let items: Vec<String> = items.iter().map(expr).collect();
             format!("[{}]", items.join(", "))
         }
+        ExprKind::Call(c) => call(c),
     }
 }
 

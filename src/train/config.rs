@@ -126,6 +126,13 @@ fn eval(e: &Expr, consts: &HashMap<String, f64>) -> Result<Val, Diagnostic> {
             }
             Val::Num(v, ints && !matches!(op, BinOp::Div))
         }
+        ExprKind::Call(c) => {
+            return Err(err(
+                format!("`{}(...)` is not a value here", c.name.name),
+                e.span,
+                "a call",
+            ))
+        }
         ExprKind::List(items) => Val::List(
             items
                 .iter()

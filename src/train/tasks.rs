@@ -452,7 +452,7 @@ impl Task {
     }
 
     /// Scored positions of an LM row (`None`: every position).
-    fn scored_positions(&self) -> Option<Vec<usize>> {
+    pub fn scored_positions(&self) -> Option<Vec<usize>> {
         match &self.data {
             Data::Pairs { eq_token, .. } => Some(vec![if eq_token.is_some() { 2 } else { 1 }]),
             Data::Seq { half, .. } => Some((*half..2 * half).collect()),
