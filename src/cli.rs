@@ -358,9 +358,18 @@ pub enum Command {
         held out (or the file's `held_out.<name>` tensors). The file is checked before \
         training starts. Recipe and data reference: docs/training.md.")]
     Train(TrainArgs),
-    /// Generate text from a trained byte-level language model.
+    /// Generate text (or token ids) from a trained language model.
     #[command(
-        after_help = "Example:\n  lamina sample examples/tiny_lm.lam --weights runs/tiny_lm-seed0/final.safetensors --prompt 'The '"
+        after_help = "Examples:\n  lamina sample examples/tiny_lm.lam --weights runs/tiny_lm-seed0/final.safetensors --prompt 'The '\n  \
+        lamina sample gpt2/model.lam --weights gpt2/weights.safetensors --prompt-ids 464,2068 --length 20\n  \
+        lamina sample gpt2/model.lam --weights gpt2/weights.safetensors --tokenizer gpt2 --prompt 'The quick'\n\n\
+        A byte-level model (vocab 256) reads the prompt as bytes and prints text. With \
+        --prompt-ids the prompt is token ids and the output is the ids, prompt first, \
+        comma-separated. With --tokenizer DIR (GPT-2's vocab.json and merges.txt, which \
+        `lamina import gpt2` copies) the prompt text is encoded with byte-level BPE (an empty \
+        prompt starts from <|endoftext|>) and the output is decoded to text. Each token is \
+        one forward pass over the model's whole length; a model imported with a short \
+        --length samples faster."
     )]
     Sample {
         /// The model file (.lam).
@@ -371,7 +380,13 @@ pub enum Command {
         /// Text the generation starts from.
         #[arg(long, default_value = "")]
         prompt: String,
-        /// Bytes to generate.
+        /// Token ids the generation starts from, comma-separated: `464,2068`.
+        #[arg(long, value_name = "IDS", value_delimiter = ',', num_args = 1.., conflicts_with = "prompt")]
+        prompt_ids: Option<Vec<u32>>,
+        /// A directory with GPT-2's tokenizer files (vocab.json, merges.txt).
+        #[arg(long, value_name = "DIR")]
+        tokenizer: Option<PathBuf>,
+        /// Bytes (or tokens) to generate.
         #[arg(long, default_value_t = 200)]
         length: usize,
         /// Softmax temperature; 0 takes the most likely byte.
@@ -385,6 +400,9 @@ pub enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
+    /// Import a pretrained checkpoint as a model file and its weights.
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// Write the model and its training recipe as plain PyTorch (model.py, train.py).
     #[command(
         after_help = "Examples:\n  lamina export examples/macaron.lam --torch -o out/macaron\n  \
@@ -434,6 +452,42 @@ pub enum Command {
         each_recipe: bool,
         #[command(flatten)]
         train: TrainFlags,
+    },
+}
+
+/// The checkpoint formats `lamina import` reads.
+#[derive(Subcommand, Debug)]
+pub enum ImportCommand {
+    /// A Hugging Face GPT-2 checkpoint (safetensors): writes DIR/model.lam and
+    /// DIR/weights.safetensors.
+    #[command(
+        after_help = "Example:\n  lamina import gpt2 --weights gpt2/model.safetensors -o gpt2-lam --length 256\n  \
+        lamina run gpt2-lam/model.lam --weights gpt2-lam/weights.safetensors\n\n\
+        Reads the checkpoint's tensors (names as Hugging Face writes them, with or without \
+        the `transformer.` prefix; Conv1D weights [in, out]) and config.json beside it when \
+        present. Without config.json the sizes come from the tensors, but the number of heads \
+        cannot: give --heads. Every tensor is checked (name, shape, finite values; \
+        lm_head.weight, if present, must equal wte.weight) before anything is written; the \
+        outputs are written all or nothing. vocab.json and merges.txt beside the checkpoint \
+        are copied into DIR for `lamina sample --tokenizer DIR`. Reference: docs/import.md."
+    )]
+    Gpt2 {
+        /// The checkpoint (model.safetensors).
+        #[arg(long, value_name = "FILE")]
+        weights: PathBuf,
+        /// The directory to write model.lam and weights.safetensors into (created if missing).
+        #[arg(short, long, value_name = "DIR")]
+        output: PathBuf,
+        /// Positions of the model (the context length): 1 to the checkpoint's n_positions.
+        /// Default: n_positions, at most 1024.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        length: Option<u32>,
+        /// The model's batch (a constant of model.lam, so `--set batch=B` changes it later).
+        #[arg(long, value_name = "B", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        batch: u32,
+        /// Attention heads; needed when there is no config.json beside the checkpoint.
+        #[arg(long, value_name = "H", value_parser = clap::value_parser!(u32).range(1..))]
+        heads: Option<u32>,
     },
 }
 
@@ -921,6 +975,8 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             file,
             weights,
             prompt,
+            prompt_ids,
+            tokenizer,
             length,
             temperature,
             seed,
@@ -929,21 +985,35 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
         } => {
             let compiled = compile(&file, &overrides, color)?;
             let (params, _) = io::load_weights(&compiled.forward, &weights)?;
-            let out = crate::train::sample::sample(
-                &compiled.forward,
-                &params,
-                &crate::train::sample::SampleOptions {
-                    prompt: prompt.clone(),
-                    bytes: length,
-                    temperature,
-                    seed,
-                    backend: backend.into(),
-                },
-            )?;
-            let mut bytes = prompt.clone().into_bytes();
-            bytes.extend_from_slice(&out);
-            bytes.push(b'\n');
-            emit_bytes(&bytes);
+            let text = SampleText {
+                prompt,
+                prompt_ids,
+                tokenizer,
+            };
+            cmd_sample(&compiled, &params, text, length, temperature, seed, backend)
+        }
+        Command::Import(ImportCommand::Gpt2 {
+            weights,
+            output,
+            length,
+            batch,
+            heads,
+        }) => {
+            let opts = crate::import::gpt2::Gpt2Options {
+                weights,
+                length: length.map(|n| n as usize),
+                batch: batch as usize,
+                heads: heads.map(|h| h as usize),
+            };
+            let imported = crate::import::gpt2::convert(&opts)?;
+            let written = crate::import::gpt2::write(&imported, &output)?;
+            for note in &imported.notes {
+                errln!("note: {note}");
+            }
+            errln!("{}", imported.summary);
+            for p in written {
+                outln!("wrote {}", p.display());
+            }
             Ok(0)
         }
         Command::Export {
@@ -1315,6 +1385,75 @@ fn fixed(v: f64, digits: usize) -> String {
 }
 
 /// Fail early, before any work, when an output file cannot be created where asked.
+/// The prompt and output options of `lamina sample`.
+struct SampleText {
+    prompt: String,
+    prompt_ids: Option<Vec<u32>>,
+    tokenizer: Option<PathBuf>,
+}
+
+fn cmd_sample(
+    compiled: &Compiled,
+    params: &[Tensor],
+    text: SampleText,
+    length: usize,
+    temperature: f64,
+    seed: u64,
+    backend: BackendArg,
+) -> Result<i32> {
+    use crate::train::sample::Tokens;
+    let bpe = match &text.tokenizer {
+        Some(dir) => Some(crate::import::load_tokenizer(dir)?),
+        None => None,
+    };
+    // The ids shown with the output, and the ids the generation starts from.
+    let (shown, start, tokens) = match (text.prompt_ids, &bpe) {
+        (Some(ids), _) => (ids.clone(), ids, Tokens::Ids),
+        (None, Some(bpe)) => {
+            let ids = bpe
+                .encode(&text.prompt)
+                .map_err(|e| anyhow!("--prompt: {e}"))?;
+            let start = match (ids.is_empty(), bpe.id_of("<|endoftext|>")) {
+                (false, _) => ids.clone(),
+                (true, Some(eot)) => vec![eot],
+                (true, None) => bail!(
+                    "--prompt: give a prompt (the vocabulary has no <|endoftext|> to start from)"
+                ),
+            };
+            (ids, start, Tokens::Ids)
+        }
+        (None, None) => {
+            let bytes: Vec<u32> = text.prompt.bytes().map(u32::from).collect();
+            (bytes.clone(), bytes, Tokens::Bytes)
+        }
+    };
+    let new = crate::train::sample::sample(
+        &compiled.forward,
+        params,
+        &crate::train::sample::SampleOptions {
+            prompt: start,
+            count: length,
+            tokens,
+            temperature,
+            seed,
+            backend: backend.into(),
+        },
+    )?;
+    let mut all = shown;
+    all.extend_from_slice(&new);
+    let mut bytes = match (&bpe, tokens) {
+        (Some(bpe), Tokens::Ids | Tokens::Bytes) => bpe.decode(&all).map_err(|e| anyhow!("{e}"))?,
+        (None, Tokens::Ids) => {
+            let ids: Vec<String> = all.iter().map(|i| i.to_string()).collect();
+            ids.join(",").into_bytes()
+        }
+        (None, Tokens::Bytes) => all.iter().map(|&b| b as u8).collect(),
+    };
+    bytes.push(b'\n');
+    emit_bytes(&bytes);
+    Ok(0)
+}
+
 fn check_output_path(path: &Path) -> Result<()> {
     if path.is_dir() {
         bail!("{} is a directory; give a file name", path.display());

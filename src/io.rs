@@ -192,16 +192,7 @@ pub fn write_atomic_with(
     path: &Path,
     write: impl FnOnce(&Path) -> std::io::Result<()>,
 ) -> Result<(), IoError> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| IoError::new(path, IoErrorKind::NotAFilePath))?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
+    let tmp = temp_path(path)?;
     let result = (|| -> std::io::Result<()> {
         write(&tmp)?;
         std::fs::OpenOptions::new()
@@ -214,6 +205,86 @@ pub fn write_atomic_with(
         let _ = std::fs::remove_file(&tmp);
     }
     result.map_err(|e| IoError::new(path, IoErrorKind::Write(e)))
+}
+
+/// The temporary file `write_atomic` writes before renaming it to `path`.
+fn temp_path(path: &Path) -> Result<PathBuf, IoError> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| IoError::new(path, IoErrorKind::NotAFilePath))?
+        .to_string_lossy()
+        .into_owned();
+    Ok(dir.join(format!(".{file_name}.tmp.{}", std::process::id())))
+}
+
+/// The contents of one file of `write_atomic_all`.
+pub enum FileContents<'a> {
+    Bytes(&'a [u8]),
+    /// Named tensors written as safetensors (floats as f32), streamed like
+    /// `save_safetensors`.
+    Tensors(&'a [(String, Tensor)]),
+}
+
+/// Write several files all or nothing: every file goes to a temporary file beside its
+/// target first, and only when all of them are written and synced are they renamed into
+/// place. A failure before the renames removes every temporary file and leaves the targets
+/// as they were.
+pub fn write_atomic_all(files: &[(PathBuf, FileContents)]) -> Result<(), IoError> {
+    let mut staged: Vec<PathBuf> = Vec::new();
+    let clean = |staged: &[PathBuf]| {
+        for t in staged {
+            let _ = std::fs::remove_file(t);
+        }
+    };
+    for (path, contents) in files {
+        let tmp = match temp_path(path) {
+            Ok(t) => t,
+            Err(e) => {
+                clean(&staged);
+                return Err(e);
+            }
+        };
+        staged.push(tmp.clone());
+        if let Err(e) = write_staged(path, &tmp, contents) {
+            clean(&staged);
+            return Err(e);
+        }
+    }
+    for (i, ((path, _), tmp)) in files.iter().zip(&staged).enumerate() {
+        if let Err(e) = std::fs::rename(tmp, path) {
+            clean(&staged[i..]);
+            return Err(IoError::new(path, IoErrorKind::Write(e)));
+        }
+    }
+    Ok(())
+}
+
+/// Write and sync one temporary file of `write_atomic_all`.
+fn write_staged(path: &Path, tmp: &Path, contents: &FileContents) -> Result<(), IoError> {
+    let write_err = |e| IoError::new(path, IoErrorKind::Write(e));
+    match contents {
+        FileContents::Bytes(bytes) => std::fs::File::create(tmp)
+            .and_then(|mut f| f.write_all(bytes))
+            .map_err(write_err)?,
+        FileContents::Tensors(tensors) => {
+            let format = |e| IoError::new(path, IoErrorKind::Format(e));
+            let raw = tensor_bytes(tensors, FloatWidth::F32).map_err(format)?;
+            let views = views(&raw).map_err(format)?;
+            safetensors::serialize_to_file(views, &None, tmp).map_err(|e| match e {
+                SafeTensorError::IoError(e) => write_err(e),
+                e => write_err(std::io::Error::other(describe(&e))),
+            })?
+        }
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(write_err)
 }
 
 /// Whether `name` is a temporary file `write_atomic` leaves behind when its process is

@@ -9,7 +9,8 @@
 //! - `autodiff`: the joint forward + backward IR; `passes`: the optimizing rewrites;
 //! - `kernels`: fused loop kernels and matmuls; `jit`: Cranelift code for them; `runtime`: the
 //!   arena, the memory plan and the step executor;
-//! - `front`: source text to the forward and joint IR in one call; `train`: the optimizer update
+//! - `front`: source text to the forward and joint IR in one call; `import`: pretrained
+//!   checkpoints (GPT-2) as a model file and weights, and GPT-2's BPE tokenizer; `train`: the optimizer update
 //!   as IR, the one training step (`train::step`), tasks, checkpoints and the training loop;
 //! - `export`: model.py and train.py, the model and its recipe as plain PyTorch;
 //! - `bench`: timing that step; `driver`: the text of every stage; `analysis`: sizes and
@@ -28,6 +29,7 @@ pub mod driver;
 pub mod elab;
 pub mod export;
 pub mod front;
+pub mod import;
 pub mod interp;
 pub mod io;
 pub mod ir;
