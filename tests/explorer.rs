@@ -174,6 +174,27 @@ impl Driver {
         let js = format!("return document.querySelector({css:?})?.textContent ?? ''");
         self.script(&js).as_str().unwrap_or_default().to_string()
     }
+    /// Wait until the page has drawn the refresh of the last edit or click.
+    fn settle(&self) {
+        let start = Instant::now();
+        while self.script("return document.body.dataset.busy") != json!("0") {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the page never settled"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Move the pointer onto the first element matching `css`.
+    fn hover(&self, css: &str) {
+        let el = self.element(css);
+        let actions = json!({ "actions": [{ "type": "pointer", "id": "mouse", "actions": [
+            { "type": "pointerMove", "origin": { "element-6066-11e4-a52e-4f735466cecf": el }, "x": 0, "y": 0 }
+        ]}]});
+        self.call("POST", "/actions", actions);
+    }
+
     /// Wait until `css`'s text contains `needle`.
     fn wait_for(&self, css: &str, needle: &str) {
         let start = Instant::now();
@@ -338,7 +359,8 @@ fn the_page_checks_edits_and_shows_stages_in_chromium() {
     d.wait_for("#diagnostics", "models/tiny.lam:11:7");
     d.screenshot("explorer-error.png");
 
-    // Delete it again, then open the optimized IR.
+    // Delete it again, then open the optimized IR once the page has settled (each
+    // keystroke schedules a refresh that redraws the output).
     let backspaces: String = std::iter::repeat_n('\u{E003}', typed.chars().count()).collect();
     d.call(
         "POST",
@@ -346,17 +368,15 @@ fn the_page_checks_edits_and_shows_stages_in_chromium() {
         json!({ "text": backspaces }),
     );
     d.wait_for("#status", "✓ tiny");
+    d.settle();
     let opt = d.element("#tabs button[data-tab=opt]");
     d.call("POST", &format!("/element/{opt}/click"), json!({}));
     d.wait_for("#output", "graph tiny");
     d.wait_for("#output", "@blocks.1.ffn");
+    d.settle();
 
     // Hover an IR line of blocks.1.ffn: its source line (7) lights up.
-    let line = d.element("#output div[data-src='7']");
-    let actions = json!({ "actions": [{ "type": "pointer", "id": "mouse", "actions": [
-        { "type": "pointerMove", "origin": { "element-6066-11e4-a52e-4f735466cecf": line }, "x": 0, "y": 0 }
-    ]}]});
-    d.call("POST", "/actions", actions);
+    d.hover("#output div[data-src='7']");
     let shown =
         d.script("const h = document.querySelector('#hl'); return [h.style.display, h.style.top]");
     assert_eq!(shown[0], "block", "{shown}");
@@ -375,8 +395,7 @@ fn the_page_checks_edits_and_shows_stages_in_chromium() {
     }
     d.call("POST", &format!("/element/{opt}/click"), json!({}));
     d.wait_for("#output", "graph tiny");
-    d.call("POST", "/actions", json!({ "actions": [{ "type": "pointer", "id": "mouse", "actions": [
-        { "type": "pointerMove", "origin": { "element-6066-11e4-a52e-4f735466cecf": d.element("#output div[data-src='7']") }, "x": 0, "y": 0 }
-    ]}]}));
+    d.settle();
+    d.hover("#output div[data-src='7']");
     d.screenshot("explorer.png");
 }
