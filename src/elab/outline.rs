@@ -199,7 +199,8 @@ fn embed(p: &Plan) -> String {
         } => {
             let (gh, gw) = p.input.patch_grid().unwrap_or((0, 0));
             format!(
-                "patches {patch}x{patch} ({gh}x{gw}) of {channels} channels -> {}",
+                "patches {patch}x{patch} ({gh}x{gw}) of {channels} channel{} -> {}",
+                if channels == 1 { "" } else { "s" },
                 p.d
             )
         }

@@ -1040,10 +1040,14 @@ impl Resolver<'_> {
                             format!("{size} is not a multiple of {patch}"),
                         )
                         .with_note(input_span, format!("the image is {height}x{width}"))
-                        .with_hint(format!(
-                            "patch sizes that divide both {height} and {width}: {}",
-                            common.join(", ")
-                        )),
+                        .with_hint(if height == width {
+                            format!("patch sizes that divide {height}: {}", common.join(", "))
+                        } else {
+                            format!(
+                                "patch sizes that divide both {height} and {width}: {}",
+                                common.join(", ")
+                            )
+                        }),
                     );
                     return None;
                 }
