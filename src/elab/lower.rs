@@ -35,9 +35,10 @@ pub(crate) fn lower(p: &Plan, probes: bool) -> Result<Graph, Diagnostics> {
         probed: Vec::new(),
         rope: match p.positions {
             Positions::Rope { base, pairs } => Some((base, pairs)),
-            Positions::Learned | Positions::Sinusoidal | Positions::Sinusoidal2d | Positions::None => {
-                None
-            }
+            Positions::Learned
+            | Positions::Sinusoidal
+            | Positions::Sinusoidal2d
+            | Positions::None => None,
         },
     };
     match l.model(p) {
@@ -75,9 +76,9 @@ fn layer_parts<'p>(p: &'p Plan, layer: &LayerRun) -> R<(&'p BlockPlan, String, S
 fn head_width(p: &Plan) -> R<usize> {
     match (p.head, p.input) {
         (Head::Lm { .. }, InputPlan::Tokens { vocab, .. }) => Ok(vocab),
-        (Head::Lm { .. }, InputPlan::Features { .. } | InputPlan::Image { .. }) => {
-            Err(IrError::Graph("lm head on a features or image input".into()))
-        }
+        (Head::Lm { .. }, InputPlan::Features { .. } | InputPlan::Image { .. }) => Err(
+            IrError::Graph("lm head on a features or image input".into()),
+        ),
         (Head::Classifier { classes, .. }, _) => Ok(classes),
         (Head::Linear { out }, _) => Ok(out),
     }
@@ -407,10 +408,8 @@ impl Lower {
                 width,
                 ..
             } => (
-                self.g.input(
-                    "images",
-                    Type::f32(vec![batch, channels, height, width]),
-                ),
+                self.g
+                    .input("images", Type::f32(vec![batch, channels, height, width])),
                 batch,
             ),
         };

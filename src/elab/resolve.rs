@@ -904,19 +904,20 @@ impl Resolver<'_> {
         let Some(c) = e else {
             return match inp {
                 InputPlan::Tokens { .. } | InputPlan::Image { .. } => {
-                    let (what, example) = match inp {
+                    let (what, label, example) = match inp {
                         InputPlan::Image { .. } => (
                             "an image model needs a patch embedding",
+                            "images need `embed(dim = ..., patch = ...)`",
                             "add `embed(dim = 64, patch = 4)` to cut the image into 4x4 patches of width 64",
                         ),
                         InputPlan::Tokens { .. } | InputPlan::Features { .. } => (
                             "a token model needs an embedding",
+                            "tokens need `embed(dim = ...)`",
                             "add `embed(dim = 128)` to set the model width",
                         ),
                     };
-                    self.diags.push(
-                        err(what, input_span, "needs `embed(dim = ...)`").with_hint(example),
-                    );
+                    self.diags
+                        .push(err(what, input_span, label).with_hint(example));
                     None
                 }
                 InputPlan::Features { width, .. } => Some(Embedding {
@@ -1031,7 +1032,11 @@ impl Resolver<'_> {
                         .filter(|p| height % p == 0 && width % p == 0)
                         .map(|p| p.to_string())
                         .collect();
-                    let which = if height % patch != 0 { "height" } else { "width" };
+                    let which = if height % patch != 0 {
+                        "height"
+                    } else {
+                        "width"
+                    };
                     let size = if height % patch != 0 { height } else { width };
                     self.diags.push(
                         err(
@@ -2140,7 +2145,10 @@ impl Resolver<'_> {
             None => {
                 self.diags.push(
                     err(
-                        format!("a{} {kind} model needs a `head`", if kind == "image" { "n" } else { "" }),
+                        format!(
+                            "a{} {kind} model needs a `head`",
+                            if kind == "image" { "n" } else { "" }
+                        ),
                         input_span,
                         format!("{kind} input"),
                     )
@@ -2363,7 +2371,11 @@ impl Resolver<'_> {
                 ..
             } => {
                 if self.numel(&[b, channels, height, width], input_span, "the input batch") {
-                    self.numel(&[d, channels, patch, patch], d_span, "the patch embedding weight");
+                    self.numel(
+                        &[d, channels, patch, patch],
+                        d_span,
+                        "the patch embedding weight",
+                    );
                     self.numel(&act(d), d_span, "the residual stream");
                 }
             }

@@ -387,7 +387,11 @@ fn elaborated_models_run_in_the_interpreter() {
 
 /// The residual stream after the embedding (`probe.0.embed`) of `src` on `images`, with
 /// each parameter's elements set by `value(name, flat index)`.
-fn embedded(src: &str, images: Vec<f64>, value: impl Fn(&str, usize) -> f64) -> crate::tensor::Tensor {
+fn embedded(
+    src: &str,
+    images: Vec<f64>,
+    value: impl Fn(&str, usize) -> f64,
+) -> crate::tensor::Tensor {
     let m = parse(src).unwrap_or_else(|d| panic!("{d:?}"));
     let probing = super::Probing {
         states: true,
@@ -461,7 +465,10 @@ fn patch_embedding_is_a_strided_convolution() {
                         }
                     }
                     let got = out.data[(bi * gh * gw + i * gw + j) * d + o];
-                    assert!((got - want).abs() < 1e-12, "[{bi}, {i}, {j}, {o}]: {got} vs {want}");
+                    assert!(
+                        (got - want).abs() < 1e-12,
+                        "[{bi}, {i}, {j}, {o}]: {got} vs {want}"
+                    );
                 }
             }
         }
@@ -497,7 +504,10 @@ fn sinusoidal2d_encodes_the_row_then_the_column() {
             for k in 0..d {
                 let want = if k < half { pe(r, k) } else { pe(c, k - half) };
                 let got = out.data[(r * gw + c) * d + k];
-                assert!((got - want).abs() < 1e-12, "({r}, {c}) channel {k}: {got} vs {want}");
+                assert!(
+                    (got - want).abs() < 1e-12,
+                    "({r}, {c}) channel {k}: {got} vs {want}"
+                );
             }
         }
     }
@@ -525,5 +535,8 @@ fn class_token_leads_the_sequence_with_its_position() {
     }
     // Attention in an image model is not causal: no mask in the graph.
     let g = elab(src);
-    assert!(!g.nodes.iter().any(|n| matches!(n.op, Op::CausalMask { .. })));
+    assert!(!g
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op, Op::CausalMask { .. })));
 }

@@ -9,8 +9,7 @@ use super::Unsupported;
 use crate::elab::learning::{AuxHead, Learning};
 use crate::elab::resolve::{
     Act, BlockPlan, Branch, Head, InputPlan, Loss, NormKind, Placement, Plan, Pool, Positions,
-    RopePairs,
-    Skip, Sub, Unit,
+    RopePairs, Skip, Sub, Unit,
 };
 use std::collections::BTreeMap;
 

@@ -864,7 +864,11 @@ fn split_fits(
     let by_name = format!(
         "give held-out examples as `{HELD_OUT}{}` and `{HELD_OUT}{}`",
         fx.name,
-        if fx.name == "images" { "labels" } else { "targets" }
+        if fx.name == "images" {
+            "labels"
+        } else {
+            "targets"
+        }
     );
     if held.rows == 0 {
         let m = if explicit {

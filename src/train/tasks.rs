@@ -24,8 +24,13 @@ pub struct ModelShape {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum InputKind {
-    Tokens { length: usize, vocab: usize },
-    Features { width: usize },
+    Tokens {
+        length: usize,
+        vocab: usize,
+    },
+    Features {
+        width: usize,
+    },
     /// `images: f32[B, channels, height, width]`.
     Image {
         channels: usize,
@@ -169,7 +174,9 @@ impl TaskSpec {
             (InputKind::Features { .. }, _) => TaskSpec::Classification,
             (InputKind::Image { .. }, Head::Classifier { .. }) => TaskSpec::Shapes,
             (InputKind::Image { .. }, Head::Lm { .. } | Head::Regression { .. }) => {
-                return Err("no built-in task trains an image model without a classifier head".into())
+                return Err(
+                    "no built-in task trains an image model without a classifier head".into(),
+                )
             }
         })
     }
@@ -511,9 +518,7 @@ impl Task {
         match &self.data {
             Data::Pairs { eq_token, .. } => Some(vec![if eq_token.is_some() { 2 } else { 1 }]),
             Data::Seq { half, .. } => Some((*half..2 * half).collect()),
-            Data::Text { .. } | Data::Teacher { .. } | Data::Shapes { .. } | Data::User(_) => {
-                None
-            }
+            Data::Text { .. } | Data::Teacher { .. } | Data::Shapes { .. } | Data::User(_) => None,
         }
     }
 
