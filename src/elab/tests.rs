@@ -492,7 +492,7 @@ fn sinusoidal2d_encodes_the_row_then_the_column() {
     // PE(pos, 2i) = sin(pos / 10000^(2i / half)), PE(pos, 2i + 1) = cos(the same).
     let pe = |pos: usize, k: usize| {
         let angle = pos as f64 / 10000f64.powf((k / 2 * 2) as f64 / half as f64);
-        if k % 2 == 0 {
+        if k.is_multiple_of(2) {
             angle.sin()
         } else {
             angle.cos()
