@@ -836,3 +836,72 @@ fn a_bad_data_file_exits_with_an_error_and_a_hint() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(!d.join("run/log.jsonl").exists());
 }
+
+/// A tiny image classifier trained from an `images`/`labels` file of drawn shapes.
+#[test]
+fn image_data_sets_train_an_image_model() {
+    use lamina::train::tasks::{draw_shape, rng_for};
+    let d = tmp("images");
+    let m = write_model(
+        &d,
+        "input image(batch = 16, channels = 1, height = 8, width = 8)
+embed(dim = 16, patch = 2)
+block layer {
+    attn = attention(heads = 2)
+    ffn  = ffn(hidden = 32)
+}
+stack layer * 1
+head classifier(classes = 3)
+train {
+    steps      = 400
+    optimizer  = adamw(lr = 3e-3)
+    eval_every = 100
+}
+",
+    );
+    let n = 400;
+    let mut rng = rng_for(1, 99, 0);
+    let (mut x, mut y) = (vec![], vec![]);
+    for k in 0..n {
+        let class = k % 3;
+        x.extend(
+            draw_shape(&mut rng, class, 1, 8, 8)
+                .iter()
+                .map(|&v| v as f32),
+        );
+        y.push(class as u64);
+    }
+    let data = d.join("shapes.safetensors");
+    write_tensors(
+        &data,
+        &[
+            Raw("images", Dtype::F32, vec![n, 1, 8, 8], f32s(&x)),
+            Raw("labels", Dtype::I64, vec![n], i64s(&y)),
+        ],
+    );
+    let opts = TrainOptions {
+        out: Some(d.join("run")),
+        quiet: true,
+        data: Some(data),
+        ..Default::default()
+    };
+    let s = train::train(&m, &opts).unwrap();
+    assert_eq!(s.task, "data");
+    let acc = s.evals.last().unwrap().1.accuracy.unwrap();
+    assert!(acc > 0.5, "held-out accuracy {acc} (chance 1/3)");
+
+    // Without `labels`, the message names what an image model reads.
+    let bad = d.join("bad.safetensors");
+    write_tensors(
+        &bad,
+        &[Raw("images", Dtype::F32, vec![n, 1, 8, 8], f32s(&x))],
+    );
+    let opts = TrainOptions {
+        out: Some(d.join("run2")),
+        quiet: true,
+        data: Some(bad),
+        ..Default::default()
+    };
+    let e = train::train(&m, &opts).unwrap_err().to_string();
+    assert!(e.contains("an image model needs `images`"), "{e}");
+}

@@ -1030,3 +1030,34 @@ fn drop_masks_are_a_random_suffix() {
         .collect();
     assert_eq!(starts.len(), 6, "every start index is drawn");
 }
+
+/// A tiny Vision Transformer on the built-in `shapes` task: 12x12 images in 3x3 patches,
+/// five kinds of shape.
+const TINY_VIT: &str = "\
+input image(batch = 32, channels = 1, height = 12, width = 12)
+embed(dim = 32, patch = 3)
+block layer {
+    attn = attention(heads = 2)
+    ffn  = ffn(hidden = 64)
+}
+stack layer * 1
+head classifier(classes = 5, pool = cls)
+train {
+    steps      = 300
+    optimizer  = adamw(lr = 3e-3, weight_decay = 0.05)
+    schedule   = cosine(warmup = 20)
+    eval_every = 100
+}
+";
+
+#[test]
+fn tiny_vit_learns_shapes_well_above_chance() {
+    let d = tmp("vit");
+    let m = write_model(&d, TINY_VIT);
+    let s = train::train(&m, &opts(&d.join("run"))).unwrap();
+    assert_eq!(s.task, "shapes");
+    let (_, last) = s.evals.last().expect("evaluated");
+    let acc = last.accuracy.expect("a classifier has an accuracy");
+    // Chance is 1/5; the held-out examples are drawn from their own stream.
+    assert!(acc > 0.6, "held-out accuracy {acc}");
+}

@@ -142,7 +142,7 @@ pub(crate) fn resolve(
                 Some(e) => ev.number_of(e, "threshold")?,
             };
             match head? {
-                Head::Classifier { classes } if classes >= 2 => {
+                Head::Classifier { classes, .. } if classes >= 2 => {
                     Some(Learning::ForwardForward { threshold })
                 }
                 Head::Classifier { .. } | Head::Lm { .. } | Head::Linear { .. } => {

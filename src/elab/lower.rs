@@ -6,8 +6,8 @@
 
 use super::learning::{AuxHead, Learning};
 use super::resolve::{
-    Act, BlockPlan, Head, InputPlan, LayerRun, Loss, Norm, NormKind, Placement, Plan, Positions,
-    RopePairs, Skip, Sub, Unit,
+    Act, BlockPlan, Head, InputPlan, LayerRun, Loss, Norm, NormKind, Placement, Plan, Pool,
+    Positions, RopePairs, Skip, Sub, Unit,
 };
 use crate::diag::Diagnostics;
 use crate::ir::ops::MaskFill;
@@ -35,7 +35,10 @@ pub(crate) fn lower(p: &Plan, probes: bool) -> Result<Graph, Diagnostics> {
         probed: Vec::new(),
         rope: match p.positions {
             Positions::Rope { base, pairs } => Some((base, pairs)),
-            Positions::Learned | Positions::Sinusoidal | Positions::None => None,
+            Positions::Learned
+            | Positions::Sinusoidal
+            | Positions::Sinusoidal2d
+            | Positions::None => None,
         },
     };
     match l.model(p) {
@@ -73,10 +76,10 @@ fn layer_parts<'p>(p: &'p Plan, layer: &LayerRun) -> R<(&'p BlockPlan, String, S
 fn head_width(p: &Plan) -> R<usize> {
     match (p.head, p.input) {
         (Head::Lm { .. }, InputPlan::Tokens { vocab, .. }) => Ok(vocab),
-        (Head::Lm { .. }, InputPlan::Features { .. }) => {
-            Err(IrError::Graph("lm head on a features input".into()))
-        }
-        (Head::Classifier { classes }, _) => Ok(classes),
+        (Head::Lm { .. }, InputPlan::Features { .. } | InputPlan::Image { .. }) => Err(
+            IrError::Graph("lm head on a features or image input".into()),
+        ),
+        (Head::Classifier { classes, .. }, _) => Ok(classes),
         (Head::Linear { out }, _) => Ok(out),
     }
 }
@@ -360,43 +363,64 @@ impl Lower {
         }
     }
 
-    /// The head's input: per position for an lm head, the mean over the sequence for a
-    /// pooled head of a token model.
+    /// The head's input: per position for an lm head, the mean over the sequence (or the
+    /// class token at position 0) for a pooled head of a token or image model.
     fn pool(&mut self, p: &Plan, x: ValueId) -> R<ValueId> {
-        match (p.input, p.head) {
-            (_, Head::Lm { .. }) | (InputPlan::Features { .. }, _) => Ok(x),
+        let pool = match p.head {
+            Head::Lm { .. } => return Ok(x),
+            Head::Classifier { pool, .. } => pool,
+            Head::Linear { .. } => Pool::Mean,
+        };
+        let Some(length) = p.seq_len() else {
+            return Ok(x);
+        };
+        match pool {
             // Mean over the sequence: [B, T, d] -> [B, d].
-            (InputPlan::Tokens { length, .. }, Head::Classifier { .. } | Head::Linear { .. }) => {
+            Pool::Mean => {
                 let s = self.g.reduce_sum(x, vec![1], false)?;
                 self.g.scale(s, 1.0 / length as f64)
+            }
+            // The class token: [B, T, d] -> [B, 1, d] -> [B, d].
+            Pool::Cls => {
+                let mut shape = self.g.shape(x);
+                let t = self.g.slice(x, 1, 0, 1)?;
+                shape.remove(1);
+                self.g.reshape(t, shape)
             }
         }
     }
 
-    /// The model's inputs and its targets, in a stable order: tokens or inputs, then
-    /// targets.
+    /// The model's inputs and its targets, in a stable order: tokens, inputs or images,
+    /// then targets.
     fn inputs(&mut self, p: &Plan) -> (ValueId, ValueId) {
-        match p.input {
-            InputPlan::Tokens { batch, length, .. } => {
-                let tokens = self.g.input("tokens", Type::i32(vec![batch, length]));
-                let tty = match p.head {
-                    Head::Lm { .. } => Type::i32(vec![batch, length]),
-                    Head::Classifier { .. } => Type::i32(vec![batch]),
-                    Head::Linear { out } => Type::f32(vec![batch, out]),
-                };
-                let targets = self.g.input("targets", tty);
-                (tokens, targets)
-            }
+        let (x, batch) = match p.input {
+            InputPlan::Tokens { batch, length, .. } => (
+                self.g.input("tokens", Type::i32(vec![batch, length])),
+                batch,
+            ),
             InputPlan::Features { batch, width } => {
-                let inputs = self.g.input("inputs", Type::f32(vec![batch, width]));
-                let tty = match p.head {
-                    Head::Linear { out } => Type::f32(vec![batch, out]),
-                    _ => Type::i32(vec![batch]),
-                };
-                let targets = self.g.input("targets", tty);
-                (inputs, targets)
+                (self.g.input("inputs", Type::f32(vec![batch, width])), batch)
             }
-        }
+            InputPlan::Image {
+                batch,
+                channels,
+                height,
+                width,
+                ..
+            } => (
+                self.g
+                    .input("images", Type::f32(vec![batch, channels, height, width])),
+                batch,
+            ),
+        };
+        let tty = match (p.head, p.input) {
+            (Head::Lm { .. }, InputPlan::Tokens { length, .. }) => Type::i32(vec![batch, length]),
+            (Head::Lm { .. }, InputPlan::Features { .. } | InputPlan::Image { .. })
+            | (Head::Classifier { .. }, _) => Type::i32(vec![batch]),
+            (Head::Linear { out }, _) => Type::f32(vec![batch, out]),
+        };
+        let targets = self.g.input("targets", tty);
+        (x, targets)
     }
 
     /// The residual stream at the first layer, and the token table (for a tied head).
@@ -416,19 +440,8 @@ impl Lower {
                     ParamRole::Embedding,
                 )?;
                 let x = self.g.push(Op::Gather, &[table, x0])?;
-                let shape = vec![batch, length, d];
                 let x = match p.positions {
-                    Positions::Learned => {
-                        let pos = self.g.role_param(
-                            "pos.weight",
-                            vec![length, d],
-                            Init::Normal { std: EMBED_STD },
-                            true,
-                            ParamRole::Embedding,
-                        )?;
-                        let pb = self.g.broadcast(pos, shape)?;
-                        self.g.add(x, pb)?
-                    }
+                    Positions::Learned => self.learned_positions(x, batch, length)?,
                     Positions::Sinusoidal => {
                         let pos = self.g.push(
                             Op::Sinusoidal {
@@ -438,13 +451,14 @@ impl Lower {
                             },
                             &[],
                         )?;
-                        let pb = self.g.broadcast(pos, shape)?;
+                        let pb = self.g.broadcast(pos, vec![batch, length, d])?;
                         self.g.add(x, pb)?
                     }
-                    Positions::Rope { .. } | Positions::None => x,
+                    Positions::Sinusoidal2d | Positions::Rope { .. } | Positions::None => x,
                 };
                 Ok((x, Some(table)))
             }
+            InputPlan::Image { .. } => Ok((self.image_embedding(p, x0)?, None)),
             InputPlan::Features { width, .. } => {
                 let x = if p.feature_embed {
                     self.linear(x0, "embed", (width, d), (true, true), ParamRole::Input)?
@@ -454,6 +468,121 @@ impl Lower {
                 Ok((x, None))
             }
         }
+    }
+
+    /// `x + pos.weight` (broadcast over the batch), `x: [batch, length, d]`.
+    fn learned_positions(&mut self, x: ValueId, batch: usize, length: usize) -> R<ValueId> {
+        let d = self.d;
+        let pos = self.g.role_param(
+            "pos.weight",
+            vec![length, d],
+            Init::Normal { std: EMBED_STD },
+            true,
+            ParamRole::Embedding,
+        )?;
+        let pb = self.g.broadcast(pos, vec![batch, length, d])?;
+        self.g.add(x, pb)
+    }
+
+    /// The patch embedding (a convolution with kernel and stride `P`, written as a matmul
+    /// over the patches), the 2-D sinusoidal table, the class token and learned positions.
+    fn image_embedding(&mut self, p: &Plan, x0: ValueId) -> R<ValueId> {
+        let InputPlan::Image {
+            batch: b,
+            channels: c,
+            height: h,
+            width: w,
+            patch: ps,
+        } = p.input
+        else {
+            return Err(IrError::Graph("image embedding of another input".into()));
+        };
+        let d = self.d;
+        let (gh, gw) = (h / ps, w / ps);
+        let n = gh * gw;
+        // [B, C, H, W] -> [B, C, H/P, P, W/P, P] -> [B, H/P, W/P, C, P, P] -> [B, N, C*P*P]
+        let x = self.g.reshape(x0, vec![b, c, gh, ps, gw, ps])?;
+        let x = self.g.transpose(x, vec![0, 2, 4, 1, 3, 5])?;
+        let x = self.g.reshape(x, vec![b, n, c * ps * ps])?;
+        // Conv2d's layout and default init: weight [d, C, P, P], bias [d], both uniform
+        // in +-1/sqrt(C*P*P).
+        let fan_in = c * ps * ps;
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        let weight = self.g.role_param(
+            "embed.weight",
+            vec![d, c, ps, ps],
+            Init::Uniform { bound },
+            true,
+            ParamRole::Input,
+        )?;
+        let bias = self.g.role_param(
+            "embed.bias",
+            vec![d],
+            Init::Uniform { bound },
+            true,
+            ParamRole::Bias,
+        )?;
+        let w2 = self.g.reshape(weight, vec![d, fan_in])?;
+        let mut x = self.g.linear(x, w2, Some(bias))?;
+        if p.positions == Positions::Sinusoidal2d {
+            let table = self.sincos_2d(gh, gw)?;
+            let tb = self.g.broadcast(table, vec![b, n, d])?;
+            x = self.g.add(x, tb)?;
+        }
+        let mut length = n;
+        if let Head::Classifier {
+            pool: Pool::Cls, ..
+        } = p.head
+        {
+            let cls = self.g.role_param(
+                "cls.weight",
+                vec![1, 1, d],
+                Init::Normal { std: EMBED_STD },
+                true,
+                ParamRole::Embedding,
+            )?;
+            let cb = self.g.broadcast(cls, vec![b, 1, d])?;
+            x = self.g.push(Op::Concat { axis: 1 }, &[cb, x])?;
+            length += 1;
+        }
+        match p.positions {
+            Positions::Learned => self.learned_positions(x, b, length),
+            Positions::Sinusoidal
+            | Positions::Sinusoidal2d
+            | Positions::Rope { .. }
+            | Positions::None => Ok(x),
+        }
+    }
+
+    /// The fixed 2-D table `[gh * gw, d]`: the patch at row `r`, column `c` gets
+    /// `[PE(r), PE(c)]`, with `PE` the 1-D sinusoidal table of width `d / 2`.
+    fn sincos_2d(&mut self, gh: usize, gw: usize) -> R<ValueId> {
+        let half = self.d / 2;
+        let len = gh.max(gw);
+        let pe = self.g.push(
+            Op::Sinusoidal {
+                len,
+                dim: half,
+                base: F64(SINUSOIDAL_BASE),
+            },
+            &[],
+        )?;
+        let rows = if gh < len {
+            self.g.slice(pe, 0, 0, gh)?
+        } else {
+            pe
+        };
+        let cols = if gw < len {
+            self.g.slice(pe, 0, 0, gw)?
+        } else {
+            pe
+        };
+        let rows = self.g.reshape(rows, vec![gh, 1, half])?;
+        let rows = self.g.broadcast(rows, vec![gh, gw, half])?;
+        let cols = self.g.reshape(cols, vec![1, gw, half])?;
+        let cols = self.g.broadcast(cols, vec![gh, gw, half])?;
+        let t = self.g.push(Op::Concat { axis: 2 }, &[rows, cols])?;
+        self.g.reshape(t, vec![gh * gw, self.d])
     }
 
     /// The logits: per position for an lm head, pooled over the sequence otherwise.

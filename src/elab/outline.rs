@@ -5,7 +5,8 @@
 
 use super::learning::{AuxHead, Learning};
 use super::resolve::{
-    Act, Head, InputPlan, Loss, NormKind, Placement, Plan, Positions, RopePairs, Skip, Sub, Unit,
+    Act, Head, InputPlan, Loss, NormKind, Placement, Plan, Pool, Positions, RopePairs, Skip, Sub,
+    Unit,
 };
 
 /// A model's architecture, top to bottom.
@@ -176,6 +177,13 @@ fn input(i: InputPlan) -> String {
             vocab,
         } => format!("tokens [{batch}, {length}], vocab {vocab}"),
         InputPlan::Features { batch, width } => format!("features [{batch}, {width}]"),
+        InputPlan::Image {
+            batch,
+            channels,
+            height,
+            width,
+            ..
+        } => format!("images [{batch}, {channels}, {height}, {width}]"),
     }
 }
 
@@ -186,10 +194,31 @@ fn embed(p: &Plan) -> String {
             format!("linear {width} -> {}", p.d)
         }
         InputPlan::Features { .. } => "features as the stream".to_string(),
+        InputPlan::Image {
+            channels, patch, ..
+        } => {
+            let (gh, gw) = p.input.patch_grid().unwrap_or((0, 0));
+            format!(
+                "patches {patch}x{patch} ({gh}x{gw}) of {channels} channel{} -> {}",
+                if channels == 1 { "" } else { "s" },
+                p.d
+            )
+        }
+    };
+    let what = match p.head {
+        Head::Classifier {
+            pool: Pool::Cls, ..
+        } => format!("{what}, class token"),
+        Head::Classifier {
+            pool: Pool::Mean, ..
+        }
+        | Head::Lm { .. }
+        | Head::Linear { .. } => what,
     };
     match p.positions {
         Positions::Learned => format!("{what}, learned positions"),
         Positions::Sinusoidal => format!("{what}, sinusoidal positions"),
+        Positions::Sinusoidal2d => format!("{what}, 2-D sinusoidal positions"),
         Positions::Rope { base, pairs } => format!(
             "{what}, rotary positions (base {base}, {} pairs)",
             match pairs {
@@ -280,7 +309,14 @@ fn head(h: Head) -> String {
     match h {
         Head::Lm { tied: true } => "lm head (tied to the embedding)".to_string(),
         Head::Lm { tied: false } => "lm head".to_string(),
-        Head::Classifier { classes } => format!("classifier, {classes} classes"),
+        Head::Classifier {
+            classes,
+            pool: Pool::Mean,
+        } => format!("classifier, {classes} classes"),
+        Head::Classifier {
+            classes,
+            pool: Pool::Cls,
+        } => format!("classifier on the class token, {classes} classes"),
         Head::Linear { out } => format!("linear head, {out} outputs"),
     }
 }

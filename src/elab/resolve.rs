@@ -166,12 +166,39 @@ pub(crate) enum InputPlan {
         batch: usize,
         width: usize,
     },
+    /// `images: f32[batch, channels, height, width]` (NCHW), cut into `patch x patch`
+    /// patches by the embedding; the patches are the sequence, in row-major order.
+    Image {
+        batch: usize,
+        channels: usize,
+        height: usize,
+        width: usize,
+        patch: usize,
+    },
+}
+
+impl InputPlan {
+    /// Patches per column and per row of an image input (`None` for other inputs).
+    pub(crate) fn patch_grid(&self) -> Option<(usize, usize)> {
+        match *self {
+            InputPlan::Image {
+                height,
+                width,
+                patch,
+                ..
+            } => Some((height / patch.max(1), width / patch.max(1))),
+            InputPlan::Tokens { .. } | InputPlan::Features { .. } => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Positions {
     Learned,
     Sinusoidal,
+    /// The fixed 2-D table of an image model: half the channels encode the patch's row,
+    /// half its column, each with the 1-D sinusoidal table.
+    Sinusoidal2d,
     /// Rotary positions on every attention's queries and keys; nothing is added to the
     /// embedding.
     Rope {
@@ -194,8 +221,16 @@ pub(crate) enum RopePairs {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Head {
     Lm { tied: bool },
-    Classifier { classes: usize },
+    Classifier { classes: usize, pool: Pool },
     Linear { out: usize },
+}
+
+/// How a classifier reads a sequence: the mean over its positions, or a learned class
+/// token prepended to it (`cls.weight`), read at position 0 after the final norm.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Pool {
+    Mean,
+    Cls,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -225,6 +260,44 @@ pub(crate) struct Plan {
     pub stack_span: Span,
 }
 
+impl Plan {
+    /// The length of the residual stream's sequence: the tokens, or the patches (and the
+    /// class token); `None` for a features model.
+    pub(crate) fn seq_len(&self) -> Option<usize> {
+        seq_len(self.input, Some(self.head))
+    }
+}
+
+/// The sequence length of a model with this input and head (see `Plan::seq_len`).
+pub(crate) fn seq_len(input: InputPlan, head: Option<Head>) -> Option<usize> {
+    match input {
+        InputPlan::Tokens { length, .. } => Some(length),
+        InputPlan::Features { .. } => None,
+        InputPlan::Image { .. } => {
+            let (gh, gw) = input.patch_grid()?;
+            let cls = matches!(
+                head,
+                Some(Head::Classifier {
+                    pool: Pool::Cls,
+                    ..
+                })
+            );
+            Some(gh * gw + usize::from(cls))
+        }
+    }
+}
+
+/// The resolved `embed` statement.
+struct Embedding {
+    d: usize,
+    positions: Positions,
+    feature_embed: bool,
+    /// Where the width is set (for notes).
+    d_span: Span,
+    /// The model's input, with an image's patch size.
+    input: InputPlan,
+}
+
 /// What size checks need to know about the model.
 struct Shapes {
     input: InputPlan,
@@ -240,7 +313,7 @@ const KINDS: &[&str] = &["layernorm", "rmsnorm"];
 const SKIPS: &[&str] = &["residual", "none", "scaled", "hourglass"];
 const SUBLAYERS: &[&str] = &["attention", "ffn", "linear"];
 const SCHEMES: &[&str] = &["lie_trotter", "strang", "parallel"];
-const INPUTS: &[&str] = &["tokens", "features"];
+const INPUTS: &[&str] = &["tokens", "features", "image"];
 const HEADS: &[&str] = &["lm", "classifier", "linear"];
 const LOSSES: &[&str] = &["cross_entropy", "mse"];
 const ACTS: &[&str] = &["relu", "gelu", "gelu_tanh", "silu"];
@@ -359,6 +432,9 @@ fn sequential_units(
 struct Resolver<'a> {
     consts: &'a Consts,
     diags: Vec<Diagnostic>,
+    /// The model's input is an image: attention is not causal unless asked (and asking
+    /// is an error).
+    image: bool,
 }
 
 /// A singleton top-level statement, remembered with its span for duplicate notes.
@@ -418,6 +494,7 @@ pub(crate) fn resolve(
     let mut r = Resolver {
         consts: &consts,
         diags,
+        image: false,
     };
     let plan = r.module(m, default_name);
     let mut diags = r.diags;
@@ -480,7 +557,10 @@ impl Resolver<'_> {
                 None
             }
         };
+        self.image = matches!(input_plan, Some(InputPlan::Image { .. }));
         let embedding = self.model_embed(input_plan, top.embed.get(), input_span);
+        // An image input is complete once the embedding has set its patch size.
+        let input_plan = embedding.as_ref().map_or(input_plan, |e| Some(e.input));
 
         // Blocks, each on its own.
         let mut plans: Vec<Option<BlockPlan>> = Vec::new();
@@ -499,15 +579,15 @@ impl Resolver<'_> {
 
         // Shapes and limits of everything that resolved, so an error in one block does
         // not hide a size error in another.
-        if let (Some(inp), Some((d, positions, _, d_span))) = (input_plan, embedding) {
+        if let (Some(inp), Some(e)) = (input_plan, &embedding) {
             let shapes = Shapes {
                 input: inp,
-                d,
-                positions,
+                d: e.d,
+                positions: e.positions,
                 head: head_loss.map(|h| h.0),
             };
             let ok_blocks: Vec<&BlockPlan> = plans.iter().flatten().collect();
-            self.check_sizes(&shapes, &ok_blocks, d_span, top.head.span(), input_span);
+            self.check_sizes(&shapes, &ok_blocks, e.d_span, top.head.span(), input_span);
         }
 
         let learning = match &layers {
@@ -525,7 +605,12 @@ impl Resolver<'_> {
         model_skip?;
         let (layers, weight_sets) = layers?;
         let input_plan = input_plan?;
-        let (d_model, positions, feature_embed, _) = embedding?;
+        let Embedding {
+            d: d_model,
+            positions,
+            feature_embed,
+            ..
+        } = embedding?;
         let (head_plan, loss_plan) = head_loss?;
         Some(Plan {
             name: top
@@ -751,18 +836,43 @@ impl Resolver<'_> {
                     width: width?,
                 })
             }
+            "image" => self.image_input(c),
             other => {
                 self.diags.push(
                     err(
                         format!("unknown input kind `{other}`"),
                         c.name.span,
-                        "expected `tokens` or `features`",
+                        "expected `tokens`, `features` or `image`",
                     )
                     .with_hint(suggest(other, INPUTS, "the input kinds are")),
                 );
                 None
             }
         }
+    }
+
+    /// `input image(batch, channels, height, width)`; the patch size comes from `embed`.
+    fn image_input(&mut self, c: &Call) -> Option<InputPlan> {
+        let names = ["batch", "channels", "height", "width"];
+        let b = Bound::bind(c, "`input image`", &names, 4, &mut self.diags);
+        let example = "image(batch = 32, channels = 1, height = 16, width = 16)";
+        let exprs: Vec<Option<&Expr>> = names
+            .iter()
+            .map(|n| b.require(n, example, &mut self.diags))
+            .collect();
+        let sizes: Vec<Option<usize>> = exprs
+            .iter()
+            .zip(names)
+            .map(|(e, n)| e.and_then(|e| self.ev().size(e, n)))
+            .collect();
+        Some(InputPlan::Image {
+            batch: sizes[0]?,
+            channels: sizes[1]?,
+            height: sizes[2]?,
+            width: sizes[3]?,
+            // Set by the embedding (`patch = ...`).
+            patch: 1,
+        })
     }
 
     /// `embed` against the model's input; without a usable input, the embed statement's
@@ -772,7 +882,7 @@ impl Resolver<'_> {
         input: Option<InputPlan>,
         e: Option<&Call>,
         input_span: Span,
-    ) -> Option<(usize, Positions, bool, Span)> {
+    ) -> Option<Embedding> {
         match (input, e) {
             (Some(inp), e) => self.embed(inp, e, input_span),
             (None, Some(e)) => {
@@ -788,39 +898,53 @@ impl Resolver<'_> {
         }
     }
 
-    /// Residual width, positions, whether a features model has an embedding, and the span
-    /// that defines the width (for notes).
-    fn embed(
-        &mut self,
-        inp: InputPlan,
-        e: Option<&Call>,
-        input_span: Span,
-    ) -> Option<(usize, Positions, bool, Span)> {
+    /// Residual width, positions, whether a features model has an embedding, the span
+    /// that defines the width (for notes), and the input with an image's patch size.
+    fn embed(&mut self, inp: InputPlan, e: Option<&Call>, input_span: Span) -> Option<Embedding> {
         let Some(c) = e else {
             return match inp {
-                InputPlan::Tokens { .. } => {
-                    self.diags.push(
-                        err(
+                InputPlan::Tokens { .. } | InputPlan::Image { .. } => {
+                    let (what, label, example) = match inp {
+                        InputPlan::Image { .. } => (
+                            "an image model needs a patch embedding",
+                            "images need `embed(dim = ..., patch = ...)`",
+                            "add `embed(dim = 64, patch = 4)` to cut the image into 4x4 patches of width 64",
+                        ),
+                        InputPlan::Tokens { .. } | InputPlan::Features { .. } => (
                             "a token model needs an embedding",
-                            input_span,
                             "tokens need `embed(dim = ...)`",
-                        )
-                        .with_hint("add `embed(dim = 128)` to set the model width"),
-                    );
+                            "add `embed(dim = 128)` to set the model width",
+                        ),
+                    };
+                    self.diags
+                        .push(err(what, input_span, label).with_hint(example));
                     None
                 }
-                InputPlan::Features { width, .. } => {
-                    Some((width, Positions::None, false, input_span))
-                }
+                InputPlan::Features { width, .. } => Some(Embedding {
+                    d: width,
+                    positions: Positions::None,
+                    feature_embed: false,
+                    d_span: input_span,
+                    input: inp,
+                }),
             };
         };
-        let b = Bound::bind(c, "`embed`", &["dim", "positions"], 1, &mut self.diags);
+        let b = Bound::bind(
+            c,
+            "`embed`",
+            &["dim", "positions", "patch"],
+            1,
+            &mut self.diags,
+        );
         let dim_e = b.require("dim", "embed(dim = 128)", &mut self.diags);
         let dim = dim_e.and_then(|e| self.ev().size(e, "dim"));
+        let image = matches!(inp, InputPlan::Image { .. });
         let positions = match (b.get("positions"), inp) {
-            (None, InputPlan::Tokens { .. }) => Some(Positions::Learned),
+            (None, InputPlan::Tokens { .. } | InputPlan::Image { .. }) => Some(Positions::Learned),
             (None, InputPlan::Features { .. }) => Some(Positions::None),
-            (Some(pe), InputPlan::Tokens { .. }) => self.positions(pe),
+            (Some(pe), InputPlan::Tokens { .. } | InputPlan::Image { .. }) => {
+                self.positions(pe, image)
+            }
             (Some(pe), InputPlan::Features { .. }) => {
                 self.diags.push(
                     err(
@@ -833,36 +957,160 @@ impl Resolver<'_> {
                 None
             }
         };
-        Some((
-            dim?,
-            positions?,
-            matches!(inp, InputPlan::Features { .. }),
-            dim_e.map(|e| e.span).unwrap_or(c.span),
-        ))
+        let input = self.patch(inp, b.get("patch"), c, input_span);
+        if let (Some(Positions::Sinusoidal2d), Some(d), Some(pe)) =
+            (positions, dim, b.get("positions"))
+        {
+            if d % 4 != 0 {
+                self.diags.push(
+                    err(
+                        format!("the 2-D sinusoidal table splits the width into four quarters, and dim = {d} is not divisible by 4"),
+                        pe.span,
+                        "needs dim divisible by 4",
+                    )
+                    .with_hint(format!("use a dim such as {} or {}", d / 4 * 4, d / 4 * 4 + 4)),
+                );
+                return None;
+            }
+        }
+        Some(Embedding {
+            d: dim?,
+            positions: positions?,
+            feature_embed: matches!(inp, InputPlan::Features { .. }),
+            d_span: dim_e.map(|e| e.span).unwrap_or(c.span),
+            input: input?,
+        })
+    }
+
+    /// `patch = P` of an image input: required there, dividing the height and the width;
+    /// refused for other inputs.
+    fn patch(
+        &mut self,
+        inp: InputPlan,
+        pe: Option<&Expr>,
+        c: &Call,
+        input_span: Span,
+    ) -> Option<InputPlan> {
+        match (inp, pe) {
+            (InputPlan::Tokens { .. } | InputPlan::Features { .. }, None) => Some(inp),
+            (InputPlan::Tokens { .. } | InputPlan::Features { .. }, Some(pe)) => {
+                self.diags.push(
+                    err(
+                        "`patch` cuts an image into patches, and this model's input is not an image",
+                        pe.span,
+                        "needs `input image(...)`",
+                    )
+                    .with_note(input_span, "the model's input")
+                    .with_hint("remove `patch = ...`, or use `input image(batch = 32, channels = 1, height = 16, width = 16)`"),
+                );
+                None
+            }
+            (InputPlan::Image { .. }, None) => {
+                self.diags.push(
+                    err(
+                        "an image model's embedding needs a patch size",
+                        c.span,
+                        "missing `patch = ...`",
+                    )
+                    .with_hint("add `patch = 4` to cut the image into 4x4 patches, e.g. `embed(dim = 64, patch = 4)`"),
+                );
+                None
+            }
+            (
+                InputPlan::Image {
+                    batch,
+                    channels,
+                    height,
+                    width,
+                    ..
+                },
+                Some(pe),
+            ) => {
+                let patch = self.ev().size(pe, "patch")?;
+                if height % patch != 0 || width % patch != 0 {
+                    let common: Vec<String> = (1..=height.min(width))
+                        .filter(|p| height % p == 0 && width % p == 0)
+                        .map(|p| p.to_string())
+                        .collect();
+                    let which = if height % patch != 0 {
+                        "height"
+                    } else {
+                        "width"
+                    };
+                    let size = if height % patch != 0 { height } else { width };
+                    self.diags.push(
+                        err(
+                            format!("patch = {patch} does not divide the image's {which} = {size}"),
+                            pe.span,
+                            format!("{size} is not a multiple of {patch}"),
+                        )
+                        .with_note(input_span, format!("the image is {height}x{width}"))
+                        .with_hint(if height == width {
+                            format!("patch sizes that divide {height}: {}", common.join(", "))
+                        } else {
+                            format!(
+                                "patch sizes that divide both {height} and {width}: {}",
+                                common.join(", ")
+                            )
+                        }),
+                    );
+                    return None;
+                }
+                Some(InputPlan::Image {
+                    batch,
+                    channels,
+                    height,
+                    width,
+                    patch,
+                })
+            }
+        }
     }
 
     /// `positions = learned | sinusoidal | none | rope(base = 10000, pairs = half)`.
-    fn positions(&mut self, e: &Expr) -> Option<Positions> {
-        if let ExprKind::Call(c) = &e.kind {
-            if c.name.name == "rope" {
-                return self.rope(c);
+    fn positions(&mut self, e: &Expr, image: bool) -> Option<Positions> {
+        let p = match &e.kind {
+            ExprKind::Call(c) if c.name.name == "rope" => self.rope(c)?,
+            _ => self
+                .ev()
+                .keyword(
+                    e,
+                    "position kind",
+                    &["learned", "sinusoidal", "sinusoidal2d", "rope", "none"],
+                )
+                .map(|k| match k.as_str() {
+                    "learned" => Positions::Learned,
+                    "sinusoidal" => Positions::Sinusoidal,
+                    "sinusoidal2d" => Positions::Sinusoidal2d,
+                    "rope" => Positions::Rope {
+                        base: SINUSOIDAL_BASE,
+                        pairs: RopePairs::Half,
+                    },
+                    _ => Positions::None,
+                })?,
+        };
+        let refusal = match (p, image) {
+            (Positions::Learned | Positions::None, _)
+            | (Positions::Sinusoidal | Positions::Rope { .. }, false)
+            | (Positions::Sinusoidal2d, true) => None,
+            (Positions::Sinusoidal | Positions::Rope { .. }, true) => Some((
+                "1-D positions number the patches in a line, and this model's input is an image",
+                "not for an image",
+                "use `positions = sinusoidal2d` (a patch's row and column) or `positions = learned`",
+            )),
+            (Positions::Sinusoidal2d, false) => Some((
+                "`sinusoidal2d` encodes a patch's row and column, and this model's input is not an image",
+                "needs `input image(...)`",
+                "use `positions = sinusoidal` for a sequence",
+            )),
+        };
+        match refusal {
+            None => Some(p),
+            Some((msg, label, hint)) => {
+                self.diags.push(err(msg, e.span, label).with_hint(hint));
+                None
             }
         }
-        self.ev()
-            .keyword(
-                e,
-                "position kind",
-                &["learned", "sinusoidal", "rope", "none"],
-            )
-            .map(|k| match k.as_str() {
-                "learned" => Positions::Learned,
-                "sinusoidal" => Positions::Sinusoidal,
-                "rope" => Positions::Rope {
-                    base: SINUSOIDAL_BASE,
-                    pairs: RopePairs::Half,
-                },
-                _ => Positions::None,
-            })
     }
 
     fn rope(&mut self, c: &Call) -> Option<Positions> {
@@ -1585,7 +1833,7 @@ impl Resolver<'_> {
                     (None, h) => h,
                     (Some(e), h) => self.kv_heads(e, h),
                 };
-                let causal = self.opt_bool(b.get("causal"), "causal", true);
+                let causal = self.causal(b.get("causal"));
                 let bias = self.opt_bool(b.get("bias"), "bias", true);
                 let qk_norm = self.opt_bool(b.get("qk_norm"), "qk_norm", false);
                 Some(Sub::Attention {
@@ -1675,6 +1923,26 @@ impl Resolver<'_> {
             return None;
         }
         Some(kv)
+    }
+
+    /// `causal`: true by default over tokens; an image model's attention sees every
+    /// patch, and asking it to be causal is an error.
+    fn causal(&mut self, e: Option<&Expr>) -> Option<bool> {
+        let causal = self.opt_bool(e, "causal", !self.image)?;
+        match (causal && self.image, e) {
+            (true, Some(e)) => {
+                self.diags.push(
+                    err(
+                        "causal attention over image patches: a patch would see only the patches above it and to its left",
+                        e.span,
+                        "not for an image model",
+                    )
+                    .with_hint("remove `causal = true`: attention in an image model sees every patch"),
+                );
+                None
+            }
+            (true, None) | (false, _) => Some(causal),
+        }
     }
 
     fn opt_bool(&mut self, e: Option<&Expr>, what: &str, default: bool) -> Option<bool> {
@@ -1868,28 +2136,29 @@ impl Resolver<'_> {
         input_span: Span,
     ) -> Option<(Head, Loss)> {
         let tokens = matches!(inp, InputPlan::Tokens { .. });
+        let kind = match inp {
+            InputPlan::Tokens { .. } | InputPlan::Features { .. } => "features",
+            InputPlan::Image { .. } => "image",
+        };
         let h = match head {
             None if tokens => Some(Head::Lm { tied: false }),
             None => {
                 self.diags.push(
                     err(
-                        "a features model needs a `head`",
+                        format!(
+                            "a{} {kind} model needs a `head`",
+                            if kind == "image" { "n" } else { "" }
+                        ),
                         input_span,
-                        "features input",
+                        format!("{kind} input"),
                     )
                     .with_hint("add `head classifier(classes = 10)` or `head linear(out = 1)`"),
                 );
                 None
             }
             Some(c) => match c.name.name.as_str() {
-                "lm" => self.lm_head(c, tokens, input_span),
-                "classifier" => {
-                    let b = Bound::bind(c, "the classifier head", &["classes"], 1, &mut self.diags);
-                    let e = b.require("classes", "classifier(classes = 10)", &mut self.diags)?;
-                    self.ev()
-                        .size(e, "classes")
-                        .map(|classes| Head::Classifier { classes })
-                }
+                "lm" => self.lm_head(c, tokens, kind, input_span),
+                "classifier" => self.classifier(c, inp),
                 "linear" => {
                     let b = Bound::bind(c, "the linear head", &["out"], 1, &mut self.diags);
                     let e = b.require("out", "linear(out = 1)", &mut self.diags)?;
@@ -1912,8 +2181,46 @@ impl Resolver<'_> {
         Some((h?, l?))
     }
 
+    /// `head classifier(classes = C, pool = mean | cls)`; `cls` needs an image input.
+    fn classifier(&mut self, c: &Call, inp: InputPlan) -> Option<Head> {
+        let b = Bound::bind(
+            c,
+            "the classifier head",
+            &["classes", "pool"],
+            1,
+            &mut self.diags,
+        );
+        let classes = b
+            .require("classes", "classifier(classes = 10)", &mut self.diags)
+            .and_then(|e| self.ev().size(e, "classes"));
+        let pool = match b.get("pool") {
+            None => Some(Pool::Mean),
+            Some(e) => match self.ev().keyword(e, "pooling", &["mean", "cls"])?.as_str() {
+                "cls" => match inp {
+                    InputPlan::Image { .. } => Some(Pool::Cls),
+                    InputPlan::Tokens { .. } | InputPlan::Features { .. } => {
+                        self.diags.push(
+                            err(
+                                "a class token is prepended to the patches of an image, and this model's input is not an image",
+                                e.span,
+                                "needs `input image(...)`",
+                            )
+                            .with_hint("use `pool = mean` (the default)"),
+                        );
+                        None
+                    }
+                },
+                _ => Some(Pool::Mean),
+            },
+        };
+        Some(Head::Classifier {
+            classes: classes?,
+            pool: pool?,
+        })
+    }
+
     /// `head lm` or `head lm(tied = true)`: only for a token input.
-    fn lm_head(&mut self, c: &Call, tokens: bool, input_span: Span) -> Option<Head> {
+    fn lm_head(&mut self, c: &Call, tokens: bool, kind: &str, input_span: Span) -> Option<Head> {
         let b = Bound::bind(c, "the lm head", &["tied"], 0, &mut self.diags);
         let tied = self.opt_bool(b.get("tied"), "tied", false);
         match tied {
@@ -1924,7 +2231,7 @@ impl Resolver<'_> {
                         c.span,
                         "no token embedding",
                     )
-                    .with_note(input_span, "this model's input is `features`")
+                    .with_note(input_span, format!("this model's input is `{kind}`"))
                     .with_hint("use `head classifier(classes = ...)` or `head linear(out = ...)`"),
                 );
                 None
@@ -1932,11 +2239,11 @@ impl Resolver<'_> {
             Some(_) if !tokens => {
                 self.diags.push(
                     err(
-                        "an lm head predicts tokens, and this model's input is `features`",
+                        format!("an lm head predicts tokens, and this model's input is `{kind}`"),
                         c.span,
                         "needs `input tokens(...)`",
                     )
-                    .with_note(input_span, "features input")
+                    .with_note(input_span, format!("{kind} input"))
                     .with_hint("use `head classifier(classes = ...)` or `head linear(out = ...)`"),
                 );
                 None
@@ -2027,9 +2334,11 @@ impl Resolver<'_> {
         input_span: Span,
     ) {
         let d = p.d;
-        let (b, t) = match p.input {
-            InputPlan::Tokens { batch, length, .. } => (batch, Some(length)),
-            InputPlan::Features { batch, .. } => (batch, None),
+        let t = seq_len(p.input, p.head);
+        let b = match p.input {
+            InputPlan::Tokens { batch, .. }
+            | InputPlan::Features { batch, .. }
+            | InputPlan::Image { batch, .. } => batch,
         };
         // Activation shape prefix: [B, T] or [B].
         let act = |w: usize| -> Vec<usize> {
@@ -2054,10 +2363,26 @@ impl Resolver<'_> {
                 self.numel(&[d, width], d_span, "the embedding weight");
                 self.numel(&act(d), d_span, "the residual stream");
             }
+            InputPlan::Image {
+                channels,
+                height,
+                width,
+                patch,
+                ..
+            } => {
+                if self.numel(&[b, channels, height, width], input_span, "the input batch") {
+                    self.numel(
+                        &[d, channels, patch, patch],
+                        d_span,
+                        "the patch embedding weight",
+                    );
+                    self.numel(&act(d), d_span, "the residual stream");
+                }
+            }
         }
         let hs = head_span.unwrap_or(input_span);
         match p.head {
-            Some(Head::Classifier { classes: k }) | Some(Head::Linear { out: k }) => {
+            Some(Head::Classifier { classes: k, .. }) | Some(Head::Linear { out: k }) => {
                 if self.numel(&[k, d], hs, "the head weight") {
                     self.numel(&[b, k], hs, "the logits");
                 }

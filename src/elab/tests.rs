@@ -382,3 +382,161 @@ fn elaborated_models_run_in_the_interpreter() {
     let loss = run_loss(&g, vec![x, Tensor::f32(vec![4, 2], vec![0.5; 8])]);
     assert!(loss.is_finite() && loss >= 0.0);
 }
+
+// ---------------------------------------------------------------- image models
+
+/// The residual stream after the embedding (`probe.0.embed`) of `src` on `images`, with
+/// each parameter's elements set by `value(name, flat index)`.
+fn embedded(
+    src: &str,
+    images: Vec<f64>,
+    value: impl Fn(&str, usize) -> f64,
+) -> crate::tensor::Tensor {
+    let m = parse(src).unwrap_or_else(|d| panic!("{d:?}"));
+    let probing = super::Probing {
+        states: true,
+        ..Default::default()
+    };
+    let g = super::elaborate_probed(&m, "test", &[], probing).unwrap_or_else(|d| panic!("{d:#?}"));
+    let inputs: Vec<crate::tensor::Tensor> = g
+        .inputs
+        .iter()
+        .map(|i| match i.name.as_str() {
+            "images" => crate::tensor::Tensor::f32(i.ty.shape.clone(), images.clone()),
+            _ => crate::tensor::Tensor::zeros(&i.ty),
+        })
+        .collect();
+    let params: Vec<crate::tensor::Tensor> = g
+        .params
+        .iter()
+        .map(|p| {
+            let n = p.shape.iter().product();
+            crate::tensor::Tensor::f32(p.shape.clone(), (0..n).map(|k| value(&p.name, k)).collect())
+        })
+        .collect();
+    let env = crate::interp::Env {
+        inputs: &inputs,
+        params: &params,
+    };
+    let outs = crate::interp::run(&g, &env).unwrap_or_else(|e| panic!("{e:?}"));
+    outs.into_iter()
+        .find(|(n, _)| n == "probe.0.embed")
+        .map(|(_, t)| t)
+        .expect("the embedding is probed")
+}
+
+/// A small deterministic pseudo-random value for element `k` of a tensor.
+fn wiggle(salt: usize, k: usize) -> f64 {
+    let h = (k * 2654435761 + salt * 40503) % 1000;
+    h as f64 / 500.0 - 1.0
+}
+
+#[test]
+fn patch_embedding_is_a_strided_convolution() {
+    // 2 images of 2 channels, 6x4, patches of 2x2: a 3x2 grid of 6 tokens of width 3.
+    let (b, c, h, w, p, d) = (2, 2, 6, 4, 2, 3);
+    let src = "input image(batch = 2, channels = 2, height = 6, width = 4)\n\
+               embed(dim = 3, patch = 2, positions = none)\n\
+               block layer {\n    ffn = ffn(hidden = 4)\n}\nstack layer * 1\n\
+               head classifier(classes = 2)\n";
+    let images: Vec<f64> = (0..b * c * h * w).map(|k| wiggle(7, k)).collect();
+    let param = |name: &str, k: usize| match name {
+        "embed.weight" => wiggle(1, k),
+        "embed.bias" => wiggle(2, k),
+        _ => 0.5,
+    };
+    let out = embedded(src, images.clone(), param);
+    let (gh, gw) = (h / p, w / p);
+    assert_eq!(out.shape, vec![b, gh * gw, d]);
+    // Conv2d(c, d, kernel = stride = p): out[b, o, i, j] = bias[o] +
+    // sum_{ch, u, v} weight[o, ch, u, v] * x[b, ch, i p + u, j p + v]; token n = i gw + j.
+    for bi in 0..b {
+        for i in 0..gh {
+            for j in 0..gw {
+                for o in 0..d {
+                    let mut want = param("embed.bias", o);
+                    for ch in 0..c {
+                        for u in 0..p {
+                            for v in 0..p {
+                                let wk = ((o * c + ch) * p + u) * p + v;
+                                let xk = ((bi * c + ch) * h + i * p + u) * w + j * p + v;
+                                want += param("embed.weight", wk) * images[xk];
+                            }
+                        }
+                    }
+                    let got = out.data[(bi * gh * gw + i * gw + j) * d + o];
+                    assert!(
+                        (got - want).abs() < 1e-12,
+                        "[{bi}, {i}, {j}, {o}]: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn sinusoidal2d_encodes_the_row_then_the_column() {
+    // An 8x12 image in 4x4 patches: a 2x3 grid; width 8, so each half is 4 wide.
+    let src = "input image(batch = 1, channels = 1, height = 8, width = 12)\n\
+               embed(dim = 8, patch = 4, positions = sinusoidal2d)\n\
+               block layer {\n    ffn = ffn(hidden = 4)\n}\nstack layer * 1\n\
+               head classifier(classes = 2)\n";
+    // A zero patch embedding leaves the table itself.
+    let out = embedded(src, vec![0.0; 96], |name, _| match name {
+        "embed.weight" | "embed.bias" => 0.0,
+        _ => 1.0,
+    });
+    let (gh, gw, d) = (2, 3, 8);
+    let half = d / 2;
+    // PE(pos, 2i) = sin(pos / 10000^(2i / half)), PE(pos, 2i + 1) = cos(the same).
+    let pe = |pos: usize, k: usize| {
+        let angle = pos as f64 / 10000f64.powf((k / 2 * 2) as f64 / half as f64);
+        if k.is_multiple_of(2) {
+            angle.sin()
+        } else {
+            angle.cos()
+        }
+    };
+    assert_eq!(out.shape, vec![1, gh * gw, d]);
+    for r in 0..gh {
+        for c in 0..gw {
+            for k in 0..d {
+                let want = if k < half { pe(r, k) } else { pe(c, k - half) };
+                let got = out.data[(r * gw + c) * d + k];
+                assert!(
+                    (got - want).abs() < 1e-12,
+                    "({r}, {c}) channel {k}: {got} vs {want}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn class_token_leads_the_sequence_with_its_position() {
+    let src = "input image(batch = 2, channels = 1, height = 4, width = 4)\n\
+               embed(dim = 4, patch = 2)\n\
+               block layer {\n    attn = attention(heads = 2)\n}\nstack layer * 1\n\
+               head classifier(classes = 3, pool = cls)\n";
+    let param = |name: &str, k: usize| match name {
+        "cls.weight" => 10.0 + k as f64,
+        "pos.weight" => 100.0 * (k / 4) as f64,
+        _ => 0.0,
+    };
+    let out = embedded(src, vec![1.0; 32], param);
+    // 4 patches and the class token; the table has a row for each.
+    assert_eq!(out.shape, vec![2, 5, 4]);
+    for b in 0..2 {
+        for k in 0..4 {
+            assert_eq!(out.data[b * 20 + k], 10.0 + k as f64);
+            assert_eq!(out.data[b * 20 + 4 * 4 + k], 400.0);
+        }
+    }
+    // Attention in an image model is not causal: no mask in the graph.
+    let g = elab(src);
+    assert!(!g
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op, Op::CausalMask { .. })));
+}

@@ -8,8 +8,8 @@ use super::py::{self, attr, boolean, camel, float, set_attr, Code};
 use super::Unsupported;
 use crate::elab::learning::{AuxHead, Learning};
 use crate::elab::resolve::{
-    Act, BlockPlan, Branch, Head, InputPlan, Loss, NormKind, Placement, Plan, Positions, RopePairs,
-    Skip, Sub, Unit,
+    Act, BlockPlan, Branch, Head, InputPlan, Loss, NormKind, Placement, Plan, Pool, Positions,
+    RopePairs, Skip, Sub, Unit,
 };
 use std::collections::BTreeMap;
 
@@ -41,7 +41,10 @@ pub(crate) fn model_py(plan: &Plan, source_name: &str) -> Result<String, Unsuppo
     let mut uses = Uses {
         rope: match plan.positions {
             Positions::Rope { base, pairs } => Some((base, pairs)),
-            Positions::Learned | Positions::Sinusoidal | Positions::None => None,
+            Positions::Learned
+            | Positions::Sinusoidal
+            | Positions::Sinusoidal2d
+            | Positions::None => None,
         },
         ..Uses::default()
     };
@@ -79,8 +82,13 @@ pub(crate) fn model_py(plan: &Plan, source_name: &str) -> Result<String, Unsuppo
     if uses.ffn {
         c.raw(parts::FFN);
     }
-    if plan.positions == Positions::Sinusoidal && matches!(plan.input, InputPlan::Tokens { .. }) {
-        c.raw(parts::SINUSOIDAL);
+    match plan.positions {
+        Positions::Sinusoidal => c.raw(parts::SINUSOIDAL),
+        Positions::Sinusoidal2d => {
+            c.raw(parts::SINUSOIDAL);
+            c.raw(parts::SINCOS_2D);
+        }
+        Positions::Learned | Positions::Rope { .. } | Positions::None => {}
     }
     if matches!(
         plan.learning,
@@ -110,10 +118,11 @@ fn executed_blocks(plan: &Plan) -> Vec<usize> {
     out
 }
 
-fn input_name(plan: &Plan) -> &'static str {
+pub(crate) fn input_name(plan: &Plan) -> &'static str {
     match plan.input {
         InputPlan::Tokens { .. } => "tokens",
         InputPlan::Features { .. } => "inputs",
+        InputPlan::Image { .. } => "images",
     }
 }
 
@@ -122,7 +131,9 @@ pub(crate) fn out_width(plan: &Plan) -> usize {
     match (plan.head, plan.input) {
         (Head::Lm { .. }, InputPlan::Tokens { vocab, .. }) => vocab,
         (Head::Lm { .. }, InputPlan::Features { width, .. }) => width,
-        (Head::Classifier { classes }, _) => classes,
+        // Refused by resolution: an lm head needs tokens.
+        (Head::Lm { .. }, InputPlan::Image { .. }) => 0,
+        (Head::Classifier { classes, .. }, _) => classes,
         (Head::Linear { out }, _) => out,
     }
 }
@@ -141,6 +152,31 @@ fn constants(c: &mut Code, plan: &Plan) {
         InputPlan::Features { batch, width } => {
             c.line(0, format!("BATCH = {batch}"));
             c.line(0, format!("WIDTH = {width}  # input features"));
+        }
+        InputPlan::Image {
+            batch,
+            channels,
+            height,
+            width,
+            patch,
+        } => {
+            c.line(0, format!("BATCH = {batch}"));
+            c.line(0, format!("CHANNELS = {channels}"));
+            c.line(0, format!("HEIGHT = {height}"));
+            c.line(0, format!("WIDTH = {width}"));
+            c.line(0, format!("PATCH = {patch}"));
+            c.line(
+                0,
+                format!(
+                    "LENGTH = {}  # the patches{}",
+                    plan.seq_len().unwrap_or(0),
+                    if plan.seq_len() != plan.input.patch_grid().map(|(h, w)| h * w) {
+                        " and the class token"
+                    } else {
+                        ""
+                    }
+                ),
+            );
         }
     }
     c.line(0, format!("D = {}  # the residual stream", plan.d));
@@ -560,7 +596,22 @@ fn functions(c: &mut Code, plan: &Plan) {
             c.line(1, "\"\"\"The head's input: every position as it is.\"\"\"");
             c.line(1, "return x");
         }
-        (InputPlan::Tokens { .. }, Head::Classifier { .. } | Head::Linear { .. }) => {
+        (
+            InputPlan::Image { .. },
+            Head::Classifier {
+                pool: Pool::Cls, ..
+            },
+        ) => {
+            c.line(
+                1,
+                "\"\"\"The head's input: the class token (position 0).\"\"\"",
+            );
+            c.line(1, "return x[:, 0]");
+        }
+        (
+            InputPlan::Tokens { .. } | InputPlan::Image { .. },
+            Head::Classifier { .. } | Head::Linear { .. },
+        ) => {
             c.line(
                 1,
                 "\"\"\"The head's input: the mean over the sequence.\"\"\"",

@@ -4,7 +4,7 @@
 use super::model::norm_new;
 use super::py::{float, Code};
 use crate::elab::learning::Learning;
-use crate::elab::resolve::{Head, InputPlan, Plan, Positions};
+use crate::elab::resolve::{Head, InputPlan, Plan, Pool, Positions};
 use std::collections::BTreeMap;
 
 pub(crate) fn model_class(c: &mut Code, plan: &Plan, names: &BTreeMap<usize, String>) {
@@ -61,7 +61,7 @@ fn embed_init(c: &mut Code, plan: &Plan) {
                     2,
                     "self.register_buffer(\"positions\", sinusoidal(LENGTH, D), persistent=False)",
                 ),
-                Positions::Rope { .. } | Positions::None => {}
+                Positions::Sinusoidal2d | Positions::Rope { .. } | Positions::None => {}
             }
         }
         InputPlan::Features { .. } => {
@@ -69,6 +69,7 @@ fn embed_init(c: &mut Code, plan: &Plan) {
                 c.line(2, "self.embed = nn.Linear(WIDTH, D)");
             }
         }
+        InputPlan::Image { .. } => image_init(c, plan),
     }
 }
 
@@ -78,7 +79,7 @@ fn embed_forward(c: &mut Code, plan: &Plan) {
             let pos = match plan.positions {
                 Positions::Learned => " + self.pos.weight",
                 Positions::Sinusoidal => " + self.positions",
-                Positions::Rope { .. } | Positions::None => "",
+                Positions::Sinusoidal2d | Positions::Rope { .. } | Positions::None => "",
             };
             c.line(2, format!("return self.embed(x.long()){pos}"));
         }
@@ -89,6 +90,67 @@ fn embed_forward(c: &mut Code, plan: &Plan) {
                 c.line(2, "return x");
             }
         }
+        InputPlan::Image { .. } => image_forward(c, plan),
+    }
+}
+
+fn has_cls(plan: &Plan) -> bool {
+    matches!(
+        plan.head,
+        Head::Classifier {
+            pool: Pool::Cls,
+            ..
+        }
+    )
+}
+
+/// The patch embedding as a convolution (`embed.weight [D, C, P, P]`), the class token
+/// and the positions.
+fn image_init(c: &mut Code, plan: &Plan) {
+    c.line(
+        2,
+        "self.embed = nn.Conv2d(CHANNELS, D, PATCH, stride=PATCH)  # one token per patch",
+    );
+    if has_cls(plan) {
+        c.line(
+            2,
+            "self.cls = nn.ParameterDict({\"weight\": nn.Parameter(torch.empty(1, 1, D))})",
+        );
+        c.line(2, "nn.init.normal_(self.cls[\"weight\"], std=0.02)");
+    }
+    match plan.positions {
+        Positions::Learned => {
+            c.line(2, "self.pos = nn.Embedding(LENGTH, D)");
+            c.line(2, "nn.init.normal_(self.pos.weight, std=0.02)");
+        }
+        Positions::Sinusoidal2d => c.line(
+            2,
+            "self.register_buffer(\"positions\", sincos_2d(HEIGHT // PATCH, WIDTH // PATCH, D), persistent=False)",
+        ),
+        Positions::Sinusoidal | Positions::Rope { .. } | Positions::None => {}
+    }
+}
+
+fn image_forward(c: &mut Code, plan: &Plan) {
+    c.line(
+        2,
+        "x = self.embed(x).flatten(2).transpose(1, 2)  # [B, D, H/P, W/P] -> [B, N, D], row-major",
+    );
+    if plan.positions == Positions::Sinusoidal2d {
+        c.line(2, "x = x + self.positions");
+    }
+    if has_cls(plan) {
+        c.line(
+            2,
+            "x = torch.cat([self.cls[\"weight\"].expand(x.shape[0], -1, -1), x], 1)",
+        );
+    }
+    match plan.positions {
+        Positions::Learned => c.line(2, "return x + self.pos.weight"),
+        Positions::Sinusoidal
+        | Positions::Sinusoidal2d
+        | Positions::Rope { .. }
+        | Positions::None => c.line(2, "return x"),
     }
 }
 
@@ -182,10 +244,7 @@ fn head_init(c: &mut Code, plan: &Plan) {
 }
 
 fn forward(c: &mut Code, plan: &Plan) {
-    let input = match plan.input {
-        InputPlan::Tokens { .. } => "tokens",
-        InputPlan::Features { .. } => "inputs",
-    };
+    let input = super::model::input_name(plan);
     let n = plan.layers.len();
     c.line(1, format!("def forward(self, {input}, targets):"));
     c.line(2, format!("x = self.embed_input({input})"));
@@ -252,10 +311,7 @@ fn forward(c: &mut Code, plan: &Plan) {
 /// Forward-Forward: every class written into the input, the goodness of each layer, the
 /// expected loss over the wrong labels (docs/language.md).
 fn forward_forward(c: &mut Code, plan: &Plan, threshold: f64) {
-    let input = match plan.input {
-        InputPlan::Tokens { .. } => "tokens",
-        InputPlan::Features { .. } => "inputs",
-    };
+    let input = super::model::input_name(plan);
     c.line(1, format!("def forward(self, {input}, targets):"));
     c.line(2, format!("x = self.embed_input({input})"));
     c.line(2, "b = x.shape[0]");

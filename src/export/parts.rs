@@ -136,6 +136,19 @@ def sinusoidal(length, dim):
     return table.to(torch.float32)
 "#;
 
+pub(crate) const SINCOS_2D: &str = r#"
+
+def sincos_2d(rows, cols, dim):
+    """The fixed 2-D table of an image model: the patch at row r, column c gets
+    [sinusoidal(r), sinusoidal(c)], each of width dim / 2; rows of the table in row-major
+    patch order."""
+    half = dim // 2
+    pe = sinusoidal(max(rows, cols), half)
+    r = pe[:rows, None, :].expand(rows, cols, half)
+    c = pe[None, :cols, :].expand(rows, cols, half)
+    return torch.cat([r, c], 2).reshape(rows * cols, dim)
+"#;
+
 pub(crate) const AUX_FFN: &str = r#"
 
 class AuxFFN(nn.Module):

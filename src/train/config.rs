@@ -695,7 +695,8 @@ fn schedule(c: &Call, consts: &HashMap<String, f64>) -> Result<Schedule, Diagnos
 }
 
 fn task(v: &TrainValue, consts: &HashMap<String, f64>) -> Result<TaskSpec, Diagnostic> {
-    let kinds = "modular_addition(p = 97), copy, reverse, char_lm, classification, regression";
+    let kinds =
+        "modular_addition(p = 97), copy, reverse, char_lm, classification, regression, shapes";
     let c = expect_call(v, "a task", kinds)?;
     let name = c.name.name.as_str();
     match name {
@@ -727,13 +728,14 @@ fn task(v: &TrainValue, consts: &HashMap<String, f64>) -> Result<TaskSpec, Diagn
                 train_fraction: f,
             })
         }
-        "copy" | "reverse" | "classification" | "regression" | "char_lm" => {
+        "copy" | "reverse" | "classification" | "regression" | "shapes" | "char_lm" => {
             named_args(&c, &[])?;
             Ok(match name {
                 "copy" => TaskSpec::Copy,
                 "reverse" => TaskSpec::Reverse,
                 "classification" => TaskSpec::Classification,
                 "regression" => TaskSpec::Regression,
+                "shapes" => TaskSpec::Shapes,
                 // The file comes from --data.
                 _ => TaskSpec::CharLm {
                     path: String::new(),

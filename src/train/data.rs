@@ -546,7 +546,7 @@ fn lm_window(shape: &ModelShape) -> Result<(usize, usize), TaskError> {
             Ok((*length, (*vocab).min(*out)))
         }
         (InputKind::Tokens { .. }, Head::Classifier { .. } | Head::Regression { .. })
-        | (InputKind::Features { .. }, _) => Err(fail(
+        | (InputKind::Features { .. } | InputKind::Image { .. }, _) => Err(fail(
             "a token stream trains a language model (a `tokens` input and an lm head), \
              and this model is not one",
         )
@@ -629,6 +629,16 @@ fn fields(shape: &ModelShape, g: &Graph) -> Result<(Field, Field), TaskError> {
             row: row("inputs")?,
             check: Check::Floats,
         },
+        InputKind::Image { .. } => Field {
+            name: "images",
+            row: row("images")?,
+            check: Check::Floats,
+        },
+    };
+    // An image data set names its classes `labels`, as torchvision's do.
+    let y_name = match shape.kind {
+        InputKind::Tokens { .. } | InputKind::Features { .. } => "targets",
+        InputKind::Image { .. } => "labels",
     };
     let check = match shape.head {
         Head::Lm { vocab } => Check::Classes {
@@ -642,7 +652,7 @@ fn fields(shape: &ModelShape, g: &Graph) -> Result<(Field, Field), TaskError> {
         Head::Regression { .. } => Check::Floats,
     };
     let y = Field {
-        name: "targets",
+        name: y_name,
         row: row("targets")?,
         check,
     };
@@ -852,8 +862,13 @@ fn split_fits(
     fx: &Field,
 ) -> Result<(), TaskError> {
     let by_name = format!(
-        "give held-out examples as `{HELD_OUT}{}` and `{HELD_OUT}targets`",
-        fx.name
+        "give held-out examples as `{HELD_OUT}{}` and `{HELD_OUT}{}`",
+        fx.name,
+        if fx.name == "images" {
+            "labels"
+        } else {
+            "targets"
+        }
     );
     if held.rows == 0 {
         let m = if explicit {
@@ -889,6 +904,15 @@ fn split_fits(
 /// The message for a file without the tensors the model reads.
 fn missing(infos: &HashMap<String, &TensorInfo>, fx: &Field) -> TaskError {
     let found = listing(infos);
+    if fx.name == "images" {
+        return fail(format!(
+            "the file holds {found}; an image model needs `images` [n, channels, height, \
+             width] (f32) and `labels` [n] (integer class ids)"
+        ))
+        .with_hint(format!(
+            "optional held-out examples go in `{HELD_OUT}images` and `{HELD_OUT}labels`"
+        ));
+    }
     if infos.contains_key("images") || infos.contains_key("labels") {
         return fail(format!(
             "the file holds {found}: `images` and `labels` are the names of an image data \

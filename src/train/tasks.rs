@@ -24,8 +24,19 @@ pub struct ModelShape {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum InputKind {
-    Tokens { length: usize, vocab: usize },
-    Features { width: usize },
+    Tokens {
+        length: usize,
+        vocab: usize,
+    },
+    Features {
+        width: usize,
+    },
+    /// `images: f32[B, channels, height, width]`.
+    Image {
+        channels: usize,
+        height: usize,
+        width: usize,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -64,8 +75,16 @@ impl ModelShape {
         } else if let Some(i) = find("inputs") {
             let s = &g.inputs[i].ty.shape;
             (s[0], InputKind::Features { width: s[1] })
+        } else if let Some(i) = find("images").filter(|&i| g.inputs[i].ty.shape.len() == 4) {
+            let s = &g.inputs[i].ty.shape;
+            let kind = InputKind::Image {
+                channels: s[1],
+                height: s[2],
+                width: s[3],
+            };
+            (s[0], kind)
         } else {
-            return Err("the model reads neither `tokens` nor `inputs`".into());
+            return Err("the model reads neither `tokens`, `inputs` nor `images`".into());
         };
         let last = *logits.last().unwrap_or(&1);
         let head = match (tty.dtype, tty.shape.len()) {
@@ -80,7 +99,7 @@ impl ModelShape {
     pub fn tokens_per_batch(&self) -> usize {
         match self.kind {
             InputKind::Tokens { length, .. } => self.batch * length,
-            InputKind::Features { .. } => self.batch,
+            InputKind::Features { .. } | InputKind::Image { .. } => self.batch,
         }
     }
 }
@@ -102,6 +121,9 @@ pub enum TaskSpec {
     Classification,
     /// Features: targets are `tanh` of a fixed random linear teacher.
     Regression,
+    /// Images: one of ten drawn shapes (bars, diagonals, cross, box, ...) at a random
+    /// place and size, with noise; the class is the shape.
+    Shapes,
 }
 
 impl TaskSpec {
@@ -114,6 +136,7 @@ impl TaskSpec {
             TaskSpec::Data { .. } => "data",
             TaskSpec::Classification => "classification",
             TaskSpec::Regression => "regression",
+            TaskSpec::Shapes => "shapes",
         }
     }
 
@@ -149,6 +172,12 @@ impl TaskSpec {
             }
             (InputKind::Features { .. }, Head::Regression { .. }) => TaskSpec::Regression,
             (InputKind::Features { .. }, _) => TaskSpec::Classification,
+            (InputKind::Image { .. }, Head::Classifier { .. }) => TaskSpec::Shapes,
+            (InputKind::Image { .. }, Head::Lm { .. } | Head::Regression { .. }) => {
+                return Err(
+                    "no built-in task trains an image model without a classifier head".into(),
+                )
+            }
         })
     }
 }
@@ -214,6 +243,12 @@ enum Data {
         out: usize,
         width: usize,
     },
+    Shapes {
+        classes: usize,
+        channels: usize,
+        height: usize,
+        width: usize,
+    },
     User(UserData),
 }
 
@@ -242,6 +277,7 @@ impl Task {
             TaskSpec::Classification | TaskSpec::Regression => {
                 teacher_data(&spec, &shape, seed).map_err(fit)?
             }
+            TaskSpec::Shapes => shapes_data(&shape).map_err(fit)?,
         };
         let fingerprint = fnv(fp.as_bytes());
         Ok(Task {
@@ -262,9 +298,11 @@ impl Task {
     pub fn data_summary(&self) -> Option<&str> {
         match &self.data {
             Data::User(u) => Some(&u.summary),
-            Data::Pairs { .. } | Data::Seq { .. } | Data::Text { .. } | Data::Teacher { .. } => {
-                None
-            }
+            Data::Pairs { .. }
+            | Data::Seq { .. }
+            | Data::Text { .. }
+            | Data::Teacher { .. }
+            | Data::Shapes { .. } => None,
         }
     }
 
@@ -346,14 +384,26 @@ impl Task {
         (x, y)
     }
 
+    fn shapes_example(&self, rng: &mut ChaCha8Rng) -> (Vec<f64>, Vec<f64>) {
+        let Data::Shapes {
+            classes,
+            channels,
+            height,
+            width,
+        } = &self.data
+        else {
+            return (vec![], vec![]);
+        };
+        let class = rng.gen_range(0..*classes);
+        let img = draw_shape(rng, class, *channels, *height, *width);
+        (img, vec![class as f64])
+    }
+
     fn text_example(&self, start: usize) -> (Vec<f64>, Vec<f64>) {
         let Data::Text { bytes, .. } = &self.data else {
             return (vec![], vec![]);
         };
-        let t = match self.shape.kind {
-            InputKind::Tokens { length, .. } => length,
-            InputKind::Features { .. } => 0,
-        };
+        let t = self.window();
         let w: Vec<f64> = bytes[start..start + t + 1]
             .iter()
             .map(|&b| b as f64)
@@ -377,6 +427,11 @@ impl Task {
         let x = match self.shape.kind {
             InputKind::Tokens { .. } => Tensor::i32(vec![b, xw], xs),
             InputKind::Features { .. } => Tensor::f32(vec![b, xw], xs),
+            InputKind::Image {
+                channels,
+                height,
+                width,
+            } => Tensor::f32(vec![b, channels, height, width], xs),
         };
         let y = match self.shape.head {
             Head::Lm { .. } => Tensor::i32(vec![b, yw], ys),
@@ -398,6 +453,7 @@ impl Task {
                 }
                 Data::Seq { .. } => self.seq_example(&mut rng),
                 Data::Teacher { .. } => self.teacher_example(&mut rng),
+                Data::Shapes { .. } => self.shapes_example(&mut rng),
                 Data::Text { split, .. } => {
                     let t = self.window();
                     self.text_example(rng.gen_range(0..=split - t - 1))
@@ -411,7 +467,7 @@ impl Task {
     fn window(&self) -> usize {
         match self.shape.kind {
             InputKind::Tokens { length, .. } => length,
-            InputKind::Features { .. } => 0,
+            InputKind::Features { .. } | InputKind::Image { .. } => 0,
         }
     }
 
@@ -432,6 +488,12 @@ impl Task {
                 let mut rng = rng_for(self.seed, STREAM_EVAL, 0);
                 (0..EVAL_EXAMPLES.div_ceil(b) * b)
                     .map(|_| self.teacher_example(&mut rng))
+                    .collect()
+            }
+            Data::Shapes { .. } => {
+                let mut rng = rng_for(self.seed, STREAM_EVAL, 0);
+                (0..EVAL_EXAMPLES.div_ceil(b) * b)
+                    .map(|_| self.shapes_example(&mut rng))
                     .collect()
             }
             Data::Text { bytes, split } => {
@@ -456,7 +518,7 @@ impl Task {
         match &self.data {
             Data::Pairs { eq_token, .. } => Some(vec![if eq_token.is_some() { 2 } else { 1 }]),
             Data::Seq { half, .. } => Some((*half..2 * half).collect()),
-            Data::Text { .. } | Data::Teacher { .. } | Data::User(_) => None,
+            Data::Text { .. } | Data::Teacher { .. } | Data::Shapes { .. } | Data::User(_) => None,
         }
     }
 
@@ -651,4 +713,98 @@ fn teacher_data(spec: &TaskSpec, shape: &ModelShape, seed: u64) -> Result<Data, 
     let w =
         try_collect(n, (0..n).map(|_| s * normal(&mut rng)), what).map_err(|e| e.to_string())?;
     Ok(Data::Teacher { w, out, width })
+}
+
+/// The kinds of shape the `shapes` task draws; class `k` is kind `k`.
+pub const SHAPE_KINDS: [&str; 10] = [
+    "horizontal bar",
+    "vertical bar",
+    "diagonal",
+    "anti-diagonal",
+    "cross",
+    "box outline",
+    "filled square",
+    "x",
+    "corner (L)",
+    "tee (T)",
+];
+
+/// The smallest image side `shapes` draws on.
+const SHAPES_MIN_SIDE: usize = 6;
+
+fn shapes_data(shape: &ModelShape) -> Result<Data, String> {
+    let InputKind::Image {
+        channels,
+        height,
+        width,
+    } = shape.kind
+    else {
+        return Err("shapes needs an image input".into());
+    };
+    let Head::Classifier { classes } = shape.head else {
+        return Err("shapes needs a classifier head".into());
+    };
+    if !(2..=SHAPE_KINDS.len()).contains(&classes) {
+        return Err(format!(
+            "shapes draws {} kinds of shape, so the classifier needs 2 to {} classes, not {classes}",
+            SHAPE_KINDS.len(),
+            SHAPE_KINDS.len()
+        ));
+    }
+    if height.min(width) < SHAPES_MIN_SIDE {
+        return Err(format!(
+            "shapes draws on images of at least {SHAPES_MIN_SIDE}x{SHAPES_MIN_SIDE}, the model's are {height}x{width}"
+        ));
+    }
+    Ok(Data::Shapes {
+        classes,
+        channels,
+        height,
+        width,
+    })
+}
+
+/// One `[channels, height, width]` image (row-major) of shape `kind`: a side `s` in
+/// `[4, 3/4 of the shorter side]` at a random place, drawn at intensity 1 on every channel,
+/// plus N(0, 0.25^2) noise per pixel.
+pub fn draw_shape(
+    rng: &mut ChaCha8Rng,
+    kind: usize,
+    channels: usize,
+    height: usize,
+    width: usize,
+) -> Vec<f64> {
+    let m = height.min(width);
+    let s = rng.gen_range(4..=(3 * m / 4).max(4));
+    let r0 = rng.gen_range(0..=height - s);
+    let c0 = rng.gen_range(0..=width - s);
+    let mid = s / 2;
+    let on = |i: usize, j: usize| -> bool {
+        match kind {
+            0 => i == mid,
+            1 => j == mid,
+            2 => i == j,
+            3 => i + j == s - 1,
+            4 => i == mid || j == mid,
+            5 => i == 0 || j == 0 || i == s - 1 || j == s - 1,
+            6 => true,
+            7 => i == j || i + j == s - 1,
+            8 => j == 0 || i == s - 1,
+            _ => i == 0 || j == mid,
+        }
+    };
+    let mut img = vec![0.0; channels * height * width];
+    for ch in 0..channels {
+        for i in 0..s {
+            for j in 0..s {
+                if on(i, j) {
+                    img[(ch * height + r0 + i) * width + c0 + j] = 1.0;
+                }
+            }
+        }
+    }
+    for v in img.iter_mut() {
+        *v = (*v + 0.25 * normal(rng)) as f32 as f64;
+    }
+    img
 }

@@ -20,6 +20,9 @@ pub const SMALL: &[(&str, i64)] = &[
     ("vocab", 11),
     ("features", 12),
     ("classes", 3),
+    ("side", 8),
+    ("channels", 2),
+    ("patch", 4),
 ];
 
 /// Every `examples/*.lam` as (file stem, source), sorted by name.
