@@ -6,19 +6,17 @@ use crate::elab::{BlockOutline, NormPlacement, Outline, SkipOutline, StepOutline
 use crate::ir::Graph;
 use std::fmt::Write;
 
-/// Left edge and width of the stack's boxes.
+/// Left edge and least width of the stack's boxes.
 const STACK_X: f64 = 48.0;
 const STACK_W: f64 = 280.0;
-/// Side boxes of the stack (local losses), right of it.
-const SIDE_X: f64 = 356.0;
+/// Width of the side boxes of the stack (local losses), right of it.
 const SIDE_W: f64 = 170.0;
-/// Left edge of the block panels.
-const PANEL_X: f64 = 560.0;
+/// Least width of a block panel.
 const PANEL_W: f64 = 640.0;
 /// Vertical gap between stacked boxes (an arrow).
 const GAP: f64 = 22.0;
 const BOX_H: f64 = 40.0;
-/// Sizes inside a panel: the stream's offset, a norm box, a sublayer box, a row.
+/// Sizes inside a panel: the stream's offset, a norm box, a sublayer box (at least), a row.
 const STREAM_DX: f64 = 110.0;
 const NORM_W: f64 = 96.0;
 const SUB_W: f64 = 250.0;
@@ -36,11 +34,50 @@ line,path{stroke:#333;stroke-width:1.3;fill:none}.stream{stroke-width:2.4}\
 .cut{stroke:#c0392b;stroke-dasharray:6 3}.bracket{stroke:#6a5aa8;stroke-width:1.6}\
 .gray{fill:#888}.red{fill:#c0392b}circle{fill:#fff;stroke:#333;stroke-width:1.3}";
 
-/// Primitives with the drawing's extent.
+/// Primitives with the drawing's extent, and the widths this model's labels need.
 struct Canvas {
     body: String,
     w: f64,
     h: f64,
+    /// Width of the stack's boxes.
+    stack_w: f64,
+    /// Width of a sublayer box.
+    sub_w: f64,
+}
+
+/// Rough widths of DejaVu Sans text: 12 px regular, 12 px bold and 10.5 px.
+fn text_w(s: &str, px_per_char: f64) -> f64 {
+    s.chars().count() as f64 * px_per_char
+}
+
+impl Canvas {
+    fn new(o: &Outline) -> Canvas {
+        let subs = [&o.input, &o.embed, &o.head, &o.loss];
+        let widest_sub = subs.iter().map(|s| text_w(s, 5.8)).fold(0.0, f64::max);
+        let widest_branch = o
+            .blocks
+            .iter()
+            .flat_map(|b| &b.steps)
+            .flat_map(|s| &s.branches)
+            .map(|b| text_w(&format!("{}: {}", b.name, b.what), 6.2) + 64.0)
+            .fold(0.0, f64::max);
+        Canvas {
+            body: String::new(),
+            w: 0.0,
+            h: 0.0,
+            stack_w: STACK_W.max(widest_sub + 24.0),
+            sub_w: SUB_W.max(widest_branch),
+        }
+    }
+    fn side_x(&self) -> f64 {
+        STACK_X + self.stack_w + 28.0
+    }
+    fn panel_x(&self) -> f64 {
+        self.side_x() + SIDE_W + 34.0
+    }
+    fn panel_w(&self) -> f64 {
+        PANEL_W + self.sub_w - SUB_W
+    }
 }
 
 fn esc(s: &str) -> String {
@@ -118,11 +155,7 @@ fn weights_fill(w: usize) -> String {
 
 /// The diagram of a model as SVG text.
 pub fn svg(o: &Outline, g: &Graph) -> String {
-    let mut c = Canvas {
-        body: String::new(),
-        w: 0.0,
-        h: 0.0,
-    };
+    let mut c = Canvas::new(o);
     c.text(16.0, 26.0, "start", "title", &format!("model {}", o.name));
     let summary = format!(
         "{} parameters · {} layers executed · width {} · {}",
@@ -148,14 +181,14 @@ pub fn svg(o: &Outline, g: &Graph) -> String {
 
 /// The left column: input to loss, one box per executed layer.
 fn stack(c: &mut Canvas, o: &Outline, g: &Graph) {
-    let cx = STACK_X + STACK_W / 2.0;
+    let cx = STACK_X + c.stack_w / 2.0;
     let mut y = 64.0;
-    c.labelled(STACK_X, y, STACK_W, "io", None, ["input", &o.input]);
+    c.labelled(STACK_X, y, c.stack_w, "io", None, ["input", &o.input]);
     y += BOX_H;
     let embed = params_under(g, "embed") + params_under(g, "pos") + params_under(g, "ff");
     let embed_title = format!("embed · {} params", short_count(embed));
     y = next(c, cx, y, false);
-    c.labelled(STACK_X, y, STACK_W, "emb", None, [&embed_title, &o.embed]);
+    c.labelled(STACK_X, y, c.stack_w, "emb", None, [&embed_title, &o.embed]);
     y += BOX_H;
     let mut spans = vec![(0.0, 0.0); o.layers.len()];
     for e in entries(o) {
@@ -174,7 +207,7 @@ fn stack(c: &mut Canvas, o: &Outline, g: &Graph) {
                     r => format!("shared weights: run {} of blocks.{}", r + 1, l.weights),
                 };
                 let fill = weights_fill(l.weights);
-                c.labelled(STACK_X, y, STACK_W, "lin", Some(&fill), [&title, &sub]);
+                c.labelled(STACK_X, y, c.stack_w, "lin", Some(&fill), [&title, &sub]);
                 if let Some(tap) = l.tap {
                     local_loss(c, g, y, tap);
                 }
@@ -183,9 +216,16 @@ fn stack(c: &mut Canvas, o: &Outline, g: &Graph) {
             Entry::Skipped(w) => {
                 // The stream runs past; the unrun weight set sits beside it.
                 c.line(cx, y, cx, y + 44.0, "stream");
-                c.rect(cx + 20.0, y + 8.0, STACK_W / 2.0 - 20.0, 28.0, "skip", None);
+                c.rect(
+                    cx + 20.0,
+                    y + 8.0,
+                    c.stack_w / 2.0 - 20.0,
+                    28.0,
+                    "skip",
+                    None,
+                );
                 c.text(
-                    cx + STACK_W / 4.0 + 10.0,
+                    cx + c.stack_w / 4.0 + 10.0,
                     y + 26.0,
                     "middle",
                     "s gray",
@@ -218,7 +258,7 @@ fn stack(c: &mut Canvas, o: &Outline, g: &Graph) {
     if let Some(norm) = &o.final_norm {
         y = next(c, cx, y, false);
         let title = format!("final norm · {} params", params_under(g, "final_norm"));
-        c.labelled(STACK_X, y, STACK_W, "norm", None, [&title, norm]);
+        c.labelled(STACK_X, y, c.stack_w, "norm", None, [&title, norm]);
         y += BOX_H;
     }
     y = next(c, cx, y, false);
@@ -227,10 +267,10 @@ fn stack(c: &mut Canvas, o: &Outline, g: &Graph) {
         0 => "head".to_string(),
         n => format!("head · {} params", digits(n)),
     };
-    c.labelled(STACK_X, y, STACK_W, "head", None, [&head_title, &o.head]);
+    c.labelled(STACK_X, y, c.stack_w, "head", None, [&head_title, &o.head]);
     y += BOX_H;
     y = next(c, cx, y, false);
-    c.labelled(STACK_X, y, STACK_W, "loss", None, ["loss", &o.loss]);
+    c.labelled(STACK_X, y, c.stack_w, "loss", None, ["loss", &o.loss]);
 }
 
 /// An arrow down the stack from `y` to the next box's top, dashed and marked when the
@@ -265,13 +305,13 @@ fn local_loss(c: &mut Canvas, g: &Graph, y: f64, tap: Tap) {
         ),
     };
     c.arrow(
-        STACK_X + STACK_W,
+        STACK_X + c.stack_w,
         y + BOX_H / 2.0,
-        SIDE_X,
+        c.side_x(),
         y + BOX_H / 2.0,
         "",
     );
-    c.labelled(SIDE_X, y, SIDE_W, "loss", None, [&title, &sub]);
+    c.labelled(c.side_x(), y, SIDE_W, "loss", None, [&title, &sub]);
 }
 
 /// One block drawn once: the residual stream down the left, each step to its right.
@@ -284,8 +324,8 @@ fn panel(c: &mut Canvas, y0: f64, o: &Outline, block: usize, weights: usize, g: 
         b.name,
         digits(params_under(g, &prefix))
     );
-    c.text(PANEL_X + 12.0, y0 + 20.0, "start", "b", &title);
-    let sx = PANEL_X + STREAM_DX;
+    c.text(c.panel_x() + 12.0, y0 + 20.0, "start", "b", &title);
+    let sx = c.panel_x() + STREAM_DX;
     let mut y = y0 + 34.0;
     c.text(sx - 8.0, y + 10.0, "end", "s", "x");
     c.line(sx, y, sx, y + 14.0, "stream");
@@ -295,7 +335,7 @@ fn panel(c: &mut Canvas, y0: f64, o: &Outline, block: usize, weights: usize, g: 
     }
     c.arrow(sx, y, sx, y + 16.0, "stream");
     y += 16.0;
-    c.rect(PANEL_X, y0, PANEL_W, y - y0 + 8.0, "panel", None);
+    c.rect(c.panel_x(), y0, c.panel_w(), y - y0 + 8.0, "panel", None);
     y + 8.0
 }
 
@@ -377,7 +417,8 @@ fn branches(c: &mut Canvas, sx: f64, top: f64, add: f64, s: &StepOutline, prefix
     }
     let bx = x + 22.0;
     let peri = s.placement == NormPlacement::Peri;
-    let end = bx + SUB_W + if peri { 14.0 + NORM_W } else { 0.0 };
+    let sub_w = c.sub_w;
+    let end = bx + sub_w + if peri { 14.0 + NORM_W } else { 0.0 };
     for (k, br) in s.branches.iter().enumerate() {
         let row = top + k as f64 * ROW;
         c.path(
@@ -385,7 +426,7 @@ fn branches(c: &mut Canvas, sx: f64, top: f64, add: f64, s: &StepOutline, prefix
             "",
             true,
         );
-        c.rect(bx, row - 13.0, SUB_W, 26.0, sub_class(&br.what), None);
+        c.rect(bx, row - 13.0, sub_w, 26.0, sub_class(&br.what), None);
         let params = short_count(params_under(g, &format!("{prefix}.{}", br.name)));
         c.text(
             bx + 8.0,
@@ -394,12 +435,12 @@ fn branches(c: &mut Canvas, sx: f64, top: f64, add: f64, s: &StepOutline, prefix
             "",
             &format!("{}: {}", br.name, br.what),
         );
-        c.text(bx + SUB_W - 6.0, row + 4.0, "end", "s", &params);
+        c.text(bx + sub_w - 6.0, row + 4.0, "end", "s", &params);
         if peri {
-            c.arrow(bx + SUB_W, row, bx + SUB_W + 14.0, row, "");
-            c.rect(bx + SUB_W + 14.0, row - 12.0, NORM_W, 24.0, "norm", None);
+            c.arrow(bx + sub_w, row, bx + sub_w + 14.0, row, "");
+            c.rect(bx + sub_w + 14.0, row - 12.0, NORM_W, 24.0, "norm", None);
             c.text(
-                bx + SUB_W + 14.0 + NORM_W / 2.0,
+                bx + sub_w + 14.0 + NORM_W / 2.0,
                 row + 4.0,
                 "middle",
                 "",
