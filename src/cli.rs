@@ -491,74 +491,9 @@ pub enum ImportCommand {
     },
 }
 
-/// The recipe settings `export` writes into train.py (as `train` takes them).
+/// The recipe settings `train`, `compare` and `export` take; each replaces the file's.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RecipeFlags {
-    /// The task, e.g. `modular_addition(p = 23)`, `copy`, `reverse`, `char_lm`.
-    #[arg(long)]
-    pub task: Option<String>,
-    /// Training steps (replaces the recipe's).
-    #[arg(long)]
-    pub steps: Option<String>,
-    /// Peak learning rate (replaces the optimizer's).
-    #[arg(long)]
-    pub lr: Option<f64>,
-    /// `sgd`, `adamw`, `lamb`, `muon`, `drop_muon`, or a call such as `sgd(lr = 0.1, momentum = 0.9)`.
-    #[arg(long)]
-    pub optimizer: Option<String>,
-    /// `constant(warmup = N)` or `cosine(warmup = N, final = 0.0)`.
-    #[arg(long)]
-    pub schedule: Option<String>,
-    /// Clip the global gradient norm (`none` to turn off).
-    #[arg(long)]
-    pub clip: Option<String>,
-    /// `gradient_noise(eta = 0.01, gamma = 0.55)` or `none`.
-    #[arg(long)]
-    pub noise: Option<String>,
-    /// Evaluate on the held-out split every N steps.
-    #[arg(long)]
-    pub eval_every: Option<String>,
-    /// Seed of the batches written (and of train.py's initial weights and noise).
-    #[arg(long)]
-    pub seed: Option<String>,
-    /// A text file: its char_lm batches go into data.safetensors.
-    #[arg(long, value_name = "FILE")]
-    pub data: Option<PathBuf>,
-    #[command(flatten)]
-    pub overrides: Overrides,
-}
-
-impl RecipeFlags {
-    fn options(&self) -> crate::train::TrainOptions {
-        let mut settings = Vec::new();
-        for (k, v) in [
-            ("task", &self.task),
-            ("steps", &self.steps),
-            ("optimizer", &self.optimizer),
-            ("schedule", &self.schedule),
-            ("clip", &self.clip),
-            ("noise", &self.noise),
-            ("eval_every", &self.eval_every),
-            ("seed", &self.seed),
-        ] {
-            if let Some(v) = v {
-                settings.push((k.to_string(), v.clone()));
-            }
-        }
-        crate::train::TrainOptions {
-            overrides: self.overrides.set.clone(),
-            settings,
-            lr: self.lr,
-            data: self.data.clone(),
-            quiet: true,
-            ..Default::default()
-        }
-    }
-}
-
-/// Recipe overrides shared by `train` and `compare`.
-#[derive(clap::Args, Debug, Clone)]
-pub struct TrainFlags {
     /// The task, e.g. `modular_addition(p = 23)`, `copy`, `reverse`, `char_lm`.
     #[arg(long)]
     pub task: Option<String>,
@@ -594,39 +529,12 @@ pub struct TrainFlags {
     /// The ids of a flat token file given with --data (nanoGPT's train.bin: u16).
     #[arg(long, value_enum, requires = "data")]
     pub dtype: Option<DtypeArg>,
-    /// Output directory (default `runs/<model>-seed<N>`).
-    #[arg(long, value_name = "DIR")]
-    pub out: Option<PathBuf>,
-    /// Where the step runs: generated code, or the reference interpreter (slow).
-    #[arg(long, value_enum, default_value_t = BackendArg::Jit)]
-    pub backend: BackendArg,
-    /// No progress bar.
-    #[arg(long, short)]
-    pub quiet: bool,
-    /// Start over in an output directory that already holds a run (its files are replaced).
-    #[arg(long)]
-    pub force: bool,
-    /// Record the residual stream over depth (as `lamina probe` does) every N steps and at
-    /// the last, in probe.jsonl; `compare` then overlays the models' last records.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    pub probe_every: Option<u64>,
     #[command(flatten)]
     pub overrides: Overrides,
 }
 
-#[derive(clap::Args, Debug)]
-pub struct TrainArgs {
-    /// The model file (.lam).
-    pub file: PathBuf,
-    #[command(flatten)]
-    pub flags: TrainFlags,
-    /// Continue from a checkpoint (bit-identical to a run never interrupted).
-    #[arg(long, value_name = "CKPT")]
-    pub resume: Option<PathBuf>,
-}
-
-impl TrainFlags {
-    pub fn options(&self) -> crate::train::TrainOptions {
+impl RecipeFlags {
+    fn options(&self) -> crate::train::TrainOptions {
         let mut settings = Vec::new();
         for (k, v) in [
             ("task", &self.task),
@@ -648,6 +556,48 @@ impl TrainFlags {
             lr: self.lr,
             data: self.data.clone(),
             dtype: self.dtype.map(Into::into),
+            ..Default::default()
+        }
+    }
+}
+
+/// The options of `train` and `compare`: the recipe's settings and how the run goes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainFlags {
+    #[command(flatten)]
+    pub recipe: RecipeFlags,
+    /// Output directory (default `runs/<model>-seed<N>`).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Where the step runs: generated code, or the reference interpreter (slow).
+    #[arg(long, value_enum, default_value_t = BackendArg::Jit)]
+    pub backend: BackendArg,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Start over in an output directory that already holds a run (its files are replaced).
+    #[arg(long)]
+    pub force: bool,
+    /// Record the residual stream over depth (as `lamina probe` does) every N steps and at
+    /// the last, in probe.jsonl; `compare` then overlays the models' last records.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub probe_every: Option<u64>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// The model file (.lam).
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub flags: TrainFlags,
+    /// Continue from a checkpoint (bit-identical to a run never interrupted).
+    #[arg(long, value_name = "CKPT")]
+    pub resume: Option<PathBuf>,
+}
+
+impl TrainFlags {
+    pub fn options(&self) -> crate::train::TrainOptions {
+        crate::train::TrainOptions {
             out: self.out.clone(),
             resume: None,
             backend: Some(self.backend.into()),
@@ -655,6 +605,7 @@ impl TrainFlags {
             stop_after: None,
             force: self.force,
             probe_every: self.probe_every,
+            ..self.recipe.options()
         }
     }
 }
@@ -1026,7 +977,10 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             let compiled = compile(&file, &recipe.overrides, color)?;
             let opts = crate::export::ExportOptions {
                 out: out.clone(),
-                train: recipe.options(),
+                train: crate::train::TrainOptions {
+                    quiet: true,
+                    ..recipe.options()
+                },
                 max_batches: batches,
                 color,
             };
