@@ -16,7 +16,6 @@ pub fn dot(o: &Outline, g: &Graph) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "digraph {} {{", q(&o.name));
     let _ = writeln!(out, "  rankdir=TB; node [shape=box, style=\"rounded,filled\", fillcolor=white, fontname=\"DejaVu Sans\"];");
-    let mut chain: Vec<String> = vec!["input".into(), "embed".into()];
     let _ = writeln!(
         out,
         "  input [label={}];",
@@ -28,6 +27,29 @@ pub fn dot(o: &Outline, g: &Graph) -> String {
         q(&format!("embed\\n{}", o.embed))
     );
     out.push_str("  input -> embed;\n");
+    let mut last = layers(&mut out, o, g);
+    let mut tail: Vec<(String, String)> = vec![];
+    if let Some(n) = &o.final_norm {
+        tail.push(("final_norm".into(), format!("final norm\\n{n}")));
+    }
+    tail.push(("head".into(), o.head.clone()));
+    tail.push(("loss".into(), format!("loss\\n{}", o.loss)));
+    for (name, label) in tail {
+        let _ = writeln!(out, "  {name} [label={}];", q(&label));
+        let _ = writeln!(out, "  {last} -> {name};");
+        last = name;
+    }
+    for (block, weights) in used_blocks(o) {
+        cluster(&mut out, o, block, weights);
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// The executed layers (with the losses they feed and the weight sets skipped) chained
+/// after the embedding, and the loops; returns the last layer's node.
+fn layers(out: &mut String, o: &Outline, g: &Graph) -> String {
+    let mut chain: Vec<String> = vec!["embed".into()];
     for e in entries(o) {
         match e {
             Entry::Layer(i) => {
@@ -46,9 +68,9 @@ pub fn dot(o: &Outline, g: &Graph) -> String {
                 );
                 let _ = writeln!(out, "  {name} [label={}];", q(&label));
                 if l.detached {
-                    let _ = writeln!(out, "  {} -> {name} [style=dashed, color=\"#c0392b\", label=\"stop_gradient\"];", chain.last().map_or("input", |s| s));
+                    let _ = writeln!(out, "  {} -> {name} [style=dashed, color=\"#c0392b\", label=\"stop_gradient\"];", chain.last().map_or("embed", |s| s));
                 } else {
-                    let _ = writeln!(out, "  {} -> {name};", chain.last().map_or("input", |s| s));
+                    let _ = writeln!(out, "  {} -> {name};", chain.last().map_or("embed", |s| s));
                 }
                 let tap = match l.tap {
                     Some(Tap::Local(k)) => Some(format!("loss.local.{k}")),
@@ -65,7 +87,7 @@ pub fn dot(o: &Outline, g: &Graph) -> String {
                 let _ = writeln!(
                     out,
                     "  {} -> skipped{w} [style=invis];",
-                    chain.last().map_or("input", |s| s)
+                    chain.last().map_or("embed", |s| s)
                 );
             }
         }
@@ -77,22 +99,7 @@ pub fn dot(o: &Outline, g: &Graph) -> String {
             first + n - 1
         );
     }
-    let mut tail: Vec<(String, String)> = vec![];
-    if let Some(n) = &o.final_norm {
-        tail.push(("final_norm".into(), format!("final norm\\n{n}")));
-    }
-    tail.push(("head".into(), o.head.clone()));
-    tail.push(("loss".into(), format!("loss\\n{}", o.loss)));
-    for (name, label) in tail {
-        let _ = writeln!(out, "  {name} [label={}];", q(&label));
-        let _ = writeln!(out, "  {} -> {name};", chain.last().map_or("input", |s| s));
-        chain.push(name);
-    }
-    for (block, weights) in used_blocks(o) {
-        cluster(&mut out, o, block, weights);
-    }
-    out.push_str("}\n");
-    out
+    chain.pop().unwrap_or_else(|| "embed".into())
 }
 
 /// One block as a cluster: the stream through each step's add.
