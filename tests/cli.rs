@@ -1,5 +1,8 @@
 //! The `lamina` binary end to end: exit codes, files written, `--expect`/`--bless`.
 
+mod common;
+
+use common::lamina;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -15,14 +18,6 @@ block layer {
 }
 stack layer * 2
 ";
-
-fn lamina(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lamina"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("the lamina binary runs")
-}
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("lamina-cli-{}-{name}", std::process::id()));

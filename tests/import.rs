@@ -3,6 +3,9 @@
 //! Hugging Face layout (independent of lamina's lowering) and, when `LAMINA_TORCH_PYTHON`
 //! names a Python with torch and safetensors, against `tests/gpt2_reference.py`.
 
+mod common;
+
+use common::lamina;
 use lamina::import::bpe::Bpe;
 use lamina::io::{load_safetensors, save_safetensors};
 use lamina::tensor::Tensor;
@@ -22,14 +25,6 @@ const EPS: f64 = 1e-5;
 
 /// A checkpoint as Hugging Face names and lays it out: name -> (shape, values).
 type Hf = BTreeMap<String, (Vec<usize>, Vec<f64>)>;
-
-fn lamina(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lamina"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("the lamina binary runs")
-}
 
 fn ok(out: &Output) -> String {
     let err = String::from_utf8_lossy(&out.stderr);

@@ -185,3 +185,12 @@ pub fn freeze_stopped(
     frozen.verify().map_err(|e| format!("frozen graph: {e}"))?;
     Ok((frozen, inputs))
 }
+
+/// Run the `lamina` binary with `args`, colour off.
+pub fn lamina(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lamina"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the lamina binary runs")
+}
