@@ -4,6 +4,8 @@
 //! - `consts`: constants, overrides and typed evaluation of argument expressions;
 //! - `resolve`: names, arguments, norm inheritance, skips, schemes and depth programs are
 //!   checked and expanded into a `Plan` (plain sizes and settings, no AST left);
+//! - `depth`: the clauses after a stack's count (parallel, stages, subnets, expand,
+//!   routed), resolved per executed layer for `resolve`;
 //! - `lower`: the plan is emitted as IR through `GraphBuilder`;
 //! - `outline`: the plan read out as plain data for diagrams (`Outline`).
 //!
@@ -13,6 +15,7 @@
 //! is skipped silently so one mistake gives one diagnostic.
 
 mod consts;
+pub(crate) mod depth;
 pub(crate) mod learning;
 mod lower;
 mod outline;

@@ -5,6 +5,7 @@
 //! plan and the stacks that use it are skipped without further errors.
 
 use super::consts::{Bound, Consts, Ev, Value};
+use super::depth::{self, LayerProgram, Subnets};
 use super::learning::Learning;
 use super::{
     closest, list, suggest, Override, MAX_ELEMENTS, MAX_LAYERS, MAX_STEPS, MAX_STEPS_PER_BLOCK,
@@ -153,6 +154,18 @@ pub(crate) struct LayerRun {
     pub block: usize,
     pub weights: usize,
     pub run: usize,
+    /// Parallel groups, linear expansion and routing (`elab::depth`).
+    pub program: LayerProgram,
+}
+
+/// FiRST routing of the routed layers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Routing {
+    /// Coefficient of the mean gate in the loss.
+    pub sparsity: f64,
+    /// Hard skipping (`lamina run --skip-below`): a layer whose gate at the last position
+    /// is below this is skipped for that sequence.
+    pub skip_below: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -252,6 +265,10 @@ pub(crate) struct Plan {
     pub layers: Vec<LayerRun>,
     /// Weight sets the stacks declare (`blocks.0` ..); an `order` may leave some unrun.
     pub weight_sets: usize,
+    /// Depth subnets trained jointly (`subnets [...]`).
+    pub subnets: Option<Subnets>,
+    /// Router gates on the `routed` layers.
+    pub routing: Option<Routing>,
     pub final_norm: Option<(NormKind, f64)>,
     pub head: Head,
     pub loss: Loss,
@@ -296,6 +313,19 @@ struct Embedding {
     d_span: Span,
     /// The model's input, with an image's patch size.
     input: InputPlan,
+}
+
+/// The executed layers of all stacks and their depth programs.
+#[derive(Default)]
+struct Layers {
+    layers: Vec<LayerRun>,
+    /// Weight sets the stacks declare.
+    weight_sets: usize,
+    subnets: Option<Subnets>,
+    /// The largest sparsity coefficient of the routed stacks.
+    sparsity: Option<f64>,
+    /// The first depth-program clause (for errors about the learning rule).
+    program_span: Option<Span>,
 }
 
 /// What size checks need to know about the model.
@@ -591,19 +621,41 @@ impl Resolver<'_> {
         }
 
         let learning = match &layers {
-            Some((l, _)) => super::learning::resolve(
+            Some(l) => super::learning::resolve(
                 top.learning.get(),
-                l.len(),
+                l.layers.len(),
                 head_loss.map(|h| h.0),
                 &mut self.ev(),
             ),
             None => None,
         };
+        if let (Some(Layers { program_span: Some(at), .. }), Some(rule), Some(l)) =
+            (&layers, top.learning.get(), learning)
+        {
+            if l != Learning::Backprop {
+                self.diags.push(
+                    err(
+                        "a depth program needs end-to-end learning",
+                        *at,
+                        "this stack clause",
+                    )
+                    .with_note(rule.span, "the learning rule")
+                    .with_hint("parallel groups, subnets, expansion and routers train with backprop: drop the `learning` statement or the clause"),
+                );
+                return None;
+            }
+        }
 
         let plans: Vec<BlockPlan> = plans.into_iter().collect::<Option<_>>()?;
         let final_norm = final_norm?;
         model_skip?;
-        let (layers, weight_sets) = layers?;
+        let Layers {
+            layers,
+            weight_sets,
+            subnets,
+            sparsity,
+            ..
+        } = layers?;
         let input_plan = input_plan?;
         let Embedding {
             d: d_model,
@@ -625,6 +677,11 @@ impl Resolver<'_> {
             blocks: plans,
             layers,
             weight_sets,
+            subnets,
+            routing: sparsity.map(|sparsity| Routing {
+                sparsity,
+                skip_below: None,
+            }),
             final_norm,
             head: head_plan,
             loss: loss_plan,
@@ -684,41 +741,41 @@ impl Resolver<'_> {
     }
 
     /// The executed layers of all `stack` statements in order, within the depth limits;
-    /// `None` when a stack is wrong, a limit is passed or there is no stack at all. The
-    /// second value counts the weight sets the stacks declare.
+    /// `None` when a stack is wrong, a limit is passed or there is no stack at all.
     fn layers(
         &mut self,
         stacks: &[&Stack],
         blocks: &[&Block],
         plans: &[Option<BlockPlan>],
-    ) -> Option<(Vec<LayerRun>, usize)> {
-        let mut layers = Vec::new();
-        let mut next_weights = 0usize;
+    ) -> Option<Layers> {
+        let mut out = Layers::default();
         let mut executed = 0usize;
         let mut executed_steps = 0usize;
         let mut runs: HashMap<usize, usize> = HashMap::new();
         let mut depth_ok = true;
         for s in stacks {
-            let Some(seq) = self.stack(s, blocks, plans, &mut next_weights) else {
+            let Some((seq, clauses)) = self.stack(s, blocks, plans, &mut out.weight_sets) else {
                 depth_ok = false;
                 continue;
             };
             executed += seq.len();
             executed_steps += seq
                 .iter()
-                .filter_map(|(block, _)| plans.get(*block).and_then(|p| p.as_ref()))
+                .filter_map(|(block, _, _)| plans.get(*block).and_then(|p| p.as_ref()))
                 .map(|p| p.units.iter().map(|u| u.branches.len()).sum::<usize>())
                 .sum::<usize>();
             if self.over_depth_limit(s, executed, executed_steps) {
                 depth_ok = false;
                 break;
             }
-            for (block, weights) in seq {
+            depth_ok &= self.stack_program(&clauses, &seq, &mut out);
+            for (block, weights, program) in seq {
                 let run = runs.entry(weights).or_insert(0);
-                layers.push(LayerRun {
+                out.layers.push(LayerRun {
                     block,
                     weights,
                     run: *run,
+                    program,
                 });
                 *run += 1;
             }
@@ -741,7 +798,48 @@ impl Resolver<'_> {
             self.diags.push(d);
             depth_ok = false;
         }
-        depth_ok.then_some((layers, next_weights))
+        depth_ok.then_some(out)
+    }
+
+    /// Records a stack's subnets and routing in `out` (its layers come next in
+    /// `out.layers`); only one stack may have subnets.
+    fn stack_program(
+        &mut self,
+        c: &depth::Clauses,
+        seq: &[(usize, usize, LayerProgram)],
+        out: &mut Layers,
+    ) -> bool {
+        if out.program_span.is_none() {
+            out.program_span = c.span;
+        }
+        if let Some(x) = c.routed {
+            out.sparsity = Some(out.sparsity.map_or(x, |y: f64| y.max(x)));
+        }
+        let Some((depths, weights, span)) = &c.subnets else {
+            return true;
+        };
+        if let Some(first) = &out.subnets {
+            self.diags.push(
+                err("only one stack may have `subnets`", *span, "second one here")
+                    .with_note(first.span, "first one here"),
+            );
+            return false;
+        }
+        let (n, first) = (seq.len(), out.layers.len());
+        out.subnets = Some(Subnets {
+            layers: depths
+                .iter()
+                .map(|&dep| {
+                    let mut l: Vec<usize> = (0..first).collect();
+                    l.extend(depth::Clauses::subnet_layers(dep, n, first));
+                    l
+                })
+                .collect(),
+            depths: depths.clone(),
+            weights: weights.clone(),
+            span: *span,
+        });
+        true
     }
 
     /// Whether the stacks so far, ending with `s`, execute too many steps or layers
@@ -1961,7 +2059,7 @@ impl Resolver<'_> {
         blocks: &[&Block],
         plans: &[Option<BlockPlan>],
         next_weights: &mut usize,
-    ) -> Option<Vec<(usize, usize)>> {
+    ) -> Option<(Vec<(usize, usize, LayerProgram)>, depth::Clauses)> {
         let block = match blocks.iter().position(|b| b.name.name == s.block.name) {
             Some(i) => Some(i),
             None => {
@@ -2013,20 +2111,31 @@ impl Resolver<'_> {
             (Some(o), Some(n)) => Some(self.order(o, n)?),
             _ => None,
         };
-        let (block, n) = (block?, n?);
+        let clauses = depth::clauses(s, n, &mut self.ev());
+        let (block, n, clauses) = (block?, n?, clauses?);
         plans[block].as_ref()?;
         let base = *next_weights;
-        let seq: Vec<(usize, usize)> = if s.shared.is_some() {
-            *next_weights += 1;
-            (0..n).map(|_| (block, base)).collect()
-        } else if let Some(order) = order {
-            *next_weights += n;
-            order.into_iter().map(|i| (block, base + i)).collect()
-        } else {
-            *next_weights += n;
-            (0..n).map(|i| (block, base + i)).collect()
+        let seq: Vec<(usize, usize, LayerProgram)> = match order {
+            Some(order) => {
+                *next_weights += n;
+                let len = order.len();
+                order
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, i)| (block, base + i, clauses.layer(k, len)))
+                    .collect()
+            }
+            None => {
+                *next_weights += clauses.weights(s.shared.is_some(), 0, n).1;
+                (0..n)
+                    .map(|i| {
+                        let w = clauses.weights(s.shared.is_some(), i, n).0;
+                        (block, base + w, clauses.layer(i, n))
+                    })
+                    .collect()
+            }
         };
-        Some(seq)
+        Some((seq, clauses))
     }
 
     fn order(&mut self, o: &Expr, n: usize) -> Option<Vec<usize>> {

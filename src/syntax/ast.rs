@@ -158,6 +158,16 @@ pub struct Stack {
     pub shared: Option<Span>,
     /// The list expression after `order`.
     pub order: Option<Expr>,
+    /// Depth-program clauses (`parallel 4`, `subnets [8, 4]`, ...), in source order.
+    pub clauses: Vec<StackClause>,
+    pub span: Span,
+}
+
+/// `WORD` or `WORD VALUE` after a stack's count: `expand linear`, `stages 3`, `routed`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StackClause {
+    pub word: Ident,
+    pub value: Option<Expr>,
     pub span: Span,
 }
 

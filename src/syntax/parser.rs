@@ -18,7 +18,7 @@ use pest_derive::Parser;
 
 use super::ast::{
     Arg, BinOp, Block, BlockItem, Call, Expr, ExprKind, Ident, Item, Module, NormSpec, Scheme,
-    Span, Stack, Step, Sublayer, TrainSection, TrainSetting, TrainValue,
+    Span, Stack, StackClause, Step, Sublayer, TrainSection, TrainSetting, TrainValue,
 };
 use crate::diag::{Diagnostic, Diagnostics};
 
@@ -1470,6 +1470,7 @@ impl Builder {
         let mut shared: Option<Span> = None;
         let mut order: Option<(Expr, Span)> = None;
         let mut order_kw: Option<Span> = None;
+        let mut clauses: Vec<StackClause> = Vec::new();
         for p in inner {
             let span = span_of(&p);
             match p.as_rule() {
@@ -1482,6 +1483,16 @@ impl Builder {
                     }
                 }
                 Rule::kw_order => order_kw = Some(span),
+                Rule::stack_clause => {
+                    let c = self.stack_clause(p);
+                    match clauses.iter().find(|f: &&StackClause| f.word.name == c.word.name) {
+                        Some(first) => {
+                            let first = first.span;
+                            self.duplicate(&c.word.name, &block.name, c.span, first);
+                        }
+                        None => clauses.push(c),
+                    }
+                }
                 Rule::expr => {
                     let e = self.top_expr(p);
                     match (count.is_none(), order_kw.take(), &order) {
@@ -1508,8 +1519,26 @@ impl Builder {
             }),
             shared,
             order: order.map(|(e, _)| e),
+            clauses,
             span: whole,
         }
+    }
+
+    fn stack_clause(&mut self, p: Pair<Rule>) -> StackClause {
+        let span = span_of(&p);
+        let mut word = Ident {
+            name: String::new(),
+            span,
+        };
+        let mut value = None;
+        for q in p.into_inner() {
+            match q.as_rule() {
+                Rule::stack_word => word = ident(&q),
+                Rule::expr => value = Some(self.top_expr(q)),
+                _ => {}
+            }
+        }
+        StackClause { word, value, span }
     }
 
     // ---- expressions ----

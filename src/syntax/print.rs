@@ -87,6 +87,12 @@ fn stack(s: &Stack) -> String {
     if let Some(o) = &s.order {
         let _ = write!(line, " order {}", expr(o));
     }
+    for c in &s.clauses {
+        let _ = write!(line, " {}", c.word.name);
+        if let Some(v) = &c.value {
+            let _ = write!(line, " {}", expr(v));
+        }
+    }
     line
 }
 

@@ -16,6 +16,8 @@ use crate::ir::{
     F64, SINUSOIDAL_BASE,
 };
 
+mod depth;
+
 type R<T> = Result<T, IrError>;
 
 /// An attention sublayer's settings; `qk_norm` holds the eps of its QK-norm.
@@ -40,6 +42,9 @@ pub(crate) fn lower(p: &Plan, probes: bool) -> Result<Graph, Diagnostics> {
             | Positions::Sinusoidal2d
             | Positions::None => None,
         },
+        expand: None,
+        gates: Vec::new(),
+        routes: Vec::new(),
     };
     match l.model(p) {
         Ok(()) => Ok(l.g.finish()),
@@ -56,6 +61,14 @@ struct Lower {
     probed: Vec<(String, ValueId)>,
     /// Rotary positions (base, pairing) that every attention applies to its queries and keys.
     rope: Option<(f64, RopePairs)>,
+    /// Inside a linearly expanded layer: its parameter prefix (`blocks.0.`) and its
+    /// coefficient `c`; its parameters are `theta_A + c * theta_B`.
+    expand: Option<(String, f64)>,
+    /// Each routed layer's mean gate, for the sparsity penalty.
+    gates: Vec<ValueId>,
+    /// `route.<k>` outputs: 1 where routed layer k ran for a sequence, 0 where it was
+    /// skipped (with `Routing::skip_below`).
+    routes: Vec<(String, ValueId)>,
 }
 
 /// An executed layer's block, its weights' prefix (`blocks.<w>`) and its run suffix
@@ -92,7 +105,7 @@ impl Lower {
     fn model(&mut self, p: &Plan) -> R<()> {
         let (x0, targets) = self.inputs(p);
         self.g.set_scope("embed");
-        let (mut x, embed_table) = self.embedding(p, x0)?;
+        let (x, embed_table) = self.embedding(p, x0)?;
 
         if let Learning::ForwardForward { threshold } = p.learning {
             return self.forward_forward(p, x, targets, threshold);
@@ -100,22 +113,89 @@ impl Lower {
         if self.probes {
             self.probed.push(("probe.0.embed".into(), x));
         }
-        // The local losses of a learning rule, in order.
+        let all: Vec<usize> = (0..p.layers.len()).collect();
+        // Each run of the layers: (name of its part loss, loss weight, layers).
+        let runs: Vec<(Option<String>, f64, &[usize])> = match &p.subnets {
+            None => vec![(None, 1.0, &all[..])],
+            Some(s) => (s.depths.iter().zip(&s.weights).zip(&s.layers))
+                .map(|((d, &w), l)| (Some(format!("subnet.{d}")), w, &l[..]))
+                .collect(),
+        };
+        // The deepest run gives the logits and the probes.
+        let main = (0..runs.len())
+            .max_by_key(|&k| (runs[k].2.len(), std::cmp::Reverse(k)))
+            .unwrap_or(0);
+        let probes = self.probes;
+        let (mut loss, mut logits) = (None, None);
+        let mut parts: Vec<(String, ValueId)> = Vec::new();
+        for (k, (name, weight, layers)) in runs.iter().enumerate() {
+            self.probes = probes && k == main;
+            let (l, y, local) = self.run(p, x, layers, targets, embed_table)?;
+            if k == main {
+                logits = Some(y);
+            }
+            let term = if *weight == 1.0 { l } else { self.g.scale(l, *weight)? };
+            loss = Some(match loss {
+                None => term,
+                Some(s) => self.g.add(s, term)?,
+            });
+            parts.extend(local);
+            if let Some(name) = name {
+                parts.push((name.clone(), l));
+            }
+        }
+        let (mut loss, logits) = loss
+            .zip(logits)
+            .ok_or_else(|| IrError::Graph("a model without a run of its layers".into()))?;
+        if let Some(penalty) = self.gate_penalty(p)? {
+            self.g.set_scope("loss");
+            loss = self.g.add(loss, penalty)?;
+            parts.push(("router".into(), penalty));
+        }
+        self.g.set_scope("");
+        self.g.output("loss", loss);
+        self.g.output("logits", logits);
+        for (name, v) in std::mem::take(&mut self.probed) {
+            self.g.output(name, v);
+        }
+        for (name, v) in std::mem::take(&mut self.routes) {
+            self.g.output(name, v);
+        }
+        for (name, v) in parts {
+            self.g.output(OutputRole::PartLoss(&name).name(), v);
+        }
+        Ok(())
+    }
+
+    /// The executed layers `which` from the embedding's output `x`, then the head: the
+    /// loss (head and local losses summed), the logits, and the named local losses with
+    /// the head's (when a learning rule has local losses).
+    fn run(
+        &mut self,
+        p: &Plan,
+        mut x: ValueId,
+        which: &[usize],
+        targets: ValueId,
+        embed_table: Option<ValueId>,
+    ) -> R<(ValueId, ValueId, Vec<(String, ValueId)>)> {
         let mut parts: Vec<ValueId> = Vec::new();
         let n = p.layers.len();
-        for (i, layer) in p.layers.iter().enumerate() {
-            let (block, prefix, run) = layer_parts(p, layer)?;
+        // The input of the current parallel group.
+        let mut group_in = x;
+        for &i in which {
+            let layer = &p.layers[i];
+            let (_, prefix, run) = layer_parts(p, layer)?;
             if p.learning.detaches_before(i) {
                 self.g.set_scope(format!("{prefix}{run}"));
                 x = self.g.unary(Op::Unary(UnaryOp::StopGradient), x)?;
             }
-            for u in &block.units {
-                x = self.unit(x, u, &prefix, &run)?;
-                if self.probes {
-                    let scope = self.g.scope().to_string();
-                    let k = self.probed.len();
-                    self.probed.push((format!("probe.{k}.{scope}"), x));
-                }
+            if layer.program.joins {
+                let y = self.layer(p, group_in, layer)?;
+                let update = self.g.sub(y, group_in)?;
+                x = self.g.add(x, update)?;
+            } else {
+                group_in = x;
+                x = self.layer(p, x, layer)?;
             }
             if p.learning.local_loss_after(i, n) {
                 let k = parts.len();
@@ -123,7 +203,6 @@ impl Lower {
                 parts.push(self.local_loss(p, x, targets, k)?);
             }
         }
-
         if p.learning.detaches_head() {
             x = self.g.unary(Op::Unary(UnaryOp::StopGradient), x)?;
         }
@@ -134,26 +213,45 @@ impl Lower {
         self.g.set_scope("head");
         let logits = self.head(p, x, embed_table)?;
         self.g.set_scope("loss");
-        let mut loss = self.loss(p.loss, logits, targets)?;
-        let head_loss = loss;
+        let head_loss = self.loss(p.loss, logits, targets)?;
+        let mut loss = head_loss;
         for &part in &parts {
             loss = self.g.add(loss, part)?;
         }
-        self.g.set_scope("");
-        self.g.output("loss", loss);
-        self.g.output("logits", logits);
-        for (name, v) in std::mem::take(&mut self.probed) {
-            self.g.output(name, v);
-        }
+        let mut named: Vec<(String, ValueId)> = Vec::new();
         if !parts.is_empty() {
-            for (k, &part) in parts.iter().enumerate() {
-                self.g
-                    .output(OutputRole::PartLoss(&format!("local.{k}")).name(), part);
-            }
-            self.g
-                .output(OutputRole::PartLoss("head").name(), head_loss);
+            named = parts
+                .iter()
+                .enumerate()
+                .map(|(k, &v)| (format!("local.{k}"), v))
+                .collect();
+            named.push(("head".into(), head_loss));
         }
-        Ok(())
+        Ok((loss, logits, named))
+    }
+
+    /// One executed layer: its block's steps, under its depth program.
+    fn layer(&mut self, p: &Plan, x: ValueId, layer: &LayerRun) -> R<ValueId> {
+        let (block, prefix, run) = layer_parts(p, layer)?;
+        self.expand = layer.program.expand.map(|c| (format!("{prefix}."), c));
+        let gate = match (layer.program.routed, p.routing) {
+            (true, Some(r)) => Some(self.router(p, x, &prefix, &run, r)?),
+            _ => None,
+        };
+        let mut y = x;
+        for u in &block.units {
+            y = self.unit(y, u, &prefix, &run)?;
+            if self.probes {
+                let scope = self.g.scope().to_string();
+                let k = self.probed.len();
+                self.probed.push((format!("probe.{k}.{scope}"), y));
+            }
+        }
+        self.expand = None;
+        match gate {
+            Some(g) => self.gated(x, y, g),
+            None => Ok(y),
+        }
     }
 
     /// Forward-Forward, supervised (Hinton 2022, with the label written into the input):
@@ -687,7 +785,7 @@ impl Lower {
                 self.g.add(xs, f)?
             }
             Skip::Learned(init) => {
-                let s = self.g.role_param(
+                let s = self.param(
                     format!("{name}.skip_scale"),
                     vec![],
                     Init::Const(init),
@@ -887,7 +985,7 @@ impl Lower {
         let init = Init::Uniform {
             bound: 1.0 / (fan_in as f64).sqrt(),
         };
-        let w = self.g.role_param(
+        let w = self.param(
             format!("{name}.weight"),
             vec![out, fan_in],
             init.clone(),
@@ -895,7 +993,7 @@ impl Lower {
             role,
         )?;
         let b = if bias {
-            Some(self.g.role_param(
+            Some(self.param(
                 format!("{name}.bias"),
                 vec![out],
                 init,
@@ -917,7 +1015,7 @@ impl Lower {
             .ok_or_else(|| IrError::Graph("norm of a scalar".into()))?;
         let w = shape[last];
         let inv = 1.0 / w as f64;
-        let weight = self.g.role_param(
+        let weight = self.param(
             format!("{name}.weight"),
             vec![w],
             Init::Ones,
@@ -945,7 +1043,7 @@ impl Lower {
         let y = self.g.mul(y, wb)?;
         match kind {
             NormKind::LayerNorm => {
-                let bias = self.g.role_param(
+                let bias = self.param(
                     format!("{name}.bias"),
                     vec![w],
                     Init::Zeros,
