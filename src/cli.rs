@@ -322,6 +322,10 @@ pub enum Command {
         seed: u64,
         #[arg(long, value_enum, default_value_t = BackendArg::Jit)]
         backend: BackendArg,
+        /// Skip each routed layer for a sequence whose router gate at its last position is
+        /// below this (FiRST's prefill routing), and report the fraction of layers skipped.
+        #[arg(long, value_name = "GATE", value_parser = parse_gate)]
+        skip_below: Option<f64>,
         #[command(flatten)]
         overrides: Overrides,
     },
@@ -1007,9 +1011,15 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             out,
             seed,
             backend,
+            skip_below,
             overrides,
         } => {
-            let compiled = compile(&file, &overrides, color)?;
+            let mut compiled = compile(&file, &overrides, color)?;
+            if let Some(t) = skip_below {
+                compiled = compiled
+                    .with_skip_below(t)
+                    .map_err(|e| Rendered(e.render(color)))?;
+            }
             cmd_run(
                 &compiled,
                 weights.as_deref(),
@@ -1468,6 +1478,7 @@ fn cmd_run(
             .map_err(|e| anyhow!("{e}"))?,
     };
     let elapsed = start.elapsed();
+    report_routes(&outputs);
     let loss = outputs
         .iter()
         .find(|(n, _)| n == "loss")
@@ -1502,6 +1513,34 @@ fn cmd_run(
         errln!("wrote {}", out.display());
     }
     Ok(0)
+}
+
+/// With hard routing: the fraction of routed layer runs skipped over the batch.
+fn report_routes(outputs: &[(String, crate::tensor::Tensor)]) {
+    let keeps: Vec<f64> = outputs
+        .iter()
+        .filter(|(n, _)| n.starts_with("route."))
+        .flat_map(|(_, t)| t.data.iter().copied())
+        .collect();
+    if keeps.is_empty() {
+        return;
+    }
+    let skipped = keeps.iter().filter(|&&k| k < 0.5).count();
+    outln!(
+        "layers skipped = {} ({skipped} of {} routed layer runs)",
+        fixed(skipped as f64 / keeps.len() as f64, 4),
+        keeps.len()
+    );
+}
+
+/// A gate threshold in [0, 1].
+fn parse_gate(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("a gate is in [0, 1], found {v}"))
+    }
 }
 
 fn cmd_bench(args: &BenchArgs, color: bool) -> Result<i32> {

@@ -131,6 +131,30 @@ impl Compiled {
         })
     }
 
+    /// The model with hard routing: each routed layer skipped for a sequence whose gate
+    /// at its last position is below `threshold` (`lamina run --skip-below`).
+    pub fn with_skip_below(&self, threshold: f64) -> Result<Compiled, CompileError> {
+        let probing = elab::Probing {
+            skip_below: Some(threshold),
+            ..elab::Probing::default()
+        };
+        let forward = elab::elaborate_probed(
+            &self.module,
+            &default_name(&self.file_name),
+            &self.overrides,
+            probing,
+        )
+        .map_err(|diagnostics| CompileError {
+            file_name: self.file_name.clone(),
+            source: self.source.clone(),
+            diagnostics,
+        })?;
+        Ok(Compiled {
+            forward,
+            ..self.clone()
+        })
+    }
+
     /// The joint graph after the optimizing passes.
     pub fn optimized(&self) -> Result<Graph, IrError> {
         Ok(crate::passes::optimize(&self.joint()?))

@@ -63,8 +63,10 @@ fn layers(out: &mut String, o: &Outline, g: &Graph) -> String {
                     r => format!("shared: run {} of blocks.{}", r + 1, l.weights),
                 };
                 let label = format!(
-                    "layer {i}: {} (blocks.{})\\n{what}",
-                    o.blocks[l.block].name, l.weights
+                    "layer {i}: {} (blocks.{}){}\\n{what}",
+                    o.blocks[l.block].name,
+                    l.weights,
+                    super::program_note(&l)
                 );
                 let _ = writeln!(out, "  {name} [label={}];", q(&label));
                 if l.detached {

@@ -16,7 +16,7 @@ mod svg;
 pub use dot::dot;
 pub use svg::svg;
 
-use crate::elab::Outline;
+use crate::elab::{LayerOutline, Outline};
 use crate::ir::Graph;
 
 /// Parameter elements of `g` whose names start with `prefix.` (or equal `prefix`).
@@ -99,6 +99,19 @@ fn short_count(n: usize) -> String {
         10_000..=999_999 => format!("{:.1}k", n as f64 / 1e3),
         _ => format!("{:.2}M", n as f64 / 1e6),
     }
+}
+
+/// ` · parallel`, ` · routed`, ` · θA + 0.5 θB`: a layer's part in a depth program.
+fn program_note(l: &LayerOutline) -> String {
+    let mut s = String::new();
+    if let Some(p) = l.program {
+        s.push_str(" · ");
+        s.push_str(p);
+    }
+    if let Some(c) = l.expand {
+        s.push_str(&format!(" · θA + {} θB", coef(c)));
+    }
+    s
 }
 
 /// A coefficient as written in a model file: `0.5`, `1`, `0.333`.

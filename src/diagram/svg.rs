@@ -1,6 +1,6 @@
 //! The diagram as SVG: the stack on the left, each block used drawn once on the right.
 
-use super::{coef, entries, loops, params_under, short_count, used_blocks, Entry};
+use super::{coef, entries, loops, params_under, program_note, short_count, used_blocks, Entry};
 use crate::analysis::group_digits;
 use crate::elab::{BlockOutline, NormPlacement, Outline, SkipOutline, StepOutline, Tap};
 use crate::ir::Graph;
@@ -197,7 +197,7 @@ fn stack(c: &mut Canvas, o: &Outline, g: &Graph) {
                 let l = o.layers[i];
                 y = next(c, cx, y, l.detached);
                 spans[i] = (y, y + BOX_H);
-                let title = format!("layer {i} · blocks.{}", l.weights);
+                let title = format!("layer {i} · blocks.{}{}", l.weights, program_note(&l));
                 let block = &o.blocks[l.block].name;
                 let sub = match l.run {
                     0 => format!(

@@ -107,7 +107,13 @@ pub(crate) fn clauses(s: &Stack, n: Option<usize>, ev: &mut Ev<'_>) -> Option<Cl
             "parallel" => parallel(cl, n, ev).map(|k| c.parallel = Some(k)),
             "stages" => stages(cl, s, n, ev).map(|k| c.stages = Some(k)),
             "subnets" => subnets(cl, find("weights"), n, ev).map(|v| c.subnets = Some(v)),
-            "weights" => requires(cl, find("subnets"), "subnets", "subnets [8, 4] weights [1, 0.5]", ev),
+            "weights" => requires(
+                cl,
+                find("subnets"),
+                "subnets",
+                "subnets [8, 4] weights [1, 0.5]",
+                ev,
+            ),
             "expand" => expand(cl, s, ev).map(|()| c.expand = true),
             "routed" => no_value(cl, ev).map(|()| {
                 c.routed.get_or_insert(DEFAULT_SPARSITY);
@@ -135,7 +141,12 @@ pub(crate) fn clauses(s: &Stack, n: Option<usize>, ev: &mut Ev<'_>) -> Option<Cl
 fn combinations(c: &Clauses, s: &Stack, ev: &mut Ev<'_>) -> bool {
     let at = |w: &str| s.clauses.iter().find(|c| c.word.name == w).map(|c| c.span);
     let pairs = [
-        ("parallel", c.parallel.is_some(), "subnets", c.subnets.is_some()),
+        (
+            "parallel",
+            c.parallel.is_some(),
+            "subnets",
+            c.subnets.is_some(),
+        ),
         ("expand", c.expand, "subnets", c.subnets.is_some()),
         ("expand", c.expand, "routed", c.routed.is_some()),
         ("parallel", c.parallel.is_some(), "expand", c.expand),
@@ -144,9 +155,13 @@ fn combinations(c: &Clauses, s: &Stack, ev: &mut Ev<'_>) -> bool {
     for (a, has_a, b, has_b) in pairs {
         if let (true, true, Some(sa), Some(sb)) = (has_a, has_b, at(a), at(b)) {
             ev.report(
-                err(format!("`{a}` and `{b}` cannot be combined"), sb, format!("`{b}` here"))
-                    .with_note(sa, format!("`{a}` here"))
-                    .with_hint("use one depth program per stack"),
+                err(
+                    format!("`{a}` and `{b}` cannot be combined"),
+                    sb,
+                    format!("`{b}` here"),
+                )
+                .with_note(sa, format!("`{a}` here"))
+                .with_hint("use one depth program per stack"),
             );
             ok = false;
         }
@@ -155,20 +170,28 @@ fn combinations(c: &Clauses, s: &Stack, ev: &mut Ev<'_>) -> bool {
     for (w, has) in with_order {
         if let (true, Some(o), Some(sw)) = (has, &s.order, at(w)) {
             ev.report(
-                err(format!("`{w}` cannot be combined with `order`"), sw, format!("`{w}` here"))
-                    .with_note(o.span, "`order` here")
-                    .with_hint(format!(
-                        "`{w}` places the stack's layers itself; drop the `order`"
-                    )),
+                err(
+                    format!("`{w}` cannot be combined with `order`"),
+                    sw,
+                    format!("`{w}` here"),
+                )
+                .with_note(o.span, "`order` here")
+                .with_hint(format!(
+                    "`{w}` places the stack's layers itself; drop the `order`"
+                )),
             );
             ok = false;
         }
     }
     if let (true, Some(sh), Some(se)) = (c.expand, s.shared, at("expand")) {
         ev.report(
-            err("`expand` and `shared` cannot be combined", se, "`expand` here")
-                .with_note(sh, "`shared` here")
-                .with_hint("`expand linear` already derives every layer from two weight sets"),
+            err(
+                "`expand` and `shared` cannot be combined",
+                se,
+                "`expand` here",
+            )
+            .with_note(sh, "`shared` here")
+            .with_hint("`expand linear` already derives every layer from two weight sets"),
         );
         ok = false;
     }
@@ -262,8 +285,9 @@ fn stages(cl: &StackClause, s: &Stack, n: Option<usize>, ev: &mut Ev<'_>) -> Opt
     let e = value(cl, "shared stages 3", ev)?;
     if s.shared.is_none() {
         ev.report(
-            err("`stages` needs `shared`", cl.word.span, "without `shared`")
-                .with_hint("write `shared stages 3`: the layers of each stage share one weight set"),
+            err("`stages` needs `shared`", cl.word.span, "without `shared`").with_hint(
+                "write `shared stages 3`: the layers of each stage share one weight set",
+            ),
         );
         return None;
     }
@@ -277,8 +301,12 @@ fn expand(cl: &StackClause, s: &Stack, ev: &mut Ev<'_>) -> Option<()> {
         ExprKind::Name(w) if w == "linear" => Some(()),
         _ => {
             ev.report(
-                err("`expand` needs the kind `linear`", e.span, "expected `linear`")
-                    .with_hint("`expand linear`: layer l of n has weights theta_A + (l / n) theta_B"),
+                err(
+                    "`expand` needs the kind `linear`",
+                    e.span,
+                    "expected `linear`",
+                )
+                .with_hint("`expand linear`: layer l of n has weights theta_A + (l / n) theta_B"),
             );
             None
         }
@@ -326,7 +354,11 @@ fn subnets(
         };
         match divisor(&ex, "layers per subnet", n, ev) {
             Some(d) if depths.contains(&d) => {
-                ev.report(err(format!("subnet depth {d} is listed twice"), *span, "again"));
+                ev.report(err(
+                    format!("subnet depth {d} is listed twice"),
+                    *span,
+                    "again",
+                ));
                 ok = false;
             }
             Some(d) => depths.push(d),

@@ -76,6 +76,10 @@ pub struct Probing {
     pub states: bool,
     /// Change the executed layers (indices into the stack's executed order).
     pub layers: LayerEdit,
+    /// Hard routing (FiRST's prefill routing): a routed layer whose gate at a sequence's
+    /// last position is below this is skipped for that sequence; outputs `route.<k>`
+    /// hold 1 where routed layer k ran and 0 where it was skipped.
+    pub skip_below: Option<f64>,
 }
 
 /// A change to the executed layers; the weights keep their names, so a trained model's
@@ -143,6 +147,24 @@ pub fn elaborate_probed(
     probing: Probing,
 ) -> Result<Graph, Diagnostics> {
     let mut plan = resolve::resolve(m, default_name, overrides)?;
+    if let Some(t) = probing.skip_below {
+        let Some(r) = plan.routing.as_mut() else {
+            return Err(vec![Diagnostic::new(
+                "skipping by gate needs a model with routers",
+                plan.stack_span,
+                "no `routed` clause on this stack",
+            )
+            .with_hint(
+                "add `routed` after the stack's count, e.g. `stack layer * 6 routed`",
+            )]);
+        };
+        r.skip_below = Some(t);
+    }
+    if probing.layers != LayerEdit::None {
+        // Subnets name layers by their executed index, which an edit changes: the
+        // edited stack runs as one model.
+        plan.subnets = None;
+    }
     match &probing.layers {
         LayerEdit::None => {}
         LayerEdit::Order(order)

@@ -98,6 +98,10 @@ pub struct LayerOutline {
     pub detached: bool,
     /// A loss of the learning rule that taps the stream after this layer.
     pub tap: Option<Tap>,
+    /// Its part in a depth program: `parallel group 1`, `routed`, `θA + 0.5 θB`.
+    pub program: Option<&'static str>,
+    /// The linear-expansion coefficient `c` of `θA + c θB`.
+    pub expand: Option<f64>,
 }
 
 /// A loss of a learning rule on a layer's output.
@@ -146,6 +150,8 @@ pub(super) fn outline(p: &Plan) -> Outline {
                 run: l.run,
                 detached: ff && i > 0 || p.learning.detaches_before(i),
                 tap: tap(i),
+                program: program(p, i),
+                expand: l.program.expand,
             })
             .collect(),
         weight_sets: p.weight_sets,
@@ -159,14 +165,44 @@ pub(super) fn outline(p: &Plan) -> Outline {
         } else {
             head(p.head)
         },
-        loss: match (ff, p.loss) {
-            (true, _) => "the sum of the goodness losses",
-            (false, Loss::CrossEntropy) => "cross-entropy",
-            (false, Loss::Mse) => "mean squared error",
-        }
-        .to_string(),
+        loss: loss(p, ff),
         learning: learning(p.learning),
     }
+}
+
+/// A layer's part in a parallel group or a routed stack.
+fn program(p: &Plan, i: usize) -> Option<&'static str> {
+    let l = &p.layers[i];
+    let next_joins = p.layers.get(i + 1).is_some_and(|n| n.program.joins);
+    match (l.program.joins || next_joins, l.program.routed) {
+        (true, true) => Some("parallel, routed"),
+        (true, false) => Some("parallel"),
+        (false, true) => Some("routed"),
+        (false, false) => None,
+    }
+}
+
+/// The loss, with the subnets it sums over and the router penalty.
+fn loss(p: &Plan, ff: bool) -> String {
+    let mut s = match (ff, p.loss) {
+        (true, _) => "the sum of the goodness losses",
+        (false, Loss::CrossEntropy) => "cross-entropy",
+        (false, Loss::Mse) => "mean squared error",
+    }
+    .to_string();
+    if let Some(sub) = &p.subnets {
+        let terms: Vec<String> = sub
+            .depths
+            .iter()
+            .zip(&sub.weights)
+            .map(|(d, w)| format!("{w} × depth {d}"))
+            .collect();
+        s.push_str(&format!(" of subnets {}", terms.join(" + ")));
+    }
+    if let Some(r) = p.routing {
+        s.push_str(&format!(" + {} × mean gate", r.sparsity));
+    }
+    s
 }
 
 fn input(i: InputPlan) -> String {

@@ -269,6 +269,8 @@ pub(crate) struct Plan {
     pub subnets: Option<Subnets>,
     /// Router gates on the `routed` layers.
     pub routing: Option<Routing>,
+    /// The first depth-program clause of the stacks (for errors about them).
+    pub depth_span: Option<Span>,
     pub final_norm: Option<(NormKind, f64)>,
     pub head: Head,
     pub loss: Loss,
@@ -629,8 +631,14 @@ impl Resolver<'_> {
             ),
             None => None,
         };
-        if let (Some(Layers { program_span: Some(at), .. }), Some(rule), Some(l)) =
-            (&layers, top.learning.get(), learning)
+        if let (
+            Some(Layers {
+                program_span: Some(at),
+                ..
+            }),
+            Some(rule),
+            Some(l),
+        ) = (&layers, top.learning.get(), learning)
         {
             if l != Learning::Backprop {
                 self.diags.push(
@@ -654,7 +662,7 @@ impl Resolver<'_> {
             weight_sets,
             subnets,
             sparsity,
-            ..
+            program_span,
         } = layers?;
         let input_plan = input_plan?;
         let Embedding {
@@ -682,6 +690,7 @@ impl Resolver<'_> {
                 sparsity,
                 skip_below: None,
             }),
+            depth_span: program_span,
             final_norm,
             head: head_plan,
             loss: loss_plan,
@@ -820,8 +829,12 @@ impl Resolver<'_> {
         };
         if let Some(first) = &out.subnets {
             self.diags.push(
-                err("only one stack may have `subnets`", *span, "second one here")
-                    .with_note(first.span, "first one here"),
+                err(
+                    "only one stack may have `subnets`",
+                    *span,
+                    "second one here",
+                )
+                .with_note(first.span, "first one here"),
             );
             return false;
         }

@@ -14,6 +14,7 @@
 //! nothing of the back end or the CLI.
 
 mod data;
+mod depth;
 mod model;
 mod model_class;
 mod parts;

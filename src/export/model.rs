@@ -29,6 +29,7 @@ struct Uses {
 }
 
 pub(crate) fn model_py(plan: &Plan, source_name: &str) -> Result<String, Unsupported> {
+    super::depth::check(plan)?;
     let used: Vec<usize> = executed_blocks(plan);
     let mut names: BTreeMap<usize, String> = BTreeMap::new();
     for &b in &used {
@@ -101,6 +102,7 @@ pub(crate) fn model_py(plan: &Plan, source_name: &str) -> Result<String, Unsuppo
     }
     c.raw(&classes.text);
     functions(&mut c, plan);
+    super::depth::functions(&mut c, plan);
     local_classes(&mut c, plan);
     super::model_class::model_class(&mut c, plan, &names);
     c.raw(parts::FOOTER);
@@ -199,6 +201,9 @@ fn constants(c: &mut Code, plan: &Plan) {
             order.join(", ")
         ),
     );
+    if super::depth::has_program(plan) {
+        super::depth::constants(c, plan);
+    }
 }
 
 fn note_norm(uses: &mut Uses, kind: NormKind) {

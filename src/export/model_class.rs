@@ -23,6 +23,7 @@ pub(crate) fn model_class(c: &mut Code, plan: &Plan, names: &BTreeMap<usize, Str
         }
     }
     head_init(c, plan);
+    super::depth::init(c, plan);
     c.line(
         2,
         "self.parts = {}  # the learning rule's loss terms of the last forward",
@@ -41,6 +42,7 @@ pub(crate) fn model_class(c: &mut Code, plan: &Plan, names: &BTreeMap<usize, Str
     c.blank();
     match plan.learning {
         Learning::ForwardForward { threshold } => forward_forward(c, plan, threshold),
+        Learning::Backprop if super::depth::has_program(plan) => super::depth::forward(c, plan),
         Learning::Backprop | Learning::Local { .. } | Learning::TargetProjection { .. } => {
             forward(c, plan)
         }

@@ -1485,7 +1485,10 @@ impl Builder {
                 Rule::kw_order => order_kw = Some(span),
                 Rule::stack_clause => {
                     let c = self.stack_clause(p);
-                    match clauses.iter().find(|f: &&StackClause| f.word.name == c.word.name) {
+                    match clauses
+                        .iter()
+                        .find(|f: &&StackClause| f.word.name == c.word.name)
+                    {
                         Some(first) => {
                             let first = first.span;
                             self.duplicate(&c.word.name, &block.name, c.span, first);

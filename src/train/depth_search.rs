@@ -46,6 +46,7 @@ pub fn search(
         let probing = Probing {
             states: false,
             layers: LayerEdit::Order(order.to_vec()),
+            skip_below: None,
         };
         let g = crate::elab::elaborate_probed(&c.module, &c.forward.name, &c.overrides, probing)
             .map_err(|d| TrainError::Internal(format!("{} diagnostic(s) elaborating", d.len())))?;

@@ -63,6 +63,7 @@ pub fn probed_graph(c: &Compiled) -> Result<Graph, TrainError> {
     let probing = Probing {
         states: true,
         layers: LayerEdit::None,
+        skip_below: None,
     };
     let g = crate::elab::elaborate_probed(&c.module, &c.forward.name, &c.overrides, probing)
         .map_err(|d| TrainError::Internal(format!("{} diagnostic(s) elaborating", d.len())))?;
@@ -94,6 +95,7 @@ pub fn probe(c: &Compiled, weights: &Path, opts: &TrainOptions) -> Result<Report
         let probing = Probing {
             states,
             layers: edit,
+            skip_below: None,
         };
         crate::elab::elaborate_probed(&c.module, &c.forward.name, &c.overrides, probing)
             .map_err(|d| TrainError::Internal(format!("{} diagnostic(s) elaborating", d.len())))

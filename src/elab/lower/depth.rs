@@ -85,11 +85,15 @@ impl Lower {
         self.gates.push(mean);
         if let Some(tau) = r.skip_below {
             let last = self.g.slice(g, 1, len - 1, len)?;
+            // The decision is a step function: no gradient flows through it.
+            let last = self.g.unary(Op::Unary(UnaryOp::StopGradient), last)?;
             // 1[tau - g > 0] is 1 where the layer is skipped.
             let below = self.g.scale(last, -1.0)?;
             let below = self.g.add_scalar(below, tau)?;
             let ones = self.g.full(1.0, vec![batch, 1])?;
-            let skip = self.g.push(Op::Binary(BinaryOp::ReluGrad), &[below, ones])?;
+            let skip = self
+                .g
+                .push(Op::Binary(BinaryOp::ReluGrad), &[below, ones])?;
             let keep = self.g.scale(skip, -1.0)?;
             let keep = self.g.add_scalar(keep, 1.0)?;
             let k = self.routes.len();

@@ -134,7 +134,11 @@ impl Lower {
             if k == main {
                 logits = Some(y);
             }
-            let term = if *weight == 1.0 { l } else { self.g.scale(l, *weight)? };
+            let term = if *weight == 1.0 {
+                l
+            } else {
+                self.g.scale(l, *weight)?
+            };
             loss = Some(match loss {
                 None => term,
                 Some(s) => self.g.add(s, term)?,

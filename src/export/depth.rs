@@ -1,0 +1,205 @@
+//! Depth programs in model.py: parallel groups, routers and subnets (docs/language.md,
+//! "Depth programs"). Linear expansion does not export: its `theta_B` tensors are named
+//! `<param>.slope`, which no torch.nn.Module attribute can hold.
+
+use super::py::{float, Code};
+use super::Unsupported;
+use crate::elab::resolve::{Head, Plan};
+
+/// Whether the model's layers run under a depth program the plain layer loop cannot say.
+pub(crate) fn has_program(plan: &Plan) -> bool {
+    plan.subnets.is_some()
+        || plan
+            .layers
+            .iter()
+            .any(|l| l.program.joins || l.program.routed)
+}
+
+/// Refuses linear expansion, with its location.
+pub(crate) fn check(plan: &Plan) -> Result<(), Unsupported> {
+    match (
+        plan.layers.iter().any(|l| l.program.expand.is_some()),
+        plan.depth_span,
+    ) {
+        (true, Some(span)) => Err(Unsupported {
+            construct: "`expand linear`".into(),
+            why: "each layer's weights are theta_A + c * theta_B, and theta_B's names \
+                  (`<param>.slope`) cannot be torch.nn.Module parameters"
+                .into(),
+            hint: "export the model `lamina extract --depth N` writes: its layers have \
+                   independent weights"
+                .into(),
+            span,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Module-level constants: JOINS, ROUTED, SUBNETS (and the gate settings).
+pub(crate) fn constants(c: &mut Code, plan: &Plan) {
+    let list = |v: Vec<usize>| {
+        v.iter()
+            .map(|i| format!("{i}, "))
+            .collect::<String>()
+            .trim_end()
+            .to_string()
+    };
+    let joins: Vec<usize> = (0..plan.layers.len())
+        .filter(|&i| plan.layers[i].program.joins)
+        .collect();
+    let routed: Vec<usize> = (0..plan.layers.len())
+        .filter(|&i| plan.layers[i].program.routed)
+        .collect();
+    c.line(
+        0,
+        format!(
+            "JOINS = ({})  # layers that read their parallel group's input",
+            list(joins)
+        ),
+    );
+    c.line(
+        0,
+        format!(
+            "ROUTED = ({})  # layers whose update a router gate scales",
+            list(routed)
+        ),
+    );
+    if let Some(r) = plan.routing {
+        c.line(
+            0,
+            format!(
+                "SPARSITY = {}  # weight of the mean gate in the loss",
+                float(r.sparsity)
+            ),
+        );
+    }
+    let runs: Vec<String> = match &plan.subnets {
+        None => vec![format!("(None, 1.0, list(range({})))", plan.layers.len())],
+        Some(s) => s
+            .depths
+            .iter()
+            .zip(&s.weights)
+            .zip(&s.layers)
+            .map(|((d, w), l)| {
+                let l: Vec<String> = l.iter().map(|i| i.to_string()).collect();
+                format!("(\"subnet.{d}\", {}, [{}])", float(*w), l.join(", "))
+            })
+            .collect(),
+    };
+    c.line(
+        0,
+        "# (part-loss name, loss weight, executed layers) of each run of the layers",
+    );
+    c.line(0, format!("RUNS = [{}]", runs.join(", ")));
+}
+
+/// The gate function, when the model has routers.
+pub(crate) fn functions(c: &mut Code, plan: &Plan) {
+    if plan.routing.is_none() {
+        return;
+    }
+    let causal = matches!(plan.head, Head::Lm { .. });
+    c.blank();
+    c.blank();
+    c.line(0, "def gate(router, x):");
+    c.line(
+        1,
+        "\"\"\"sigmoid(w . mean(x) + b) per position; mean(w . x + b) = w . mean(x) + b.\"\"\"",
+    );
+    c.line(1, "s = router(x)");
+    c.line(1, "if x.dim() == 3:");
+    if causal {
+        c.line(
+            2,
+            "# the running mean over positions 0..t: no gate sees a later token",
+        );
+        c.line(
+            2,
+            "count = torch.arange(1, s.shape[1] + 1, dtype=s.dtype, device=s.device)",
+        );
+        c.line(2, "s = s.cumsum(1) / count.view(1, -1, 1)");
+    } else {
+        c.line(2, "s = s.mean(1, keepdim=True).expand_as(s)");
+    }
+    c.line(1, "return torch.sigmoid(s)");
+}
+
+/// Routers attached to the routed layers' weight sets (`blocks.<i>.router`).
+pub(crate) fn init(c: &mut Code, plan: &Plan) {
+    if plan.routing.is_none() {
+        return;
+    }
+    c.line(2, "layers = self.layers()");
+    c.line(2, "for i in ROUTED:");
+    c.line(3, "if not hasattr(layers[i], \"router\"):");
+    c.line(4, "layers[i].router = nn.Linear(D, 1)");
+    c.line(
+        4,
+        "nn.init.constant_(layers[i].router.bias, 3.0)  # starts open: sigmoid(3) = 0.95",
+    );
+}
+
+/// `forward` and `run` of a model with a depth program (learning is end to end).
+pub(crate) fn forward(c: &mut Code, plan: &Plan) {
+    let input = super::model::input_name(plan);
+    let main = match &plan.subnets {
+        None => 0,
+        Some(s) => (0..s.layers.len())
+            .max_by_key(|&k| (s.layers[k].len(), std::cmp::Reverse(k)))
+            .unwrap_or(0),
+    };
+    c.line(1, format!("def forward(self, {input}, targets):"));
+    c.line(2, format!("x = self.embed_input({input})"));
+    c.line(2, "self.parts, gates = {}, []");
+    c.line(2, "loss = 0.0");
+    c.line(2, "for k, (name, weight, which) in enumerate(RUNS):");
+    c.line(3, "part, y = self.run(x, which, targets, gates)");
+    c.line(
+        3,
+        "loss = loss + (part if weight == 1.0 else weight * part)",
+    );
+    c.line(3, "if name is not None:");
+    c.line(4, "self.parts[\"loss.\" + name] = part");
+    c.line(
+        3,
+        format!("if k == {main}:  # the deepest run gives the logits"),
+    );
+    c.line(4, "logits = y");
+    if plan.routing.is_some() {
+        c.line(2, "if gates:");
+        c.line(3, "penalty = SPARSITY * torch.stack(gates).mean()");
+        c.line(3, "self.parts[\"loss.router\"] = penalty");
+        c.line(3, "loss = loss + penalty");
+    }
+    c.line(2, "return loss, logits");
+    c.blank();
+    c.line(1, "def run(self, x, which, targets, gates):");
+    c.line(
+        2,
+        "\"\"\"The executed layers `which`, then the head: (loss, logits).\"\"\"",
+    );
+    c.line(2, "layers, group = self.layers(), x");
+    c.line(2, "for i in which:");
+    c.line(3, "h = group if i in JOINS else x");
+    c.line(3, "y = layers[i](h)");
+    if plan.routing.is_some() {
+        c.line(3, "if i in ROUTED:");
+        c.line(4, "g = gate(layers[i].router, h)");
+        c.line(4, "gates.append(g.mean())");
+        c.line(4, "y = h + g * (y - h)");
+    }
+    c.line(3, "if i in JOINS:  # the group's updates add up");
+    c.line(4, "x = x + (y - h)");
+    c.line(3, "else:");
+    c.line(4, "group, x = x, y");
+    if plan.final_norm.is_some() {
+        c.line(2, "x = self.final_norm(x)");
+    }
+    match plan.head {
+        Head::Lm { tied: true } => c.line(2, "logits = x @ self.embed.weight.t()"),
+        Head::Lm { tied: false } | Head::Classifier { .. } | Head::Linear { .. } => {
+            c.line(2, "logits = self.head(pool(x))")
+        }
+    }
+    c.line(2, "return loss_fn(logits, targets), logits");
+}
