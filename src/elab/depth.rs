@@ -254,7 +254,7 @@ fn divisor(e: &Expr, what: &str, n: Option<usize>, ev: &mut Ev<'_>) -> Option<us
     if k > n || n % k != 0 {
         ev.report(
             err(
-                format!("{k} {what} do not divide the stack's {n} layers"),
+                format!("{what} {k} does not divide the stack's {n} layers"),
                 e.span,
                 format!("not a divisor of {n}"),
             )
@@ -277,7 +277,7 @@ fn divisors(n: usize) -> String {
 fn parallel(cl: &StackClause, n: Option<usize>, ev: &mut Ev<'_>) -> Option<usize> {
     match &cl.value {
         None => Some(1),
-        Some(e) => divisor(e, "parallel groups", n, ev),
+        Some(e) => divisor(e, "the number of parallel groups", n, ev),
     }
 }
 
@@ -291,7 +291,7 @@ fn stages(cl: &StackClause, s: &Stack, n: Option<usize>, ev: &mut Ev<'_>) -> Opt
         );
         return None;
     }
-    divisor(e, "stages", n, ev)
+    divisor(e, "the number of stages", n, ev)
 }
 
 fn expand(cl: &StackClause, s: &Stack, ev: &mut Ev<'_>) -> Option<()> {
@@ -352,7 +352,7 @@ fn subnets(
             kind: ExprKind::Int(d),
             span: *span,
         };
-        match divisor(&ex, "layers per subnet", n, ev) {
+        match divisor(&ex, "the subnet depth", n, ev) {
             Some(d) if depths.contains(&d) => {
                 ev.report(err(
                     format!("subnet depth {d} is listed twice"),
