@@ -439,6 +439,30 @@ pub enum Command {
         #[command(flatten)]
         recipe: RecipeFlags,
     },
+    /// Cut a standalone model of N layers out of a stack with subnets, linear expansion or stage-wise sharing.
+    #[command(
+        after_help = "Examples:\n  lamina extract examples/variant.lam --weights runs/variant-seed0/final.safetensors --depth 4 -o small\n  \
+        lamina extract examples/tleg.lam --weights runs/tleg-seed0/final.safetensors --depth 12 -o deep\n\n\
+        Writes OUT.lam and OUT.safetensors. `subnets`: --depth is one of the subnet depths, and the \
+        model computes that subnet. `expand linear`: layer l of N gets theta_A + (l / N) theta_B. \
+        `shared stages S`: layer i of N gets the weights of stage floor(i S / N). The new layers \
+        have independent weights, to train further. See docs/language.md, \"Depth programs\"."
+    )]
+    Extract {
+        /// The model file (.lam).
+        file: PathBuf,
+        /// The trained weights (safetensors).
+        #[arg(long, value_name = "FILE")]
+        weights: PathBuf,
+        /// Layers of the extracted model.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+        depth: u64,
+        /// Output path without extension: writes OUT.lam and OUT.safetensors.
+        #[arg(short = 'o', long = "out", value_name = "OUT")]
+        out: PathBuf,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
     /// Train several models with the same task, seed and recipe; plot and tabulate them.
     #[command(
         after_help = "Example:\n  lamina compare examples/grokking.lam examples/grokking_macaron.lam --steps 1000\n\n\
@@ -967,6 +991,28 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             }
             errln!("{}", imported.summary);
             for p in written {
+                outln!("wrote {}", p.display());
+            }
+            Ok(0)
+        }
+        Command::Extract {
+            file,
+            weights,
+            depth,
+            out,
+            overrides,
+        } => {
+            let compiled = compile(&file, &overrides, color)?;
+            let params = load_weights(&compiled.forward, &weights)?;
+            let named: Vec<(String, Tensor)> = compiled
+                .forward
+                .params
+                .iter()
+                .map(|p| p.name.clone())
+                .zip(params)
+                .collect();
+            let cut = crate::extract::by_depth(&compiled, &named, depth as usize)?;
+            for p in crate::extract::write(&cut, &out)? {
                 outln!("wrote {}", p.display());
             }
             Ok(0)

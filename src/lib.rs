@@ -28,6 +28,7 @@ pub mod diagram;
 pub mod driver;
 pub mod elab;
 pub mod export;
+pub mod extract;
 pub mod front;
 pub mod import;
 pub mod interp;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// modules before it.
 const ORDER: &[&str] = &[
     "diag", "ir", "syntax", "tensor", "interp", "io", "elab", "autodiff", "passes", "kernels",
-    "jit", "runtime", "front", "import", "train", "export", "bench", "driver", "analysis",
+    "jit", "runtime", "front", "import", "extract", "train", "export", "bench", "driver", "analysis",
     "diagram", "serve", "cli",
 ];
 

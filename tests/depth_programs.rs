@@ -259,3 +259,117 @@ fn hard_routing_at_zero_is_the_soft_model_and_at_one_skips_every_layer() {
         "skipping changed nothing"
     );
 }
+
+/// `lamina <args>`, which must succeed.
+fn cli(args: &[&str]) {
+    let o = common::lamina(args);
+    assert!(
+        o.status.success(),
+        "lamina {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The outputs of `lamina run FILE --weights W` on the interpreter (its seed-0 batch).
+fn run_file(file: &std::path::Path, weights: &std::path::Path) -> Vec<(String, Tensor)> {
+    let out = file.with_extension("out.safetensors");
+    let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
+    cli(&[
+        "run",
+        &p(file),
+        "--weights",
+        &p(weights),
+        "--backend",
+        "interp",
+        "--out",
+        &p(&out),
+    ]);
+    lamina::io::load_safetensors(&out).unwrap()
+}
+
+/// Writes `src` as `<name>.lam` in a fresh directory, with `lamina init` weights.
+fn model_with_weights(name: &str, src: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("lamina-extract-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!("{name}.lam"));
+    std::fs::write(&file, src).unwrap();
+    let w = dir.join("w.safetensors");
+    cli(&["init", file.to_str().unwrap(), "-o", w.to_str().unwrap(), "--seed", "3"]);
+    (file, w)
+}
+
+/// `lamina extract FILE --weights W --depth N -o DIR/cut`: the cut model's file and weights.
+fn extract(file: &std::path::Path, w: &std::path::Path, depth: usize) -> (std::path::PathBuf, std::path::PathBuf) {
+    let out = file.with_file_name(format!("cut{depth}"));
+    cli(&[
+        "extract",
+        file.to_str().unwrap(),
+        "--weights",
+        w.to_str().unwrap(),
+        "--depth",
+        &depth.to_string(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    (out.with_extension("lam"), out.with_extension("safetensors"))
+}
+
+fn loss(outs: &[(String, Tensor)], name: &str) -> f64 {
+    output(outs, name).data[0]
+}
+
+#[test]
+fn an_extracted_subnet_computes_the_subnet() {
+    let (file, w) = model_with_weights(
+        "variant",
+        &format!("{LM}stack layer * 4 subnets [4, 2] weights [0.5, 0.5]\n"),
+    );
+    let full = run_file(&file, &w);
+    let (cut, cw) = extract(&file, &w, 2);
+    let text = std::fs::read_to_string(&cut).unwrap();
+    assert!(text.contains("stack layer * 2\n"), "{text}");
+    let alone = run_file(&cut, &cw);
+    let (a, b) = (loss(&alone, "loss"), loss(&full, "loss.subnet.2"));
+    assert!((a - b).abs() <= 1e-9 * b.abs(), "{a} vs {b}");
+    let o = common::lamina(&[
+        "extract",
+        file.to_str().unwrap(),
+        "--weights",
+        w.to_str().unwrap(),
+        "--depth",
+        "3",
+        "-o",
+        file.with_file_name("bad").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--depth 3 is none of them"));
+    assert!(!file.with_file_name("bad.lam").exists());
+}
+
+#[test]
+fn expansion_and_stages_extracted_at_full_depth_are_the_same_model() {
+    for (name, clause) in [("tleg", "expand linear"), ("sws", "shared stages 2")] {
+        let (file, w) = model_with_weights(name, &format!("{LM}stack layer * 4 {clause}\n"));
+        // Slopes start at zero; give them values so the coefficient matters.
+        let mut tensors = lamina::io::load_safetensors(&w).unwrap();
+        for (n, t) in tensors.iter_mut() {
+            if n.ends_with(".slope") {
+                let k = n.len() as f64;
+                t.data.iter_mut().enumerate().for_each(|(j, v)| *v = 0.3 * (k + j as f64).sin());
+            }
+        }
+        lamina::io::save_safetensors(&w, &tensors).unwrap();
+        let full = run_file(&file, &w);
+        let (cut, cw) = extract(&file, &w, 4);
+        let alone = run_file(&cut, &cw);
+        let (a, b) = (loss(&alone, "loss"), loss(&full, "loss"));
+        // The cut weights are stored as f32: theta_A + c theta_B is rounded once more.
+        assert!((a - b).abs() <= 1e-6 * b.abs(), "{name}: {a} vs {b}");
+        // A deeper model: independent weights by the same rule.
+        let (deep, _) = extract(&file, &w, 6);
+        let g = graph(&std::fs::read_to_string(deep).unwrap());
+        assert!(g.params.iter().any(|p| p.name.starts_with("blocks.5.")), "{name}");
+        assert!(!g.params.iter().any(|p| p.name.ends_with(".slope")), "{name}");
+    }
+}

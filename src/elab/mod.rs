@@ -20,6 +20,7 @@ pub(crate) mod learning;
 mod lower;
 mod outline;
 pub(crate) mod resolve;
+mod width;
 #[cfg(test)]
 mod tests;
 

@@ -118,6 +118,19 @@ pub(crate) enum Sub {
     Linear {
         bias: bool,
     },
+    /// A mixture of `experts` FFNs of `hidden` units, computed dense and masked: stored
+    /// stacked as one FFN of `experts * hidden` units, each token's hidden units scaled
+    /// by its gate for their expert (0 outside its `top` experts).
+    Moe {
+        experts: usize,
+        top: usize,
+        hidden: usize,
+        act: Act,
+        glu: bool,
+        bias: bool,
+        /// Coefficient of the Switch load-balancing loss.
+        balance: f64,
+    },
 }
 
 /// One sublayer inside a unit; `name` is its parameter prefix within the layer (`ffn.1`).
@@ -343,12 +356,11 @@ struct Shapes {
 const PLACEMENTS: &[&str] = &["pre", "post", "peri", "none"];
 const KINDS: &[&str] = &["layernorm", "rmsnorm"];
 const SKIPS: &[&str] = &["residual", "none", "scaled", "hourglass"];
-const SUBLAYERS: &[&str] = &["attention", "ffn", "linear"];
+const SUBLAYERS: &[&str] = &["attention", "ffn", "moe", "linear"];
 const SCHEMES: &[&str] = &["lie_trotter", "strang", "parallel"];
 const INPUTS: &[&str] = &["tokens", "features", "image"];
 const HEADS: &[&str] = &["lm", "classifier", "linear"];
 const LOSSES: &[&str] = &["cross_entropy", "mse"];
-const ACTS: &[&str] = &["relu", "gelu", "gelu_tanh", "silu"];
 
 const MINIMAL_MODEL: &str = "a model needs an `input tokens(...)` or `input features(...)`, a `block` of sublayers and a `stack <block> * <layers>`; examples/transformer.lam is a complete one";
 
@@ -1967,18 +1979,7 @@ impl Resolver<'_> {
                 let hidden = b
                     .require("hidden", "ffn(hidden = 512)", &mut self.diags)
                     .and_then(|e| self.ev().size(e, "hidden"));
-                let act = match b.get("act") {
-                    None => Some(Act::Gelu),
-                    Some(e) => self
-                        .ev()
-                        .keyword(e, "activation", ACTS)
-                        .map(|a| match a.as_str() {
-                            "relu" => Act::Relu,
-                            "gelu" => Act::Gelu,
-                            "gelu_tanh" => Act::GeluTanh,
-                            _ => Act::Silu,
-                        }),
-                };
+                let act = super::width::activation(b.get("act"), &mut self.ev());
                 let glu = self.opt_bool(b.get("glu"), "glu", false);
                 let bias = self.opt_bool(b.get("bias"), "bias", true);
                 Some(Sub::Ffn {
@@ -1988,6 +1989,7 @@ impl Resolver<'_> {
                     bias: bias?,
                 })
             }
+            "moe" => super::width::moe(c, &mut self.ev()),
             "linear" => {
                 let b = Bound::bind(c, "linear", &["bias"], 0, &mut self.diags);
                 let bias = self.opt_bool(b.get("bias"), "bias", true);
@@ -1998,7 +2000,7 @@ impl Resolver<'_> {
                     err(
                         format!("unknown sublayer kind `{other}`"),
                         c.name.span,
-                        "expected attention, ffn or linear",
+                        "expected attention, ffn, moe or linear",
                     )
                     .with_hint(suggest(
                         other,
@@ -2561,6 +2563,13 @@ impl Resolver<'_> {
                         }
                         Sub::Linear { .. } => {
                             self.numel(&[w, w], br.span, "the linear weight");
+                        }
+                        Sub::Moe {
+                            experts, hidden, ..
+                        } => {
+                            let units = experts.saturating_mul(hidden);
+                            self.numel(&[units, w], br.span, "the experts' weight");
+                            self.numel(&act(units), br.span, "the experts' hidden state");
                         }
                     }
                 }

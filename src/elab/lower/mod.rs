@@ -17,6 +17,7 @@ use crate::ir::{
 };
 
 mod depth;
+mod width;
 
 type R<T> = Result<T, IrError>;
 
@@ -45,6 +46,7 @@ pub(crate) fn lower(p: &Plan, probes: bool) -> Result<Graph, Diagnostics> {
         expand: None,
         gates: Vec::new(),
         routes: Vec::new(),
+        balance: Vec::new(),
     };
     match l.model(p) {
         Ok(()) => Ok(l.g.finish()),
@@ -69,6 +71,8 @@ struct Lower {
     /// `route.<k>` outputs: 1 where routed layer k ran for a sequence, 0 where it was
     /// skipped (with `Routing::skip_below`).
     routes: Vec<(String, ValueId)>,
+    /// The load-balancing loss of each expert layer run.
+    balance: Vec<ValueId>,
 }
 
 /// An executed layer's block, its weights' prefix (`blocks.<w>`) and its run suffix
@@ -155,6 +159,11 @@ impl Lower {
             self.g.set_scope("loss");
             loss = self.g.add(loss, penalty)?;
             parts.push(("router".into(), penalty));
+        }
+        if let Some(balance) = self.balance_loss()? {
+            self.g.set_scope("loss");
+            loss = self.g.add(loss, balance)?;
+            parts.push(("balance".into(), balance));
         }
         self.g.set_scope("");
         self.g.output("loss", loss);
@@ -844,13 +853,7 @@ impl Lower {
                 bias,
             } => {
                 let h = self.hidden(x, &format!("{name}.w1"), (w, hidden), bias, true)?;
-                let op = match act {
-                    Act::Relu => Op::Unary(UnaryOp::Relu),
-                    Act::Gelu => Op::Unary(UnaryOp::Gelu),
-                    Act::GeluTanh => Op::Unary(UnaryOp::GeluTanh),
-                    Act::Silu => Op::Unary(UnaryOp::Silu),
-                };
-                let mut a = self.g.unary(op, h)?;
+                let mut a = self.g.unary(width::act_op(act), h)?;
                 if glu {
                     let gate = self.hidden(x, &format!("{name}.w3"), (w, hidden), bias, true)?;
                     a = self.g.mul(a, gate)?;
@@ -858,6 +861,26 @@ impl Lower {
                 self.hidden(a, &format!("{name}.w2"), (hidden, w), bias, true)
             }
             Sub::Linear { bias } => self.hidden(x, name, (w, w), bias, true),
+            Sub::Moe {
+                experts,
+                top,
+                hidden,
+                act,
+                glu,
+                bias,
+                balance,
+            } => {
+                let m = width::Moe {
+                    experts,
+                    top,
+                    hidden,
+                    act,
+                    glu,
+                    bias,
+                    balance,
+                };
+                self.moe(x, name, &m, w)
+            }
         }
     }
 
@@ -1077,6 +1100,10 @@ mod tests {
             probes: false,
             probed: vec![],
             rope: Some((base, pairs)),
+            expand: None,
+            gates: vec![],
+            routes: vec![],
+            balance: vec![],
         };
         let x = l.g.input("x", Type::f32(vec![1, h, t, dh]));
         let y = l.rotate(x, (base, pairs)).unwrap();
