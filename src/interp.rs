@@ -9,6 +9,8 @@
 //! - `Softmax`/`LogSoftmax` subtract the row max; a row whose max is `-inf` (every entry
 //!   masked) or `+inf` is an error rather than a silent NaN row (causally masked rows always
 //!   keep their diagonal, so elaborated models never hit it); NaN entries propagate;
+//! - `TopKMask` ranks each entry by a count (the entries greater than it, or equal at a lower
+//!   index), quadratic in the row length, which is small (a router's experts);
 //! - gather / scatter_add / one_hot indices that are not integers or are out of range are
 //!   errors (user batches can hold bad token ids);
 //! - every node's type is re-derived with `infer_type` and must equal the node's type, so an
@@ -378,6 +380,11 @@ fn apply_checked(op: &Op, args: &[&Tensor]) -> Result<Tensor, Fail> {
             try_buffer(n, what)?,
         )?),
         Op::LogSoftmax => Ok(softmax_rows(arg(args, 0, op)?, true, try_buffer(n, what)?)?),
+        Op::TopKMask { k } => Ok(topk_mask_rows(
+            arg(args, 0, op)?,
+            *k,
+            try_filled(n, 0.0, what)?,
+        )),
 
         Op::View(v) => Ok(apply_view(v, arg(args, 0, op)?, try_buffer(n, what)?)),
         Op::Concat { axis } => {
@@ -533,6 +540,28 @@ fn softmax_rows(x: &Tensor, log: bool, mut data: Vec<f64>) -> Result<Tensor, Str
         }
     }
     Ok(f32_tensor(x.shape.clone(), data))
+}
+
+/// `out` holds the result's elements, zeroed. Entry `i` of a row is set when fewer than
+/// `k` entries of the row are greater than it or equal to it at a lower index (its rank).
+fn topk_mask_rows(x: &Tensor, k: usize, mut out: Vec<f64>) -> Tensor {
+    let n = x.shape[x.shape.len() - 1];
+    if n > 0 {
+        for (row, mask) in x.data.chunks(n).zip(out.chunks_mut(n)) {
+            for (i, m) in mask.iter_mut().enumerate() {
+                let v = row[i];
+                let rank = row
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, &u)| u > v || (u == v && j < i))
+                    .count();
+                if rank < k {
+                    *m = 1.0;
+                }
+            }
+        }
+    }
+    f32_tensor(x.shape.clone(), out)
 }
 
 fn name(log: bool) -> &'static str {

@@ -165,6 +165,8 @@ fn every_op_graph() -> Graph {
     let lp = b.push(Op::LogSoftmax, &[logits]).unwrap();
     let tf = b.reshape(targets, vec![8]).unwrap();
     let oh = b.push(Op::OneHot { classes: 8 }, &[tf]).unwrap();
+    let top = b.push(Op::TopKMask { k: 3 }, &[logits]).unwrap();
+    let oh = b.mul(oh, top).unwrap();
     let nll = b.mul(lp, oh).unwrap();
     let sum = b.reduce_sum(nll, vec![0, 1], false).unwrap();
     let loss = b.scale(sum, -1.0 / 8.0).unwrap();
@@ -469,6 +471,22 @@ fn errors_name_line_and_column() {
             "2:4: bad value number `99999999999`",
         ),
         ("graph \"g {\n}", "1:7: unterminated string"),
+        (
+            "graph g {\n  %0 = full[0, shape=[3]] : f32[3]\n  %1 = topk_mask[k=0] %0 : f32[3]\n}",
+            "3:3: %1: topk_mask needs 1 <= k <= 3 (the last axis of f32[3]), got k=0",
+        ),
+        (
+            "graph g {\n  %0 = full[0, shape=[2, 3]] : f32[2, 3]\n  %1 = topk_mask[k=4] %0 : f32[2, 3]\n}",
+            "3:3: %1: topk_mask needs 1 <= k <= 3 (the last axis of f32[2, 3]), got k=4",
+        ),
+        (
+            "graph g {\n  %0 = full[0, shape=[]] : f32[]\n  %1 = topk_mask[k=1] %0 : f32[]\n}",
+            "3:3: %1: topk_mask needs rank >= 1",
+        ),
+        (
+            "graph g {\n  %0 = full[0, shape=[3]] : f32[3]\n  %1 = topk_mask[classes=1] %0 : f32[3]\n}",
+            "3:8: topk_mask needs `k=`",
+        ),
     ];
     for (text, want) in cases {
         assert_eq!(&parse_err(text), want, "{text}");

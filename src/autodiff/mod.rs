@@ -119,9 +119,15 @@ fn joint(forward: &Graph, prune: bool) -> Result<Graph, IrError> {
     Ok(g)
 }
 
+/// Ops whose result carries no gradient back to their arguments: `stop_gradient` by
+/// definition, `topk_mask` because it is piecewise constant.
+fn passes_no_gradient(op: &Op) -> bool {
+    matches!(op, Op::Unary(UnaryOp::StopGradient) | Op::TopKMask { .. })
+}
+
 /// Which values need a gradient: f32 values on a path from a trainable parameter to `loss`
-/// that does not pass through a `stop_gradient`. What feeds only stopped paths gets no
-/// backward nodes and, unless the backward pass reads it, need not be kept.
+/// that does not pass through a `stop_gradient` or a `topk_mask`. What feeds only stopped
+/// paths gets no backward nodes and, unless the backward pass reads it, need not be kept.
 fn needs_grad(g: &Graph, loss: ValueId) -> Result<Vec<bool>, IrError> {
     let n = g.nodes.len();
     let mut from_param = vec![false; n];
@@ -136,15 +142,14 @@ fn needs_grad(g: &Graph, loss: ValueId) -> Result<Vec<bool>, IrError> {
         from_param[i] = node.ty.dtype == DType::F32
             && match node.op {
                 Op::Param { index } => g.params.get(index).is_some_and(|p| p.trainable),
-                Op::Unary(UnaryOp::StopGradient) => false,
+                _ if passes_no_gradient(&node.op) => false,
                 _ => node.args.iter().any(|a| from_param[a.index()]),
             };
     }
     let mut to_loss = vec![false; n];
     to_loss[loss.index()] = true;
     for i in (0..n).rev() {
-        let stops = matches!(g.nodes[i].op, Op::Unary(UnaryOp::StopGradient));
-        if to_loss[i] && !stops {
+        if to_loss[i] && !passes_no_gradient(&g.nodes[i].op) {
             for a in &g.nodes[i].args {
                 to_loss[a.index()] = true;
             }

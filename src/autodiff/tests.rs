@@ -333,3 +333,36 @@ fn nothing_flows_through_a_stop_gradient() {
     );
     assert!(g.verify().is_ok());
 }
+
+/// `loss = sum(x * topk_mask[k=2](x))`: the mask is piecewise constant, so the gradient
+/// flows through the product's other operand only, and no backward node computes a
+/// gradient for the mask.
+#[test]
+fn topk_mask_passes_no_gradient() {
+    let mut b = GraphBuilder::new("router");
+    let x = b.param("x", vec![2, 4], Init::Zeros, true).unwrap();
+    let mask = b.push(Op::TopKMask { k: 2 }, &[x]).unwrap();
+    let kept = b.mul(x, mask).unwrap();
+    let loss = b.reduce_sum(kept, vec![0, 1], false).unwrap();
+    b.output("loss", loss);
+    let f = b.finish();
+    let unpruned = joint(&f, false).unwrap();
+    let g = differentiate(&f).unwrap();
+    assert_eq!(
+        unpruned.nodes.len(),
+        g.nodes.len(),
+        "no unused backward nodes"
+    );
+    let xv = Tensor::f32(vec![2, 4], vec![0.5, -1.0, 2.0, 0.5, 3.0, 3.0, 3.0, -2.0]);
+    let out = run(
+        &g,
+        &Env {
+            inputs: &[],
+            params: std::slice::from_ref(&xv),
+        },
+    )
+    .unwrap();
+    let grad = out.iter().find(|(n, _)| n == "grad.x").unwrap();
+    // Row 0: 2.0, then the first of the tied 0.5s; row 1: the first two of the tied 3.0s.
+    assert_eq!(grad.1.data, vec![1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0]);
+}

@@ -157,6 +157,9 @@ pub(super) fn vjp(b: &mut GraphBuilder, y: ValueId, dy: ValueId, wants: &[bool])
             let t = b.mul(p, sb)?;
             b.sub(dy, t)?
         })],
+        // Piecewise constant: its derivative is zero wherever it is defined, so the input gets
+        // none (autodiff does not even mark the mask as needing a gradient).
+        Op::TopKMask { .. } => vec![None],
         // dx = reshape(dy, shape(x))
         Op::View(ViewOp::Reshape { .. }) => vec![only_if!(0, {
             let xs = b.shape(x(0));

@@ -297,6 +297,15 @@ pub enum Op {
     Softmax,
     /// Log-softmax over the last axis.
     LogSoftmax,
+    /// On f32 `[..., n]`, the f32 mask of each row's `k` largest entries along the last
+    /// axis: `1.0` at an entry when fewer than `k` entries of its row are greater than it or
+    /// equal to it at a lower index, `0.0` elsewhere. Ties go to the lower index, so a row
+    /// has exactly `k` ones (NaN compares neither greater nor equal, so a row that holds
+    /// NaN may have more). Needs `1 <= k <= n`. Piecewise constant: no gradient flows
+    /// through it (a router's `probs * topk_mask(probs)` is differentiated through `probs`).
+    TopKMask {
+        k: usize,
+    },
 
     // ---- shape ----
     View(ViewOp),
@@ -342,6 +351,7 @@ impl Op {
             Op::ReduceSum { .. } => "reduce_sum",
             Op::Softmax => "softmax",
             Op::LogSoftmax => "log_softmax",
+            Op::TopKMask { .. } => "topk_mask",
             Op::View(v) => v.name(),
             Op::Concat { .. } => "concat",
             Op::MatMul { .. } => "matmul",
@@ -379,6 +389,7 @@ impl Op {
             },
             Op::Softmax,
             Op::LogSoftmax,
+            Op::TopKMask { k: 1 },
             Op::View(ViewOp::Reshape { shape: vec![] }),
             Op::View(ViewOp::Transpose { perm: vec![] }),
             Op::View(ViewOp::Broadcast { shape: vec![] }),
@@ -552,6 +563,19 @@ pub fn infer_type(op: &Op, args: &[&Type]) -> Result<Type, IrError> {
                 return Err(shape_error(op, format!("{} needs rank >= 1", op.name())));
             }
             Ok(args[0].clone())
+        }
+        Op::TopKMask { k } => {
+            expect_arity(op, args, 1)?;
+            expect_f32(op, args[0])?;
+            let t = args[0];
+            match t.shape.last() {
+                Some(&n) if (1..=n).contains(k) => Ok(t.clone()),
+                Some(&n) => Err(shape_error(
+                    op,
+                    format!("topk_mask needs 1 <= k <= {n} (the last axis of {t}), got k={k}"),
+                )),
+                None => Err(shape_error(op, "topk_mask needs rank >= 1".into())),
+            }
         }
         Op::View(v) => view_type(op, v, args),
         Op::Concat { axis } => concat_type(op, args, *axis),

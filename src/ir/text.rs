@@ -240,6 +240,7 @@ fn op_text(
         },
         Op::ScatterAdd { rows } => format!("{name}[rows={rows}]"),
         Op::OneHot { classes } => format!("{name}[classes={classes}]"),
+        Op::TopKMask { k } => format!("{name}[k={k}]"),
         Op::CausalMask { fill } => match fill {
             MaskFill::NegInf => format!("{name}[-inf]"),
             MaskFill::Zero => format!("{name}[0]"),
@@ -1094,6 +1095,7 @@ fn build_op(name: &str, tok: &Token, items: Vec<Attr>) -> PResult<Op> {
         Op::OneHot { .. } => Op::OneHot {
             classes: a.int("classes")?,
         },
+        Op::TopKMask { .. } => Op::TopKMask { k: a.int("k")? },
         Op::CausalMask { .. } => {
             let (w, t) = a.positional("a fill (-inf or 0)")?;
             let fill = match w.as_str() {

@@ -24,7 +24,7 @@ use crate::kernels::{
     Access, BufId, KExpr, KernelBody, Kind, LoopKernel, MatPath, Program, RowMap,
 };
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::types::{F32, F32X4, I32, I64};
+use cranelift_codegen::ir::types::{F32, F32X4, I32, I32X4, I64};
 use cranelift_codegen::ir::{
     AbiParam, Function, InstBuilder, MemFlagsData, Signature, UserFuncName, Value,
 };
@@ -171,7 +171,13 @@ pub fn canonical(body: &KernelBody) -> (KernelBody, Vec<BufId>) {
                 match &mut n.expr {
                     KExpr::Load(a) => access(a),
                     KExpr::OneHot { ids, .. } => access(ids),
-                    _ => {}
+                    KExpr::TopKMask { x, .. } => access(x),
+                    KExpr::Const(_)
+                    | KExpr::Unary(..)
+                    | KExpr::Binary(..)
+                    | KExpr::RowSum(_)
+                    | KExpr::RowMax(_)
+                    | KExpr::CausalMask { .. } => {}
                 }
             }
             for st in &mut l.stores {
@@ -448,6 +454,8 @@ fn costly(e: &KExpr) -> bool {
             }
             BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::ReluGrad => false,
         },
+        // A pass over the whole row per column.
+        KExpr::TopKMask { .. } => true,
         KExpr::Load(_)
         | KExpr::Const(_)
         | KExpr::RowSum(_)
@@ -706,6 +714,10 @@ impl Gen {
                 let one = self.math.splat(b, 1.0);
                 b.ins().band(m, one)
             }
+            KExpr::TopKMask { x, k } => {
+                let ptr = st.load_ptr[&n];
+                self.topk_mask(b, ptr, x.col_stride, *k, l.cols, pos, scalar)
+            }
             _ => return Err(CodegenError::NotAColumnValue { value: n }),
         };
         if let Some((slot, first)) = spill {
@@ -715,6 +727,66 @@ impl Gen {
         }
         memo.insert(n, v);
         Ok(v)
+    }
+
+    /// The top-`k` mask at `pos` of the row at `ptr` (`cols` entries, `cs` apart): a loop over
+    /// the row counting, per lane, the entries above the lane's own (greater, or equal at a
+    /// lower column); `1.0` where fewer than `k` are. NaN compares false, as in the
+    /// interpreter.
+    #[allow(clippy::too_many_arguments)]
+    fn topk_mask(
+        &self,
+        b: &mut FunctionBuilder,
+        ptr: Value,
+        cs: i64,
+        k: i64,
+        cols: usize,
+        pos: ColPos,
+        scalar: bool,
+    ) -> Value {
+        let xc = self.load_col(b, ptr, cs, pos, scalar);
+        let ci = self.col_index(b, pos);
+        let head = b.create_block();
+        b.append_block_param(head, I64);
+        b.append_block_param(head, I32X4);
+        let done = b.create_block();
+        b.append_block_param(done, I32X4);
+        let j0 = b.ins().iconst(I64, 0);
+        let z = b.ins().iconst(I32, 0);
+        let count0 = b.ins().splat(I32X4, z);
+        b.ins().jump(head, &[j0.into(), count0.into()]);
+        b.switch_to_block(head);
+        let (j, count) = (b.block_params(head)[0], b.block_params(head)[1]);
+        let off = b.ins().imul_imm_s(j, 4 * cs);
+        let addr = b.ins().iadd(ptr, off);
+        let xj = b.ins().load(F32, flags(), addr, 0);
+        let xj = b.ins().splat(F32X4, xj);
+        let jf = b.ins().fcvt_from_sint(F32, j);
+        let jv = b.ins().splat(F32X4, jf);
+        let greater = b.ins().fcmp(FloatCC::GreaterThan, xj, xc);
+        let equal = b.ins().fcmp(FloatCC::Equal, xj, xc);
+        let before = b.ins().fcmp(FloatCC::LessThan, jv, ci);
+        let tie = b.ins().band(equal, before);
+        let above = b.ins().bor(greater, tie);
+        // A true lane is all ones (-1): subtracting it counts one.
+        let count = b.ins().isub(count, above);
+        let next = b.ins().iadd_imm_s(j, 1);
+        let more = b.ins().icmp_imm_s(IntCC::SignedLessThan, next, cols as i64);
+        b.ins().brif(
+            more,
+            head,
+            &[next.into(), count.into()],
+            done,
+            &[count.into()],
+        );
+        b.switch_to_block(done);
+        let count = b.block_params(done)[0];
+        let kk = b.ins().iconst(I32, k);
+        let kv = b.ins().splat(I32X4, kk);
+        let keep = b.ins().icmp(IntCC::SignedLessThan, count, kv);
+        let keep = self.math.to_f(b, keep);
+        let one = self.math.splat(b, 1.0);
+        b.ins().band(keep, one)
     }
 
     fn loop_kernel(&mut self, b: &mut FunctionBuilder, l: &LoopKernel) -> Result<(), CodegenError> {
@@ -753,7 +825,7 @@ impl Gen {
         Ok(())
     }
 
-    /// The row pointers of the current row: of every column load and one-hot (into
+    /// The row pointers of the current row: of every column load, one-hot and top-k (into
     /// `st.load_ptr`), and of every store (returned, by store index).
     fn row_pointers(
         &self,
@@ -770,6 +842,10 @@ impl Gen {
                 }
                 KExpr::OneHot { ids, .. } => {
                     let p = self.row_ptr(b, base, r, ids);
+                    st.load_ptr.insert(i, p);
+                }
+                KExpr::TopKMask { x, .. } => {
+                    let p = self.row_ptr(b, base, r, x);
                     st.load_ptr.insert(i, p);
                 }
                 _ => {}
@@ -1123,7 +1199,7 @@ fn levels(l: &LoopKernel) -> (Vec<usize>, usize) {
     let mut level = vec![0usize; n];
     for i in 0..n {
         level[i] = match &l.nodes[i].expr {
-            KExpr::Load(_) | KExpr::Const(_) | KExpr::OneHot { .. } => 0,
+            KExpr::Load(_) | KExpr::Const(_) | KExpr::OneHot { .. } | KExpr::TopKMask { .. } => 0,
             KExpr::Unary(_, a) => level[*a],
             KExpr::Binary(_, x, y) => level[*x].max(level[*y]),
             KExpr::CausalMask { x, .. } => level[*x],
@@ -1224,7 +1300,7 @@ fn kernel_buf_count(l: &LoopKernel) -> usize {
     };
     for node in &l.nodes {
         match &node.expr {
-            KExpr::Load(a) | KExpr::OneHot { ids: a, .. } => see(a),
+            KExpr::Load(a) | KExpr::OneHot { ids: a, .. } | KExpr::TopKMask { x: a, .. } => see(a),
             _ => {}
         }
     }

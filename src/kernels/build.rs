@@ -700,6 +700,7 @@ impl<'g> Builder<'g> {
             Op::MatMul { ta, tb } => self.lower_matmul(args[0], args[1], *ta, *tb, &shape),
             Op::Gather => self.lower_gather(i),
             Op::OneHot { classes } => self.lower_one_hot(i, *classes),
+            Op::TopKMask { k } => self.lower_topk_mask(i, *k),
             Op::ScatterAdd { rows } => self.lower_scatter_add(i, *rows),
             Op::Concat { axis } => self.lower_concat(i, *axis),
         }
@@ -751,6 +752,20 @@ impl<'g> Builder<'g> {
             ids: a,
             classes: classes as i64,
         };
+        Ok(self.column_node(gi, expr, shape))
+    }
+
+    /// `topk_mask(x)`: a loop kernel over the rows of `x`, which it reads from a buffer (each
+    /// column compares its entry with the whole row); elementwise users fuse after it.
+    fn lower_topk_mask(&mut self, i: usize, k: usize) -> R<Val> {
+        let g = self.g;
+        let node = &g.nodes[i];
+        let shape = node.ty.shape.clone();
+        let x = self.materialize(node.args[0])?;
+        let (rows, cols) = Self::domain(&shape);
+        let a = self.load_access(&x, rows, cols)?;
+        let gi = self.new_group(rows, cols);
+        let expr = KExpr::TopKMask { x: a, k: k as i64 };
         Ok(self.column_node(gi, expr, shape))
     }
 

@@ -185,6 +185,8 @@ fn candidate(
         KExpr::Load(a) if a.buf == out.buf => false,
         KExpr::Load(a) if a.buf == param_buf => n.kind == Kind::Col && one_row(a) == one_row(&same),
         KExpr::OneHot { ids, .. } => ids.buf != out.buf && ids.buf != param_buf,
+        // Reads whole rows, which the guards do not cover: never in place.
+        KExpr::TopKMask { .. } => false,
         _ => true,
     });
     loads_match.then_some(Candidate {

@@ -9,7 +9,8 @@
 //! - `Loop`: a row loop over a `rows x cols` domain. Each row runs a few column passes of an
 //!   elementwise expression DAG with row reductions (sum, max) between them, so elementwise
 //!   chains, bias + activation, softmax, LayerNorm and RMSNorm (and their backward) are one
-//!   kernel each.
+//!   kernel each. A top-k mask starts a loop kernel of its own over a stored input (each
+//!   column reads the whole row), and elementwise users join it.
 //! - `ColReduce`: sums over rows, vectorized over columns (bias gradients).
 //! - `MatMul`: a batched GEMM on strided operands (a tuned GEMM or a generated microkernel).
 //! - `ScatterAdd`: embedding gradients (rows may collide, so it runs serially).
@@ -118,6 +119,14 @@ pub enum KExpr {
     OneHot {
         ids: Access,
         classes: i64,
+    },
+    /// `1.0` where fewer than `k` entries of row `r` of `x` (the kernel's `cols` columns) are
+    /// greater than `x(r, c)` or equal to it at a column below `c`: the top-`k` mask. Reads
+    /// the whole row through its access, so `x` is a stored buffer, never a value of the
+    /// kernel.
+    TopKMask {
+        x: Access,
+        k: i64,
     },
 }
 
@@ -271,6 +280,7 @@ impl KernelBody {
                     match &n.expr {
                         KExpr::Load(a) => access_bufs(a, &mut v),
                         KExpr::OneHot { ids, .. } => access_bufs(ids, &mut v),
+                        KExpr::TopKMask { x, .. } => access_bufs(x, &mut v),
                         KExpr::Const(_)
                         | KExpr::Unary(..)
                         | KExpr::Binary(..)
@@ -469,6 +479,10 @@ pub fn check_program(p: &Program) -> Result<(), KernelError> {
                         }
                         KExpr::OneHot { ids, .. } => {
                             check("one_hot ids", ids, l.rows, 1)?;
+                            vec![]
+                        }
+                        KExpr::TopKMask { x, .. } => {
+                            check("topk_mask input", x, l.rows, l.cols)?;
                             vec![]
                         }
                         KExpr::Unary(_, a) | KExpr::RowSum(a) | KExpr::RowMax(a) => vec![*a],

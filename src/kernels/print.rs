@@ -40,6 +40,7 @@ fn expr(e: &KExpr) -> String {
         KExpr::RowMax(a) => format!("row_max v{a}"),
         KExpr::CausalMask { x, fill } => format!("causal_mask v{x}, {fill:?}"),
         KExpr::OneHot { ids, classes } => format!("one_hot {}, {classes}", access(ids)),
+        KExpr::TopKMask { x, k } => format!("topk_mask {}, {k}", access(x)),
     }
 }
 

@@ -169,7 +169,7 @@ fn evaluate_splats(op: &Op, s: &[f64], shapes: &[Vec<usize>], shape: &[usize]) -
             let k = if *ta { a[a.len() - 2] } else { a[a.len() - 1] };
             Some(Const::Splat(splat_sum(s[0] * s[1], k)))
         }
-        Op::Softmax | Op::LogSoftmax => {
+        Op::Softmax | Op::LogSoftmax | Op::TopKMask { .. } => {
             // Every row is the same; evaluate one.
             let last = *shape.last()?;
             let t = apply(op, &[&splat_tensor(*s.first()?, &[last])]).ok()?;

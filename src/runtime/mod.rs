@@ -79,6 +79,8 @@ fn split_safe(l: &LoopKernel) -> bool {
             .stores
             .iter()
             .all(|s| s.access.buf != a.buf || s.access == *a),
+        // Reads its whole row: safe when the kernel writes nothing into that buffer.
+        KExpr::TopKMask { x, .. } => l.stores.iter().all(|s| s.access.buf != x.buf),
         _ => true,
     });
     stores_disjoint && loads_own_rows
