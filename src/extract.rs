@@ -32,7 +32,11 @@ impl std::fmt::Display for ExtractError {
         match self {
             ExtractError::Io(e) => write!(f, "{e}"),
             ExtractError::Model(m) => write!(f, "{m}"),
-            ExtractError::Compile(e) => write!(f, "the extracted model does not compile:\n{}", e.render(false)),
+            ExtractError::Compile(e) => write!(
+                f,
+                "the extracted model does not compile:\n{}",
+                e.render(false)
+            ),
         }
     }
 }
@@ -130,7 +134,11 @@ fn layer_param(name: &str) -> Option<(usize, &str)> {
     Some((i.parse().ok()?, tail))
 }
 
-fn rule(stack: &Stack, plan: &crate::elab::resolve::Plan, depth: usize) -> Result<Rule, ExtractError> {
+fn rule(
+    stack: &Stack,
+    plan: &crate::elab::resolve::Plan,
+    depth: usize,
+) -> Result<Rule, ExtractError> {
     let has = |w: &str| stack.clauses.iter().any(|c| c.word.name == w);
     if has("parallel") {
         return Err(ExtractError::Model(
@@ -145,7 +153,10 @@ fn rule(stack: &Stack, plan: &crate::elab::resolve::Plan, depth: usize) -> Resul
                 s.depths
             ))
         })?;
-        let sets = s.layers[k].iter().map(|&i| plan.layers[i].weights).collect();
+        let sets = s.layers[k]
+            .iter()
+            .map(|&i| plan.layers[i].weights)
+            .collect();
         return Ok(Rule::Copy(sets));
     }
     if plan.layers.iter().any(|l| l.program.expand.is_some()) {
@@ -158,7 +169,9 @@ fn rule(stack: &Stack, plan: &crate::elab::resolve::Plan, depth: usize) -> Resul
         // Stage k's weight set is the one its first layer runs.
         let stages = plan.weight_sets;
         let set_of_stage = |k: usize| plan.layers[k * n / stages].weights;
-        let sets = (0..depth).map(|i| set_of_stage(i * stages / depth)).collect();
+        let sets = (0..depth)
+            .map(|i| set_of_stage(i * stages / depth))
+            .collect();
         return Ok(Rule::Copy(sets));
     }
     Err(ExtractError::Model(
@@ -183,7 +196,10 @@ fn rewrite(source: &str, stack: &Stack, depth: usize) -> String {
 /// Writes `<out>.lam` and `<out>.safetensors`, both or neither. Returns the paths.
 pub fn write(e: &Extracted, out: &Path) -> Result<Vec<PathBuf>, ExtractError> {
     let files = vec![
-        (out.with_extension("lam"), FileContents::Bytes(e.source.as_bytes())),
+        (
+            out.with_extension("lam"),
+            FileContents::Bytes(e.source.as_bytes()),
+        ),
         (
             out.with_extension("safetensors"),
             FileContents::Tensors(&e.weights),

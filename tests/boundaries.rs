@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 /// modules before it.
 const ORDER: &[&str] = &[
     "diag", "ir", "syntax", "tensor", "interp", "io", "elab", "autodiff", "passes", "kernels",
-    "jit", "runtime", "front", "import", "extract", "train", "export", "bench", "driver", "analysis",
-    "diagram", "serve", "cli",
+    "jit", "runtime", "front", "import", "extract", "train", "export", "bench", "driver",
+    "analysis", "diagram", "serve", "cli",
 ];
 
 /// Modules outside the order: the crate root and the binary's entry point.

@@ -159,7 +159,11 @@ fn each_subnet_runs_its_equidistant_layers_and_the_loss_is_their_weighted_sum() 
     let got = outputs(&g, &inputs, &params);
     let m = lamina::syntax::parse(&src).unwrap();
     let mut total = 0.0;
-    for (depth, weight, layers) in [(4, 0.5, vec![0, 1, 2, 3]), (2, 0.3, vec![0, 2]), (1, 0.2, vec![0])] {
+    for (depth, weight, layers) in [
+        (4, 0.5, vec![0, 1, 2, 3]),
+        (2, 0.3, vec![0, 2]),
+        (1, 0.2, vec![0]),
+    ] {
         let probing = Probing {
             layers: LayerEdit::Order(layers),
             ..Probing::default()
@@ -179,7 +183,10 @@ fn each_subnet_runs_its_equidistant_layers_and_the_loss_is_their_weighted_sum() 
         total += weight * part.data[0];
     }
     let loss = output(&got, "loss").data[0];
-    assert!((loss - total).abs() <= 1e-12 * total.abs(), "{loss} vs {total}");
+    assert!(
+        (loss - total).abs() <= 1e-12 * total.abs(),
+        "{loss} vs {total}"
+    );
 }
 
 #[test]
@@ -232,7 +239,11 @@ fn hard_routing_at_zero_is_the_soft_model_and_at_one_skips_every_layer() {
     let shut = hard(1.0);
     for k in 0..3 {
         let route = output(&shut, &format!("route.{k}"));
-        assert!(route.data.iter().all(|&r| r == 0.0), "route.{k}: {:?}", route.data);
+        assert!(
+            route.data.iter().all(|&r| r == 0.0),
+            "route.{k}: {:?}",
+            route.data
+        );
     }
     // Every layer skipped: the layers' weights no longer matter.
     let h = elaborate_probed(
@@ -295,12 +306,23 @@ fn model_with_weights(name: &str, src: &str) -> (std::path::PathBuf, std::path::
     let file = dir.join(format!("{name}.lam"));
     std::fs::write(&file, src).unwrap();
     let w = dir.join("w.safetensors");
-    cli(&["init", file.to_str().unwrap(), "-o", w.to_str().unwrap(), "--seed", "3"]);
+    cli(&[
+        "init",
+        file.to_str().unwrap(),
+        "-o",
+        w.to_str().unwrap(),
+        "--seed",
+        "3",
+    ]);
     (file, w)
 }
 
 /// `lamina extract FILE --weights W --depth N -o DIR/cut`: the cut model's file and weights.
-fn extract(file: &std::path::Path, w: &std::path::Path, depth: usize) -> (std::path::PathBuf, std::path::PathBuf) {
+fn extract(
+    file: &std::path::Path,
+    w: &std::path::Path,
+    depth: usize,
+) -> (std::path::PathBuf, std::path::PathBuf) {
     let out = file.with_file_name(format!("cut{depth}"));
     cli(&[
         "extract",
@@ -356,7 +378,10 @@ fn expansion_and_stages_extracted_at_full_depth_are_the_same_model() {
         for (n, t) in tensors.iter_mut() {
             if n.ends_with(".slope") {
                 let k = n.len() as f64;
-                t.data.iter_mut().enumerate().for_each(|(j, v)| *v = 0.3 * (k + j as f64).sin());
+                t.data
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(j, v)| *v = 0.3 * (k + j as f64).sin());
             }
         }
         lamina::io::save_safetensors(&w, &tensors).unwrap();
@@ -369,7 +394,13 @@ fn expansion_and_stages_extracted_at_full_depth_are_the_same_model() {
         // A deeper model: independent weights by the same rule.
         let (deep, _) = extract(&file, &w, 6);
         let g = graph(&std::fs::read_to_string(deep).unwrap());
-        assert!(g.params.iter().any(|p| p.name.starts_with("blocks.5.")), "{name}");
-        assert!(!g.params.iter().any(|p| p.name.ends_with(".slope")), "{name}");
+        assert!(
+            g.params.iter().any(|p| p.name.starts_with("blocks.5.")),
+            "{name}"
+        );
+        assert!(
+            !g.params.iter().any(|p| p.name.ends_with(".slope")),
+            "{name}"
+        );
     }
 }

@@ -20,9 +20,9 @@ pub(crate) mod learning;
 mod lower;
 mod outline;
 pub(crate) mod resolve;
-mod width;
 #[cfg(test)]
 mod tests;
+mod width;
 
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::ir::Graph;

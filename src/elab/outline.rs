@@ -328,16 +328,33 @@ fn sublayer(s: &Sub) -> String {
         ),
         Sub::Ffn {
             hidden, act, glu, ..
-        } => {
-            let act = match act {
-                Act::Relu => "relu",
-                Act::Gelu => "gelu",
-                Act::GeluTanh => "gelu_tanh",
-                Act::Silu => "silu",
-            };
-            format!("ffn {hidden}, {act}{}", if glu { " GLU" } else { "" })
-        }
+        } => format!(
+            "ffn {hidden}, {}{}",
+            act_name(act),
+            if glu { " GLU" } else { "" }
+        ),
         Sub::Linear { .. } => "linear".to_string(),
+        Sub::Moe {
+            experts,
+            top,
+            hidden,
+            act,
+            glu,
+            ..
+        } => format!(
+            "moe: top {top} of {experts} experts, ffn {hidden}, {}{}",
+            act_name(act),
+            if glu { " GLU" } else { "" }
+        ),
+    }
+}
+
+fn act_name(a: Act) -> &'static str {
+    match a {
+        Act::Relu => "relu",
+        Act::Gelu => "gelu",
+        Act::GeluTanh => "gelu_tanh",
+        Act::Silu => "silu",
     }
 }
 

@@ -149,6 +149,7 @@ pub(crate) fn forward(c: &mut Code, plan: &Plan) {
             .unwrap_or(0),
     };
     c.line(1, format!("def forward(self, {input}, targets):"));
+    super::model_class::moe_start(c, plan);
     c.line(2, format!("x = self.embed_input({input})"));
     c.line(2, "self.parts, gates = {}, []");
     c.line(2, "loss = 0.0");
@@ -171,6 +172,7 @@ pub(crate) fn forward(c: &mut Code, plan: &Plan) {
         c.line(3, "self.parts[\"loss.router\"] = penalty");
         c.line(3, "loss = loss + penalty");
     }
+    super::model_class::balance(c, plan);
     c.line(2, "return loss, logits");
     c.blank();
     c.line(1, "def run(self, x, which, targets, gates):");

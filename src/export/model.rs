@@ -24,6 +24,8 @@ struct Uses {
     rms_norm: bool,
     attention: bool,
     ffn: bool,
+    /// Mixture-of-experts sublayers, whose balance losses `Model.forward` adds.
+    moe: bool,
     /// The model's rotary positions, which every attention applies.
     rope: Option<(f64, RopePairs)>,
 }
@@ -83,6 +85,9 @@ pub(crate) fn model_py(plan: &Plan, source_name: &str) -> Result<String, Unsuppo
     if uses.ffn {
         c.raw(parts::FFN);
     }
+    if uses.moe {
+        c.raw(parts::MOE);
+    }
     match plan.positions {
         Positions::Sinusoidal => c.raw(parts::SINUSOIDAL),
         Positions::Sinusoidal2d => {
@@ -107,6 +112,17 @@ pub(crate) fn model_py(plan: &Plan, source_name: &str) -> Result<String, Unsuppo
     super::model_class::model_class(&mut c, plan, &names);
     c.raw(parts::FOOTER);
     Ok(c.text)
+}
+
+/// Whether an executed layer has a mixture-of-experts sublayer.
+pub(crate) fn has_moe(plan: &Plan) -> bool {
+    plan.layers.iter().any(|l| {
+        plan.blocks[l.block]
+            .units
+            .iter()
+            .flat_map(|u| &u.branches)
+            .any(|b| matches!(b.sub, Sub::Moe { .. }))
+    })
 }
 
 /// The blocks the executed layers run, in order of first use.
@@ -277,6 +293,25 @@ fn sub_new(sub: &Sub, width: &str, eps: f64, uses: &mut Uses) -> String {
             )
         }
         Sub::Linear { bias } => format!("nn.Linear({width}, {width}, bias={})", boolean(bias)),
+        Sub::Moe {
+            experts,
+            top,
+            hidden,
+            act,
+            glu,
+            bias,
+            balance,
+        } => {
+            uses.ffn = true;
+            uses.moe = true;
+            format!(
+                "MoE({width}, experts={experts}, top={top}, hidden={hidden}, act=\"{}\", glu={}, bias={}, balance={})",
+                act_name(act),
+                boolean(glu),
+                boolean(bias),
+                float(balance)
+            )
+        }
     }
 }
 

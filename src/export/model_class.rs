@@ -245,10 +245,29 @@ fn head_init(c: &mut Code, plan: &Plan) {
     }
 }
 
+/// The balance losses of the expert layers, added to the loss (`moe_start` opens
+/// `forward`).
+pub(crate) fn balance(c: &mut Code, plan: &Plan) {
+    if !super::model::has_moe(plan) {
+        return;
+    }
+    c.line(2, "balance = moe_balance(self)");
+    c.line(2, "if balance is not None:");
+    c.line(3, "self.parts[\"loss.balance\"] = balance");
+    c.line(3, "loss = loss + balance");
+}
+
+pub(crate) fn moe_start(c: &mut Code, plan: &Plan) {
+    if super::model::has_moe(plan) {
+        c.line(2, "moe_start(self)");
+    }
+}
+
 fn forward(c: &mut Code, plan: &Plan) {
     let input = super::model::input_name(plan);
     let n = plan.layers.len();
     c.line(1, format!("def forward(self, {input}, targets):"));
+    moe_start(c, plan);
     c.line(2, format!("x = self.embed_input({input})"));
     let rule = !matches!(plan.learning, Learning::Backprop);
     if rule {
@@ -298,6 +317,7 @@ fn forward(c: &mut Code, plan: &Plan) {
         }
     }
     c.line(2, "loss = loss_fn(logits, targets)");
+    balance(c, plan);
     if rule {
         c.line(
             2,

@@ -122,6 +122,58 @@ class FFN(nn.Module):
         if self.glu:
             a = a * self.w3(x)
         return self.w2(a)
+
+
+def moe_start(model):
+    """Forget the balance losses of the previous forward."""
+    for m in model.modules():
+        if isinstance(m, MoE):
+            m.losses = []
+
+
+def moe_balance(model):
+    """The sum of the balance losses of every expert layer run, or None."""
+    losses = [l for m in model.modules() if isinstance(m, MoE) for l in m.losses]
+    return sum(losses) if losses else None
+"#;
+
+pub(crate) const MOE: &str = r#"
+
+class MoE(nn.Module):
+    """Dense-masked mixture of experts: y = w2(act(w1 x) * (k g)), where expert e owns
+    hidden units e*hidden .. (e+1)*hidden, g = p m / sum(p m) with p = softmax(router x)
+    and m the mask of the k = top largest p (ties to the lower index). With equal gates
+    and every expert active this is the dense FFN. Each forward appends the Switch
+    load-balancing loss balance * E * sum_e f_e P_e to self.losses."""
+
+    def __init__(self, width, experts, top, hidden, act, glu, bias, balance):
+        super().__init__()
+        self.act = ACTIVATIONS[act]
+        self.experts, self.top, self.hidden = experts, top, hidden
+        self.router = nn.Linear(width, experts, bias=False)
+        self.w1 = nn.Linear(width, experts * hidden, bias=bias)
+        if glu:
+            self.w3 = nn.Linear(width, experts * hidden, bias=bias)
+        self.w2 = nn.Linear(experts * hidden, width, bias=bias)
+        self.glu, self.balance = glu, balance
+        self.losses = []
+
+    def forward(self, x):
+        p = torch.softmax(self.router(x), -1)
+        # stable sort: equal probabilities go to the lower index, as in lamina
+        order = torch.sort(p, dim=-1, descending=True, stable=True).indices
+        m = torch.zeros_like(p).scatter(-1, order[..., : self.top], 1.0)
+        pm = p * m
+        g = self.top * pm / pm.sum(-1, keepdim=True)
+        a = self.act(self.w1(x))
+        if self.glu:
+            a = a * self.w3(x)
+        a = a * g.repeat_interleave(self.hidden, -1)
+        if self.balance > 0:
+            f = m.reshape(-1, self.experts).mean(0) / self.top
+            big_p = p.reshape(-1, self.experts).mean(0)
+            self.losses.append(self.balance * self.experts * (f * big_p).sum())
+        return self.w2(a)
 "#;
 
 pub(crate) const SINUSOIDAL: &str = r#"

@@ -6,8 +6,8 @@
 
 use super::learning::{AuxHead, Learning};
 use super::resolve::{
-    Act, BlockPlan, Head, InputPlan, LayerRun, Loss, Norm, NormKind, Placement, Plan, Pool,
-    Positions, RopePairs, Skip, Sub, Unit,
+    BlockPlan, Head, InputPlan, LayerRun, Loss, Norm, NormKind, Placement, Plan, Pool, Positions,
+    RopePairs, Skip, Sub, Unit,
 };
 use crate::diag::Diagnostics;
 use crate::ir::ops::MaskFill;
