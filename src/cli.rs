@@ -463,6 +463,38 @@ pub enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
+    /// Rewrite a trained model: split its FFNs into experts (FactorLLM) or give its stacks routers (FiRST).
+    #[command(
+        after_help = "Examples:\n  lamina convert examples/transformer.lam --weights runs/transformer-seed0/final.safetensors --ffn-to-moe 4 -o moe\n  \
+        lamina convert gpt2/model.lam --weights gpt2/weights.safetensors --routers -o routed\n\n\
+        Writes OUT.lam and OUT.safetensors. --ffn-to-moe E: every ffn(hidden = H) becomes \
+        moe(experts = E, top = K, hidden = H / E); expert e is the dense FFN's hidden units \
+        e H/E .. (e+1) H/E, so w1 and w2 keep their values, and the router is new. With --top E \
+        (the default) and equal gates the converted model computes the dense one; lower --top and \
+        fine-tune (`lamina train OUT.lam --init OUT.safetensors`). --routers: every stack gets \
+        `routed`, with new routers. See docs/language.md."
+    )]
+    Convert {
+        /// The model file (.lam).
+        file: PathBuf,
+        /// The trained weights (safetensors).
+        #[arg(long, value_name = "FILE")]
+        weights: PathBuf,
+        /// Split every dense FFN into this many experts.
+        #[arg(long, value_name = "E", value_parser = clap::value_parser!(u64).range(2..=1024), conflicts_with = "routers", required_unless_present = "routers")]
+        ffn_to_moe: Option<u64>,
+        /// Experts each token runs (default: all of them).
+        #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..=1024), requires = "ffn_to_moe")]
+        top: Option<u64>,
+        /// Give every stack a router per layer (`routed`).
+        #[arg(long)]
+        routers: bool,
+        /// Output path without extension: writes OUT.lam and OUT.safetensors.
+        #[arg(short = 'o', long = "out", value_name = "OUT")]
+        out: PathBuf,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
     /// Train several models with the same task, seed and recipe; plot and tabulate them.
     #[command(
         after_help = "Example:\n  lamina compare examples/grokking.lam examples/grokking_macaron.lam --steps 1000\n\n\
@@ -621,6 +653,10 @@ pub struct TrainArgs {
     /// Continue from a checkpoint (bit-identical to a run never interrupted).
     #[arg(long, value_name = "CKPT")]
     pub resume: Option<PathBuf>,
+    /// Start from these weights, with a fresh optimizer (fine-tuning): every parameter of
+    /// the model, by name, e.g. from `lamina convert` or `lamina import`.
+    #[arg(long, value_name = "WEIGHTS", conflicts_with = "resume")]
+    pub init: Option<PathBuf>,
 }
 
 impl TrainFlags {
@@ -1003,16 +1039,34 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             overrides,
         } => {
             let compiled = compile(&file, &overrides, color)?;
-            let params = load_weights(&compiled.forward, &weights)?;
-            let named: Vec<(String, Tensor)> = compiled
-                .forward
-                .params
-                .iter()
-                .map(|p| p.name.clone())
-                .zip(params)
-                .collect();
-            let cut = crate::extract::by_depth(&compiled, &named, depth as usize)?;
-            for p in crate::extract::write(&cut, &out)? {
+            let named = named_weights(&compiled, &weights)?;
+            let cut = crate::transform::by_depth(&compiled, &named, depth as usize)?;
+            for p in crate::transform::write(&cut, &out)? {
+                outln!("wrote {}", p.display());
+            }
+            Ok(0)
+        }
+        Command::Convert {
+            file,
+            weights,
+            ffn_to_moe,
+            top,
+            routers: _,
+            out,
+            overrides,
+        } => {
+            let compiled = compile(&file, &overrides, color)?;
+            let named = named_weights(&compiled, &weights)?;
+            let converted = match ffn_to_moe {
+                Some(e) => crate::transform::ffn_to_moe(
+                    &compiled,
+                    &named,
+                    e as usize,
+                    top.unwrap_or(e) as usize,
+                )?,
+                None => crate::transform::add_routers(&compiled, &named)?,
+            };
+            for p in crate::transform::write(&converted, &out)? {
                 outln!("wrote {}", p.display());
             }
             Ok(0)
@@ -1126,6 +1180,7 @@ fn cmd_train(args: &TrainArgs) -> Result<i32> {
     }
     let mut opts = args.flags.options();
     opts.resume = args.resume.clone();
+    opts.init = args.init.clone();
     let s = crate::train::train(&args.file, &opts)?;
     out!("{}", crate::train::summary_table(std::slice::from_ref(&s)));
     outln!(
@@ -1299,6 +1354,17 @@ fn group_digits(n: usize) -> String {
 }
 
 /// Load weights by name, checking that every parameter is present with the right shape.
+/// The model's weights from `path`, with their names.
+fn named_weights(c: &Compiled, path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let params = load_weights(&c.forward, path)?;
+    Ok(c.forward
+        .params
+        .iter()
+        .map(|p| p.name.clone())
+        .zip(params)
+        .collect())
+}
+
 fn load_weights(g: &crate::ir::Graph, path: &Path) -> Result<Vec<Tensor>> {
     let (params, extra) = io::load_weights(g, path)?;
     if !extra.is_empty() {

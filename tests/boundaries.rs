@@ -7,9 +7,29 @@ use std::path::{Path, PathBuf};
 /// Every top-level module of the library, in pipeline order: each may import only the
 /// modules before it.
 const ORDER: &[&str] = &[
-    "diag", "ir", "syntax", "tensor", "interp", "io", "elab", "autodiff", "passes", "kernels",
-    "jit", "runtime", "front", "import", "extract", "train", "export", "bench", "driver",
-    "analysis", "diagram", "serve", "cli",
+    "diag",
+    "ir",
+    "syntax",
+    "tensor",
+    "interp",
+    "io",
+    "elab",
+    "autodiff",
+    "passes",
+    "kernels",
+    "jit",
+    "runtime",
+    "front",
+    "import",
+    "transform",
+    "train",
+    "export",
+    "bench",
+    "driver",
+    "analysis",
+    "diagram",
+    "serve",
+    "cli",
 ];
 
 /// Modules outside the order: the crate root and the binary's entry point.

@@ -416,6 +416,104 @@ fn imported_gpt2_matches_a_reference_forward() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// FactorLLM and FiRST on the imported model: its FFNs split into experts (with every
+/// expert active the reference forward is unchanged), and routers added, fine-tuned from
+/// the imported weights, then used to skip layers.
+#[test]
+fn experts_and_routers_apply_to_an_imported_gpt2() {
+    let dir = scratch("convert");
+    let hf = random_gpt2(2);
+    let ckpt = write_checkpoint(&dir, &hf, "", true);
+    let out = dir.join("lam");
+    ok(&lamina(&[
+        "import",
+        "gpt2",
+        "--weights",
+        s(&ckpt),
+        "-o",
+        s(&out),
+        "--length",
+        "8",
+        "--batch",
+        "2",
+    ]));
+    let (model, weights) = (out.join("model.lam"), out.join("weights.safetensors"));
+    let batch = dir.join("batch.safetensors");
+    let (tokens, targets) = write_batch(&batch, 2, 8, 9);
+    let (want, want_loss) = reference_batch(&hf, &tokens, &targets, 8, &[0, 1]);
+
+    // FactorLLM: 4 experts of the 4 * d hidden units, all active, zero router.
+    let moe = dir.join("moe");
+    ok(&lamina(&[
+        "convert",
+        s(&model),
+        "--weights",
+        s(&weights),
+        "--ffn-to-moe",
+        "4",
+        "-o",
+        s(&moe),
+    ]));
+    let text = std::fs::read_to_string(moe.with_extension("lam")).unwrap();
+    assert!(
+        text.contains("moe(experts = 4, top = 4, hidden = "),
+        "{text}"
+    );
+    let (logits, loss) = run(
+        &moe.with_extension("lam"),
+        &moe.with_extension("safetensors"),
+        &batch,
+        &dir.join("moe_out.safetensors"),
+        "interp",
+    );
+    let err = rel_err(&logits, &want);
+    println!("experts: logits relative error {err:.2e}, loss {loss} against {want_loss}");
+    assert!(err < 1e-4, "the converted model differs by {err:e}");
+
+    // FiRST: routers, a few fine-tuning steps from the imported weights, hard skipping.
+    let routed = dir.join("routed");
+    ok(&lamina(&[
+        "convert",
+        s(&model),
+        "--weights",
+        s(&weights),
+        "--routers",
+        "-o",
+        s(&routed),
+    ]));
+    let rtext = std::fs::read_to_string(routed.with_extension("lam")).unwrap();
+    assert!(rtext.contains("stack layer * layers routed"), "{rtext}");
+    let run_dir = dir.join("run");
+    ok(&lamina(&[
+        "train",
+        s(&routed.with_extension("lam")),
+        "--init",
+        s(&routed.with_extension("safetensors")),
+        "--task",
+        "copy",
+        "--steps",
+        "3",
+        "--out",
+        s(&run_dir),
+        "--quiet",
+    ]));
+    let skipped = ok(&lamina(&[
+        "run",
+        s(&routed.with_extension("lam")),
+        "--weights",
+        s(&run_dir.join("final.safetensors")),
+        "--batch",
+        s(&batch),
+        "--skip-below",
+        "0.99",
+    ]));
+    assert!(
+        skipped.contains("layers skipped = 1.0000 (4 of 4 routed layer runs)"),
+        "{skipped}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The same comparison against an independent PyTorch GPT-2 forward, when a Python with
 /// torch and safetensors is named by `LAMINA_TORCH_PYTHON`.
 #[test]

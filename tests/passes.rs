@@ -43,7 +43,10 @@ fn max_rel_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
     for ((na, ta), (nb, tb)) in a.iter().zip(b) {
         assert_eq!(na, nb);
         assert_eq!(ta.shape, tb.shape, "output {na}");
-        worst = worst.max(common::max_rel_err(&ta.data, &tb.data, 1e-300));
+        // The floor: a gradient that is zero in exact arithmetic (an attention key bias:
+        // softmax ignores a per-row shift) is rounding noise of about 1e-18 whose
+        // digits any reassociation changes; 1e-6 is far below every real value here.
+        worst = worst.max(common::max_rel_err(&ta.data, &tb.data, 1e-6));
     }
     worst
 }

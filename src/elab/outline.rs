@@ -202,6 +202,18 @@ fn loss(p: &Plan, ff: bool) -> String {
     if let Some(r) = p.routing {
         s.push_str(&format!(" + {} × mean gate", r.sparsity));
     }
+    let balance = p
+        .blocks
+        .iter()
+        .flat_map(|b| &b.units)
+        .flat_map(|u| &u.branches)
+        .find_map(|br| match br.sub {
+            Sub::Moe { balance, .. } if balance > 0.0 => Some(balance),
+            _ => None,
+        });
+    if let Some(b) = balance {
+        s.push_str(&format!(" + {b} × expert balance"));
+    }
     s
 }
 

@@ -55,6 +55,9 @@ pub struct TrainOptions {
     pub dtype: Option<data::TokenDtype>,
     pub out: Option<PathBuf>,
     pub resume: Option<PathBuf>,
+    /// `--init FILE`: start from these weights (every parameter of the model, by name)
+    /// with a fresh optimizer state, to fine-tune a converted or imported model.
+    pub init: Option<PathBuf>,
     pub backend: Option<Backend>,
     /// No progress bar or messages on stderr.
     pub quiet: bool,
@@ -539,12 +542,36 @@ impl<'a> Plan<'a> {
         self.out_dir.join("checkpoint.safetensors")
     }
 
+    /// Replaces the model's parameters in `params` (the step graph's) by those of the
+    /// weights file `w`, which must hold every one of them.
+    fn start_from(&self, w: &Path, params: &mut [Tensor]) -> Result<(), TrainError> {
+        let (weights, _) = crate::io::load_weights(&self.forward, w)?;
+        for (p, t) in self.forward.params.iter().zip(weights) {
+            let i = self
+                .step
+                .graph
+                .params
+                .iter()
+                .position(|q| q.name == p.name)
+                .ok_or_else(|| TrainError::Internal(format!("no step parameter {}", p.name)))?;
+            params[i] = t;
+        }
+        Ok(())
+    }
+
     /// Parameters (weights and optimizer state) and the step to start from: fresh ones, or
     /// a checkpoint's after checking that it belongs to this run.
-    fn initial_state(&self, resume: Option<&Path>) -> Result<(u64, Vec<Tensor>), TrainError> {
+    fn initial_state(
+        &self,
+        resume: Option<&Path>,
+        init: Option<&Path>,
+    ) -> Result<(u64, Vec<Tensor>), TrainError> {
         let step_g = &self.step.graph;
         let mut params = crate::io::init_params(step_g, self.cfg.seed)?;
         let Some(ck) = resume else {
+            if let Some(w) = init {
+                self.start_from(w, &mut params)?;
+            }
             return Ok((0, params));
         };
         let loaded = checkpoint::load(ck)?;
@@ -643,7 +670,7 @@ impl Run {
                 orphans.join(", ")
             );
         }
-        let (start, params) = plan.initial_state(opts.resume.as_deref())?;
+        let (start, params) = plan.initial_state(opts.resume.as_deref(), opts.init.as_deref())?;
         let log = Log::open(
             &out_dir.join("log.jsonl"),
             opts.resume.as_ref().map(|_| start),

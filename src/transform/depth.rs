@@ -8,52 +8,12 @@
 //! - `shared stages S`: layer `i` of `N` gets the weights of stage `floor(i * S / N)`
 //!   (SWS's expansion of the stage weights).
 //!
-//! The model file is the source with the stack statement rewritten, compiled here before
-//! anything is written; the weights follow its parameter list. It comes after `front`.
+//! The model file is the source with the stack statement rewritten.
 
-use crate::front::{CompileError, Compiled};
-use crate::io::{self, FileContents, IoError};
+use super::{get, Rewritten, TransformError};
+use crate::front::Compiled;
 use crate::syntax::ast::{Item, Stack};
 use crate::tensor::Tensor;
-use std::path::{Path, PathBuf};
-
-/// Why an extraction failed. Nothing has been written when it is returned.
-#[derive(Debug)]
-pub enum ExtractError {
-    Io(IoError),
-    /// The model has no depth program to extract from, or `N` does not fit it.
-    Model(String),
-    /// The extracted model did not compile (a compiler bug: it is the same model, cut).
-    Compile(CompileError),
-}
-
-impl std::fmt::Display for ExtractError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ExtractError::Io(e) => write!(f, "{e}"),
-            ExtractError::Model(m) => write!(f, "{m}"),
-            ExtractError::Compile(e) => write!(
-                f,
-                "the extracted model does not compile:\n{}",
-                e.render(false)
-            ),
-        }
-    }
-}
-
-impl std::error::Error for ExtractError {}
-
-impl From<IoError> for ExtractError {
-    fn from(e: IoError) -> Self {
-        ExtractError::Io(e)
-    }
-}
-
-/// An extracted model: its source text and weights in its parameter order.
-pub struct Extracted {
-    pub source: String,
-    pub weights: Vec<(String, Tensor)>,
-}
 
 /// How layer `i` of the extracted stack gets its weights from the stack's weight sets.
 enum Rule {
@@ -68,7 +28,7 @@ pub fn by_depth(
     c: &Compiled,
     weights: &[(String, Tensor)],
     depth: usize,
-) -> Result<Extracted, ExtractError> {
+) -> Result<Rewritten, TransformError> {
     let stacks: Vec<&Stack> = c
         .module
         .items
@@ -79,51 +39,29 @@ pub fn by_depth(
         })
         .collect();
     let [stack] = stacks[..] else {
-        return Err(ExtractError::Model(format!(
+        return Err(TransformError::Model(format!(
             "`extract --depth` cuts a model with one `stack`; this one has {}",
             stacks.len()
         )));
     };
     let plan = crate::elab::plan(&c.module, &c.forward.name, &c.overrides)
-        .map_err(|d| ExtractError::Model(format!("{} error(s) elaborating", d.len())))?;
+        .map_err(|d| TransformError::Model(format!("{} error(s) elaborating", d.len())))?;
     let rule = rule(stack, &plan, depth)?;
     let source = rewrite(&c.source, stack, depth);
-    let file_name = format!("{}-depth{depth}.lam", c.forward.name);
-    let small = crate::front::compile_source(&source, &file_name, &c.overrides)
-        .map_err(ExtractError::Compile)?;
-    let get = |name: &str| -> Result<&Tensor, ExtractError> {
-        weights
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| t)
-            .ok_or_else(|| ExtractError::Model(format!("the weights have no tensor `{name}`")))
-    };
-    let mut out = Vec::new();
-    for p in &small.forward.params {
-        let tensor = match layer_param(&p.name) {
-            None => get(&p.name)?.clone(),
-            Some((i, tail)) => match &rule {
-                Rule::Copy(sets) => get(&format!("blocks.{}.{tail}", sets[i]))?.clone(),
-                Rule::Linear { base, n } => {
-                    let a = get(&format!("blocks.{base}.{tail}"))?;
-                    let b = get(&format!("blocks.{base}.{tail}.slope"))?;
-                    let c = (i + 1) as f64 / *n as f64;
-                    let data = a.data.iter().zip(&b.data).map(|(x, y)| x + c * y).collect();
-                    Tensor::f32(a.shape.clone(), data)
-                }
-            },
+    super::finish(c, source, &format!("depth{depth}"), |name, _| {
+        let Some((i, tail)) = layer_param(name) else {
+            return Ok(Some(get(weights, name)?.clone()));
         };
-        if tensor.shape != p.shape {
-            return Err(ExtractError::Model(format!(
-                "`{}` is {:?} in the weights but {:?} in the extracted model",
-                p.name, tensor.shape, p.shape
-            )));
-        }
-        out.push((p.name.clone(), tensor));
-    }
-    Ok(Extracted {
-        source,
-        weights: out,
+        Ok(Some(match &rule {
+            Rule::Copy(sets) => get(weights, &format!("blocks.{}.{tail}", sets[i]))?.clone(),
+            Rule::Linear { base, n } => {
+                let a = get(weights, &format!("blocks.{base}.{tail}"))?;
+                let b = get(weights, &format!("blocks.{base}.{tail}.slope"))?;
+                let c = (i + 1) as f64 / *n as f64;
+                let data = a.data.iter().zip(&b.data).map(|(x, y)| x + c * y).collect();
+                Tensor::f32(a.shape.clone(), data)
+            }
+        }))
     })
 }
 
@@ -138,17 +76,17 @@ fn rule(
     stack: &Stack,
     plan: &crate::elab::resolve::Plan,
     depth: usize,
-) -> Result<Rule, ExtractError> {
+) -> Result<Rule, TransformError> {
     let has = |w: &str| stack.clauses.iter().any(|c| c.word.name == w);
     if has("parallel") {
-        return Err(ExtractError::Model(
+        return Err(TransformError::Model(
             "a stack with `parallel` groups cannot be cut by depth".into(),
         ));
     }
     let n = plan.layers.len();
     if let Some(s) = &plan.subnets {
         let k = s.depths.iter().position(|&d| d == depth).ok_or_else(|| {
-            ExtractError::Model(format!(
+            TransformError::Model(format!(
                 "the model has subnets of depth {:?}; --depth {depth} is none of them",
                 s.depths
             ))
@@ -174,7 +112,7 @@ fn rule(
             .collect();
         return Ok(Rule::Copy(sets));
     }
-    Err(ExtractError::Model(
+    Err(TransformError::Model(
         "the stack has no `subnets`, `expand linear` or `shared stages`, so there is nothing to cut by depth".into(),
     ))
 }
@@ -191,20 +129,4 @@ fn rewrite(source: &str, stack: &Stack, depth: usize) -> String {
     }
     let (start, end) = (stack.span.start, stack.span.end);
     format!("{}{line}{}", &source[..start], &source[end..])
-}
-
-/// Writes `<out>.lam` and `<out>.safetensors`, both or neither. Returns the paths.
-pub fn write(e: &Extracted, out: &Path) -> Result<Vec<PathBuf>, ExtractError> {
-    let files = vec![
-        (
-            out.with_extension("lam"),
-            FileContents::Bytes(e.source.as_bytes()),
-        ),
-        (
-            out.with_extension("safetensors"),
-            FileContents::Tensors(&e.weights),
-        ),
-    ];
-    io::write_atomic_all(&files)?;
-    Ok(files.into_iter().map(|(p, _)| p).collect())
 }
