@@ -439,14 +439,17 @@ pub enum Command {
         #[command(flatten)]
         recipe: RecipeFlags,
     },
-    /// Cut a standalone model of N layers out of a stack with subnets, linear expansion or stage-wise sharing.
+    /// Cut a standalone model out of a trained one: N layers of a depth program, or one width of nested FFNs.
     #[command(
         after_help = "Examples:\n  lamina extract examples/variant.lam --weights runs/variant-seed0/final.safetensors --depth 4 -o small\n  \
-        lamina extract examples/tleg.lam --weights runs/tleg-seed0/final.safetensors --depth 12 -o deep\n\n\
+        lamina extract examples/tleg.lam --weights runs/tleg-seed0/final.safetensors --depth 12 -o deep\n  \
+        lamina extract examples/matformer.lam --weights runs/matformer-seed0/final.safetensors --width 1/4 -o small\n\n\
         Writes OUT.lam and OUT.safetensors. `subnets`: --depth is one of the subnet depths, and the \
         model computes that subnet. `expand linear`: layer l of N gets theta_A + (l / N) theta_B. \
         `shared stages S`: layer i of N gets the weights of stage floor(i S / N). The new layers \
-        have independent weights, to train further. See docs/language.md, \"Depth programs\"."
+        have independent weights, to train further. --width F: every nested ffn keeps its first F H \
+        hidden units, and the model computes the nested model at that granularity. See \
+        docs/language.md, \"Depth programs\" and \"Nested widths\"."
     )]
     Extract {
         /// The model file (.lam).
@@ -455,8 +458,11 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         weights: PathBuf,
         /// Layers of the extracted model.
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
-        depth: u64,
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024), required_unless_present = "width", conflicts_with = "width")]
+        depth: Option<u64>,
+        /// The granularity of the nested FFNs to keep, as listed in `nested` (e.g. 1/4).
+        #[arg(long, value_name = "F", value_parser = parse_fraction)]
+        width: Option<f64>,
         /// Output path without extension: writes OUT.lam and OUT.safetensors.
         #[arg(short = 'o', long = "out", value_name = "OUT")]
         out: PathBuf,
@@ -1035,12 +1041,17 @@ fn run(cli: Cli, color: bool) -> Result<i32> {
             file,
             weights,
             depth,
+            width,
             out,
             overrides,
         } => {
             let compiled = compile(&file, &overrides, color)?;
             let named = named_weights(&compiled, &weights)?;
-            let cut = crate::transform::by_depth(&compiled, &named, depth as usize)?;
+            let cut = match (depth, width) {
+                (Some(n), _) => crate::transform::by_depth(&compiled, &named, n as usize)?,
+                (None, Some(f)) => crate::transform::by_width(&compiled, &named, f)?,
+                (None, None) => bail!("give --depth N or --width F"),
+            };
             for p in crate::transform::write(&cut, &out)? {
                 outln!("wrote {}", p.display());
             }
@@ -1643,6 +1654,29 @@ fn report_routes(outputs: &[(String, crate::tensor::Tensor)]) {
         fixed(skipped as f64 / keeps.len() as f64, 4),
         keeps.len()
     );
+}
+
+/// A fraction in (0, 1], written `1/4` or `0.25`.
+fn parse_fraction(s: &str) -> std::result::Result<f64, String> {
+    let v = match s.split_once('/') {
+        Some((a, b)) => {
+            let (a, b): (f64, f64) = (
+                a.trim()
+                    .parse()
+                    .map_err(|_| format!("`{s}` is not a fraction"))?,
+                b.trim()
+                    .parse()
+                    .map_err(|_| format!("`{s}` is not a fraction"))?,
+            );
+            a / b
+        }
+        None => s.parse().map_err(|_| format!("`{s}` is not a number"))?,
+    };
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!("a width is a fraction in (0, 1], found {v}"))
+    }
 }
 
 /// A gate threshold in [0, 1].

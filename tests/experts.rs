@@ -100,3 +100,112 @@ fn a_token_runs_only_its_top_experts() {
     let moved = outputs(&moe, &inputs, &other);
     assert_ne!(output(&base, "logits").data, output(&moved, "logits").data);
 }
+
+#[test]
+fn a_nested_ffn_at_full_width_is_the_plain_ffn_and_its_loss_is_the_mean_over_widths() {
+    let plain = graph(&lm("ffn(hidden = 16)"));
+    let nested = graph(&lm("ffn(hidden = 16, nested = [1, 1/2, 1/4])"));
+    let (inputs, params) = random_env(&plain, 3);
+    assert_eq!(nested.params.len(), plain.params.len());
+    let (want, got) = (
+        outputs(&plain, &inputs, &params),
+        outputs(&nested, &inputs, &params),
+    );
+    let full = output(&got, "loss.width.0").data[0];
+    assert!((full - output(&want, "loss").data[0]).abs() < 1e-12);
+    assert_eq!(output(&got, "logits").data, output(&want, "logits").data);
+    let parts: Vec<f64> = (0..3)
+        .map(|k| output(&got, &format!("loss.width.{k}")).data[0])
+        .collect();
+    let mean = parts.iter().sum::<f64>() / 3.0;
+    assert!((output(&got, "loss").data[0] - mean).abs() < 1e-12);
+    assert!(parts[0] != parts[1] && parts[1] != parts[2], "{parts:?}");
+}
+
+#[test]
+fn a_granularity_at_quarter_width_is_the_first_quarter_of_the_units() {
+    // Granularity 1/4 of 16 units equals an ffn of 4 units with the leading rows of w1
+    // and the leading columns of w2.
+    let nested = graph(&lm("ffn(hidden = 16, nested = [1, 1/4])"));
+    let small = graph(&lm("ffn(hidden = 4)"));
+    let (inputs, params) = random_env(&nested, 4);
+    let cut: Vec<Tensor> = small
+        .params
+        .iter()
+        .map(|p| {
+            let i = nested.params.iter().position(|q| q.name == p.name).unwrap();
+            let t = &params[i];
+            let data = if p.name.ends_with("w2.weight") {
+                t.data.chunks(16).flat_map(|r| r[..4].to_vec()).collect()
+            } else {
+                t.data[..p.shape.iter().product()].to_vec()
+            };
+            Tensor::f32(p.shape.clone(), data)
+        })
+        .collect();
+    let got = outputs(&nested, &inputs, &params);
+    let want = outputs(&small, &inputs, &cut);
+    let (a, b) = (
+        output(&got, "loss.width.1").data[0],
+        output(&want, "loss").data[0],
+    );
+    assert!((a - b).abs() < 1e-12 * b.abs(), "{a} vs {b}");
+}
+
+#[test]
+fn extract_width_writes_the_granularity_as_a_plain_model() {
+    let dir = std::env::temp_dir().join(format!("lamina-width-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("m.lam");
+    std::fs::write(&file, lm("ffn(hidden = 16, nested = [1, 1/2, 1/4])")).unwrap();
+    let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
+    let w = dir.join("w.safetensors");
+    let ok = |args: &[&str]| {
+        let o = common::lamina(args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    ok(&["init", &p(&file), "-o", &p(&w), "--seed", "5"]);
+    let out = dir.join("small");
+    ok(&[
+        "extract",
+        &p(&file),
+        "--weights",
+        &p(&w),
+        "--width",
+        "1/4",
+        "-o",
+        &p(&out),
+    ]);
+    let text = std::fs::read_to_string(out.with_extension("lam")).unwrap();
+    assert!(text.contains("ffn = ffn(hidden = 4)"), "{text}");
+    let run = |model: &std::path::Path, weights: &std::path::Path, o: &std::path::Path| {
+        ok(&[
+            "run",
+            &p(model),
+            "--weights",
+            &p(weights),
+            "--backend",
+            "interp",
+            "--out",
+            &p(o),
+        ]);
+        lamina::io::load_safetensors(o).unwrap()
+    };
+    let full = run(&file, &w, &dir.join("full.safetensors"));
+    let cut = run(
+        &out.with_extension("lam"),
+        &out.with_extension("safetensors"),
+        &dir.join("cut.safetensors"),
+    );
+    let (a, b) = (
+        output(&cut, "loss").data[0],
+        output(&full, "loss.width.2").data[0],
+    );
+    assert!((a - b).abs() <= 1e-12 * b.abs(), "{a} vs {b}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -22,7 +22,7 @@ mod outline;
 pub(crate) mod resolve;
 #[cfg(test)]
 mod tests;
-mod width;
+pub(crate) mod width;
 
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::ir::Graph;

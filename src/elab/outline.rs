@@ -199,6 +199,9 @@ fn loss(p: &Plan, ff: bool) -> String {
             .collect();
         s.push_str(&format!(" of subnets {}", terms.join(" + ")));
     }
+    if p.widths > 0 {
+        s.push_str(&format!(", the mean over {} nested widths", p.widths));
+    }
     if let Some(r) = p.routing {
         s.push_str(&format!(" + {} × mean gate", r.sparsity));
     }
@@ -339,12 +342,23 @@ fn sublayer(s: &Sub) -> String {
             if causal { ", causal" } else { "" }
         ),
         Sub::Ffn {
-            hidden, act, glu, ..
-        } => format!(
-            "ffn {hidden}, {}{}",
-            act_name(act),
-            if glu { " GLU" } else { "" }
-        ),
+            hidden,
+            act,
+            glu,
+            nested,
+            ..
+        } => {
+            let mut s = format!(
+                "ffn {hidden}, {}{}",
+                act_name(act),
+                if glu { " GLU" } else { "" }
+            );
+            if nested.len > 0 {
+                let f: Vec<String> = nested.fractions().iter().map(|f| f.to_string()).collect();
+                s.push_str(&format!(", nested [{}]", f.join(", ")));
+            }
+            s
+        }
         Sub::Linear { .. } => "linear".to_string(),
         Sub::Moe {
             experts,

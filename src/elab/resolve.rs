@@ -89,6 +89,19 @@ pub(crate) enum Skip {
     },
 }
 
+/// The granularities of a nested FFN, largest first (`len == 0`: not nested).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Nested {
+    pub fractions: [f64; super::width::MAX_GRANULARITIES],
+    pub len: usize,
+}
+
+impl Nested {
+    pub(crate) fn fractions(&self) -> &[f64] {
+        &self.fractions[..self.len]
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Act {
     Relu,
@@ -114,6 +127,9 @@ pub(crate) enum Sub {
         act: Act,
         glu: bool,
         bias: bool,
+        /// MatFormer's granularities: run `k` of the model uses the first
+        /// `nested[k] * hidden` hidden units.
+        nested: Nested,
     },
     Linear {
         bias: bool,
@@ -284,6 +300,8 @@ pub(crate) struct Plan {
     pub routing: Option<Routing>,
     /// The first depth-program clause of the stacks (for errors about them).
     pub depth_span: Option<Span>,
+    /// Granularities of the nested FFNs (MatFormer); 0 when no FFN is nested.
+    pub widths: usize,
     pub final_norm: Option<(NormKind, f64)>,
     pub head: Head,
     pub loss: Loss,
@@ -667,6 +685,24 @@ impl Resolver<'_> {
         }
 
         let plans: Vec<BlockPlan> = plans.into_iter().collect::<Option<_>>()?;
+        let widths = super::width::granularities(&plans, &mut self.diags)?;
+        if let (
+            true,
+            Some(Layers {
+                subnets: Some(sub), ..
+            }),
+        ) = (widths > 0, &layers)
+        {
+            self.diags.push(
+                err(
+                    "nested widths and depth subnets cannot be combined",
+                    sub.span,
+                    "subnets here",
+                )
+                .with_hint("train one kind of sub-model at a time: drop `nested` or `subnets`"),
+            );
+            return None;
+        }
         let final_norm = final_norm?;
         model_skip?;
         let Layers {
@@ -703,6 +739,7 @@ impl Resolver<'_> {
                 skip_below: None,
             }),
             depth_span: program_span,
+            widths,
             final_norm,
             head: head_plan,
             loss: loss_plan,
@@ -1972,7 +2009,7 @@ impl Resolver<'_> {
                 let b = Bound::bind(
                     c,
                     "ffn",
-                    &["hidden", "act", "glu", "bias"],
+                    &["hidden", "act", "glu", "bias", "nested"],
                     1,
                     &mut self.diags,
                 );
@@ -1982,11 +2019,17 @@ impl Resolver<'_> {
                 let act = super::width::activation(b.get("act"), &mut self.ev());
                 let glu = self.opt_bool(b.get("glu"), "glu", false);
                 let bias = self.opt_bool(b.get("bias"), "bias", true);
+                let nested = match (b.get("nested"), hidden) {
+                    (None, _) => Some(Nested::default()),
+                    (Some(e), Some(h)) => super::width::nested(e, h, &mut self.ev()),
+                    (Some(_), None) => None,
+                };
                 Some(Sub::Ffn {
                     hidden: hidden?,
                     act: act?,
                     glu: glu?,
                     bias: bias?,
+                    nested: nested?,
                 })
             }
             "moe" => super::width::moe(c, &mut self.ev()),

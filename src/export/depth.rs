@@ -4,7 +4,7 @@
 
 use super::py::{float, Code};
 use super::Unsupported;
-use crate::elab::resolve::{Head, Plan};
+use crate::elab::resolve::{Head, Plan, Sub};
 
 /// Whether the model's layers run under a depth program the plain layer loop cannot say.
 pub(crate) fn has_program(plan: &Plan) -> bool {
@@ -15,8 +15,22 @@ pub(crate) fn has_program(plan: &Plan) -> bool {
             .any(|l| l.program.joins || l.program.routed)
 }
 
-/// Refuses linear expansion, with its location.
+/// Refuses linear expansion and nested widths, with their locations.
 pub(crate) fn check(plan: &Plan) -> Result<(), Unsupported> {
+    let nested = plan
+        .blocks
+        .iter()
+        .flat_map(|b| &b.units)
+        .flat_map(|u| &u.branches)
+        .find(|br| matches!(br.sub, Sub::Ffn { nested, .. } if nested.len > 0));
+    if let Some(br) = nested {
+        return Err(Unsupported {
+            construct: "a nested ffn (`nested = [...]`)".into(),
+            why: "model.py runs each ffn at one width".into(),
+            hint: "export the model `lamina extract --width F` writes for one granularity".into(),
+            span: br.span,
+        });
+    }
     match (
         plan.layers.iter().any(|l| l.program.expand.is_some()),
         plan.depth_span,

@@ -283,6 +283,7 @@ fn sub_new(sub: &Sub, width: &str, eps: f64, uses: &mut Uses) -> String {
             act,
             glu,
             bias,
+            nested: _,
         } => {
             uses.ffn = true;
             format!(

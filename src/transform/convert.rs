@@ -131,7 +131,7 @@ pub fn add_routers(
 }
 
 /// `source` with each span replaced by its text (spans do not overlap).
-fn apply(source: &str, edits: &mut [(Span, String)]) -> String {
+pub(super) fn apply(source: &str, edits: &mut [(Span, String)]) -> String {
     edits.sort_by_key(|(s, _)| s.start);
     let mut out = String::new();
     let mut at = 0;

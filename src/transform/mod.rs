@@ -2,6 +2,7 @@
 //!
 //! - `depth`: `lamina extract --depth N`, a plain `N`-layer stack cut from a stack with
 //!   subnets, linear expansion or stage-wise sharing;
+//! - `width`: `lamina extract --width F`, one granularity of nested FFNs (MatFormer);
 //! - `convert`: `lamina convert`, a dense FFN split into experts with a fresh router
 //!   (FactorLLM), or routers added to every stack (FiRST).
 //!
@@ -12,9 +13,12 @@
 
 mod convert;
 mod depth;
+mod width;
 
+use convert::apply;
 pub use convert::{add_routers, ffn_to_moe};
 pub use depth::by_depth;
+pub use width::by_width;
 
 use crate::front::{CompileError, Compiled};
 use crate::io::{self, FileContents, IoError};

@@ -47,6 +47,7 @@ pub(crate) fn lower(p: &Plan, probes: bool) -> Result<Graph, Diagnostics> {
         gates: Vec::new(),
         routes: Vec::new(),
         balance: Vec::new(),
+        granularity: None,
     };
     match l.model(p) {
         Ok(()) => Ok(l.g.finish()),
@@ -73,6 +74,8 @@ struct Lower {
     routes: Vec<(String, ValueId)>,
     /// The load-balancing loss of each expert layer run.
     balance: Vec<ValueId>,
+    /// The granularity nested FFNs run at (MatFormer), in the current run of the layers.
+    granularity: Option<usize>,
 }
 
 /// An executed layer's block, its weights' prefix (`blocks.<w>`) and its run suffix
@@ -120,12 +123,15 @@ impl Lower {
         let all: Vec<usize> = (0..p.layers.len()).collect();
         // Each run of the layers: (name of its part loss, loss weight, layers).
         let runs: Vec<(Option<String>, f64, &[usize])> = match &p.subnets {
+            None if p.widths > 0 => (0..p.widths)
+                .map(|k| (Some(format!("width.{k}")), 1.0 / p.widths as f64, &all[..]))
+                .collect(),
             None => vec![(None, 1.0, &all[..])],
             Some(s) => (s.depths.iter().zip(&s.weights).zip(&s.layers))
                 .map(|((d, &w), l)| (Some(format!("subnet.{d}")), w, &l[..]))
                 .collect(),
         };
-        // The deepest run gives the logits and the probes.
+        // The deepest run (or the widest, the first) gives the logits and the probes.
         let main = (0..runs.len())
             .max_by_key(|&k| (runs[k].2.len(), std::cmp::Reverse(k)))
             .unwrap_or(0);
@@ -134,6 +140,7 @@ impl Lower {
         let mut parts: Vec<(String, ValueId)> = Vec::new();
         for (k, (name, weight, layers)) in runs.iter().enumerate() {
             self.probes = probes && k == main;
+            self.granularity = (p.widths > 0).then_some(k);
             let (l, y, local) = self.run(p, x, layers, targets, embed_table)?;
             if k == main {
                 logits = Some(y);
@@ -851,7 +858,19 @@ impl Lower {
                 act,
                 glu,
                 bias,
+                nested,
             } => {
+                let units = crate::elab::width::units(hidden, &nested, self.granularity);
+                if units < hidden {
+                    let f = width::Ffn {
+                        hidden,
+                        units,
+                        act,
+                        glu,
+                        bias,
+                    };
+                    return self.nested_ffn(x, name, &f, w);
+                }
                 let h = self.hidden(x, &format!("{name}.w1"), (w, hidden), bias, true)?;
                 let mut a = self.g.unary(width::act_op(act), h)?;
                 if glu {
@@ -1104,6 +1123,7 @@ mod tests {
             gates: vec![],
             routes: vec![],
             balance: vec![],
+            granularity: None,
         };
         let x = l.g.input("x", Type::f32(vec![1, h, t, dh]));
         let y = l.rotate(x, (base, pairs)).unwrap();

@@ -4,7 +4,16 @@
 
 use super::{Lower, R};
 use crate::elab::resolve::Act;
-use crate::ir::{Op, UnaryOp, ValueId};
+use crate::ir::{Init, Op, ParamRole, UnaryOp, ValueId};
+
+/// A nested FFN run at `units` of its `hidden` units.
+pub(super) struct Ffn {
+    pub hidden: usize,
+    pub units: usize,
+    pub act: Act,
+    pub glu: bool,
+    pub bias: bool,
+}
 
 /// A `moe` sublayer's settings.
 pub(super) struct Moe {
@@ -87,6 +96,60 @@ impl Lower {
             self.balance.push(loss);
         }
         Ok(y)
+    }
+
+    /// An FFN at `units` of its `hidden` units (MatFormer): the first `units` rows of
+    /// `w1` (`w3`) and their biases, the first `units` columns of `w2` (whose bias is
+    /// whole). The parameters keep their full shapes and init.
+    pub(super) fn nested_ffn(&mut self, x: ValueId, name: &str, f: &Ffn, w: usize) -> R<ValueId> {
+        let up = |this: &mut Self, p: &str| -> R<ValueId> {
+            let (weight, bias) = this.full_linear(&format!("{name}.{p}"), (w, f.hidden), f.bias)?;
+            let weight = this.g.slice(weight, 0, 0, f.units)?;
+            let bias = match bias {
+                Some(b) => Some(this.g.slice(b, 0, 0, f.units)?),
+                None => None,
+            };
+            this.g.linear(x, weight, bias)
+        };
+        let h = up(self, "w1")?;
+        let mut a = self.g.unary(act_op(f.act), h)?;
+        if f.glu {
+            let gate = up(self, "w3")?;
+            a = self.g.mul(a, gate)?;
+        }
+        let (weight, bias) = self.full_linear(&format!("{name}.w2"), (f.hidden, w), f.bias)?;
+        let weight = self.g.slice(weight, 1, 0, f.units)?;
+        self.g.linear(a, weight, bias)
+    }
+
+    /// The weight `[out, fan_in]` and bias of a hidden Linear, as `linear` creates them.
+    fn full_linear(
+        &mut self,
+        name: &str,
+        (fan_in, out): (usize, usize),
+        bias: bool,
+    ) -> R<(ValueId, Option<ValueId>)> {
+        let init = Init::Uniform {
+            bound: 1.0 / (fan_in as f64).sqrt(),
+        };
+        let w = self.param(
+            format!("{name}.weight"),
+            vec![out, fan_in],
+            init.clone(),
+            true,
+            ParamRole::Matrix,
+        )?;
+        let b = match bias {
+            true => Some(self.param(
+                format!("{name}.bias"),
+                vec![out],
+                init,
+                true,
+                ParamRole::Bias,
+            )?),
+            false => None,
+        };
+        Ok((w, b))
     }
 
     /// The sum of the load-balancing losses of every expert layer run.
