@@ -48,7 +48,9 @@ train() {
         --force --quiet "$@" > /dev/null
 }
 # Last held-out loss of run NAME.
-eval_loss() { grep eval_loss "$out/$1/log.jsonl" | tail -1 | sed 's/.*"eval_loss":\([0-9.e-]*\).*/\1/'; }
+eval_loss() {
+    printf '%.4f' "$(grep eval_loss "$out/$1/log.jsonl" | tail -1 | sed 's/.*"eval_loss":\([0-9.e-]*\).*/\1/')"
+}
 # Median training step in ms of run NAME.
 step_ms() {
     python3 -c "import json,statistics,sys; r=[json.loads(l) for l in open(sys.argv[1])]; \
