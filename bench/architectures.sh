@@ -3,7 +3,7 @@
 # language model of docs/language.md (the char_lm task; its last 10% is held out), every
 # model at width D (64 by default) for STEPS steps (300). Prints markdown tables.
 #
-#   bench/architectures.sh            # all experiments
+#   bench/architectures.sh            # all: moe first variant learngene matformer shallow
 #   STEPS=600 D=128 bench/architectures.sh moe first
 #
 # Held-out losses come from the runs' last evaluation (log.jsonl), or, for models cut by
@@ -16,7 +16,7 @@ d=${D:-64}
 out=${OUT:-target/architectures}
 text=docs/language.md
 experiments=("$@")
-[ ${#experiments[@]} -eq 0 ] && experiments=(moe first variant learngene)
+[ ${#experiments[@]} -eq 0 ] && experiments=(moe first variant learngene matformer shallow)
 cargo build --release --quiet
 bin=./target/release/lamina
 mkdir -p "$out"
@@ -131,8 +131,39 @@ learngene)
     echo "| random (PyTorch defaults) | $(eval_loss random_8_run) |"
     echo
     ;;
+matformer)
+    echo "### MatFormer: the granularities of one jointly trained model ($steps steps, d = $d)"
+    echo
+    train matformer examples/matformer.lam
+    echo "| granularity | FFN units | held-out loss (cut from the nested model) | held-out loss (trained alone) |"
+    echo "|---|---|---|---|"
+    for g in 1 1/2 1/4 1/8; do
+        tag=${g//\//_}
+        "$bin" extract examples/matformer.lam --weights "$out/matformer/final.safetensors" \
+            --width "$g" --set d="$d" -o "$out/matformer_$tag" > /dev/null
+        r=$(run_loss "$out/matformer_$tag.lam" "$out/matformer_$tag.safetensors")
+        train "matformer_alone_$tag" "$out/matformer_$tag.lam"
+        units=$(sed -n 's/.*ffn  = ffn(hidden = \([0-9]*\).*/\1/p' "$out/matformer_$tag.lam")
+        "$bin" run "$out/matformer_$tag.lam" --set d="$d" \
+            --weights "$out/matformer_alone_$tag/final.safetensors" \
+            --batch "$out/heldout.safetensors" > "$out/matformer_alone_$tag.txt" 2> /dev/null
+        echo "| $g | $units | $(echo "$r" | sed -n 's/loss = //p') | $(sed -n 's/loss = //p' "$out/matformer_alone_$tag.txt") |"
+    done
+    echo
+    ;;
+shallow)
+    echo "### Parallel against sequential layers ($steps steps, d = $d, 8 layers)"
+    echo
+    echo "| stack | held-out loss |"
+    echo "|---|---|"
+    train sequential examples/transformer.lam --set layers=8
+    echo "| sequential (transformer.lam) | $(eval_loss sequential) |"
+    train shallow examples/shallow.lam
+    echo "| parallel, one group (shallow.lam) | $(eval_loss shallow) |"
+    echo
+    ;;
 *)
-    echo "unknown experiment $e (moe, first, variant, learngene)" >&2
+    echo "unknown experiment $e (moe, first, variant, learngene, matformer, shallow)" >&2
     exit 2
     ;;
 esac

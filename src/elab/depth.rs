@@ -68,7 +68,7 @@ impl Clauses {
     /// The program of executed layer `i` of `n`.
     pub(crate) fn layer(&self, i: usize, n: usize) -> LayerProgram {
         let joins = match self.parallel {
-            Some(k) => i % (n / k) != 0,
+            Some(k) => !i.is_multiple_of(n / k),
             None => false,
         };
         LayerProgram {
@@ -251,7 +251,7 @@ fn requires(
 fn divisor(e: &Expr, what: &str, n: Option<usize>, ev: &mut Ev<'_>) -> Option<usize> {
     let k = ev.size(e, what)?;
     let n = n?;
-    if k > n || n % k != 0 {
+    if k > n || !n.is_multiple_of(k) {
         ev.report(
             err(
                 format!("{what} {k} does not divide the stack's {n} layers"),
@@ -267,7 +267,7 @@ fn divisor(e: &Expr, what: &str, n: Option<usize>, ev: &mut Ev<'_>) -> Option<us
 
 fn divisors(n: usize) -> String {
     let ds: Vec<String> = (1..=n)
-        .filter(|k| n % k == 0)
+        .filter(|k| n.is_multiple_of(*k))
         .take(12)
         .map(|k| k.to_string())
         .collect();

@@ -348,6 +348,9 @@ struct Embedding {
     input: InputPlan,
 }
 
+/// One executed layer of a stack: its block, weight set and program.
+type StackLayer = (usize, usize, LayerProgram);
+
 /// The executed layers of all stacks and their depth programs.
 #[derive(Default)]
 struct Layers {
@@ -861,12 +864,7 @@ impl Resolver<'_> {
 
     /// Records a stack's subnets and routing in `out` (its layers come next in
     /// `out.layers`); only one stack may have subnets.
-    fn stack_program(
-        &mut self,
-        c: &depth::Clauses,
-        seq: &[(usize, usize, LayerProgram)],
-        out: &mut Layers,
-    ) -> bool {
+    fn stack_program(&mut self, c: &depth::Clauses, seq: &[StackLayer], out: &mut Layers) -> bool {
         if out.program_span.is_none() {
             out.program_span = c.span;
         }
@@ -2117,7 +2115,7 @@ impl Resolver<'_> {
         blocks: &[&Block],
         plans: &[Option<BlockPlan>],
         next_weights: &mut usize,
-    ) -> Option<(Vec<(usize, usize, LayerProgram)>, depth::Clauses)> {
+    ) -> Option<(Vec<StackLayer>, depth::Clauses)> {
         let block = match blocks.iter().position(|b| b.name.name == s.block.name) {
             Some(i) => Some(i),
             None => {
@@ -2173,7 +2171,7 @@ impl Resolver<'_> {
         let (block, n, clauses) = (block?, n?, clauses?);
         plans[block].as_ref()?;
         let base = *next_weights;
-        let seq: Vec<(usize, usize, LayerProgram)> = match order {
+        let seq: Vec<StackLayer> = match order {
             Some(order) => {
                 *next_weights += n;
                 let len = order.len();

@@ -545,7 +545,7 @@ impl<'a> Plan<'a> {
     /// Replaces the model's parameters in `params` (the step graph's) by those of the
     /// weights file `w`, which must hold every one of them.
     fn start_from(&self, w: &Path, params: &mut [Tensor]) -> Result<(), TrainError> {
-        let (weights, _) = crate::io::load_weights(&self.forward, w)?;
+        let (weights, _) = crate::io::load_weights(self.forward, w)?;
         for (p, t) in self.forward.params.iter().zip(weights) {
             let i = self
                 .step

@@ -21,6 +21,9 @@ mod width;
 
 type R<T> = Result<T, IrError>;
 
+/// One run of the layers and the head: the loss, the logits, and the named local losses.
+type RunOutputs = (ValueId, ValueId, Vec<(String, ValueId)>);
+
 /// An attention sublayer's settings; `qk_norm` holds the eps of its QK-norm.
 struct Attention {
     heads: usize,
@@ -197,7 +200,7 @@ impl Lower {
         which: &[usize],
         targets: ValueId,
         embed_table: Option<ValueId>,
-    ) -> R<(ValueId, ValueId, Vec<(String, ValueId)>)> {
+    ) -> R<RunOutputs> {
         let mut parts: Vec<ValueId> = Vec::new();
         let n = p.layers.len();
         // The input of the current parallel group.
