@@ -2,30 +2,12 @@
 //! reference interpreter: each program's model is compared with a plain model that
 //! spells the same computation out with independent weights.
 
-use lamina::elab::{elaborate, elaborate_probed, LayerEdit, Probing};
-use lamina::interp::{run, Env};
+use lamina::elab::{elaborate_probed, LayerEdit, Probing};
 use lamina::ir::Graph;
 use lamina::tensor::Tensor;
 
 mod common;
-use common::random_env;
-
-fn graph(src: &str) -> Graph {
-    let m = lamina::syntax::parse(src).unwrap_or_else(|d| panic!("{d:?}"));
-    elaborate(&m, "test", &[]).unwrap_or_else(|d| panic!("{d:#?}"))
-}
-
-fn outputs(g: &Graph, inputs: &[Tensor], params: &[Tensor]) -> Vec<(String, Tensor)> {
-    run(g, &Env { inputs, params }).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn output<'a>(outs: &'a [(String, Tensor)], name: &str) -> &'a Tensor {
-    &outs
-        .iter()
-        .find(|(n, _)| n == name)
-        .unwrap_or_else(|| panic!("no output {name}"))
-        .1
-}
+use common::{graph, output, outputs, random_env};
 
 /// `params` of `from` by name, for a graph `to` whose parameters are `f(name)` of them.
 fn by_name(from: &Graph, params: &[Tensor], name: &str) -> Tensor {

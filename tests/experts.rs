@@ -1,30 +1,11 @@
 //! The mixture of experts against its equations (docs/language.md, "Mixture of experts")
 //! on the reference interpreter, and `lamina convert --ffn-to-moe`.
 
-use lamina::elab::elaborate;
-use lamina::interp::{run, Env};
 use lamina::ir::Graph;
 use lamina::tensor::Tensor;
 
 mod common;
-use common::random_env;
-
-fn graph(src: &str) -> Graph {
-    let m = lamina::syntax::parse(src).unwrap_or_else(|d| panic!("{d:?}"));
-    elaborate(&m, "test", &[]).unwrap_or_else(|d| panic!("{d:#?}"))
-}
-
-fn outputs(g: &Graph, inputs: &[Tensor], params: &[Tensor]) -> Vec<(String, Tensor)> {
-    run(g, &Env { inputs, params }).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn output<'a>(outs: &'a [(String, Tensor)], name: &str) -> &'a Tensor {
-    &outs
-        .iter()
-        .find(|(n, _)| n == name)
-        .unwrap_or_else(|| panic!("no output {name}"))
-        .1
-}
+use common::{graph, output, outputs, random_env};
 
 fn lm(ffn: &str) -> String {
     format!(

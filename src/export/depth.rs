@@ -208,14 +208,6 @@ pub(crate) fn forward(c: &mut Code, plan: &Plan) {
     c.line(4, "x = x + (y - h)");
     c.line(3, "else:");
     c.line(4, "group, x = x, y");
-    if plan.final_norm.is_some() {
-        c.line(2, "x = self.final_norm(x)");
-    }
-    match plan.head {
-        Head::Lm { tied: true } => c.line(2, "logits = x @ self.embed.weight.t()"),
-        Head::Lm { tied: false } | Head::Classifier { .. } | Head::Linear { .. } => {
-            c.line(2, "logits = self.head(pool(x))")
-        }
-    }
+    super::model_class::head_forward(c, plan);
     c.line(2, "return loss_fn(logits, targets), logits");
 }

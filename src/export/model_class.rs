@@ -245,6 +245,19 @@ fn head_init(c: &mut Code, plan: &Plan) {
     }
 }
 
+/// The final norm and the head on `x`, giving `logits`.
+pub(crate) fn head_forward(c: &mut Code, plan: &Plan) {
+    if plan.final_norm.is_some() {
+        c.line(2, "x = self.final_norm(x)");
+    }
+    match plan.head {
+        Head::Lm { tied: true } => c.line(2, "logits = x @ self.embed.weight.t()"),
+        Head::Lm { tied: false } | Head::Classifier { .. } | Head::Linear { .. } => {
+            c.line(2, "logits = self.head(pool(x))")
+        }
+    }
+}
+
 /// The balance losses of the expert layers, added to the loss (`moe_start` opens
 /// `forward`).
 pub(crate) fn balance(c: &mut Code, plan: &Plan) {
@@ -307,15 +320,7 @@ fn forward(c: &mut Code, plan: &Plan) {
     if plan.learning.detaches_head() {
         c.line(2, "x = x.detach()  # the head learns on its own");
     }
-    if plan.final_norm.is_some() {
-        c.line(2, "x = self.final_norm(x)");
-    }
-    match plan.head {
-        Head::Lm { tied: true } => c.line(2, "logits = x @ self.embed.weight.t()"),
-        Head::Lm { tied: false } | Head::Classifier { .. } | Head::Linear { .. } => {
-            c.line(2, "logits = self.head(pool(x))")
-        }
-    }
+    head_forward(c, plan);
     c.line(2, "loss = loss_fn(logits, targets)");
     balance(c, plan);
     if rule {

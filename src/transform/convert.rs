@@ -10,10 +10,9 @@
 //! - `add_routers`: every `stack` gets `routed`; the routers are new, everything else is
 //!   carried over, so a pretrained model (`lamina import gpt2`) can learn to skip layers.
 
-use super::{finish, get, Rewritten, TransformError};
-use crate::elab::resolve::Sub;
+use super::{ffn_sites, finish, get, kept_args, Rewritten, TransformError};
 use crate::front::Compiled;
-use crate::syntax::ast::{BlockItem, Item, Span};
+use crate::syntax::ast::{Item, Span};
 use crate::tensor::Tensor;
 
 /// Splits every dense FFN of `c` into `experts` experts, `top` of them run per token.
@@ -28,61 +27,23 @@ pub fn ffn_to_moe(
             "--top {top} must be between 1 and the {experts} experts"
         )));
     }
-    let plan = crate::elab::plan(&c.module, &c.forward.name, &c.overrides)
-        .map_err(|d| TransformError::Model(format!("{} error(s) elaborating", d.len())))?;
     // (span of the call to replace, its new text), in source order.
     let mut edits: Vec<(Span, String)> = Vec::new();
-    for item in &c.module.items {
-        let Item::Block(b) = item else { continue };
-        let Some(bp) = plan.blocks.iter().find(|p| p.name == b.name.name) else {
-            continue;
-        };
-        for it in &b.items {
-            let BlockItem::Sublayer(sl) = it else {
-                continue;
-            };
-            if sl.call.name.name != "ffn" {
-                continue;
-            }
-            let hidden = bp
-                .units
-                .iter()
-                .flat_map(|u| &u.branches)
-                .find_map(|br| match br.sub {
-                    Sub::Ffn { hidden, .. }
-                        if br.name.split('.').next() == Some(sl.name.name.as_str()) =>
-                    {
-                        Some(hidden)
-                    }
-                    _ => None,
-                })
-                .ok_or_else(|| {
-                    TransformError::Model(format!(
-                        "the ffn `{}` of block `{}` is never run",
-                        sl.name.name, b.name.name
-                    ))
-                })?;
-            if hidden % experts != 0 {
-                return Err(TransformError::Model(format!(
-                    "the ffn `{}` of block `{}` has {hidden} hidden units, which {experts} experts cannot share evenly",
-                    sl.name.name, b.name.name
-                )));
-            }
-            let mut args = vec![
-                format!("experts = {experts}"),
-                format!("top = {top}"),
-                format!("hidden = {}", hidden / experts),
-            ];
-            for a in sl.call.args.iter().flatten() {
-                match &a.key {
-                    Some(k) if k.name == "hidden" => {}
-                    // The only positional argument of `ffn` is `hidden`.
-                    None => {}
-                    Some(_) => args.push(c.source[a.span.start..a.span.end].to_string()),
-                }
-            }
-            edits.push((sl.call.span, format!("moe({})", args.join(", "))));
+    for site in ffn_sites(c)? {
+        let (name, hidden) = (&site.sublayer.name.name, site.hidden);
+        if hidden % experts != 0 {
+            return Err(TransformError::Model(format!(
+                "the ffn `{name}` of block `{}` has {hidden} hidden units, which {experts} experts cannot share evenly",
+                site.block
+            )));
         }
+        let mut args = vec![
+            format!("experts = {experts}"),
+            format!("top = {top}"),
+            format!("hidden = {}", hidden / experts),
+        ];
+        args.extend(kept_args(&c.source, &site.sublayer.call, &["hidden"]));
+        edits.push((site.sublayer.call.span, format!("moe({})", args.join(", "))));
     }
     if edits.is_empty() {
         return Err(TransformError::Model(

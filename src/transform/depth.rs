@@ -44,8 +44,7 @@ pub fn by_depth(
             stacks.len()
         )));
     };
-    let plan = crate::elab::plan(&c.module, &c.forward.name, &c.overrides)
-        .map_err(|d| TransformError::Model(format!("{} error(s) elaborating", d.len())))?;
+    let plan = super::plan(c)?;
     let rule = rule(stack, &plan, depth)?;
     let source = rewrite(&c.source, stack, depth);
     super::finish(c, source, &format!("depth{depth}"), |name, _| {

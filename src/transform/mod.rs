@@ -20,8 +20,10 @@ pub use convert::{add_routers, ffn_to_moe};
 pub use depth::by_depth;
 pub use width::by_width;
 
+use crate::elab::resolve::{Nested, Sub};
 use crate::front::{CompileError, Compiled};
 use crate::io::{self, FileContents, IoError};
+use crate::syntax::ast::{BlockItem, Call, Item, Sublayer};
 use crate::tensor::Tensor;
 use std::path::{Path, PathBuf};
 
@@ -91,6 +93,73 @@ fn finish(
         weights.push((p.name.clone(), tensor));
     }
     Ok(Rewritten { source, weights })
+}
+
+/// The checked plan of `c` (it compiled, so this only fails on a compiler bug).
+fn plan(c: &Compiled) -> Result<crate::elab::resolve::Plan, TransformError> {
+    crate::elab::plan(&c.module, &c.forward.name, &c.overrides)
+        .map_err(|d| TransformError::Model(format!("{} error(s) elaborating", d.len())))
+}
+
+/// An `ffn` sublayer as written, with its resolved size.
+struct FfnSite<'m> {
+    block: &'m str,
+    sublayer: &'m Sublayer,
+    hidden: usize,
+    nested: Nested,
+}
+
+/// Every `ffn` sublayer of `c`'s blocks that runs, in source order.
+fn ffn_sites(c: &Compiled) -> Result<Vec<FfnSite<'_>>, TransformError> {
+    let plan = plan(c)?;
+    let mut out = Vec::new();
+    for item in &c.module.items {
+        let Item::Block(b) = item else { continue };
+        let Some(bp) = plan.blocks.iter().find(|p| p.name == b.name.name) else {
+            continue;
+        };
+        for it in &b.items {
+            let BlockItem::Sublayer(sl) = it else {
+                continue;
+            };
+            let found = bp
+                .units
+                .iter()
+                .flat_map(|u| &u.branches)
+                .find_map(|br| match br.sub {
+                    Sub::Ffn { hidden, nested, .. }
+                        if br.name.split('.').next() == Some(sl.name.name.as_str()) =>
+                    {
+                        Some((hidden, nested))
+                    }
+                    _ => None,
+                });
+            if let Some((hidden, nested)) = found {
+                out.push(FfnSite {
+                    block: &b.name.name,
+                    sublayer: sl,
+                    hidden,
+                    nested,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The source text of `call`'s named arguments, but those in `drop` (positional ones,
+/// `ffn`'s `hidden`, are dropped too).
+fn kept_args(source: &str, call: &Call, drop: &[&str]) -> Vec<String> {
+    call.args
+        .iter()
+        .flatten()
+        .filter(|a| {
+            a.key
+                .as_ref()
+                .is_some_and(|k| !drop.contains(&k.name.as_str()))
+        })
+        .map(|a| source[a.span.start..a.span.end].to_string())
+        .collect()
 }
 
 /// The tensor `name` of `weights`.

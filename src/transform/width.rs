@@ -4,10 +4,9 @@
 //! the first `F H` columns of `w2`, so the cut model computes the nested model's run at
 //! that granularity.
 
-use super::{finish, get, Rewritten, TransformError};
-use crate::elab::resolve::Sub;
+use super::{ffn_sites, finish, get, kept_args, Rewritten, TransformError};
 use crate::front::Compiled;
-use crate::syntax::ast::{BlockItem, Item, Span};
+use crate::syntax::ast::Span;
 use crate::tensor::Tensor;
 
 /// Cuts granularity `fraction` (one of the listed ones) out of `c`.
@@ -16,57 +15,29 @@ pub fn by_width(
     weights: &[(String, Tensor)],
     fraction: f64,
 ) -> Result<Rewritten, TransformError> {
-    let plan = crate::elab::plan(&c.module, &c.forward.name, &c.overrides)
-        .map_err(|d| TransformError::Model(format!("{} error(s) elaborating", d.len())))?;
     let mut edits: Vec<(Span, String)> = Vec::new();
-    for item in &c.module.items {
-        let Item::Block(b) = item else { continue };
-        let Some(bp) = plan.blocks.iter().find(|p| p.name == b.name.name) else {
-            continue;
-        };
-        for it in &b.items {
-            let BlockItem::Sublayer(sl) = it else {
-                continue;
-            };
-            let found = bp
-                .units
-                .iter()
-                .flat_map(|u| &u.branches)
-                .find_map(|br| match br.sub {
-                    Sub::Ffn { hidden, nested, .. }
-                        if nested.len > 0
-                            && br.name.split('.').next() == Some(sl.name.name.as_str()) =>
-                    {
-                        Some((hidden, nested))
-                    }
-                    _ => None,
-                });
-            let Some((hidden, nested)) = found else {
-                continue;
-            };
-            let k = nested
-                .fractions()
-                .iter()
-                .position(|&f| (f - fraction).abs() < 1e-9)
-                .ok_or_else(|| {
-                    TransformError::Model(format!(
-                        "the ffn `{}` of block `{}` has the granularities {:?}; --width {fraction} is none of them",
-                        sl.name.name,
-                        b.name.name,
-                        nested.fractions()
-                    ))
-                })?;
-            let units = crate::elab::width::units(hidden, &nested, Some(k));
-            let mut args = vec![format!("hidden = {units}")];
-            for a in sl.call.args.iter().flatten() {
-                match &a.key {
-                    Some(key) if key.name == "hidden" || key.name == "nested" => {}
-                    None => {}
-                    Some(_) => args.push(c.source[a.span.start..a.span.end].to_string()),
-                }
-            }
-            edits.push((sl.call.span, format!("ffn({})", args.join(", "))));
-        }
+    for site in ffn_sites(c)?.into_iter().filter(|s| s.nested.len > 0) {
+        let nested = site.nested;
+        let k = nested
+            .fractions()
+            .iter()
+            .position(|&f| (f - fraction).abs() < 1e-9)
+            .ok_or_else(|| {
+                TransformError::Model(format!(
+                    "the ffn `{}` of block `{}` has the granularities {:?}; --width {fraction} is none of them",
+                    site.sublayer.name.name,
+                    site.block,
+                    nested.fractions()
+                ))
+            })?;
+        let units = crate::elab::width::units(site.hidden, &nested, Some(k));
+        let mut args = vec![format!("hidden = {units}")];
+        args.extend(kept_args(
+            &c.source,
+            &site.sublayer.call,
+            &["hidden", "nested"],
+        ));
+        edits.push((site.sublayer.call.span, format!("ffn({})", args.join(", "))));
     }
     if edits.is_empty() {
         return Err(TransformError::Model(

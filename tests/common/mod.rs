@@ -194,3 +194,23 @@ pub fn lamina(args: &[&str]) -> std::process::Output {
         .output()
         .expect("the lamina binary runs")
 }
+
+/// Parse and elaborate `src` as it is (no overrides).
+pub fn graph(src: &str) -> Graph {
+    let m = lamina::syntax::parse(src).unwrap_or_else(|d| panic!("{d:?}"));
+    elaborate(&m, "test", &[]).unwrap_or_else(|d| panic!("{d:#?}"))
+}
+
+/// The outputs of `g` on the reference interpreter.
+pub fn outputs(g: &Graph, inputs: &[Tensor], params: &[Tensor]) -> Vec<(String, Tensor)> {
+    run(g, &Env { inputs, params }).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The output `name` of `outs`.
+pub fn output<'a>(outs: &'a [(String, Tensor)], name: &str) -> &'a Tensor {
+    &outs
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no output {name}"))
+        .1
+}
