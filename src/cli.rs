@@ -1721,7 +1721,7 @@ fn cmd_bench(args: &BenchArgs, color: bool) -> Result<i32> {
     let cfg =
         crate::train::resolve_config(&compiled, &compiled.file_name, &compiled.source, &opts)?;
     let joint = compiled
-        .joint()
+        .training_joint()
         .map_err(|e| anyhow!("internal error in autodiff: {e}"))?;
     let front_seconds = start.elapsed().as_secs_f64();
     let profile = std::env::var_os("LAMINA_PROFILE").is_some();

@@ -144,7 +144,10 @@ impl Compiled {
         };
         let cfg = crate::train::resolve_config(self, &self.file_name, &self.source, &opts)
             .map_err(|e| StageError::Recipe(e.to_string()))?;
-        Ok(crate::train::optim::step_graph(&self.joint()?, &cfg.optim)?)
+        Ok(crate::train::optim::step_graph(
+            &self.training_joint()?,
+            &cfg.optim,
+        )?)
     }
 
     /// The step graph's text: a `;` header line per parameter group (its rule, inputs and
@@ -156,7 +159,7 @@ impl Compiled {
         };
         let cfg = crate::train::resolve_config(self, &self.file_name, &self.source, &opts)
             .map_err(|e| StageError::Recipe(e.to_string()))?;
-        let joint = self.joint()?;
+        let joint = self.training_joint()?;
         let step = crate::train::optim::step_graph(&joint, &cfg.optim)?;
         Ok(crate::train::optim::describe_groups(&joint, &cfg.optim) + &text::print(&step))
     }

@@ -117,6 +117,18 @@ impl Compiled {
         crate::autodiff::differentiate(&self.forward)
     }
 
+    /// The joint graph of the training forward: dropout and stochastic depth on, their
+    /// masks inputs `dropout.<k>` after the batch's (`joint` when the model has neither).
+    pub fn training_joint(&self) -> Result<Graph, IrError> {
+        let forward = elab::elaborate_training(
+            &self.module,
+            &default_name(&self.file_name),
+            &self.overrides,
+        )
+        .map_err(|d| IrError::Graph(format!("{} error(s) elaborating for training", d.len())))?;
+        crate::autodiff::differentiate(&forward)
+    }
+
     /// The architecture as plain data, for diagrams.
     pub fn outline(&self) -> Result<elab::Outline, CompileError> {
         elab::outline(

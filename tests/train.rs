@@ -107,21 +107,37 @@ fn same_seed_same_losses_bit_for_bit() {
 
 #[test]
 fn resume_is_bit_identical_to_an_uninterrupted_run() {
-    resume_check("resume", None);
+    resume_check("resume", TINY, None);
+}
+
+/// Dropout and stochastic-depth masks are a function of (seed, step): a resumed run draws
+/// the same ones.
+#[test]
+fn resume_is_bit_identical_with_dropout_and_stochastic_depth() {
+    let model = TINY
+        .replace(
+            "attention(heads = 2)",
+            "attention(heads = 2, attn_dropout = 0.2, dropout = 0.1)",
+        )
+        .replace("ffn(hidden = 64)", "ffn(hidden = 64, dropout = 0.3)")
+        .replace("stack layer * 1", "stack layer * 2 drop_path 0.5");
+    assert_ne!(model, TINY);
+    resume_check("resume-dropout", &model, None);
 }
 
 #[test]
 fn resume_is_bit_identical_with_muon_and_drop_muon() {
-    resume_check("resume-muon", Some("muon(lr = 0.02, adam_lr = 3e-3)"));
+    resume_check("resume-muon", TINY, Some("muon(lr = 0.02, adam_lr = 3e-3)"));
     resume_check(
         "resume-drop-muon",
+        TINY,
         Some("drop_muon(lr = 0.02, adam_lr = 3e-3, weight_decay = 0.01)"),
     );
 }
 
-fn resume_check(tag: &str, optimizer: Option<&str>) {
+fn resume_check(tag: &str, model: &str, optimizer: Option<&str>) {
     let d = tmp(tag);
-    let m = write_model(&d, TINY);
+    let m = write_model(&d, model);
     let mut o = opts(&d.join("full"));
     o.settings.push(("steps".into(), "40".into()));
     o.settings.push(("eval_every".into(), "10".into()));

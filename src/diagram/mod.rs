@@ -111,6 +111,9 @@ fn program_note(l: &LayerOutline) -> String {
     if let Some(c) = l.expand {
         s.push_str(&format!(" · θA + {} θB", coef(c)));
     }
+    if l.drop_path > 0.0 {
+        s.push_str(&format!(" · drop {}", coef(l.drop_path)));
+    }
     s
 }
 

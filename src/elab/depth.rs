@@ -7,7 +7,9 @@
 //! - `subnets [D, ...] weights [w, ...]`: the loss is `sum_k w_k loss(subnet D_k)`, where
 //!   subnet `D` runs the layers `i * n / D` for `i < D` (VARiant's equidistant layers).
 //! - `expand linear`: layer `l = 1..n` has weights `theta_A + (l / n) theta_B` (TLEG).
-//! - `routed` / `sparsity X`: a gate from each layer's input scales its update (FiRST).
+//! - `routed` / `sparsity X`: a gate from each layer's input scales its update (FiRST);
+//! - `drop_path P`: stochastic depth while training, layer `i` of `n` dropped for a sample
+//!   with probability `P i / (n - 1)`.
 
 use super::consts::{Ev, Value};
 use crate::diag::Diagnostic;
@@ -26,6 +28,9 @@ pub(crate) struct LayerProgram {
     pub expand: Option<f64>,
     /// A router gate scales the layer's update.
     pub routed: bool,
+    /// Stochastic depth: the probability that training drops the layer's update for a
+    /// sample (`drop_path P` ramps it linearly from 0 at the first layer to P at the last).
+    pub drop_path: f64,
 }
 
 /// The subnets of one stack: depth, loss weight and the executed layers (indices into
@@ -50,6 +55,8 @@ pub(crate) struct Clauses {
     pub expand: bool,
     /// The sparsity coefficient of a routed stack.
     pub routed: Option<f64>,
+    /// The stochastic-depth rate of the stack's last layer.
+    pub drop_path: Option<f64>,
     /// Where the first clause is (for errors about combinations).
     pub span: Option<Span>,
 }
@@ -75,6 +82,10 @@ impl Clauses {
             joins,
             expand: self.expand.then(|| (i + 1) as f64 / n as f64),
             routed: self.routed.is_some(),
+            drop_path: match (self.drop_path, n) {
+                (Some(p), 2..) => p * i as f64 / (n - 1) as f64,
+                (Some(_) | None, _) => 0.0,
+            },
         }
     }
 
@@ -89,7 +100,14 @@ fn err(msg: impl Into<String>, span: Span, label: impl Into<String>) -> Diagnost
 }
 
 const WORDS: &[&str] = &[
-    "parallel", "stages", "subnets", "weights", "expand", "routed", "sparsity",
+    "parallel",
+    "stages",
+    "subnets",
+    "weights",
+    "expand",
+    "routed",
+    "sparsity",
+    "drop_path",
 ];
 
 /// Checks a stack's clauses against its layer count `n` (when it resolved).
@@ -119,6 +137,9 @@ pub(crate) fn clauses(s: &Stack, n: Option<usize>, ev: &mut Ev<'_>) -> Option<Cl
                 c.routed.get_or_insert(DEFAULT_SPARSITY);
             }),
             "sparsity" => sparsity(cl, find("routed"), ev).map(|x| sparsity_value = Some(x)),
+            "drop_path" => value(cl, "drop_path 0.1", ev)
+                .and_then(|e| super::width::rate(e, "drop_path", ev))
+                .map(|p| c.drop_path = Some(p)),
             _ => {
                 ev.report(err(
                     format!("unknown stack clause `{w}`"),

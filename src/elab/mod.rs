@@ -81,6 +81,9 @@ pub struct Probing {
     /// last position is below this is skipped for that sequence; outputs `route.<k>`
     /// hold 1 where routed layer k ran and 0 where it was skipped.
     pub skip_below: Option<f64>,
+    /// The training graph: dropout and stochastic depth on, their masks drawn from
+    /// uniform inputs `dropout.<k>` after the batch's inputs.
+    pub training: bool,
 }
 
 /// A change to the executed layers; the weights keep their names, so a trained model's
@@ -105,6 +108,20 @@ pub fn elaborate(
     overrides: &[Override],
 ) -> Result<Graph, Diagnostics> {
     elaborate_probed(m, default_name, overrides, Probing::default())
+}
+
+/// `elaborate` for training: with dropout and stochastic depth, whose masks are inputs
+/// `dropout.<k>` (the same graph as `elaborate` when the model has neither).
+pub fn elaborate_training(
+    m: &Module,
+    default_name: &str,
+    overrides: &[Override],
+) -> Result<Graph, Diagnostics> {
+    let probing = Probing {
+        training: true,
+        ..Probing::default()
+    };
+    elaborate_probed(m, default_name, overrides, probing)
 }
 
 /// The checked and expanded model (sizes, norms, skips, schemes, executed layers) that
@@ -209,7 +226,7 @@ pub fn elaborate_probed(
             )]);
         }
     }
-    let graph = lower::lower(&plan, probing.states)?;
+    let graph = lower::lower(&plan, probing.states, probing.training)?;
     let total = graph.params.iter().try_fold(0u64, |acc, p| {
         acc.checked_add(p.shape.iter().product::<usize>() as u64)
     });

@@ -102,6 +102,8 @@ pub struct LayerOutline {
     pub program: Option<&'static str>,
     /// The linear-expansion coefficient `c` of `θA + c θB`.
     pub expand: Option<f64>,
+    /// The probability that training drops the layer for a sample (stochastic depth).
+    pub drop_path: f64,
 }
 
 /// A loss of a learning rule on a layer's output.
@@ -152,6 +154,7 @@ pub(super) fn outline(p: &Plan) -> Outline {
                 tap: tap(i),
                 program: program(p, i),
                 expand: l.program.expand,
+                drop_path: l.program.drop_path,
             })
             .collect(),
         weight_sets: p.weight_sets,
@@ -316,7 +319,7 @@ fn step(u: &Unit, block: &str) -> StepOutline {
             .iter()
             .map(|b| BranchOutline {
                 name: b.name.clone(),
-                what: sublayer(&b.sub),
+                what: with_dropout(sublayer(&b.sub), b.dropout),
             })
             .collect(),
     }
@@ -372,6 +375,13 @@ fn sublayer(s: &Sub) -> String {
             act_name(act),
             if glu { " GLU" } else { "" }
         ),
+    }
+}
+
+fn with_dropout(what: String, p: f64) -> String {
+    match p {
+        0.0 => what,
+        p => format!("{what}, dropout {p}"),
     }
 }
 

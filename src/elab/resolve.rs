@@ -120,6 +120,8 @@ pub(crate) enum Sub {
         bias: bool,
         /// RMSNorm over each head's query and key before the scores.
         qk_norm: bool,
+        /// Dropout on the attention probabilities while training, 0 for none.
+        attn_dropout: f64,
         heads_span: Span,
     },
     Ffn {
@@ -156,6 +158,8 @@ pub(crate) struct Branch {
     pub sub: Sub,
     /// Kind and eps of the branch's own output norm (used by peri inside `parallel`).
     pub norm: Norm,
+    /// Dropout on the branch's output while training (`dropout = p`), 0 for none.
+    pub dropout: f64,
     pub span: Span,
 }
 
@@ -410,6 +414,8 @@ struct SublayerDef<'b> {
     /// Its own skip clause; `Some(None)` when that clause is wrong (reported).
     skip: Option<Option<Skip>>,
     skip_span: Option<Span>,
+    /// `dropout = p` on its output; `None` when the value is wrong (reported).
+    dropout: Option<f64>,
     span: Span,
 }
 
@@ -454,6 +460,7 @@ fn number_branches(
                 name,
                 sub,
                 norm,
+                dropout: s.dropout?,
                 span: s.span,
             },
             coef,
@@ -1681,7 +1688,19 @@ impl Resolver<'_> {
 
     /// A sublayer line: its kind and arguments, and its own `norm` and `skip` clauses.
     fn sublayer_def<'b>(&mut self, sl: &'b Sublayer) -> SublayerDef<'b> {
-        let sub = self.sublayer(&sl.call);
+        // `dropout` is an argument of every kind: read it here, bind the rest per kind.
+        let mut call = sl.call.clone();
+        let rate = call.args.as_mut().and_then(|args| {
+            let i = args
+                .iter()
+                .position(|a| a.key.as_ref().is_some_and(|k| k.name == "dropout"))?;
+            Some(args.remove(i).value)
+        });
+        let dropout = match &rate {
+            None => Some(0.0),
+            Some(e) => super::width::rate(e, "dropout", &mut self.ev()),
+        };
+        let sub = self.sublayer(&call);
         let norm = sl
             .norm
             .as_ref()
@@ -1694,6 +1713,7 @@ impl Resolver<'_> {
             norm_span: sl.norm.as_ref().map(|n| n.span),
             skip,
             skip_span: sl.skip.as_ref().map(|c| c.span),
+            dropout,
             span: sl.call.span,
         }
     }
@@ -1981,7 +2001,14 @@ impl Resolver<'_> {
                 let b = Bound::bind(
                     c,
                     "attention",
-                    &["heads", "kv_heads", "causal", "bias", "qk_norm"],
+                    &[
+                        "heads",
+                        "kv_heads",
+                        "causal",
+                        "bias",
+                        "qk_norm",
+                        "attn_dropout",
+                    ],
                     1,
                     &mut self.diags,
                 );
@@ -1994,7 +2021,12 @@ impl Resolver<'_> {
                 let causal = self.causal(b.get("causal"));
                 let bias = self.opt_bool(b.get("bias"), "bias", true);
                 let qk_norm = self.opt_bool(b.get("qk_norm"), "qk_norm", false);
+                let attn_dropout = match b.get("attn_dropout") {
+                    None => Some(0.0),
+                    Some(e) => super::width::rate(e, "attn_dropout", &mut self.ev()),
+                };
                 Some(Sub::Attention {
+                    attn_dropout: attn_dropout?,
                     heads: heads?,
                     kv_heads: kv_heads?,
                     causal: causal?,

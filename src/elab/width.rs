@@ -221,3 +221,20 @@ pub(crate) fn granularities(blocks: &[BlockPlan], diags: &mut Vec<Diagnostic>) -
     }
     Some(first.map_or(0, |(n, _)| n))
 }
+
+/// A dropout rate in [0, 1).
+pub(crate) fn rate(e: &Expr, what: &str, ev: &mut Ev<'_>) -> Option<f64> {
+    let p = ev.number_of(e, what)?;
+    if (0.0..1.0).contains(&p) {
+        return Some(p);
+    }
+    ev.report(
+        Diagnostic::new(
+            format!("`{what}` is a probability in [0, 1), found {p}"),
+            e.span,
+            "out of range",
+        )
+        .with_hint("0 turns dropout off; 0.1 drops one value in ten while training"),
+    );
+    None
+}

@@ -15,7 +15,7 @@ pub(crate) fn has_program(plan: &Plan) -> bool {
             .any(|l| l.program.joins || l.program.routed)
 }
 
-/// Refuses linear expansion and nested widths, with their locations.
+/// Refuses linear expansion, stochastic depth and nested widths, with their locations.
 pub(crate) fn check(plan: &Plan) -> Result<(), Unsupported> {
     let nested = plan
         .blocks
@@ -29,6 +29,18 @@ pub(crate) fn check(plan: &Plan) -> Result<(), Unsupported> {
             why: "model.py runs each ffn at one width".into(),
             hint: "export the model `lamina extract --width F` writes for one granularity".into(),
             span: br.span,
+        });
+    }
+    if let (true, Some(span)) = (
+        plan.layers.iter().any(|l| l.program.drop_path > 0.0),
+        plan.depth_span,
+    ) {
+        return Err(Unsupported {
+            construct: "`drop_path`".into(),
+            why: "model.py has no stochastic depth yet".into(),
+            hint: "export the model without `drop_path`, and add it in PyTorch (timm's DropPath)"
+                .into(),
+            span,
         });
     }
     match (

@@ -254,6 +254,7 @@ fn sub_new(sub: &Sub, width: &str, eps: f64, uses: &mut Uses) -> String {
             causal,
             bias,
             qk_norm,
+            attn_dropout,
             ..
         } => {
             uses.attention = true;
@@ -264,6 +265,9 @@ fn sub_new(sub: &Sub, width: &str, eps: f64, uses: &mut Uses) -> String {
             if qk_norm {
                 uses.rms_norm = true;
                 extra += &format!(", qk_norm_eps={}", float(eps));
+            }
+            if attn_dropout > 0.0 {
+                extra += &format!(", dropout={}", float(attn_dropout));
             }
             if let Some((base, pairs)) = uses.rope {
                 let pairs = match pairs {
@@ -537,10 +541,15 @@ fn unit_init(c: &mut Code, u: &Unit, uses: &mut Uses) {
 
 fn branch_term(br: &Branch, h: &str, peri: bool) -> String {
     let f = branch_expr(&br.name);
-    if peri {
+    let term = if peri {
         format!("{f}.norm_out({f}({h}))")
     } else {
         format!("{f}({h})")
+    };
+    if br.dropout > 0.0 {
+        format!("F.dropout({term}, {}, self.training)", float(br.dropout))
+    } else {
+        term
     }
 }
 

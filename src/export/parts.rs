@@ -60,12 +60,13 @@ class Attention(nn.Module):
     """Multi-head self-attention: softmax(q k^T / sqrt(width / heads)) v, causally masked
     when `causal`, then the output projection `wo`. Keys and values have `kv_heads` heads,
     each serving heads / kv_heads query heads; `qk_norm_eps` puts an RMSNorm on each head's
-    queries and keys; `rope` = (base, pairs) rotates queries and keys by position."""
+    queries and keys; `rope` = (base, pairs) rotates queries and keys by position;
+    `dropout` drops attention probabilities while training."""
 
-    def __init__(self, width, heads, causal, bias, kv_heads=None, qk_norm_eps=None, rope=None):
+    def __init__(self, width, heads, causal, bias, kv_heads=None, qk_norm_eps=None, rope=None, dropout=0.0):
         super().__init__()
         self.heads, self.causal, self.rope = heads, causal, rope
-        self.kv_heads = kv_heads or heads
+        self.kv_heads, self.dropout = kv_heads or heads, dropout
         dh = width // heads
         self.wq = nn.Linear(width, width, bias=bias)
         self.wk = nn.Linear(width, self.kv_heads * dh, bias=bias)
@@ -91,7 +92,7 @@ class Attention(nn.Module):
         if self.causal:
             mask = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
             scores = scores.masked_fill(mask, float("-inf"))
-        o = scores.softmax(-1) @ v
+        o = F.dropout(scores.softmax(-1), self.dropout, self.training) @ v
         return self.wo(o.transpose(1, 2).reshape(b, t, w))
 "#;
 

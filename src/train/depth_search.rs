@@ -47,6 +47,7 @@ pub fn search(
             states: false,
             layers: LayerEdit::Order(order.to_vec()),
             skip_below: None,
+            training: false,
         };
         let g = crate::elab::elaborate_probed(&c.module, &c.forward.name, &c.overrides, probing)
             .map_err(|d| TrainError::Internal(format!("{} diagnostic(s) elaborating", d.len())))?;

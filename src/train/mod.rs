@@ -487,7 +487,7 @@ impl<'a> Plan<'a> {
         let (spec, task) = choose_task(forward, &cfg, opts)?;
         cfg.task = Some(spec.clone());
         let joint = c
-            .joint()
+            .training_joint()
             .map_err(|e| TrainError::Internal(format!("autodiff: {e}")))?;
         let step = step::TrainingStep::new(&joint, &cfg.optim, cfg.seed)
             .map_err(|e| TrainError::Internal(format!("the optimizer update: {e}")))?;

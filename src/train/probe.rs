@@ -64,6 +64,7 @@ pub fn probed_graph(c: &Compiled) -> Result<Graph, TrainError> {
         states: true,
         layers: LayerEdit::None,
         skip_below: None,
+        training: false,
     };
     let g = crate::elab::elaborate_probed(&c.module, &c.forward.name, &c.overrides, probing)
         .map_err(|d| TrainError::Internal(format!("{} diagnostic(s) elaborating", d.len())))?;
@@ -96,6 +97,7 @@ pub fn probe(c: &Compiled, weights: &Path, opts: &TrainOptions) -> Result<Report
             states,
             layers: edit,
             skip_below: None,
+            training: false,
         };
         crate::elab::elaborate_probed(&c.module, &c.forward.name, &c.overrides, probing)
             .map_err(|d| TrainError::Internal(format!("{} diagnostic(s) elaborating", d.len())))

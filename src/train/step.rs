@@ -8,7 +8,11 @@ use super::optim::{self, OptimConfig};
 use super::tasks;
 use crate::ir::{Graph, IrError, OutputRole};
 use crate::tensor::Tensor;
+use rand::Rng;
 use std::collections::HashMap;
+
+/// The name prefix of a model's dropout inputs (`elab::Probing::training`).
+const DROPOUT_PREFIX: &str = "dropout.";
 
 /// A step graph with what an executor needs to run it step after step.
 #[derive(Clone, Debug)]
@@ -16,6 +20,10 @@ pub struct TrainingStep {
     pub graph: Graph,
     /// `(output index, parameter index)`: output `new.X` replaces parameter `X`.
     pub writeback: Vec<(usize, usize)>,
+    /// The model's batch inputs (those before its dropout masks).
+    batch_inputs: usize,
+    /// Shapes of the model's dropout inputs (`dropout.<k>`, uniform in [0, 1)).
+    dropout: Vec<Vec<usize>>,
     /// Inputs of the step graph after the model's own: host scalars or noise tensors.
     extra: Vec<(String, Vec<usize>)>,
     /// How many of them are Drop-Muon masks (`mask.<param>`, in parameter order).
@@ -66,9 +74,17 @@ impl TrainingStep {
             .iter()
             .filter(|(n, _)| n.starts_with(optim::MASK_PREFIX))
             .count();
+        let dropout: Vec<Vec<usize>> = joint
+            .inputs
+            .iter()
+            .filter(|i| i.name.starts_with(DROPOUT_PREFIX))
+            .map(|i| i.ty.shape.clone())
+            .collect();
         Ok(TrainingStep {
             graph,
             writeback,
+            batch_inputs: joint.inputs.len() - dropout.len(),
+            dropout,
             extra,
             masks,
             optim: optim.clone(),
@@ -82,6 +98,14 @@ impl TrainingStep {
     pub fn inputs(&self, batch: Vec<Tensor>, t: u64, lr: &dyn Fn(f64) -> f64) -> Vec<Tensor> {
         let scalars = optim::scalars(&self.optim, t + 1, lr);
         let mut inputs = batch;
+        // The dropout masks of step t: uniform in [0, 1), a function of (seed, t) only.
+        inputs.truncate(self.batch_inputs);
+        let mut drop_rng = tasks::rng_for(self.seed, tasks::STREAM_DROPOUT, t);
+        for shape in &self.dropout {
+            let n: usize = shape.iter().product();
+            let u = (0..n).map(|_| drop_rng.gen::<f32>() as f64).collect();
+            inputs.push(Tensor::f32(shape.clone(), u));
+        }
         let mut noise_rng = tasks::rng_for(self.seed, tasks::STREAM_NOISE, t);
         let masks = optim::drop_masks(self.seed, t, self.masks);
         let mut next_mask = masks.iter();

@@ -201,6 +201,8 @@ pub const STREAM_SHUFFLE: u64 = 7;
 pub const STREAM_NOISE: u64 = 5;
 /// Drop-Muon's layer subsets (used by the trainer).
 pub const STREAM_DROP: u64 = 6;
+/// Dropout and stochastic-depth masks (used by the trainer).
+pub const STREAM_DROPOUT: u64 = 8;
 /// Held-out examples per evaluation (synthetic tasks; at most, for the user's data).
 pub const EVAL_EXAMPLES: usize = 512;
 

@@ -4,7 +4,7 @@
 use super::{Lower, R};
 use crate::elab::resolve::{Head, Plan, Routing};
 use crate::ir::ops::MaskFill;
-use crate::ir::{BinaryOp, Init, Op, ParamRole, UnaryOp, ValueId};
+use crate::ir::{BinaryOp, Init, Op, ParamRole, Type, UnaryOp, ValueId};
 
 impl Lower {
     /// A parameter of the model. Inside a linearly expanded layer with coefficient `c`
@@ -139,6 +139,45 @@ impl Lower {
         let update = self.g.sub(y, x)?;
         let scaled = self.g.mul(gb, update)?;
         self.g.add(x, scaled)
+    }
+
+    /// Dropout of `x` at rate `p` while training: `x * 1[u > p] / (1 - p)` with `u` a
+    /// uniform input `dropout.<k>` of `mask` shape (the shape of `x` when `None`, else
+    /// broadcast to it). Nothing outside training or at `p = 0`.
+    pub(super) fn dropout(&mut self, x: ValueId, p: f64, mask: Option<Vec<usize>>) -> R<ValueId> {
+        if !self.training || p == 0.0 {
+            return Ok(x);
+        }
+        let shape = self.g.shape(x);
+        let ms = mask.unwrap_or_else(|| shape.clone());
+        let u = self
+            .g
+            .input(format!("dropout.{}", self.noise), Type::f32(ms.clone()));
+        self.noise += 1;
+        let above = self.g.add_scalar(u, -p)?;
+        let ones = self.g.full(1.0, ms.clone())?;
+        let keep = self
+            .g
+            .push(Op::Binary(BinaryOp::ReluGrad), &[above, ones])?;
+        let mut keep = self.g.scale(keep, 1.0 / (1.0 - p))?;
+        if ms != shape {
+            let mut lifted = ms.clone();
+            lifted.resize(shape.len(), 1);
+            keep = self.g.reshape(keep, lifted)?;
+            keep = self.g.broadcast(keep, shape)?;
+        }
+        self.g.mul(x, keep)
+    }
+
+    /// Stochastic depth: `x + keep * (y - x)` with one dropout mask per sample.
+    pub(super) fn drop_path(&mut self, x: ValueId, y: ValueId, p: f64) -> R<ValueId> {
+        if !self.training || p == 0.0 {
+            return Ok(y);
+        }
+        let batch = self.g.shape(x)[0];
+        let update = self.g.sub(y, x)?;
+        let update = self.dropout(update, p, Some(vec![batch]))?;
+        self.g.add(x, update)
     }
 
     /// `sparsity * mean_l(mean gate of routed layer l)`, when the model has routers.

@@ -26,6 +26,8 @@ type RunOutputs = (ValueId, ValueId, Vec<(String, ValueId)>);
 
 /// An attention sublayer's settings; `qk_norm` holds the eps of its QK-norm.
 struct Attention {
+    /// Dropout on the probabilities while training.
+    dropout: f64,
     heads: usize,
     kv_heads: usize,
     causal: bool,
@@ -33,11 +35,15 @@ struct Attention {
     qk_norm: Option<f64>,
 }
 
-pub(crate) fn lower(p: &Plan, probes: bool) -> Result<Graph, Diagnostics> {
+/// Lowers the plan; with `training`, dropout and stochastic depth read their masks from
+/// uniform inputs `dropout.<k>` (after the batch's inputs), else they are left out.
+pub(crate) fn lower(p: &Plan, probes: bool, training: bool) -> Result<Graph, Diagnostics> {
     let mut l = Lower {
         g: GraphBuilder::new(p.name.clone()),
         d: p.d,
         probes,
+        training,
+        noise: 0,
         probed: Vec::new(),
         rope: match p.positions {
             Positions::Rope { base, pairs } => Some((base, pairs)),
@@ -61,6 +67,10 @@ pub(crate) fn lower(p: &Plan, probes: bool) -> Result<Graph, Diagnostics> {
 struct Lower {
     g: GraphBuilder,
     d: usize,
+    /// Elaborating the training graph: dropout and stochastic depth are on.
+    training: bool,
+    /// `dropout.<k>` inputs made so far.
+    noise: usize,
     /// Whether to expose the residual stream (`elab::Probing::states`).
     probes: bool,
     /// `(output name, value)` of the residual stream after each step, when probing.
@@ -271,10 +281,11 @@ impl Lower {
             }
         }
         self.expand = None;
-        match gate {
-            Some(g) => self.gated(x, y, g),
-            None => Ok(y),
-        }
+        let y = match gate {
+            Some(g) => self.gated(x, y, g)?,
+            None => y,
+        };
+        self.drop_path(x, y, layer.program.drop_path)
     }
 
     /// Forward-Forward, supervised (Hinton 2022, with the label written into the input):
@@ -789,6 +800,7 @@ impl Lower {
             if placement == Placement::Peri {
                 f = self.norm(f, &format!("{bname}.norm_out"), br.norm.kind, br.norm.eps)?;
             }
+            f = self.dropout(f, br.dropout, None)?;
             sum = Some(match sum {
                 None => f,
                 Some(s) => self.g.add(s, f)?,
@@ -845,9 +857,11 @@ impl Lower {
                 causal,
                 bias,
                 qk_norm,
+                attn_dropout,
                 ..
             } => {
                 let a = Attention {
+                    dropout: attn_dropout,
                     heads,
                     kv_heads,
                     causal,
@@ -950,6 +964,7 @@ impl Lower {
             )?;
         }
         let probs = self.g.push(Op::Softmax, &[scores])?;
+        let probs = self.dropout(probs, a.dropout, None)?;
         let o = self.g.matmul(probs, qkv[2], false, false)?;
         let o = self.g.transpose(o, vec![0, 2, 1, 3])?;
         let o = self.g.reshape(o, vec![b, t, w])?;
@@ -1119,6 +1134,8 @@ mod tests {
         let mut l = Lower {
             g: GraphBuilder::new("rope"),
             d: dh,
+            training: false,
+            noise: 0,
             probes: false,
             probed: vec![],
             rope: Some((base, pairs)),
