@@ -1,5 +1,5 @@
-//! Depth programs in model.py: parallel groups, routers and subnets (docs/language.md,
-//! "Depth programs"). Linear expansion does not export: its `theta_B` tensors are named
+//! Depth programs in model.py: parallel groups, routers, stochastic depth and subnets
+//! (docs/language.md, "Depth programs"). Linear expansion does not export: its `theta_B` tensors are named
 //! `<param>.slope`, which no torch.nn.Module attribute can hold.
 
 use super::py::{float, Code};
@@ -12,10 +12,10 @@ pub(crate) fn has_program(plan: &Plan) -> bool {
         || plan
             .layers
             .iter()
-            .any(|l| l.program.joins || l.program.routed)
+            .any(|l| l.program.joins || l.program.routed || l.program.drop_path > 0.0)
 }
 
-/// Refuses linear expansion, stochastic depth and nested widths, with their locations.
+/// Refuses linear expansion and nested widths, with their locations.
 pub(crate) fn check(plan: &Plan) -> Result<(), Unsupported> {
     let nested = plan
         .blocks
@@ -29,18 +29,6 @@ pub(crate) fn check(plan: &Plan) -> Result<(), Unsupported> {
             why: "model.py runs each ffn at one width".into(),
             hint: "export the model `lamina extract --width F` writes for one granularity".into(),
             span: br.span,
-        });
-    }
-    if let (true, Some(span)) = (
-        plan.layers.iter().any(|l| l.program.drop_path > 0.0),
-        plan.depth_span,
-    ) {
-        return Err(Unsupported {
-            construct: "`drop_path`".into(),
-            why: "model.py has no stochastic depth yet".into(),
-            hint: "export the model without `drop_path`, and add it in PyTorch (timm's DropPath)"
-                .into(),
-            span,
         });
     }
     match (
@@ -90,6 +78,20 @@ pub(crate) fn constants(c: &mut Code, plan: &Plan) {
             list(routed)
         ),
     );
+    if plan.layers.iter().any(|l| l.program.drop_path > 0.0) {
+        let rates: Vec<String> = plan
+            .layers
+            .iter()
+            .map(|l| float(l.program.drop_path))
+            .collect();
+        c.line(
+            0,
+            format!(
+                "DROP_PATH = [{}]  # each layer's stochastic-depth rate while training",
+                rates.join(", ")
+            ),
+        );
+    }
     if let Some(r) = plan.routing {
         c.line(
             0,
@@ -215,6 +217,18 @@ pub(crate) fn forward(c: &mut Code, plan: &Plan) {
         c.line(4, "g = gate(layers[i].router, h)");
         c.line(4, "gates.append(g.mean())");
         c.line(4, "y = h + g * (y - h)");
+    }
+    if plan.layers.iter().any(|l| l.program.drop_path > 0.0) {
+        c.line(3, "p = DROP_PATH[i]");
+        c.line(
+            3,
+            "if self.training and p > 0:  # drop the update for some samples",
+        );
+        c.line(
+            4,
+            "keep = (torch.rand(h.shape[0], device=h.device) > p).to(h.dtype) / (1 - p)",
+        );
+        c.line(4, "y = h + keep.view(-1, *([1] * (h.dim() - 1))) * (y - h)");
     }
     c.line(3, "if i in JOINS:  # the group's updates add up");
     c.line(4, "x = x + (y - h)");

@@ -258,7 +258,7 @@ def main(argv):
     ap.add_argument("--out", required=True)
     ap.add_argument("--double", action="store_true", help="compute in float64")
     args = ap.parse_args(argv)
-    model = load_lamina(Model(), args.weights)
+    model = load_lamina(Model(), args.weights).eval()  # as `lamina run`: no dropout
     batch = load_file(args.batch)
     if args.double:
         model = model.double()

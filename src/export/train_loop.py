@@ -277,9 +277,19 @@ def shard(tensors, rank, world):
     return [t[rank * n : (rank + 1) * n] for t in tensors]
 
 
-@torch.no_grad()
 def evaluate(model, data):
-    """Held-out loss and accuracy, scored as `lamina train` scores them."""
+    """Held-out loss and accuracy, scored as `lamina train` scores them: in eval mode, so
+    without dropout, as lamina evaluates."""
+    mode = model.training
+    model.eval()
+    try:
+        return score(model, data)
+    finally:
+        model.train(mode)
+
+
+@torch.no_grad()
+def score(model, data):
     loss, correct, count = 0.0, 0, 0
     for x, y, rows, pos in data.eval_batches():
         _, logits = model(x, y)
