@@ -34,6 +34,19 @@ pub struct TrainSection {
     pub span: Span,
 }
 
+impl Module {
+    /// The `stack` statements, in file order.
+    pub fn stacks(&self) -> Vec<&Stack> {
+        self.items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Stack(s) => Some(s),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 /// `key = value` inside `train { }`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TrainSetting {

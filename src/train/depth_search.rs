@@ -117,16 +117,7 @@ fn moves(order: &[usize]) -> Vec<Vec<usize>> {
 /// why that cannot be written: the order's indices are the stack's weight sets only when
 /// the model has one plain `stack`.
 pub fn model_with_order(c: &Compiled, order: &[usize]) -> Result<String, String> {
-    use crate::syntax::ast::Item;
-    let stacks: Vec<_> = c
-        .module
-        .items
-        .iter()
-        .filter_map(|i| match i {
-            Item::Stack(s) => Some(s),
-            _ => None,
-        })
-        .collect();
+    let stacks = c.module.stacks();
     let [stack] = stacks[..] else {
         return Err(format!(
             "the model has {} `stack` statements; an order can be written for one",

@@ -12,7 +12,7 @@
 
 use super::{ffn_sites, finish, get, kept_args, Rewritten, TransformError};
 use crate::front::Compiled;
-use crate::syntax::ast::{Item, Span};
+use crate::syntax::ast::Span;
 use crate::tensor::Tensor;
 
 /// Splits every dense FFN of `c` into `experts` experts, `top` of them run per token.
@@ -69,8 +69,7 @@ pub fn add_routers(
     weights: &[(String, Tensor)],
 ) -> Result<Rewritten, TransformError> {
     let mut edits: Vec<(Span, String)> = Vec::new();
-    for item in &c.module.items {
-        let Item::Stack(s) = item else { continue };
+    for s in c.module.stacks() {
         if s.clauses.iter().any(|c| c.word.name == "routed") {
             continue;
         }

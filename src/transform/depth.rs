@@ -12,7 +12,7 @@
 
 use super::{get, Rewritten, TransformError};
 use crate::front::Compiled;
-use crate::syntax::ast::{Item, Stack};
+use crate::syntax::ast::Stack;
 use crate::tensor::Tensor;
 
 /// How layer `i` of the extracted stack gets its weights from the stack's weight sets.
@@ -29,15 +29,7 @@ pub fn by_depth(
     weights: &[(String, Tensor)],
     depth: usize,
 ) -> Result<Rewritten, TransformError> {
-    let stacks: Vec<&Stack> = c
-        .module
-        .items
-        .iter()
-        .filter_map(|i| match i {
-            Item::Stack(s) => Some(s),
-            _ => None,
-        })
-        .collect();
+    let stacks = c.module.stacks();
     let [stack] = stacks[..] else {
         return Err(TransformError::Model(format!(
             "`extract --depth` cuts a model with one `stack`; this one has {}",
